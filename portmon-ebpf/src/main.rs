@@ -1,0 +1,34 @@
+//! portmon's kernel programs.
+//!
+//! They count in maps and return at once; only failures, which are rare,
+//! travel to user space, through a ring buffer. Every cgroup program allows
+//! the operation on every path: portmon watches, it never decides.
+#![no_std]
+#![no_main]
+// 64-bit atomic adds on map values (see maps::xadd).
+#![feature(core_intrinsics)]
+#![expect(internal_features, reason = "core_intrinsics is the only way to a BPF atomic add")]
+
+mod maps;
+mod record;
+mod sock;
+mod sock_addr;
+mod sock_ops;
+mod tracepoint;
+
+/// Return value of a cgroup program that lets the operation go on.
+const ALLOW: i32 = 1;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // No panicking code path is reachable (no unwrap, no indexing); the
+    // verifier rejects the object if one were.
+    loop {}
+}
+
+// The ring buffer and the tracepoint helpers are available to GPL-compatible
+// programs only.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,34 @@
+//! `portmon check`: the preflight alone, then each hook tried on its own.
+
+use std::process::ExitCode;
+
+use clap::Args;
+
+use super::{init_logging, LogFormat};
+use crate::{
+    loader::{error_line, Kernel},
+    preflight,
+};
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {}
+
+pub fn run(_args: CheckArgs, log: &str, log_format: LogFormat) -> anyhow::Result<ExitCode> {
+    init_logging(log, log_format)?;
+    let env = preflight::check()?;
+    println!("kernel      {}", env.kernel_release);
+    println!("cgroup v2   {}{}", env.cgroup_root.display(), if env.cgroup_is_subtree { " (subtree)" } else { "" });
+    println!("tracefs     {}", env.tracefs.display());
+    let mut failed = 0;
+    for (program, outcome) in Kernel::probe(&env.cgroup_root)? {
+        match outcome {
+            Ok(target) => println!("ok          {program:<20} {target}"),
+            Err(err) => {
+                failed += 1;
+                println!("FAILED      {program:<20} {}", error_line(&err));
+                tracing::debug!("{err:?}");
+            }
+        }
+    }
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

@@ -1,0 +1,124 @@
+//! Configuration: a TOML file whose keys are the `portmon run` flags'
+//! names, flags winning over the file.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+/// Where `portmon run` looks for its configuration when given no `--config`.
+pub const DEFAULT_PATH: &str = "/etc/portmon/portmon.toml";
+
+/// Default address of the HTTP server: localhost only, port 7455 — in an
+/// IANA-unassigned block (7444-7470, tcp and udp) and outside 9100-9999,
+/// which Prometheus' list of exporter default ports has used up.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7455";
+
+/// Everything `portmon run` can be told.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct Config {
+    /// Address of the HTTP server (`/metrics`, `/healthz`, `/api/v1/…`).
+    pub listen: SocketAddr,
+    /// Port registry file (IANA CSV or /etc/services format); `None` picks
+    /// /var/lib/portmon/service-names-port-numbers.csv, else /etc/services.
+    pub registry: Option<PathBuf>,
+    /// Capacity of the kernel's per-socket table (sockets portmon saw
+    /// bind, listen or connect and that are still open).
+    pub sockets_capacity: u32,
+    /// Capacity of the kernel's per-port counter table.
+    pub port_stats_capacity: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            // Localhost: exposing metrics beyond the host is an operator's choice.
+            listen: DEFAULT_LISTEN.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 7455))),
+            // Chosen at load time, see `registry`.
+            registry: None,
+            // 262,144 open sockets at about 150 bytes each in the kernel.
+            sockets_capacity: portmon_common::capacity::SOCKETS,
+            // 65,536 ports × protocols × families × ends × namespaces seen.
+            port_stats_capacity: portmon_common::capacity::PORT_STATS,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bad config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Reads a config file; a missing default file is not an error.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let (path, required) = match path {
+            Some(p) => (p, true),
+            None => (Path::new(DEFAULT_PATH), false),
+        };
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text, path),
+            Err(err) if !required && err.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(source) => Err(ConfigError::Read { path: path.to_owned(), source }),
+        }
+    }
+
+    /// Parses config text; errors name the file, line and key.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|err| {
+            let line = err.span().map(|span| text[..span.start].matches('\n').count() + 1);
+            let message = err.message().trim().to_owned();
+            let message = match line {
+                Some(line) => format!("line {line}: {message}"),
+                None => message,
+            };
+            ConfigError::Parse { path: path.to_owned(), message }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Path::new("test.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn empty_is_default() {
+        assert_eq!(parse(""), Ok(Config::default()));
+    }
+
+    #[test]
+    fn keys_are_the_flag_names() {
+        let config = parse("listen = \"0.0.0.0:9000\"\nregistry = \"/tmp/x.csv\"\nsockets-capacity = 1024\n").unwrap();
+        assert_eq!(config.listen, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(config.registry.as_deref(), Some(Path::new("/tmp/x.csv")));
+        assert_eq!(config.sockets_capacity, 1024);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let cases = [
+            ("listen = \"127.0.0.1:7455\"\nlisen = 1\n", "line 2", "lisen"),
+            ("\n\nlisten = \"nonsense\"", "line 3", "invalid socket address"),
+            ("sockets-capacity = -1", "line 1", "sockets-capacity"),
+        ];
+        for (text, line, word) in cases {
+            let err = parse(text).unwrap_err();
+            assert!(err.starts_with("bad config test.toml: "), "{err}");
+            assert!(err.contains(line) && err.contains(word), "{text:?} gave {err}");
+        }
+    }
+}

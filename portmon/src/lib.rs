@@ -1,0 +1,19 @@
+//! portmon: live port monitoring for Linux through eBPF.
+//!
+//! The layout follows the data: `loader` owns the kernel programs,
+//! `counters` and `failures` read what they collect, `registry` and
+//! `port_class` say what a port means, `daemon` runs it all, `cli` is the
+//! command line.
+
+pub mod cli;
+pub mod config;
+pub mod counters;
+pub mod daemon;
+pub mod failures;
+pub mod http;
+pub mod loader;
+pub mod mounts;
+pub mod netns;
+pub mod port_class;
+pub mod preflight;
+pub mod registry;

@@ -1,0 +1,253 @@
+//! The only owner of the kernel object: loads it, attaches every program,
+//! and hands out the maps. Dropping `Kernel` detaches everything; every
+//! attachment is a bpf link owned by this process, so a killed daemon
+//! leaves nothing behind either.
+
+use std::{fs::File, io, path::PathBuf};
+
+use aya::{
+    maps::{Array, HashMap, MapData, MapError, RingBuf},
+    programs::{CgroupAttachMode, Program, ProgramError},
+    Ebpf, EbpfError, EbpfLoader,
+};
+use portmon_common::{map, program, PortKey, PortStats, SockRecord};
+
+/// The kernel programs, built by build.rs from `portmon-ebpf`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portmon.bpf.o"));
+
+/// Where a program attaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// The cgroup v2 root, next to any other program there (BPF_F_ALLOW_MULTI).
+    CgroupRoot,
+    /// A tracepoint.
+    Tracepoint { category: &'static str, name: &'static str },
+}
+
+/// Every program and its hook. No `syscalls:*` tracepoint: attaching one
+/// slows every system call of every process on the host.
+pub const PROGRAMS: &[(&str, Hook)] = &[
+    (program::SOCK_RELEASE, Hook::CgroupRoot),
+    (program::POST_BIND4, Hook::CgroupRoot),
+    (program::POST_BIND6, Hook::CgroupRoot),
+    (program::SOCK_OPS, Hook::CgroupRoot),
+    (program::INET_SOCK_SET_STATE, Hook::Tracepoint { category: "sock", name: "inet_sock_set_state" }),
+    (program::BIND4, Hook::CgroupRoot),
+    (program::BIND6, Hook::CgroupRoot),
+    (program::CONNECT4, Hook::CgroupRoot),
+    (program::CONNECT6, Hook::CgroupRoot),
+];
+
+/// Sizes of the kernel maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapCapacity {
+    /// Entries of `PORT_STATS` (one per port, protocol, family, end and namespace).
+    pub port_stats: u32,
+    /// Entries of `SOCKETS` (one per socket portmon saw bind, listen or connect).
+    pub sockets: u32,
+}
+
+impl Default for MapCapacity {
+    fn default() -> Self {
+        Self {
+            port_stats: portmon_common::capacity::PORT_STATS,
+            sockets: portmon_common::capacity::SOCKETS,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("the kernel refused portmon's maps or object")]
+    Object(#[source] EbpfError),
+    #[error("the kernel object has no program {program}")]
+    MissingProgram { program: &'static str },
+    #[error("program {program} is not of the type its hook needs")]
+    WrongProgramType { program: &'static str },
+    #[error("the kernel rejected program {program}")]
+    Load {
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("failed to attach {program} to {target}")]
+    Attach {
+        program: &'static str,
+        target: String,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("cannot open cgroup {path}")]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the kernel object has no map {map}")]
+    MissingMap { map: &'static str },
+    #[error("map {map} does not have the layout portmon expects")]
+    MapLayout {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+}
+
+/// The loaded, attached kernel programs.
+#[derive(Debug)]
+pub struct Kernel {
+    ebpf: Ebpf,
+    attached: Vec<&'static str>,
+}
+
+/// Handles on the kernel maps, for the readers.
+pub struct KernelMaps {
+    /// Per-port counters.
+    pub port_stats: HashMap<MapData, PortKey, PortStats>,
+    /// Per-socket records (owner of each socket), by socket cookie.
+    pub sockets: HashMap<MapData, u64, SockRecord>,
+    /// portmon's own health counters.
+    pub health: Array<MapData, u64>,
+    /// Failure events.
+    pub failures: RingBuf<MapData>,
+}
+
+impl Kernel {
+    /// Loads the object and attaches every program, attaching cgroup
+    /// programs to `cgroup_root`.
+    pub fn load(cgroup_root: &std::path::Path, capacity: MapCapacity) -> Result<(Self, KernelMaps), LoadError> {
+        let mut ebpf = open_object(capacity)?;
+        let cgroup = File::open(cgroup_root)
+            .map_err(|source| LoadError::Cgroup { path: cgroup_root.to_owned(), source })?;
+        let mut attached = Vec::with_capacity(PROGRAMS.len());
+        for &(name, hook) in PROGRAMS {
+            let target = attach(&mut ebpf, name, hook, &cgroup, cgroup_root)?;
+            tracing::info!(program = name, target, "attached");
+            attached.push(name);
+        }
+        let maps = KernelMaps::take(&mut ebpf)?;
+        Ok((Self { ebpf, attached }, maps))
+    }
+
+    /// Tries each program on its own and reports, per program, whether it
+    /// loads and attaches here. Everything is detached again on return.
+    pub fn probe(cgroup_root: &std::path::Path) -> Result<Vec<(&'static str, Result<String, LoadError>)>, LoadError> {
+        let mut ebpf = open_object(MapCapacity::default())?;
+        let cgroup = File::open(cgroup_root)
+            .map_err(|source| LoadError::Cgroup { path: cgroup_root.to_owned(), source })?;
+        Ok(PROGRAMS
+            .iter()
+            .map(|&(name, hook)| (name, attach(&mut ebpf, name, hook, &cgroup, cgroup_root)))
+            .collect())
+    }
+
+    /// Names of the attached programs.
+    pub fn attached(&self) -> &[&'static str] {
+        &self.attached
+    }
+
+    /// Detaches every program (the same happens on drop).
+    pub fn detach(self) {
+        let Self { ebpf, attached } = self;
+        drop(ebpf);
+        tracing::info!(programs = attached.len(), "detached");
+    }
+}
+
+impl std::fmt::Debug for KernelMaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KernelMaps").finish_non_exhaustive()
+    }
+}
+
+impl KernelMaps {
+    fn take(ebpf: &mut Ebpf) -> Result<Self, LoadError> {
+        fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
+        where
+            T: TryFrom<aya::maps::Map, Error = MapError>,
+        {
+            let map = ebpf.take_map(name).ok_or(LoadError::MissingMap { map: name })?;
+            T::try_from(map).map_err(|source| LoadError::MapLayout { map: name, source })
+        }
+        Ok(Self {
+            port_stats: take(ebpf, map::PORT_STATS)?,
+            sockets: take(ebpf, map::SOCKETS)?,
+            health: take(ebpf, map::HEALTH)?,
+            failures: take(ebpf, map::FAILURES)?,
+        })
+    }
+}
+
+fn open_object(capacity: MapCapacity) -> Result<Ebpf, LoadError> {
+    raise_memlock_limit();
+    EbpfLoader::new()
+        .map_max_entries(map::PORT_STATS, capacity.port_stats)
+        .map_max_entries(map::SOCKETS, capacity.sockets)
+        .load(OBJECT)
+        .map_err(LoadError::Object)
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones to
+/// the cgroup, where this is harmless.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: a valid rlimit struct; failure only matters on old kernels.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK: {}", io::Error::last_os_error());
+    }
+}
+
+fn attach(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    hook: Hook,
+    cgroup: &File,
+    cgroup_root: &std::path::Path,
+) -> Result<String, LoadError> {
+    let program = ebpf.program_mut(name).ok_or(LoadError::MissingProgram { program: name })?;
+    let load = |source| LoadError::Load { program: name, source };
+    let target = match hook {
+        Hook::CgroupRoot => cgroup_root.display().to_string(),
+        Hook::Tracepoint { category, name } => format!("tracepoint {category}:{name}"),
+    };
+    let attach_err = |source| LoadError::Attach { program: name, target: target.clone(), source };
+    // aya attaches through bpf links on every kernel portmon supports (5.7+), and a
+    // cgroup link always runs next to other programs (`cgroup_bpf_link_attach`,
+    // kernel/bpf/cgroup.c, passes BPF_F_ALLOW_MULTI itself); 6.18 refuses the flag
+    // from user space, so the mode passed here must be the flag-less one.
+    let mode = CgroupAttachMode::Single;
+    match (program, hook) {
+        (Program::CgroupSockAddr(p), Hook::CgroupRoot) => {
+            p.load().map_err(load)?;
+            p.attach(cgroup, mode).map_err(attach_err)?;
+        }
+        (Program::CgroupSock(p), Hook::CgroupRoot) => {
+            p.load().map_err(load)?;
+            p.attach(cgroup, mode).map_err(attach_err)?;
+        }
+        (Program::SockOps(p), Hook::CgroupRoot) => {
+            p.load().map_err(load)?;
+            p.attach(cgroup, mode).map_err(attach_err)?;
+        }
+        (Program::TracePoint(p), Hook::Tracepoint { category, name: tp }) => {
+            p.load().map_err(load)?;
+            p.attach(category, tp).map_err(attach_err)?;
+        }
+        _ => return Err(LoadError::WrongProgramType { program: name }),
+    }
+    Ok(target)
+}
+
+/// An error with its sources, on one line.
+pub fn error_line(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        // The verifier's log can be thousands of lines; its first line says enough here.
+        line.push_str(": ");
+        line.push_str(text.lines().next().unwrap_or(""));
+        source = s.source();
+    }
+    line
+}

@@ -1,0 +1,1 @@
+//! Port range classes (placeholder until the registry lands).

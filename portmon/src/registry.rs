@@ -1,0 +1,1 @@
+//! The port registry: IANA service names (placeholder until it lands).
