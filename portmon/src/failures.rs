@@ -147,18 +147,17 @@ impl FailureLog {
 pub struct FailureReader {
     ring: RingBuf<MapData>,
     namespaces: Namespaces,
-    own_pid: u32,
 }
 
 impl std::fmt::Debug for FailureReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FailureReader").field("own_pid", &self.own_pid).finish_non_exhaustive()
+        f.debug_struct("FailureReader").finish_non_exhaustive()
     }
 }
 
 impl FailureReader {
     pub fn new(ring: RingBuf<MapData>) -> Self {
-        Self { ring, namespaces: Namespaces::default(), own_pid: std::process::id() }
+        Self { ring, namespaces: Namespaces::default() }
     }
 
     /// The ring buffer's file descriptor, to wait on.
@@ -178,10 +177,6 @@ impl FailureReader {
         }
         let mut taken = 0;
         for event in events {
-            // Failures of portmon's own probes are not the host's.
-            if event.pid == self.own_pid {
-                continue;
-            }
             match self.settle(&event) {
                 Some(failure) => {
                     tracing::warn!(

@@ -1,1 +1,259 @@
+//! Support for portmon's integration tests: fresh network namespaces, the
+//! kernel programs loaded in-process, and the daemon binary.
+//!
+//! Tests need root (they load BPF programs and create namespaces) and run
+//! one at a time: they count the programs attached to the cgroup root, which
+//! other tests' programs would disturb. `serial()` enforces that even when
+//! the harness runs threads.
 
+use std::{
+    ffi::CString,
+    io,
+    path::PathBuf,
+    process::Command,
+    sync::{Mutex, MutexGuard, OnceLock},
+    time::{Duration, Instant},
+};
+
+use portmon::{
+    counters::{self, Health},
+    failures::{Failure, FailureLog, FailureReader},
+    loader::{Kernel, KernelMaps, MapCapacity},
+    mounts::Mounts,
+};
+use portmon_common::{Family, PortStats, Proto, Role};
+
+/// Holds the lock that keeps tests from running at the same time.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Name given to the threads tests make sockets on; the kernel reports it as `comm`.
+pub const TEST_COMM: &str = "pm-test-ns";
+
+/// A network namespace made for one test, with `lo` up, and a thread in it.
+#[derive(Debug)]
+pub struct TestNetns {
+    /// Its cookie, as the kernel programs report it.
+    pub cookie: u64,
+}
+
+/// Runs `work` on a thread in a fresh network namespace.
+pub fn in_fresh_netns<T: Send>(work: impl FnOnce(&TestNetns) -> T + Send) -> T {
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name(TEST_COMM.into())
+            .spawn_scoped(scope, || {
+                // SAFETY: unshare only changes this thread's namespace.
+                let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "unshare(CLONE_NEWNET) failed (tests need root): {}", io::Error::last_os_error());
+                set_link_up("lo");
+                let cookie = portmon::netns::current_cookie().expect("netns cookie");
+                work(&TestNetns { cookie })
+            })
+            .expect("spawn netns thread")
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+fn set_link_up(name: &str) {
+    // SAFETY: plain socket/ioctl calls on a zeroed ifreq we own.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        assert!(fd >= 0, "socket: {}", io::Error::last_os_error());
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (dst, src) in req.ifr_name.iter_mut().zip(CString::new(name).unwrap().as_bytes_with_nul()) {
+            *dst = *src as libc::c_char;
+        }
+        assert_eq!(libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req), 0, "SIOCGIFFLAGS {name}");
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        assert_eq!(libc::ioctl(fd, libc::SIOCSIFFLAGS, &mut req), 0, "SIOCSIFFLAGS {name}");
+        libc::close(fd);
+    }
+}
+
+/// Writes a sysctl of the calling thread's network namespace.
+pub fn write_sysctl(name: &str, value: &str) {
+    std::fs::write(format!("/proc/sys/{name}"), value).unwrap_or_else(|e| panic!("writing {name}={value}: {e}"));
+}
+
+/// The cgroup v2 root, from mountinfo.
+pub fn cgroup_root() -> PathBuf {
+    Mounts::read().expect("mountinfo").cgroup2().expect("a cgroup v2 mount").mount_point.clone()
+}
+
+/// portmon's kernel programs, loaded and attached in this process.
+pub struct Monitor {
+    kernel: Option<Kernel>,
+    maps: KernelMapsForTests,
+    pub failures: FailureLog,
+}
+
+struct KernelMapsForTests {
+    port_stats: aya::maps::HashMap<aya::maps::MapData, portmon_common::PortKey, PortStats>,
+    health: aya::maps::Array<aya::maps::MapData, u64>,
+    reader: FailureReader,
+}
+
+impl std::fmt::Debug for Monitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Monitor").field("attached", &self.kernel.is_some()).finish_non_exhaustive()
+    }
+}
+
+impl Monitor {
+    /// Loads and attaches every program to the cgroup v2 root.
+    pub fn attach() -> Self {
+        portmon::preflight::check().expect("preflight (tests need root)");
+        let (kernel, maps) = Kernel::load(&cgroup_root(), MapCapacity::default()).expect("load kernel programs");
+        let KernelMaps { port_stats, health, failures, .. } = maps;
+        Self {
+            kernel: Some(kernel),
+            maps: KernelMapsForTests { port_stats, health, reader: FailureReader::new(failures) },
+            failures: FailureLog::default(),
+        }
+    }
+
+    /// The counters of one port in one namespace.
+    pub fn stats(&self, netns: u64, proto: Proto, family: Family, role: Role, port: u16) -> PortStats {
+        counters::read_ports(&self.maps.port_stats)
+            .into_iter()
+            .find(|c| c.netns == netns && c.proto == proto && c.family == family && c.role == role && c.port == port)
+            .map(|c| c.stats)
+            .unwrap_or_default()
+    }
+
+    /// Every port with counters in one namespace.
+    pub fn ports_in(&self, netns: u64) -> Vec<counters::PortCount> {
+        counters::read_ports(&self.maps.port_stats).into_iter().filter(|c| c.netns == netns).collect()
+    }
+
+    pub fn health(&self) -> Health {
+        counters::read_health(&self.maps.health)
+    }
+
+    /// Failures in one namespace, waiting up to a second for `want` of them.
+    pub fn failures_in(&mut self, netns: u64, want: usize) -> Vec<Failure> {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            self.maps.reader.drain_into(&mut self.failures);
+            let found: Vec<Failure> = self.failures.recent().filter(|f| f.netns == netns).cloned().collect();
+            if found.len() >= want || Instant::now() > deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Detaches everything now.
+    pub fn detach(&mut self) {
+        if let Some(kernel) = self.kernel.take() {
+            kernel.detach();
+        }
+    }
+}
+
+/// How many of portmon's programs the kernel has loaded right now.
+pub fn loaded_portmon_programs() -> usize {
+    let names: Vec<&str> = portmon::loader::PROGRAMS.iter().map(|(name, _)| *name).collect();
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| p.name_as_str().is_some_and(|n| names.iter().any(|want| want.starts_with(n) && !n.is_empty())))
+        .count()
+}
+
+/// The `portmon` binary, built once per test run with the same profile.
+pub fn portmon_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test binary path");
+        // target/<profile>/deps/integration-… → target/<profile>
+        let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir").to_owned();
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo.args(["build", "--package", "portmon", "--bin", "portmon"]);
+        if release {
+            cargo.arg("--release");
+        }
+        if let Some(target_dir) = profile_dir.parent() {
+            cargo.arg("--target-dir").arg(target_dir);
+        }
+        let status = cargo.status().expect("run cargo to build the portmon binary");
+        assert!(status.success(), "building the portmon binary failed");
+        profile_dir.join("portmon")
+    })
+    .clone()
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}
+
+/// A GET over real HTTP: (status, body).
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> io::Result<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Ok((status, body.to_owned()))
+}
+
+/// A `portmon run` child process, stopped (SIGKILL) on drop if still running.
+#[derive(Debug)]
+pub struct Daemon {
+    pub child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+}
+
+impl Daemon {
+    /// Starts `portmon run` on `addr` with extra arguments, and waits for
+    /// `/healthz` to answer.
+    pub fn start(addr: std::net::SocketAddr, extra: &[&str]) -> Self {
+        let child = Command::new(portmon_bin())
+            .args(["run", "--listen", &addr.to_string()])
+            .args(extra)
+            .env("PORTMON_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn portmon run");
+        let mut daemon = Self { child, addr };
+        let up = wait_until(Duration::from_secs(30), || {
+            if let Ok(Some(status)) = daemon.child.try_wait() {
+                panic!("portmon run exited early: {status}");
+            }
+            matches!(http_get(addr, "/healthz"), Ok((200, _)))
+        });
+        assert!(up, "portmon run did not answer /healthz on {addr}");
+        daemon
+    }
+
+    /// Sends a signal and waits for the exit status.
+    pub fn stop_with(mut self, signal: i32) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        self.child.wait().expect("wait for portmon")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Successful binds, listens, connects and closes are counted exactly.
+
+use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+
+use portmon_common::{Family, Proto, Role};
+use portmon_tests::{in_fresh_netns, serial, Monitor};
+
+/// A port no other test uses, so a failure names its test.
+const PORT: u16 = 15_201;
+
+#[test]
+fn every_bind_on_a_port_is_counted() {
+    let _serial = serial();
+    let monitor = Monitor::attach();
+    let binds = 7;
+    in_fresh_netns(|ns| {
+        for _ in 0..binds {
+            let socket = TcpListener::bind(("127.0.0.1", PORT)).expect("bind");
+            drop(socket);
+        }
+        let stats = monitor.stats(ns.cookie, Proto::Tcp, Family::Inet, Role::Local, PORT);
+        assert_eq!(stats.binds, binds, "binds on {PORT}");
+        assert_eq!(stats.listens, binds, "listens on {PORT}");
+        assert_eq!(stats.live, 0, "closed sockets still counted live");
+    });
+}
+
+#[test]
+fn bind_to_port_zero_counts_the_port_the_kernel_chose() {
+    let _serial = serial();
+    let monitor = Monitor::attach();
+    in_fresh_netns(|ns| {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind 0");
+        let port = socket.local_addr().unwrap().port();
+        let stats = monitor.stats(ns.cookie, Proto::Udp, Family::Inet, Role::Local, port);
+        assert_eq!((stats.binds, stats.live), (1, 1), "bind(0) that got port {port}");
+        let zero = monitor.stats(ns.cookie, Proto::Udp, Family::Inet, Role::Local, 0);
+        assert_eq!(zero.binds, 0, "nothing counted on port 0");
+        drop(socket);
+        let stats = monitor.stats(ns.cookie, Proto::Udp, Family::Inet, Role::Local, port);
+        assert_eq!((stats.binds, stats.live), (1, 0), "after close");
+    });
+}
+
+#[test]
+fn connects_count_by_remote_port_and_by_local_ephemeral_port() {
+    let _serial = serial();
+    let monitor = Monitor::attach();
+    let connects = 12;
+    in_fresh_netns(|ns| {
+        let listener = TcpListener::bind(("127.0.0.1", PORT)).expect("listen");
+        let clients: Vec<TcpStream> =
+            (0..connects).map(|_| TcpStream::connect(("127.0.0.1", PORT)).expect("connect")).collect();
+        let accepted: Vec<TcpStream> = (0..connects).map(|_| listener.accept().expect("accept").0).collect();
+
+        let remote = monitor.stats(ns.cookie, Proto::Tcp, Family::Inet, Role::Remote, PORT);
+        assert_eq!((remote.connects, remote.live), (connects as u64, connects as i64), "to {PORT}");
+        let local_ports: Vec<u16> = clients.iter().map(|c| c.local_addr().unwrap().port()).collect();
+        for &port in &local_ports {
+            let local = monitor.stats(ns.cookie, Proto::Tcp, Family::Inet, Role::Local, port);
+            assert_eq!((local.connects, local.live), (1, 1), "from ephemeral port {port}");
+        }
+        let server = monitor.stats(ns.cookie, Proto::Tcp, Family::Inet, Role::Local, PORT);
+        assert_eq!((server.binds, server.listens, server.live), (1, 1, 1), "the listener");
+
+        drop(clients);
+        drop(accepted);
+        drop(listener);
+        for port in local_ports.iter().copied().chain([PORT]) {
+            let local = monitor.stats(ns.cookie, Proto::Tcp, Family::Inet, Role::Local, port);
+            assert_eq!(local.live, 0, "port {port} still live after close");
+        }
+        let remote = monitor.stats(ns.cookie, Proto::Tcp, Family::Inet, Role::Remote, PORT);
+        assert_eq!(remote.live, 0, "connections to {PORT} still live after close");
+    });
+}
+
+#[test]
+fn ipv6_and_udp_connects_are_counted() {
+    let _serial = serial();
+    let monitor = Monitor::attach();
+    in_fresh_netns(|ns| {
+        let listener = TcpListener::bind((Ipv6Addr::LOCALHOST, PORT)).expect("listen v6");
+        let client = TcpStream::connect((Ipv6Addr::LOCALHOST, PORT)).expect("connect v6");
+        let local_port = client.local_addr().unwrap().port();
+        let remote = monitor.stats(ns.cookie, Proto::Tcp, Family::Inet6, Role::Remote, PORT);
+        assert_eq!(remote.connects, 1, "v6 connect to {PORT}");
+        let local = monitor.stats(ns.cookie, Proto::Tcp, Family::Inet6, Role::Local, local_port);
+        assert_eq!(local.connects, 1, "v6 connect from {local_port}");
+        drop((client, listener));
+
+        let server = UdpSocket::bind(("127.0.0.1", PORT)).expect("udp server");
+        let target: SocketAddr = server.local_addr().unwrap();
+        let udp = UdpSocket::bind("127.0.0.1:0").expect("udp client");
+        let udp_port = udp.local_addr().unwrap().port();
+        udp.connect(target).expect("udp connect");
+        let remote = monitor.stats(ns.cookie, Proto::Udp, Family::Inet, Role::Remote, PORT);
+        assert_eq!((remote.connects, remote.live), (1, 1), "udp connect to {PORT}");
+        let local = monitor.stats(ns.cookie, Proto::Udp, Family::Inet, Role::Local, udp_port);
+        assert_eq!((local.binds, local.connects, local.live), (1, 1, 1), "udp client port");
+        drop(udp);
+        let local = monitor.stats(ns.cookie, Proto::Udp, Family::Inet, Role::Local, udp_port);
+        assert_eq!(local.live, 0, "udp client port after close");
+    });
+}
+
+#[test]
+fn udp_connect_without_bind_counts_the_auto_bound_port_once_settled() {
+    let _serial = serial();
+    let monitor = Monitor::attach();
+    in_fresh_netns(|ns| {
+        let server = UdpSocket::bind(("127.0.0.1", PORT)).expect("udp server");
+        // std binds before connecting; a raw socket connects unbound, so the
+        // kernel auto-binds it inside connect().
+        let fd = raw_udp_connect([127, 0, 0, 1], PORT).expect("raw udp connect");
+        let port = local_port(fd);
+        // The outcome of an auto-bind shows at the socket's next event: here, close.
+        // SAFETY: fd is ours.
+        unsafe { libc::close(fd) };
+        let local = monitor.stats(ns.cookie, Proto::Udp, Family::Inet, Role::Local, port);
+        assert_eq!((local.connects, local.live), (1, 0), "auto-bound port {port}");
+        let remote = monitor.stats(ns.cookie, Proto::Udp, Family::Inet, Role::Remote, PORT);
+        assert_eq!((remote.connects, remote.live), (1, 0), "udp connects to {PORT}");
+        drop(server);
+    });
+}
+
+/// connect() on a fresh, unbound UDP socket.
+pub fn raw_udp_connect(addr: [u8; 4], port: u16) -> std::io::Result<i32> {
+    // SAFETY: plain socket calls on a sockaddr_in we own.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut sin: libc::sockaddr_in = std::mem::zeroed();
+        sin.sin_family = libc::AF_INET as libc::sa_family_t;
+        sin.sin_port = port.to_be();
+        sin.sin_addr.s_addr = u32::from_ne_bytes(addr);
+        let rc = libc::connect(fd, (&raw const sin).cast(), std::mem::size_of::<libc::sockaddr_in>() as u32);
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            return Err(err);
+        }
+        Ok(fd)
+    }
+}
+
+/// The local port of a socket.
+pub fn local_port(fd: i32) -> u16 {
+    // SAFETY: getsockname into a sockaddr_storage we own.
+    unsafe {
+        let mut ss: libc::sockaddr_storage = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as u32;
+        assert_eq!(libc::getsockname(fd, (&raw mut ss).cast(), &mut len), 0);
+        u16::from_be((*(&raw const ss).cast::<libc::sockaddr_in>()).sin_port)
+    }
+}
