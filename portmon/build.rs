@@ -28,6 +28,9 @@ fn main() -> Result<()> {
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core", "--target-dir"])
         .arg(&target_dir)
         .current_dir(&ebpf_dir);
+    // BTF in the object: socket storage maps need their value type described.
+    let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_else(|_| "x86_64".into());
+    let rustflags = [format!("--cfg=bpf_target_arch=\"{arch}\""), "-Cdebuginfo=2".into(), "-Clink-arg=--btf".into()];
     // The outer cargo's settings (clippy's wrapper, host rustflags, its
     // target dir and toolchain) must not leak into the BPF build.
     for (key, _) in env::vars_os() {
@@ -39,6 +42,7 @@ fn main() -> Result<()> {
             cargo.env_remove(key);
         }
     }
+    cargo.env("CARGO_ENCODED_RUSTFLAGS", rustflags.join("\x1f"));
     let status = cargo.status().context("could not run rustup: is rustup on PATH?")?;
     if !status.success() {
         bail!(

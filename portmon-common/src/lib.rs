@@ -16,15 +16,17 @@ pub use user::*;
 pub mod map {
     /// Per-port counters, `PortKey` → `PortStats`.
     pub const PORT_STATS: &str = "PORT_STATS";
-    /// What portmon knows of each socket it saw bind, listen or connect,
-    /// socket cookie → `SockRecord`.
-    pub const SOCKETS: &str = "SOCKETS";
-    /// TCP connects under way, thread (pid_tgid) → `ConnectAttempt`.
-    pub const CONNECTING: &str = "CONNECTING";
+    /// Who bound or listens on a socket with a fixed port, socket cookie → `Owner`.
+    pub const OWNERS: &str = "OWNERS";
+    /// Sockets bound to port 0 and then connected, by command name
+    /// (`[u8; 16]` → count): the expensive way to get an ephemeral port.
+    pub const BIND_BEFORE_CONNECT: &str = "BIND_BEFORE_CONNECT";
     /// Failures, one `FailureEvent` each.
     pub const FAILURES: &str = "FAILURES";
     /// portmon's own health counters, indexed by `slot::*`.
     pub const HEALTH: &str = "HEALTH";
+    /// Per-socket state between hooks (kernel-only), socket cookie → state.
+    pub const SOCKETS: &str = "SOCKETS";
 }
 
 /// Names of the kernel programs, after the hook each attaches to.
@@ -37,6 +39,8 @@ pub mod program {
     pub const POST_BIND6: &str = "post_bind6";
     pub const SOCK_RELEASE: &str = "sock_release";
     pub const SOCK_OPS: &str = "sock_ops";
+    /// The kernel keeps 15 characters of a program's name: it lists this
+    /// one as `inet_sock_set_s`.
     pub const INET_SOCK_SET_STATE: &str = "inet_sock_set_state";
 }
 
@@ -51,15 +55,19 @@ pub mod slot {
     /// Failures detected in the kernel (sent or dropped): the ground truth the
     /// user-space error counts are checked against.
     pub const FAILURES_SEEN: u32 = 3;
+    /// Updates lost because `BIND_BEFORE_CONNECT` was full.
+    pub const BIND_BEFORE_CONNECT_OVERFLOW: u32 = 4;
     /// Number of slots.
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// Default capacities; the daemon may resize maps before load.
 pub mod capacity {
     pub const PORT_STATS: u32 = 1 << 16;
-    pub const SOCKETS: u32 = 1 << 18;
-    pub const CONNECTING: u32 = 1 << 14;
+    /// Sockets tracked between hooks (bound, listening, UDP connecting).
+    pub const SOCKETS: u32 = 1 << 16;
+    pub const OWNERS: u32 = 1 << 14;
+    pub const BIND_BEFORE_CONNECT: u32 = 1 << 10;
     /// Ring buffer size in bytes (a power of two, a multiple of the page size).
     pub const FAILURES_BYTES: u32 = 1 << 18;
 }
@@ -100,16 +108,6 @@ pub mod errno {
     pub const EADDRNOTAVAIL: u32 = 99;
 }
 
-/// Pending operations a `SockRecord` can hold until their outcome shows.
-pub mod pending {
-    pub const NONE: u8 = 0;
-    /// `bind()` entered; `post_bind` clears it on success.
-    pub const BIND: u8 = 1;
-    /// UDP `connect()` on an unbound socket; its auto-bind's outcome shows
-    /// as the socket's local port at its next event.
-    pub const UDP_CONNECT: u8 = 2;
-}
-
 /// Key of `PORT_STATS`: one port of one protocol and family in one network
 /// namespace, from one end.
 #[repr(C)]
@@ -145,61 +143,28 @@ pub struct PortStats {
 }
 const _: () = assert!(core::mem::size_of::<PortStats>() == 32);
 
-/// Value of `SOCKETS`: what the kernel side remembers of one socket between
-/// its hooks. Keyed by socket cookie, so user space can join it with the
-/// cookies `sock_diag` reports.
+/// Value of `OWNERS`: the process that bound a fixed port or listened.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SockRecord {
+pub struct Owner {
     /// Network namespace cookie.
     pub netns: u64,
-    /// cgroup v2 id of the process that bound, listened or connected.
+    /// cgroup v2 id.
     pub cgroup: u64,
-    /// Address of the pending operation (bind: local; connect: remote),
-    /// IPv4 in the first four bytes, network byte order.
-    pub pending_addr: [u8; 16],
-    /// Command name of that process, NUL padded.
+    /// Command name, NUL padded.
     pub comm: [u8; 16],
-    /// Its process id (tgid).
+    /// Process id (tgid).
     pub pid: u32,
-    /// Its uid.
     pub uid: u32,
-    /// Local port counted in `PortStats::live`, 0 if none.
-    pub local_port: u16,
-    /// Remote port counted in `PortStats::live`, 0 if none.
-    pub remote_port: u16,
-    /// Port asked for by the pending operation.
-    pub pending_port: u16,
-    /// `family::*`.
-    pub family: u8,
-    /// `proto::*`.
-    pub proto: u8,
-    /// `pending::*`.
-    pub pending: u8,
-    pub _pad: [u8; 7],
 }
-const _: () = assert!(core::mem::size_of::<SockRecord>() == 72);
-
-/// Value of `CONNECTING`: the TCP connect a thread is in, so the state
-/// tracepoint (which has no namespace or cookie) can attribute a failure.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConnectAttempt {
-    pub netns: u64,
-    pub socket_cookie: u64,
-    /// Remote address, IPv4 in the first four bytes, network byte order.
-    pub addr: [u8; 16],
-    /// Remote port, host byte order.
-    pub port: u16,
-    pub family: u8,
-    pub _pad: [u8; 5],
-}
-const _: () = assert!(core::mem::size_of::<ConnectAttempt>() == 40);
+const _: () = assert!(core::mem::size_of::<Owner>() == 40);
 
 /// One failed bind or connect, sent through the `FAILURES` ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FailureEvent {
+    /// Network namespace cookie; 0 where the hook cannot tell (the state
+    /// tracepoint): user space then finds it through the thread, `tid`.
     pub netns: u64,
     pub cgroup: u64,
     pub socket_cookie: u64,
@@ -208,6 +173,7 @@ pub struct FailureEvent {
     pub addr: [u8; 16],
     pub comm: [u8; 16],
     pub pid: u32,
+    pub tid: u32,
     pub uid: u32,
     /// `errno::*`; `UNRESOLVED` when only user space can tell.
     pub errno: u32,
@@ -217,6 +183,6 @@ pub struct FailureEvent {
     pub proto: u8,
     /// `op::*`.
     pub op: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
 }
 const _: () = assert!(core::mem::size_of::<FailureEvent>() == 80);

@@ -2,7 +2,7 @@
 
 use core::fmt;
 
-use crate::{family, op, proto, role, ConnectAttempt, FailureEvent, PortKey, PortStats, SockRecord};
+use crate::{family, op, proto, role, FailureEvent, Owner, PortKey, PortStats};
 
 // SAFETY: each type is `#[repr(C)]`, made of integers and byte arrays, with
 // explicit padding fields, so every bit pattern is a valid value.
@@ -10,9 +10,7 @@ unsafe impl aya::Pod for PortKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for PortStats {}
 // SAFETY: as above.
-unsafe impl aya::Pod for SockRecord {}
-// SAFETY: as above.
-unsafe impl aya::Pod for ConnectAttempt {}
+unsafe impl aya::Pod for Owner {}
 // SAFETY: as above.
 unsafe impl aya::Pod for FailureEvent {}
 

@@ -10,10 +10,10 @@
 #![expect(internal_features, reason = "core_intrinsics is the only way to a BPF atomic add")]
 
 mod maps;
-mod record;
 mod sock;
 mod sock_addr;
 mod sock_ops;
+mod sock_state;
 mod tracepoint;
 
 /// Return value of a cgroup program that lets the operation go on.
@@ -27,7 +27,7 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
-// The ring buffer and the tracepoint helpers are available to GPL-compatible
+// The ring buffer and the tracing helpers are available to GPL-compatible
 // programs only.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]

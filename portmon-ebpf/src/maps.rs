@@ -3,27 +3,26 @@
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    bindings::BPF_NOEXIST,
     macros::map,
     maps::{Array, HashMap, LruHashMap, RingBuf},
 };
-use portmon_common::{capacity, slot, ConnectAttempt, PortKey, PortStats, SockRecord};
+use portmon_common::{capacity, slot, Owner, PortKey, PortStats};
 
-// Hash maps are not preallocated: most hosts use a small part of them, and
-// a full one is counted (`slot::*_OVERFLOW`), not fatal.
+// Preallocated: an insert takes an element from a per-CPU free list instead
+// of allocating, which matters when every bind(0) meets a new port. A full
+// map is counted (`slot::PORT_STATS_OVERFLOW`), not fatal.
 #[map]
-pub static PORT_STATS: HashMap<PortKey, PortStats> =
-    HashMap::with_max_entries(capacity::PORT_STATS, BPF_F_NO_PREALLOC);
+pub static PORT_STATS: HashMap<PortKey, PortStats> = HashMap::with_max_entries(capacity::PORT_STATS, 0);
+
+// LRU: owners are recorded for fixed-port binds and listens only, and an
+// owner of a long-closed socket is the right one to forget first.
+#[map]
+pub static OWNERS: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(capacity::OWNERS, 0);
 
 #[map]
-pub static SOCKETS: HashMap<u64, SockRecord> =
-    HashMap::with_max_entries(capacity::SOCKETS, BPF_F_NO_PREALLOC);
-
-// LRU: an entry outlives its connect only until the thread connects again,
-// and eviction of an old one loses nothing.
-#[map]
-pub static CONNECTING: LruHashMap<u64, ConnectAttempt> =
-    LruHashMap::with_max_entries(capacity::CONNECTING, 0);
+pub static BIND_BEFORE_CONNECT: HashMap<[u8; 16], u64> =
+    HashMap::with_max_entries(capacity::BIND_BEFORE_CONNECT, 0);
 
 #[map]
 pub static FAILURES: RingBuf = RingBuf::with_byte_size(capacity::FAILURES_BYTES, 0);
@@ -60,29 +59,34 @@ fn port_stats(key: &PortKey) -> Option<*mut PortStats> {
 
 const ZERO_STATS: PortStats = PortStats { binds: 0, listens: 0, connects: 0, live: 0 };
 
-/// Which field of `PortStats` to change.
-#[derive(Clone, Copy)]
-pub enum Field {
-    Binds,
-    Listens,
-    Connects,
-    Live,
+/// Changes to one port's counters, applied with one lookup.
+#[derive(Clone, Copy, Default)]
+pub struct Delta {
+    pub binds: u64,
+    pub listens: u64,
+    pub connects: u64,
+    pub live: i64,
 }
 
-/// Adds `delta` to one counter of one port.
+/// Applies `delta` to the counters of `key`.
 #[inline(always)]
-pub fn add(key: &PortKey, field: Field, delta: i64) {
+pub fn add(key: &PortKey, delta: Delta) {
     let Some(p) = port_stats(key) else { return };
     // SAFETY: `p` points into a live map value; each field is 8-byte aligned
     // (`PortStats` is #[repr(C)] of 64-bit integers).
     unsafe {
-        let field = match field {
-            Field::Binds => &raw mut (*p).binds,
-            Field::Listens => &raw mut (*p).listens,
-            Field::Connects => &raw mut (*p).connects,
-            Field::Live => (&raw mut (*p).live).cast::<u64>(),
-        };
-        xadd(field, delta as u64);
+        if delta.binds != 0 {
+            xadd(&raw mut (*p).binds, delta.binds);
+        }
+        if delta.listens != 0 {
+            xadd(&raw mut (*p).listens, delta.listens);
+        }
+        if delta.connects != 0 {
+            xadd(&raw mut (*p).connects, delta.connects);
+        }
+        if delta.live != 0 {
+            xadd((&raw mut (*p).live).cast::<u64>(), delta.live as u64);
+        }
     }
 }
 
@@ -94,7 +98,7 @@ pub fn add(key: &PortKey, field: Field, delta: i64) {
 /// # Safety
 /// `p` must be valid and 8-byte aligned.
 #[inline(always)]
-unsafe fn xadd(p: *mut u64, delta: u64) {
+pub unsafe fn xadd(p: *mut u64, delta: u64) {
     // SAFETY: upheld by the caller.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, delta) };
 }

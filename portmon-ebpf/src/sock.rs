@@ -9,11 +9,11 @@ use aya_ebpf::{
     programs::SockContext,
     EbpfContext,
 };
-use portmon_common::{pending, proto, role};
+use portmon_common::{proto, role};
 
 use crate::{
-    maps::{Field, SOCKETS},
-    record::{count, hold_local, lookup, new_record, release, settle, store},
+    maps::{add, Delta},
+    sock_state::{forget, key, pending, record_owner, settle, state, BOUND_TO_ZERO},
     ALLOW,
 };
 
@@ -36,40 +36,54 @@ pub fn sock_release(ctx: SockContext) -> i32 {
 }
 
 #[inline(always)]
-fn transport(protocol: u32) -> Option<u8> {
-    match protocol {
-        p if p == u32::from(proto::TCP) => Some(proto::TCP),
-        p if p == u32::from(proto::UDP) => Some(proto::UDP),
-        _ => None,
-    }
+fn netns(ctx: &SockContext) -> u64 {
+    // SAFETY: the helper accepts a cgroup sock context.
+    unsafe { bpf_get_netns_cookie(ctx.as_ptr()) }
+}
+
+#[inline(always)]
+fn cookie(ctx: &SockContext) -> u64 {
+    // SAFETY: the helper accepts a cgroup sock context.
+    unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
 }
 
 #[inline(always)]
 fn on_post_bind(ctx: &SockContext) {
     // SAFETY: the kernel passes a valid full socket to cgroup sock programs.
     let sk = unsafe { &*ctx.sock };
-    let Some(proto) = transport(sk.protocol) else { return };
+    let proto = match sk.protocol {
+        p if p == u32::from(proto::TCP) => proto::TCP,
+        p if p == u32::from(proto::UDP) => proto::UDP,
+        _ => return,
+    };
     // Runs only once get_port() succeeded, with inet_num set to the port
     // actually bound, so bind(0) shows the port the kernel chose
     // (`__inet_bind`, net/ipv4/af_inet.c; `__inet6_bind`, net/ipv6/af_inet6.c).
     let port = sk.src_port as u16;
-    // SAFETY: both helpers accept a cgroup sock context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let mut rec = match lookup(cookie) {
-        Some(rec) => rec,
-        // SAFETY: as above.
-        None => new_record(unsafe { bpf_get_netns_cookie(ctx.as_ptr()) }, sk.family as u8, proto),
-    };
-    rec.pending = pending::NONE;
-    count(&rec, port, role::LOCAL, Field::Binds);
-    hold_local(&mut rec, port);
-    store(cookie, &rec);
+    let family = sk.family as u8;
+    let cookie = cookie(ctx);
+    let Some(st) = state(cookie, true) else { return };
+    let asked = if st.pending == pending::BIND { st.pending_port } else { port };
+    st.pending = pending::NONE;
+    if asked == 0 {
+        st.flags |= BOUND_TO_ZERO;
+    }
+    let netns = netns(ctx);
+    let live = if st.local_port == port { 0 } else { 1 };
+    add(&key(netns, proto, family, port, role::LOCAL), Delta { binds: 1, live, ..Delta::default() });
+    st.local_port = port;
+    st.family = family;
+    st.proto = proto;
+    // Servers bind fixed ports; who they are is worth a map entry.
+    if asked != 0 {
+        record_owner(cookie, netns);
+    }
 }
 
 /// Offset of `skc_num` (the local port, host order) in `struct sock_common`
-/// (include/net/sock.h): after skc_addrpair (8 bytes) and skc_hash (4), and
-/// before it skc_dport (2). These first 16 bytes have kept their layout since
-/// Linux 2.6.38, because socket lookups compare them as words.
+/// (include/net/sock.h): after skc_addrpair (8 bytes), skc_hash (4) and
+/// skc_dport (2). These first bytes have kept their layout since Linux
+/// 2.6.38: socket lookups compare them as words.
 const SKC_NUM_OFFSET: usize = 14;
 
 /// The socket's local port in `sock_release`, where the kernel does not
@@ -83,15 +97,22 @@ fn local_port(ctx: &SockContext) -> u16 {
     unsafe { bpf_probe_read_kernel(ctx.sock.cast::<u8>().add(SKC_NUM_OFFSET).cast::<u16>()) }.unwrap_or(0)
 }
 
+/// The release hook fires for every socket closed, accepted ones and ones
+/// older than portmon included (`inet_release`, net/ipv4/af_inet.c): only
+/// those with state have something to give back.
 #[inline(always)]
 fn on_release(ctx: &SockContext) {
-    // SAFETY: the helper accepts a cgroup sock context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // Accepted sockets and sockets older than portmon have no record: the
-    // release hook fires for them too (`inet_release`, net/ipv4/af_inet.c),
-    // and there is nothing of theirs to give back.
-    let Some(mut rec) = lookup(cookie) else { return };
-    settle(&mut rec, cookie, local_port(ctx));
-    release(&rec);
-    let _ = SOCKETS.remove(&cookie);
+    let cookie = cookie(ctx);
+    let Some(st) = state(cookie, false) else { return };
+    let netns = netns(ctx);
+    if st.pending != pending::NONE {
+        settle(st, netns, cookie, local_port(ctx));
+    }
+    if st.local_port != 0 {
+        add(&key(netns, st.proto, st.family, st.local_port, role::LOCAL), Delta { live: -1, ..Delta::default() });
+    }
+    if st.remote_port != 0 {
+        add(&key(netns, st.proto, st.family, st.remote_port, role::REMOTE), Delta { live: -1, ..Delta::default() });
+    }
+    forget(cookie);
 }

@@ -1,21 +1,19 @@
 //! cgroup `sock_addr` hooks: bind() and connect() as they are asked for,
 //! before the kernel decides. They open the operation in the socket's
-//! record; later hooks close it.
+//! state; later hooks settle it.
 
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_pid_tgid,
-        generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_getsockopt},
-    },
+    bindings::bpf_sock,
+    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
     EbpfContext,
 };
-use portmon_common::{family, pending, proto, ConnectAttempt};
+use portmon_common::{family, proto, role};
 
 use crate::{
-    maps::CONNECTING,
-    record::{connected, lookup, new_record, own, settle, store},
+    maps::{add, count_health, xadd, Delta, BIND_BEFORE_CONNECT},
+    sock_state::{key, pending, settle, state, SockState, BOUND_TO_ZERO},
     ALLOW,
 };
 
@@ -43,128 +41,134 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
     ALLOW
 }
 
-/// What a sock_addr hook knows: the socket and the address asked for.
-struct Request {
-    cookie: u64,
-    netns: u64,
-    proto: u8,
-    /// Local port the socket already has (host order), 0 if none.
-    bound_port: u16,
-    /// The address and port asked for (network order bytes, host order port).
-    addr: [u8; 16],
-    port: u16,
+/// The transport of a socket portmon watches, if it is one.
+#[inline(always)]
+fn transport(protocol: u32) -> Option<u8> {
+    match protocol {
+        p if p == u32::from(proto::TCP) => Some(proto::TCP),
+        p if p == u32::from(proto::UDP) => Some(proto::UDP),
+        _ => None,
+    }
 }
 
+/// The address asked for, as bytes in network order.
 #[inline(always)]
-fn request(ctx: &SockAddrContext, family: u8) -> Option<Request> {
-    // SAFETY: the kernel hands every sock_addr program a valid context, and
-    // its `sk` is a full socket (BPF_CGROUP_RUN_SA_PROG in
-    // include/linux/bpf-cgroup.h).
+fn requested_addr(ctx: &SockAddrContext, family: u8) -> [u8; 16] {
+    // SAFETY: the kernel hands every sock_addr program a valid context.
     let sa = unsafe { &*ctx.sock_addr };
-    let proto = match sa.protocol {
-        p if p == u32::from(proto::TCP) => proto::TCP,
-        p if p == u32::from(proto::UDP) => proto::UDP,
-        _ => return None,
-    };
-    // SAFETY: as above.
-    let sk = unsafe { &*sa.__bindgen_anon_1.sk };
-    let addr = if family == family::INET {
-        let mut a = [0u8; 16];
-        let [b0, b1, b2, b3] = sa.user_ip4.to_ne_bytes();
-        a[0] = b0;
-        a[1] = b1;
-        a[2] = b2;
-        a[3] = b3;
-        a
-    } else {
-        ip6_bytes(sa.user_ip6)
-    };
-    Some(Request {
-        // SAFETY: both helpers accept a sock_addr context.
-        cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
-        // SAFETY: as above.
-        netns: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
-        proto,
-        bound_port: sk.src_port as u16,
-        addr,
-        // user_port holds the port as stored in sockaddr, network order.
-        port: u16::from_be(sa.user_port as u16),
-    })
+    // Each word is in network order already: keep the bytes as they lie.
+    let words = if family == family::INET { [sa.user_ip4, 0, 0, 0] } else { sa.user_ip6 };
+    let [a, b, c, d] = words.map(u32::to_ne_bytes);
+    [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2], d[3]]
+}
+
+/// The socket, its protocol and the port asked for (host order).
+#[inline(always)]
+fn request(ctx: &SockAddrContext) -> Option<(*mut bpf_sock, u8, u16)> {
+    // SAFETY: as in `requested_addr`; `sk` is a full socket
+    // (BPF_CGROUP_RUN_SA_PROG, include/linux/bpf-cgroup.h).
+    let sa = unsafe { &*ctx.sock_addr };
+    let proto = transport(sa.protocol)?;
+    // user_port holds the port as stored in the sockaddr: network order.
+    // SAFETY: the union's only member the kernel sets for this context.
+    Some((unsafe { sa.__bindgen_anon_1.sk }, proto, u16::from_be(sa.user_port as u16)))
 }
 
 #[inline(always)]
-fn ip6_bytes(words: [u32; 4]) -> [u8; 16] {
-    // Each word is in network order already; keep the bytes as they lie.
-    let [w0, w1, w2, w3] = words;
-    let (a, b, c, d) = (w0.to_ne_bytes(), w1.to_ne_bytes(), w2.to_ne_bytes(), w3.to_ne_bytes());
-    [
-        a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2], d[3],
-    ]
+fn netns(ctx: &SockAddrContext) -> u64 {
+    // SAFETY: the helper accepts a sock_addr context.
+    unsafe { bpf_get_netns_cookie(ctx.as_ptr()) }
+}
+
+#[inline(always)]
+fn cookie(ctx: &SockAddrContext) -> u64 {
+    // SAFETY: the helper accepts a sock_addr context.
+    unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
 }
 
 #[inline(always)]
 fn on_bind(ctx: &SockAddrContext, family: u8) {
-    let Some(req) = request(ctx, family) else { return };
-    let mut rec = lookup(req.cookie).unwrap_or_else(|| new_record(req.netns, family, req.proto));
-    settle(&mut rec, req.cookie, req.bound_port);
+    let Some((sk, proto, port)) = request(ctx) else { return };
+    // SAFETY: a valid socket pointer for this run.
+    let bound_port = unsafe { (*sk).src_port } as u16;
     // A socket that has a port fails bind() with EINVAL (`__inet_bind`
-    // checks inet_num), and bind(addr, 0) with IP_BIND_ADDRESS_NO_PORT
-    // succeeds without taking a port or running post_bind: in neither case
-    // will an outcome follow to wait for.
-    if req.bound_port == 0 && !(req.port == 0 && bind_address_no_port(ctx)) {
-        own(&mut rec);
-        rec.pending = pending::BIND;
-        rec.pending_port = req.port;
-        rec.pending_addr = req.addr;
+    // checks inet_num): no outcome will follow to wait for.
+    if bound_port != 0 {
+        return;
     }
-    store(req.cookie, &rec);
-}
-
-/// Whether the socket defers its port to connect() (IP_BIND_ADDRESS_NO_PORT).
-/// bpf_getsockopt knows the option for IPv4 sockets (`sol_ip_sockopt`,
-/// net/core/filter.c); where it fails the bind is watched as usual.
-#[inline(always)]
-fn bind_address_no_port(ctx: &SockAddrContext) -> bool {
-    const SOL_IP: i32 = 0;
-    const IP_BIND_ADDRESS_NO_PORT: i32 = 24;
-    let mut value: i32 = 0;
-    // SAFETY: `value` is a valid 4-byte buffer for the helper to fill.
-    let rc = unsafe {
-        bpf_getsockopt(
-            ctx.as_ptr(),
-            SOL_IP,
-            IP_BIND_ADDRESS_NO_PORT,
-            (&raw mut value).cast(),
-            core::mem::size_of::<i32>() as i32,
-        )
-    };
-    rc == 0 && value != 0
+    let cookie = cookie(ctx);
+    let Some(st) = state(cookie, true) else { return };
+    if st.pending != pending::NONE {
+        settle(st, netns(ctx), cookie, bound_port);
+    }
+    st.pending = pending::BIND;
+    st.pending_port = port;
+    st.pending_addr = requested_addr(ctx, family);
+    st.family = family;
+    st.proto = proto;
 }
 
 #[inline(always)]
 fn on_connect(ctx: &SockAddrContext, family: u8) {
-    let Some(req) = request(ctx, family) else { return };
-    let mut rec = lookup(req.cookie).unwrap_or_else(|| new_record(req.netns, family, req.proto));
-    settle(&mut rec, req.cookie, req.bound_port);
-    own(&mut rec);
-    rec.pending_addr = req.addr;
-    rec.pending_port = req.port;
-    if req.proto == proto::TCP {
-        // The port is picked later, inside the syscall; sock_ops and the
-        // state tracepoint take it from here, the latter by thread.
-        let attempt = ConnectAttempt {
-            netns: req.netns,
-            socket_cookie: req.cookie,
-            addr: req.addr,
-            port: req.port,
-            family,
-            _pad: [0; 5],
-        };
-        let _ = CONNECTING.insert(&bpf_get_current_pid_tgid(), &attempt, 0);
-    } else if req.bound_port != 0 {
-        connected(&mut rec, req.bound_port, req.port);
-    } else {
-        rec.pending = pending::UDP_CONNECT;
+    let Some((sk, proto, port)) = request(ctx) else { return };
+    // SAFETY: a valid socket pointer for this run.
+    let (bound_port, has_addr) = unsafe {
+        let sk = &*sk;
+        (sk.src_port as u16, if family == family::INET { sk.src_ip4 != 0 } else { sk.src_ip6 != [0; 4] })
+    };
+    if proto == proto::TCP {
+        // TCP connects are counted by sock_ops once established; here only
+        // sockets portmon already tracks (explicitly bound ones) matter.
+        if let Some(st) = state(cookie(ctx), false) {
+            settle_before_connect(ctx, st, bound_port, has_addr);
+        }
+        return;
     }
-    store(req.cookie, &rec);
+    let Some(st) = state(cookie(ctx), true) else { return };
+    settle_before_connect(ctx, st, bound_port, has_addr);
+    st.family = family;
+    st.proto = proto;
+    if bound_port == 0 {
+        st.pending = pending::UDP_CONNECT;
+        st.pending_port = port;
+        st.pending_addr = requested_addr(ctx, family);
+        return;
+    }
+    let netns = netns(ctx);
+    add(&key(netns, proto, family, bound_port, role::LOCAL), Delta { connects: 1, ..Delta::default() });
+    // A UDP socket may connect again, elsewhere: it holds one remote port.
+    if st.remote_port != 0 {
+        add(&key(netns, proto, family, st.remote_port, role::REMOTE), Delta { live: -1, ..Delta::default() });
+    }
+    add(&key(netns, proto, family, port, role::REMOTE), Delta { connects: 1, live: 1, ..Delta::default() });
+    st.remote_port = port;
+}
+
+/// Settles what was pending on a tracked socket about to connect, and
+/// counts a TCP connect from a socket bound to port 0 by its command.
+#[inline(always)]
+fn settle_before_connect(ctx: &SockAddrContext, st: &mut SockState, bound_port: u16, has_addr: bool) {
+    // bind(addr, 0) with IP_BIND_ADDRESS_NO_PORT succeeds without taking a
+    // port or running post_bind, and leaves the address set.
+    if st.pending == pending::BIND && bound_port == 0 && st.pending_port == 0 && has_addr {
+        st.pending = pending::NONE;
+    }
+    if st.pending != pending::NONE {
+        settle(st, netns(ctx), cookie(ctx), bound_port);
+    }
+    if st.flags & BOUND_TO_ZERO != 0 {
+        st.flags &= !BOUND_TO_ZERO;
+        count_bind_before_connect();
+    }
+}
+
+#[inline(always)]
+fn count_bind_before_connect() {
+    let comm = aya_ebpf::helpers::bpf_get_current_comm().unwrap_or([0; 16]);
+    if let Some(p) = BIND_BEFORE_CONNECT.get_ptr_mut(&comm) {
+        // SAFETY: a map value pointer, 8-byte aligned.
+        unsafe { xadd(p, 1) };
+    } else if BIND_BEFORE_CONNECT.insert(&comm, &1, 0).is_err() {
+        count_health(portmon_common::slot::BIND_BEFORE_CONNECT_OVERFLOW);
+    }
 }

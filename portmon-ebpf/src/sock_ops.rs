@@ -1,9 +1,11 @@
-//! TCP events from `sock_ops`: a connect that got its port, a connection
-//! that is up, a socket that listens.
+//! TCP from `sock_ops`: a connection that is up, one that closed, a socket
+//! that listens. The kernel calls this program for every TCP callback of
+//! every socket, so everything but these three returns at once.
 
 use aya_ebpf::{
     bindings::{
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TCP_LISTEN_CB,
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_SOCK_OPS_TCP_LISTEN_CB,
     },
     helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::sock_ops,
@@ -13,15 +15,18 @@ use aya_ebpf::{
 use portmon_common::{proto, role};
 
 use crate::{
-    maps::{Field, SOCKETS},
-    record::{count, hold_local, hold_remote, lookup, new_record, store},
+    maps::{add, Delta},
+    sock_state::{key, record_owner, state},
 };
+
+const TCP_CLOSE: u32 = 7;
 
 #[sock_ops]
 pub fn sock_ops(ctx: SockOpsContext) -> u32 {
     match ctx.op() {
-        BPF_SOCK_OPS_TCP_CONNECT_CB => on_connect(&ctx),
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => on_established(&ctx),
+        // Only sockets flagged in on_established get this callback.
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == TCP_CLOSE => on_close(&ctx),
         BPF_SOCK_OPS_TCP_LISTEN_CB => on_listen(&ctx),
         _ => {}
     }
@@ -30,9 +35,9 @@ pub fn sock_ops(ctx: SockOpsContext) -> u32 {
 }
 
 #[inline(always)]
-fn cookie(ctx: &SockOpsContext) -> u64 {
+fn netns(ctx: &SockOpsContext) -> u64 {
     // SAFETY: the helper accepts a sock_ops context.
-    unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
+    unsafe { bpf_get_netns_cookie(ctx.as_ptr()) }
 }
 
 /// `remote_port` holds the 16-bit network-order port in its upper half.
@@ -41,27 +46,40 @@ fn remote_port(ctx: &SockOpsContext) -> u16 {
     u32::from_be(ctx.remote_port()) as u16
 }
 
-/// The SYN is about to go out: `tcp_connect()` (net/ipv4/tcp_output.c) runs
-/// this after `inet_hash_connect()` picked the local port.
 #[inline(always)]
-fn on_connect(ctx: &SockOpsContext) {
-    let cookie = cookie(ctx);
-    let Some(rec) = SOCKETS.get_ptr_mut(&cookie) else { return };
-    // SAFETY: a map value pointer, valid for this run; the socket lock the
-    // kernel holds here keeps other hooks of this socket out.
-    let rec = unsafe { &mut *rec };
-    hold_local(rec, ctx.local_port() as u16);
-    hold_remote(rec, remote_port(ctx));
+fn cookie(ctx: &SockOpsContext) -> u64 {
+    // SAFETY: the helper accepts a sock_ops context.
+    unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
+}
+
+/// Whether the socket's local port is already held in the live counts by
+/// its explicit bind (then its release gives it back).
+#[inline(always)]
+fn bound_explicitly(ctx: &SockOpsContext, port: u16) -> bool {
+    state(cookie(ctx), false).is_some_and(|st| st.local_port == port)
 }
 
 /// The SYN-ACK arrived (`tcp_finish_connect`, net/ipv4/tcp_input.c): the
-/// connect succeeded. Runs in softirq: the owner is the record's, not the
-/// current task.
+/// connect succeeded. Flags the socket for state callbacks, so its close is
+/// seen without any table: the flag lives in the socket.
 #[inline(always)]
 fn on_established(ctx: &SockOpsContext) {
-    let Some(rec) = lookup(cookie(ctx)) else { return };
-    count(&rec, ctx.local_port() as u16, role::LOCAL, Field::Connects);
-    count(&rec, remote_port(ctx), role::REMOTE, Field::Connects);
+    let (netns, family, local, remote) = (netns(ctx), ctx.family() as u8, ctx.local_port() as u16, remote_port(ctx));
+    let live = if bound_explicitly(ctx, local) { 0 } else { 1 };
+    add(&key(netns, proto::TCP, family, local, role::LOCAL), Delta { connects: 1, live, ..Delta::default() });
+    add(&key(netns, proto::TCP, family, remote, role::REMOTE), Delta { connects: 1, live: 1, ..Delta::default() });
+    let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+}
+
+/// A flagged connection reached CLOSE (`tcp_set_state`, net/ipv4/tcp.c,
+/// calls back before unhashing, so the ports are still set).
+#[inline(always)]
+fn on_close(ctx: &SockOpsContext) {
+    let (netns, family, local, remote) = (netns(ctx), ctx.family() as u8, ctx.local_port() as u16, remote_port(ctx));
+    if !bound_explicitly(ctx, local) {
+        add(&key(netns, proto::TCP, family, local, role::LOCAL), Delta { live: -1, ..Delta::default() });
+    }
+    add(&key(netns, proto::TCP, family, remote, role::REMOTE), Delta { live: -1, ..Delta::default() });
 }
 
 /// `listen()` succeeded (`__inet_listen_sk`, net/ipv4/af_inet.c), in the
@@ -69,13 +87,12 @@ fn on_established(ctx: &SockOpsContext) {
 #[inline(always)]
 fn on_listen(ctx: &SockOpsContext) {
     let cookie = cookie(ctx);
-    let mut rec = match lookup(cookie) {
-        Some(rec) => rec,
-        // SAFETY: the helper accepts a sock_ops context.
-        None => new_record(unsafe { bpf_get_netns_cookie(ctx.as_ptr()) }, ctx.family() as u8, proto::TCP),
-    };
-    let port = ctx.local_port() as u16;
-    count(&rec, port, role::LOCAL, Field::Listens);
-    hold_local(&mut rec, port);
-    store(cookie, &rec);
+    let Some(st) = state(cookie, true) else { return };
+    let (netns, family, port) = (netns(ctx), ctx.family() as u8, ctx.local_port() as u16);
+    let live = if st.local_port == port { 0 } else { 1 };
+    add(&key(netns, proto::TCP, family, port, role::LOCAL), Delta { listens: 1, live, ..Delta::default() });
+    st.local_port = port;
+    st.family = family;
+    st.proto = proto::TCP;
+    record_owner(cookie, netns);
 }

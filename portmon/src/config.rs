@@ -25,8 +25,11 @@ pub struct Config {
     /// Port registry file (IANA CSV or /etc/services format); `None` picks
     /// /var/lib/portmon/service-names-port-numbers.csv, else /etc/services.
     pub registry: Option<PathBuf>,
-    /// Capacity of the kernel's per-socket table (sockets portmon saw
-    /// bind, listen or connect and that are still open).
+    /// Capacity of the kernel's table of socket owners (sockets bound to a
+    /// fixed port or listening); the oldest are forgotten first.
+    pub owners_capacity: u32,
+    /// Capacity of the kernel's table of sockets followed between hooks
+    /// (bound, listening, or UDP connecting unbound, and still open).
     pub sockets_capacity: u32,
     /// Capacity of the kernel's per-port counter table.
     pub port_stats_capacity: u32,
@@ -39,7 +42,9 @@ impl Default for Config {
             listen: DEFAULT_LISTEN.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 7455))),
             // Chosen at load time, see `registry`.
             registry: None,
-            // 262,144 open sockets at about 150 bytes each in the kernel.
+            // 16,384 servers' sockets, about 100 bytes each in the kernel.
+            owners_capacity: portmon_common::capacity::OWNERS,
+            // 65,536 sockets, about 90 bytes each in the kernel, preallocated.
             sockets_capacity: portmon_common::capacity::SOCKETS,
             // 65,536 ports × protocols × families × ends × namespaces seen.
             port_stats_capacity: portmon_common::capacity::PORT_STATS,
@@ -102,10 +107,10 @@ mod tests {
 
     #[test]
     fn keys_are_the_flag_names() {
-        let config = parse("listen = \"0.0.0.0:9000\"\nregistry = \"/tmp/x.csv\"\nsockets-capacity = 1024\n").unwrap();
+        let config = parse("listen = \"0.0.0.0:9000\"\nregistry = \"/tmp/x.csv\"\nowners-capacity = 1024\n").unwrap();
         assert_eq!(config.listen, "0.0.0.0:9000".parse().unwrap());
         assert_eq!(config.registry.as_deref(), Some(Path::new("/tmp/x.csv")));
-        assert_eq!(config.sockets_capacity, 1024);
+        assert_eq!(config.owners_capacity, 1024);
     }
 
     #[test]
@@ -113,7 +118,7 @@ mod tests {
         let cases = [
             ("listen = \"127.0.0.1:7455\"\nlisen = 1\n", "line 2", "lisen"),
             ("\n\nlisten = \"nonsense\"", "line 3", "invalid socket address"),
-            ("sockets-capacity = -1", "line 1", "sockets-capacity"),
+            ("owners-capacity = -1", "line 1", "owners-capacity"),
         ];
         for (text, line, word) in cases {
             let err = parse(text).unwrap_err();

@@ -11,7 +11,7 @@ use std::{
 };
 
 use aya::maps::{Array, HashMap, MapData};
-use portmon_common::{PortKey, PortStats, SockRecord};
+use portmon_common::{Owner, PortKey, PortStats};
 use serde::Serialize;
 use tokio::{net::TcpListener, sync::watch};
 
@@ -50,7 +50,7 @@ pub enum DaemonError {
 pub struct State {
     port_stats: Mutex<HashMap<MapData, PortKey, PortStats>>,
     #[expect(dead_code, reason = "read by the inventory (next step of the exporter work)")]
-    sockets: Mutex<HashMap<MapData, u64, SockRecord>>,
+    owners: Mutex<HashMap<MapData, u64, Owner>>,
     health: Mutex<Array<MapData, u64>>,
     failures: Mutex<FailureLog>,
 }
@@ -87,18 +87,22 @@ impl State {
 pub async fn run(config: Config) -> Result<(), DaemonError> {
     let env = preflight::check()?;
     tracing::info!(
-        kernel = %env.kernel_release, cgroup = %env.cgroup_root.display(), tracefs = %env.tracefs.display(),
+        kernel = %env.kernel_release, cgroup = %env.cgroup_root.display(),
         "preflight passed"
     );
     if env.cgroup_is_subtree {
         tracing::warn!("the cgroup v2 mount is a subtree: only sockets of processes below it are seen");
     }
-    let capacity = MapCapacity { port_stats: config.port_stats_capacity, sockets: config.sockets_capacity };
+    let capacity = MapCapacity {
+        port_stats: config.port_stats_capacity,
+        owners: config.owners_capacity,
+        sockets: config.sockets_capacity,
+    };
     let (kernel, maps) = Kernel::load(&env.cgroup_root, capacity)?;
-    let KernelMaps { port_stats, sockets, health, failures } = maps;
+    let KernelMaps { port_stats, owners, health, failures, .. } = maps;
     let state = Arc::new(State {
         port_stats: Mutex::new(port_stats),
-        sockets: Mutex::new(sockets),
+        owners: Mutex::new(owners),
         health: Mutex::new(health),
         failures: Mutex::new(FailureLog::default()),
     });

@@ -199,6 +199,7 @@ impl FailureReader {
         let proto = Proto::try_from(event.proto).ok()?;
         let family = Family::try_from(event.family).ok()?;
         let addr = address(family, event.addr);
+        let netns = self.namespace_cookie(event);
         let (errno, inferred) = match Errno::from_kernel(event.errno) {
             Some(errno) => (errno, false),
             None => (self.infer_bind_errno(event, addr), true),
@@ -213,7 +214,7 @@ impl FailureReader {
             family,
             addr,
             port: event.port,
-            netns: event.netns,
+            netns,
             pid: event.pid,
             uid: event.uid,
             comm: String::from_utf8_lossy(&event.comm[..comm_len]).into_owned(),
@@ -249,12 +250,27 @@ impl FailureReader {
         Errno::AddrInUse
     }
 
+    /// A path to the failure's namespace: through the thread, which is
+    /// still there in all but rare cases, checked against the cookie when
+    /// the kernel knew it.
     fn namespace_path(&mut self, event: &FailureEvent) -> Option<PathBuf> {
-        let by_pid = PathBuf::from(format!("/proc/{}/ns/net", event.pid));
-        if netns::cookie_of(&by_pid).ok() == Some(event.netns) {
-            return Some(by_pid);
+        for path in [format!("/proc/{}/task/{}/ns/net", event.pid, event.tid), format!("/proc/{}/ns/net", event.pid)] {
+            let path = PathBuf::from(path);
+            if let Ok(cookie) = netns::cookie_of(&path) {
+                if event.netns == 0 || cookie == event.netns {
+                    return Some(path);
+                }
+            }
         }
         self.namespaces.resolve(event.netns).map(|ns| ns.path.clone())
+    }
+
+    /// The failure's namespace cookie, from the kernel or through the thread.
+    fn namespace_cookie(&mut self, event: &FailureEvent) -> u64 {
+        if event.netns != 0 {
+            return event.netns;
+        }
+        self.namespace_path(event).and_then(|p| netns::cookie_of(&p).ok()).unwrap_or(0)
     }
 }
 

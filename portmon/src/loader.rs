@@ -10,7 +10,7 @@ use aya::{
     programs::{CgroupAttachMode, Program, ProgramError},
     Ebpf, EbpfError, EbpfLoader,
 };
-use portmon_common::{map, program, PortKey, PortStats, SockRecord};
+use portmon_common::{map, program, Owner, PortKey, PortStats};
 
 /// The kernel programs, built by build.rs from `portmon-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portmon.bpf.o"));
@@ -20,8 +20,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/po
 pub enum Hook {
     /// The cgroup v2 root, next to any other program there (BPF_F_ALLOW_MULTI).
     CgroupRoot,
-    /// A tracepoint.
-    Tracepoint { category: &'static str, name: &'static str },
+    /// A raw tracepoint (no tracefs needed, no record built per hit).
+    RawTracepoint { name: &'static str },
 }
 
 /// Every program and its hook. No `syscalls:*` tracepoint: attaching one
@@ -31,7 +31,7 @@ pub const PROGRAMS: &[(&str, Hook)] = &[
     (program::POST_BIND4, Hook::CgroupRoot),
     (program::POST_BIND6, Hook::CgroupRoot),
     (program::SOCK_OPS, Hook::CgroupRoot),
-    (program::INET_SOCK_SET_STATE, Hook::Tracepoint { category: "sock", name: "inet_sock_set_state" }),
+    (program::INET_SOCK_SET_STATE, Hook::RawTracepoint { name: "inet_sock_set_state" }),
     (program::BIND4, Hook::CgroupRoot),
     (program::BIND6, Hook::CgroupRoot),
     (program::CONNECT4, Hook::CgroupRoot),
@@ -43,7 +43,10 @@ pub const PROGRAMS: &[(&str, Hook)] = &[
 pub struct MapCapacity {
     /// Entries of `PORT_STATS` (one per port, protocol, family, end and namespace).
     pub port_stats: u32,
-    /// Entries of `SOCKETS` (one per socket portmon saw bind, listen or connect).
+    /// Entries of `OWNERS` (sockets bound to a fixed port or listening).
+    pub owners: u32,
+    /// Entries of `SOCKETS` (sockets tracked between hooks: bound,
+    /// listening, UDP connecting unbound).
     pub sockets: u32,
 }
 
@@ -51,6 +54,7 @@ impl Default for MapCapacity {
     fn default() -> Self {
         Self {
             port_stats: portmon_common::capacity::PORT_STATS,
+            owners: portmon_common::capacity::OWNERS,
             sockets: portmon_common::capacity::SOCKETS,
         }
     }
@@ -104,8 +108,10 @@ pub struct Kernel {
 pub struct KernelMaps {
     /// Per-port counters.
     pub port_stats: HashMap<MapData, PortKey, PortStats>,
-    /// Per-socket records (owner of each socket), by socket cookie.
-    pub sockets: HashMap<MapData, u64, SockRecord>,
+    /// Owners of fixed-port and listening sockets, by socket cookie.
+    pub owners: HashMap<MapData, u64, Owner>,
+    /// TCP connects from sockets bound to port 0, by command name.
+    pub bind_before_connect: HashMap<MapData, [u8; 16], u64>,
     /// portmon's own health counters.
     pub health: Array<MapData, u64>,
     /// Failure events.
@@ -171,7 +177,8 @@ impl KernelMaps {
         }
         Ok(Self {
             port_stats: take(ebpf, map::PORT_STATS)?,
-            sockets: take(ebpf, map::SOCKETS)?,
+            owners: take(ebpf, map::OWNERS)?,
+            bind_before_connect: take(ebpf, map::BIND_BEFORE_CONNECT)?,
             health: take(ebpf, map::HEALTH)?,
             failures: take(ebpf, map::FAILURES)?,
         })
@@ -182,6 +189,7 @@ fn open_object(capacity: MapCapacity) -> Result<Ebpf, LoadError> {
     raise_memlock_limit();
     EbpfLoader::new()
         .map_max_entries(map::PORT_STATS, capacity.port_stats)
+        .map_max_entries(map::OWNERS, capacity.owners)
         .map_max_entries(map::SOCKETS, capacity.sockets)
         .load(OBJECT)
         .map_err(LoadError::Object)
@@ -208,7 +216,7 @@ fn attach(
     let load = |source| LoadError::Load { program: name, source };
     let target = match hook {
         Hook::CgroupRoot => cgroup_root.display().to_string(),
-        Hook::Tracepoint { category, name } => format!("tracepoint {category}:{name}"),
+        Hook::RawTracepoint { name } => format!("raw tracepoint {name}"),
     };
     let attach_err = |source| LoadError::Attach { program: name, target: target.clone(), source };
     // aya attaches through bpf links on every kernel portmon supports (5.7+), and a
@@ -229,9 +237,9 @@ fn attach(
             p.load().map_err(load)?;
             p.attach(cgroup, mode).map_err(attach_err)?;
         }
-        (Program::TracePoint(p), Hook::Tracepoint { category, name: tp }) => {
+        (Program::RawTracePoint(p), Hook::RawTracepoint { name: tp }) => {
             p.load().map_err(load)?;
-            p.attach(category, tp).map_err(attach_err)?;
+            p.attach(tp).map_err(attach_err)?;
         }
         _ => return Err(LoadError::WrongProgramType { program: name }),
     }

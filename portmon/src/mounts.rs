@@ -3,7 +3,7 @@
 //! `/sys/fs/cgroup` on unified hosts and `/sys/fs/cgroup/unified` on
 //! hybrid ones).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// One line of mountinfo, the fields portmon uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,14 +42,6 @@ impl Mounts {
         self.find("cgroup2")
     }
 
-    /// tracefs, at either of the places aya looks for it.
-    pub fn tracefs(&self) -> Option<&Mount> {
-        self.0.iter().find(|m| {
-            m.fs_type == "tracefs"
-                && (m.mount_point == Path::new("/sys/kernel/tracing")
-                    || m.mount_point == Path::new("/sys/kernel/debug/tracing"))
-        })
-    }
 }
 
 // Format: ID PARENT MAJ:MIN ROOT MOUNT_POINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER_OPTIONS
@@ -91,6 +83,7 @@ fn unescape(field: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     const HYBRID: &str = "\
 25 30 0:23 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
@@ -102,10 +95,10 @@ mod tests {
 ";
 
     #[test]
-    fn finds_hybrid_cgroup2_and_tracefs() {
+    fn finds_hybrid_cgroup2() {
         let mounts = Mounts::parse(HYBRID);
         assert_eq!(mounts.cgroup2().map(|m| m.mount_point.as_path()), Some(Path::new("/sys/fs/cgroup/unified")));
-        assert_eq!(mounts.tracefs().map(|m| m.mount_point.as_path()), Some(Path::new("/sys/kernel/tracing")));
+        assert_eq!(mounts.find("tracefs").map(|m| m.mount_point.as_path()), Some(Path::new("/sys/kernel/tracing")));
         assert_eq!(mounts.find("bpf").map(|m| m.mount_point.as_path()), Some(Path::new("/mnt/with space")));
     }
 

@@ -1,6 +1,6 @@
 //! What must hold before the kernel programs can load: privileges, kernel
-//! version, and the cgroup v2 and tracefs mounts. Each failure is one line
-//! that says what to do.
+//! version, and a cgroup v2 mount. Each failure is one line that says what
+//! to do. (tracefs is not needed: the one tracepoint is a raw one.)
 
 use std::{fs, io, path::PathBuf};
 
@@ -13,7 +13,7 @@ const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 /// Oldest kernel with everything portmon uses: BPF ring buffer (5.8), cgroup
-/// bpf links (5.7), netns cookies in sock_ops (5.8? see README).
+/// bpf links (5.7), netns cookies in sock_ops and cgroup sock programs.
 pub const MIN_KERNEL: (u32, u32) = (5, 8);
 
 /// What the preflight found, for the loader.
@@ -24,8 +24,6 @@ pub struct Environment {
     /// True when that mount is a subtree (a container's cgroup namespace):
     /// only sockets of processes below it are seen.
     pub cgroup_is_subtree: bool,
-    /// Where tracefs is mounted.
-    pub tracefs: PathBuf,
     /// Kernel release, e.g. `6.18.44`.
     pub kernel_release: String,
 }
@@ -48,13 +46,11 @@ pub enum PreflightError {
          `mount -t cgroup2 none /sys/fs/cgroup/unified`"
     )]
     NoCgroup2,
-    #[error("tracefs is not mounted and could not be mounted: run `mount -t tracefs nodev /sys/kernel/tracing`")]
-    NoTracefs(#[source] io::Error),
     #[error("kernel {found} is too old: portmon needs Linux {}.{} or later", MIN_KERNEL.0, MIN_KERNEL.1)]
     KernelTooOld { found: String },
 }
 
-/// Runs every check, mounting tracefs if it is missing and portmon may.
+/// Runs every check.
 pub fn check() -> Result<Environment, PreflightError> {
     check_capabilities()?;
     let kernel_release = kernel_release()?;
@@ -65,24 +61,7 @@ pub fn check() -> Result<Environment, PreflightError> {
     let mounts = read_mounts()?;
     let cgroup = mounts.cgroup2().ok_or(PreflightError::NoCgroup2)?;
     let (cgroup_root, cgroup_is_subtree) = (cgroup.mount_point.clone(), cgroup.root != std::path::Path::new("/"));
-    let tracefs = match mounts.tracefs() {
-        Some(m) => m.mount_point.clone(),
-        None => {
-            mount_tracefs().map_err(PreflightError::NoTracefs)?;
-            tracing::info!(path = TRACEFS, "mounted tracefs");
-            PathBuf::from(TRACEFS)
-        }
-    };
-    Ok(Environment { cgroup_root, cgroup_is_subtree, tracefs, kernel_release })
-}
-
-const TRACEFS: &str = "/sys/kernel/tracing";
-
-fn mount_tracefs() -> io::Result<()> {
-    let target = c"/sys/kernel/tracing";
-    // SAFETY: all pointers are valid NUL-terminated strings or null.
-    let rc = unsafe { libc::mount(c"nodev".as_ptr(), target.as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null()) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    Ok(Environment { cgroup_root, cgroup_is_subtree, kernel_release })
 }
 
 /// The effective capability set, as a bit mask.

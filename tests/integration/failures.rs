@@ -60,6 +60,23 @@ fn a_tcp_connect_with_no_local_port_left_is_one_eaddrnotavail() {
 }
 
 #[test]
+fn a_refused_connect_is_not_a_failure_of_portmon_s_kinds() {
+    let _serial = serial();
+    let mut monitor = Monitor::attach();
+    in_fresh_netns(|ns| {
+        for _ in 0..3 {
+            let err = TcpStream::connect(("127.0.0.1", PORT)).expect_err("nobody listens");
+            assert_eq!(err.kind(), ErrorKind::ConnectionRefused);
+        }
+        let v6 = TcpStream::connect((std::net::Ipv6Addr::LOCALHOST, PORT)).expect_err("nobody listens");
+        assert_eq!(v6.kind(), ErrorKind::ConnectionRefused);
+        let failures = monitor.failures_in(ns.cookie, 1);
+        assert!(failures.is_empty(), "refused connects reported: {failures:#?}");
+    });
+    assert_eq!(monitor.health().failures_seen, 0, "the kernel side saw a failure");
+}
+
+#[test]
 fn udp_connect_and_bind_zero_with_no_port_left_fail_as_eagain_and_eaddrinuse() {
     let _serial = serial();
     let mut monitor = Monitor::attach();

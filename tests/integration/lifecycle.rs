@@ -3,14 +3,14 @@
 
 use std::{os::unix::process::ExitStatusExt as _, process::Command, time::Duration};
 
-use portmon_tests::{loaded_portmon_programs, portmon_bin, serial, wait_until, Daemon};
+use portmon_tests::{loaded_portmon_programs, portmon_bin, serial, settled_portmon_programs, wait_until, Daemon};
 
 const PROGRAMS: usize = portmon::loader::PROGRAMS.len();
 
 #[test]
 fn sigterm_detaches_every_program_and_exits_cleanly() {
     let _serial = serial();
-    let before = loaded_portmon_programs();
+    let before = settled_portmon_programs();
     let daemon = Daemon::start("127.0.0.1:17455".parse().unwrap(), &[]);
     assert_eq!(loaded_portmon_programs(), before + PROGRAMS, "programs while running");
     let status = daemon.stop_with(libc::SIGTERM);
@@ -25,7 +25,7 @@ fn sigterm_detaches_every_program_and_exits_cleanly() {
 #[test]
 fn after_sigkill_nothing_stays_attached() {
     let _serial = serial();
-    let before = loaded_portmon_programs();
+    let before = settled_portmon_programs();
     let daemon = Daemon::start("127.0.0.1:17456".parse().unwrap(), &[]);
     assert_eq!(loaded_portmon_programs(), before + PROGRAMS, "programs while running");
     let status = daemon.stop_with(libc::SIGKILL);

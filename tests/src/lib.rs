@@ -164,6 +164,21 @@ pub fn loaded_portmon_programs() -> usize {
         .count()
 }
 
+/// The number of portmon's programs once it stops changing: programs of a
+/// detached instance are freed after an RCU grace period, not at once.
+pub fn settled_portmon_programs() -> usize {
+    let mut last = loaded_portmon_programs();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        std::thread::sleep(Duration::from_millis(150));
+        let now = loaded_portmon_programs();
+        if now == last || Instant::now() > deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
 /// The `portmon` binary, built once per test run with the same profile.
 pub fn portmon_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();

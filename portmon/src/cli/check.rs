@@ -18,7 +18,6 @@ pub fn run(_args: CheckArgs, log: &str, log_format: LogFormat) -> anyhow::Result
     let env = preflight::check()?;
     println!("kernel      {}", env.kernel_release);
     println!("cgroup v2   {}{}", env.cgroup_root.display(), if env.cgroup_is_subtree { " (subtree)" } else { "" });
-    println!("tracefs     {}", env.tracefs.display());
     let mut failed = 0;
     for (program, outcome) in Kernel::probe(&env.cgroup_root)? {
         match outcome {

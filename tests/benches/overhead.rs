@@ -1,0 +1,217 @@
+//! What portmon costs the host: socket operations per second without and
+//! with the programs attached (medians of interleaved runs), and the
+//! kernel's own account of the time spent in each program per operation.
+//! Needs root. Run with `cargo xtask bench`.
+
+use std::{
+    io,
+    net::{TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
+    time::{Duration, Instant},
+};
+
+use portmon_tests::{in_fresh_netns, write_sysctl, Monitor};
+
+const ROUNDS: usize = 7;
+const OPS: usize = 3_000;
+/// Ephemeral range of the bench namespaces: small enough for a warm-up pass
+/// to meet every port once, as a host that has run portmon a while has.
+const PORT_RANGE: (u16, u16) = (40_000, 44_999);
+const WARM_UP_OPS: usize = 15_000;
+
+#[derive(Clone, Copy)]
+enum Workload {
+    TcpConnectAcceptClose,
+    BindClose,
+    UdpConnectClose,
+}
+
+impl Workload {
+    const ALL: [Workload; 3] = [Workload::TcpConnectAcceptClose, Workload::BindClose, Workload::UdpConnectClose];
+
+    fn name(self) -> &'static str {
+        match self {
+            Workload::TcpConnectAcceptClose => "tcp connect+accept+close",
+            Workload::BindClose => "bind(0)+close",
+            Workload::UdpConnectClose => "udp connect+close",
+        }
+    }
+
+    /// Runs `ops` operations in the calling thread's namespace; returns
+    /// operations per second.
+    fn run_here(self, ops: usize) -> f64 {
+        let started = Instant::now();
+        match self {
+            Workload::TcpConnectAcceptClose => tcp_loop(ops),
+            Workload::BindClose => bind_loop(ops),
+            Workload::UdpConnectClose => udp_loop(ops),
+        }
+        .expect("workload");
+        ops as f64 / started.elapsed().as_secs_f64()
+    }
+}
+
+/// Runs `work` in a fresh namespace with the bench's port range.
+fn in_bench_netns<T: Send>(work: impl FnOnce() -> T + Send) -> T {
+    in_fresh_netns(|_| {
+        write_sysctl("net/ipv4/ip_local_port_range", &format!("{} {}", PORT_RANGE.0, PORT_RANGE.1));
+        work()
+    })
+}
+
+/// One round: the baseline, then portmon attached, in one namespace.
+/// `warm`: portmon first meets every port of the range once, so the
+/// measured pass only updates counters (a host's steady state); otherwise
+/// every port is new to its maps (the first minutes after start).
+fn round(workload: Workload, warm: bool) -> (f64, f64) {
+    in_bench_netns(|| {
+        let without = workload.run_here(OPS);
+        let mut monitor = Monitor::attach();
+        if warm {
+            workload.run_here(WARM_UP_OPS);
+        }
+        let with = workload.run_here(OPS);
+        monitor.detach();
+        (without, with)
+    })
+}
+
+fn tcp_loop(ops: usize) -> io::Result<()> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    for _ in 0..ops {
+        let client = TcpStream::connect(addr)?;
+        let (server, _) = listener.accept()?;
+        // Close with RST so no TIME_WAIT piles up over thousands of loops.
+        set_linger_zero(&client);
+        drop(client);
+        drop(server);
+    }
+    Ok(())
+}
+
+fn bind_loop(ops: usize) -> io::Result<()> {
+    for _ in 0..ops {
+        drop(UdpSocket::bind("127.0.0.1:0")?);
+    }
+    Ok(())
+}
+
+fn udp_loop(ops: usize) -> io::Result<()> {
+    let server = UdpSocket::bind("127.0.0.1:0")?;
+    let addr = server.local_addr()?;
+    for _ in 0..ops {
+        // SAFETY: plain socket calls; the fd is closed right after.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+            let mut sin: libc::sockaddr_in = std::mem::zeroed();
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = addr.port().to_be();
+            sin.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+            if libc::connect(fd, (&raw const sin).cast(), std::mem::size_of::<libc::sockaddr_in>() as u32) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            libc::close(fd);
+        }
+    }
+    Ok(())
+}
+
+fn set_linger_zero(stream: &TcpStream) {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: a valid linger struct for SO_LINGER.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as u32,
+        )
+    };
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}
+
+/// Per-program (run count, run time) of portmon's loaded programs.
+fn program_stats() -> Vec<(String, u64, Duration)> {
+    let names: Vec<&str> = portmon::loader::PROGRAMS.iter().map(|(n, _)| *n).collect();
+    let mut stats: Vec<(String, u64, Duration)> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter_map(|p| {
+            // The kernel keeps 15 characters of a name.
+            let name = p.name_as_str()?.to_owned();
+            let full = names.iter().find(|n| !name.is_empty() && n.starts_with(name.as_str()))?;
+            Some(((*full).to_owned(), p.run_count(), p.run_time()))
+        })
+        .collect();
+    stats.sort();
+    stats
+}
+
+fn main() {
+    println!(
+        "portmon overhead: {ROUNDS} rounds of {OPS} operations per workload, without and with portmon in the same \
+         namespace (ephemeral range {}-{}); medians",
+        PORT_RANGE.0, PORT_RANGE.1
+    );
+    round(Workload::TcpConnectAcceptClose, false); // warm the caches of the machine, not of portmon
+    println!("\n{:<26} {:<5} {:>14} {:>14} {:>8} {:>9}", "workload", "maps", "without ops/s", "with ops/s", "ratio", "change");
+    for workload in Workload::ALL {
+        for warm in [true, false] {
+            let (mut without, mut with) = (Vec::new(), Vec::new());
+            for _ in 0..ROUNDS {
+                let (a, b) = round(workload, warm);
+                without.push(a);
+                with.push(b);
+            }
+            let (base, watched) = (median(without), median(with));
+            let ratio = watched / base;
+            println!(
+                "{:<26} {:<5} {:>14.0} {:>14.0} {:>8.3} {:>+8.1}%",
+                workload.name(),
+                if warm { "warm" } else { "cold" },
+                base,
+                watched,
+                ratio,
+                (ratio - 1.0) * 100.0
+            );
+        }
+    }
+
+    // The kernel's own account, with stats collection on only for this part
+    // (it adds two clock reads per program run, which these figures include).
+    let stats_path = "/proc/sys/kernel/bpf_stats_enabled";
+    let previous = std::fs::read_to_string(stats_path).unwrap_or_else(|_| "0".into());
+    std::fs::write(stats_path, "1").expect("enable kernel.bpf_stats_enabled");
+    println!("\nBPF time per operation, warm maps (kernel.bpf_stats_enabled: run_time_ns / operations):");
+    for workload in Workload::ALL {
+        let (per_op, detail) = in_bench_netns(|| {
+            let mut monitor = Monitor::attach();
+            workload.run_here(WARM_UP_OPS);
+            let before = program_stats();
+            workload.run_here(OPS);
+            let after = program_stats();
+            monitor.detach();
+            let mut total = Duration::ZERO;
+            let mut detail = Vec::new();
+            for ((name, runs, time), (_, runs0, time0)) in after.iter().zip(&before) {
+                let (runs, time) = (runs - runs0, time.saturating_sub(*time0));
+                total += time;
+                if runs > 0 {
+                    detail.push(format!(
+                        "{name} {:.0} ns x {:.1}",
+                        time.as_nanos() as f64 / runs as f64,
+                        runs as f64 / OPS as f64
+                    ));
+                }
+            }
+            (total.as_nanos() as f64 / OPS as f64, detail)
+        });
+        println!("  {:<26} {:>7.0} ns/op   [{}]", workload.name(), per_op, detail.join(", "));
+    }
+    let _ = std::fs::write(stats_path, previous.trim());
+}

@@ -1,0 +1,12 @@
+//! `cargo xtask bench`: the benchmarks, each printing its figures beside a
+//! baseline measured in the same run.
+
+use anyhow::Result;
+
+use crate::{setup, shell};
+
+pub fn run() -> Result<()> {
+    setup::ensure()?;
+    shell::cargo(&["bench", "--locked", "--package", "portmon-tests", "--bench", "overhead"])?;
+    Ok(())
+}
