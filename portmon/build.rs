@@ -18,19 +18,43 @@ fn main() -> Result<()> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     let target_dir = out_dir.join("ebpf-target");
 
-    for watched in ["portmon-ebpf/src", "portmon-ebpf/Cargo.toml", "portmon-ebpf/rust-toolchain.toml", "portmon-common/src", "Cargo.lock"] {
+    for watched in [
+        "portmon-ebpf/src",
+        "portmon-ebpf/Cargo.toml",
+        "portmon-ebpf/rust-toolchain.toml",
+        "portmon-common/src",
+        "Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
 
     let mut cargo = Command::new("rustup");
     cargo
-        .args(["run", &toolchain, "cargo", "build", "--package", "portmon-ebpf", "--release"])
-        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core", "--target-dir"])
+        .args([
+            "run",
+            &toolchain,
+            "cargo",
+            "build",
+            "--package",
+            "portmon-ebpf",
+            "--release",
+        ])
+        .args([
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--target-dir",
+        ])
         .arg(&target_dir)
         .current_dir(&ebpf_dir);
     // BTF in the object: socket storage maps need their value type described.
     let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_else(|_| "x86_64".into());
-    let rustflags = [format!("--cfg=bpf_target_arch=\"{arch}\""), "-Cdebuginfo=2".into(), "-Clink-arg=--btf".into()];
+    let rustflags = [
+        format!("--cfg=bpf_target_arch=\"{arch}\""),
+        "-Cdebuginfo=2".into(),
+        "-Clink-arg=--btf".into(),
+    ];
     // The outer cargo's settings (clippy's wrapper, host rustflags, its
     // target dir and toolchain) must not leak into the BPF build.
     for (key, _) in env::vars_os() {
@@ -43,7 +67,9 @@ fn main() -> Result<()> {
         }
     }
     cargo.env("CARGO_ENCODED_RUSTFLAGS", rustflags.join("\x1f"));
-    let status = cargo.status().context("could not run rustup: is rustup on PATH?")?;
+    let status = cargo
+        .status()
+        .context("could not run rustup: is rustup on PATH?")?;
     if !status.success() {
         bail!(
             "building the kernel programs failed ({status}); `cargo xtask run` or `cargo xtask test` \

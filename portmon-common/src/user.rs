@@ -98,7 +98,10 @@ mod tests {
         }
         assert_eq!(
             Proto::try_from(132),
-            Err(UnknownValue { kind: "protocol", value: 132 })
+            Err(UnknownValue {
+                kind: "protocol",
+                value: 132
+            })
         );
     }
 }

@@ -7,7 +7,10 @@
 #![no_main]
 // 64-bit atomic adds on map values (see maps::xadd).
 #![feature(core_intrinsics)]
-#![expect(internal_features, reason = "core_intrinsics is the only way to a BPF atomic add")]
+#![expect(
+    internal_features,
+    reason = "core_intrinsics is the only way to a BPF atomic add"
+)]
 
 mod maps;
 mod sock;
@@ -18,6 +21,19 @@ mod tracepoint;
 
 /// Return value of a cgroup program that lets the operation go on.
 const ALLOW: i32 = 1;
+
+/// Set by the loader for the overhead benchmark's floor: every program
+/// returns at once, so what remains is the cost of the hooks themselves.
+/// Read-only data the kernel freezes, so the verifier prunes the branch.
+#[unsafe(no_mangle)]
+static PORTMON_HOOKS_ONLY: u8 = 0;
+
+#[inline(always)]
+fn hooks_only() -> bool {
+    // SAFETY: a plain read of a static; volatile so the compiler keeps it
+    // for the loader to set.
+    unsafe { core::ptr::read_volatile(&raw const PORTMON_HOOKS_ONLY) != 0 }
+}
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -49,7 +49,7 @@ fn port_stats(key: &PortKey) -> Option<*mut PortStats> {
     }
     // Another CPU may insert the same key first: NOEXIST then fails and the
     // second lookup finds its entry.
-    let _ = PORT_STATS.insert(key, &ZERO_STATS, u64::from(BPF_NOEXIST));
+    let _ = PORT_STATS.insert(key, ZERO_STATS, u64::from(BPF_NOEXIST));
     let p = PORT_STATS.get_ptr_mut(key);
     if p.is_none() {
         count_health(slot::PORT_STATS_OVERFLOW);
@@ -57,7 +57,12 @@ fn port_stats(key: &PortKey) -> Option<*mut PortStats> {
     p
 }
 
-const ZERO_STATS: PortStats = PortStats { binds: 0, listens: 0, connects: 0, live: 0 };
+const ZERO_STATS: PortStats = PortStats {
+    binds: 0,
+    listens: 0,
+    connects: 0,
+    live: 0,
+};
 
 /// Changes to one port's counters, applied with one lookup.
 #[derive(Clone, Copy, Default)]

@@ -19,18 +19,27 @@ use crate::{
 
 #[cgroup_sock(post_bind4)]
 pub fn post_bind4(ctx: SockContext) -> i32 {
+    if crate::hooks_only() {
+        return ALLOW;
+    }
     on_post_bind(&ctx);
     ALLOW
 }
 
 #[cgroup_sock(post_bind6)]
 pub fn post_bind6(ctx: SockContext) -> i32 {
+    if crate::hooks_only() {
+        return ALLOW;
+    }
     on_post_bind(&ctx);
     ALLOW
 }
 
 #[cgroup_sock(sock_release)]
 pub fn sock_release(ctx: SockContext) -> i32 {
+    if crate::hooks_only() {
+        return ALLOW;
+    }
     on_release(&ctx);
     ALLOW
 }
@@ -63,14 +72,25 @@ fn on_post_bind(ctx: &SockContext) {
     let family = sk.family as u8;
     let cookie = cookie(ctx);
     let Some(st) = state(cookie, true) else { return };
-    let asked = if st.pending == pending::BIND { st.pending_port } else { port };
+    let asked = if st.pending == pending::BIND {
+        st.pending_port
+    } else {
+        port
+    };
     st.pending = pending::NONE;
     if asked == 0 {
         st.flags |= BOUND_TO_ZERO;
     }
     let netns = netns(ctx);
     let live = if st.local_port == port { 0 } else { 1 };
-    add(&key(netns, proto, family, port, role::LOCAL), Delta { binds: 1, live, ..Delta::default() });
+    add(
+        &key(netns, proto, family, port, role::LOCAL),
+        Delta {
+            binds: 1,
+            live,
+            ..Delta::default()
+        },
+    );
     st.local_port = port;
     st.family = family;
     st.proto = proto;
@@ -109,10 +129,22 @@ fn on_release(ctx: &SockContext) {
         settle(st, netns, cookie, local_port(ctx));
     }
     if st.local_port != 0 {
-        add(&key(netns, st.proto, st.family, st.local_port, role::LOCAL), Delta { live: -1, ..Delta::default() });
+        add(
+            &key(netns, st.proto, st.family, st.local_port, role::LOCAL),
+            Delta {
+                live: -1,
+                ..Delta::default()
+            },
+        );
     }
     if st.remote_port != 0 {
-        add(&key(netns, st.proto, st.family, st.remote_port, role::REMOTE), Delta { live: -1, ..Delta::default() });
+        add(
+            &key(netns, st.proto, st.family, st.remote_port, role::REMOTE),
+            Delta {
+                live: -1,
+                ..Delta::default()
+            },
+        );
     }
     forget(cookie);
 }

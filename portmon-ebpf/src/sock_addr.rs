@@ -19,24 +19,36 @@ use crate::{
 
 #[cgroup_sock_addr(bind4)]
 pub fn bind4(ctx: SockAddrContext) -> i32 {
+    if crate::hooks_only() {
+        return ALLOW;
+    }
     on_bind(&ctx, family::INET);
     ALLOW
 }
 
 #[cgroup_sock_addr(bind6)]
 pub fn bind6(ctx: SockAddrContext) -> i32 {
+    if crate::hooks_only() {
+        return ALLOW;
+    }
     on_bind(&ctx, family::INET6);
     ALLOW
 }
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
+    if crate::hooks_only() {
+        return ALLOW;
+    }
     on_connect(&ctx, family::INET);
     ALLOW
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
+    if crate::hooks_only() {
+        return ALLOW;
+    }
     on_connect(&ctx, family::INET6);
     ALLOW
 }
@@ -57,9 +69,15 @@ fn requested_addr(ctx: &SockAddrContext, family: u8) -> [u8; 16] {
     // SAFETY: the kernel hands every sock_addr program a valid context.
     let sa = unsafe { &*ctx.sock_addr };
     // Each word is in network order already: keep the bytes as they lie.
-    let words = if family == family::INET { [sa.user_ip4, 0, 0, 0] } else { sa.user_ip6 };
+    let words = if family == family::INET {
+        [sa.user_ip4, 0, 0, 0]
+    } else {
+        sa.user_ip6
+    };
     let [a, b, c, d] = words.map(u32::to_ne_bytes);
-    [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2], d[3]]
+    [
+        a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2], d[3],
+    ]
 }
 
 /// The socket, its protocol and the port asked for (host order).
@@ -71,7 +89,11 @@ fn request(ctx: &SockAddrContext) -> Option<(*mut bpf_sock, u8, u16)> {
     let proto = transport(sa.protocol)?;
     // user_port holds the port as stored in the sockaddr: network order.
     // SAFETY: the union's only member the kernel sets for this context.
-    Some((unsafe { sa.__bindgen_anon_1.sk }, proto, u16::from_be(sa.user_port as u16)))
+    Some((
+        unsafe { sa.__bindgen_anon_1.sk },
+        proto,
+        u16::from_be(sa.user_port as u16),
+    ))
 }
 
 #[inline(always)]
@@ -88,7 +110,9 @@ fn cookie(ctx: &SockAddrContext) -> u64 {
 
 #[inline(always)]
 fn on_bind(ctx: &SockAddrContext, family: u8) {
-    let Some((sk, proto, port)) = request(ctx) else { return };
+    let Some((sk, proto, port)) = request(ctx) else {
+        return;
+    };
     // SAFETY: a valid socket pointer for this run.
     let bound_port = unsafe { (*sk).src_port } as u16;
     // A socket that has a port fails bind() with EINVAL (`__inet_bind`
@@ -110,11 +134,20 @@ fn on_bind(ctx: &SockAddrContext, family: u8) {
 
 #[inline(always)]
 fn on_connect(ctx: &SockAddrContext, family: u8) {
-    let Some((sk, proto, port)) = request(ctx) else { return };
+    let Some((sk, proto, port)) = request(ctx) else {
+        return;
+    };
     // SAFETY: a valid socket pointer for this run.
     let (bound_port, has_addr) = unsafe {
         let sk = &*sk;
-        (sk.src_port as u16, if family == family::INET { sk.src_ip4 != 0 } else { sk.src_ip6 != [0; 4] })
+        (
+            sk.src_port as u16,
+            if family == family::INET {
+                sk.src_ip4 != 0
+            } else {
+                sk.src_ip6 != [0; 4]
+            },
+        )
     };
     if proto == proto::TCP {
         // TCP connects are counted by sock_ops once established; here only
@@ -124,7 +157,9 @@ fn on_connect(ctx: &SockAddrContext, family: u8) {
         }
         return;
     }
-    let Some(st) = state(cookie(ctx), true) else { return };
+    let Some(st) = state(cookie(ctx), true) else {
+        return;
+    };
     settle_before_connect(ctx, st, bound_port, has_addr);
     st.family = family;
     st.proto = proto;
@@ -135,12 +170,31 @@ fn on_connect(ctx: &SockAddrContext, family: u8) {
         return;
     }
     let netns = netns(ctx);
-    add(&key(netns, proto, family, bound_port, role::LOCAL), Delta { connects: 1, ..Delta::default() });
+    add(
+        &key(netns, proto, family, bound_port, role::LOCAL),
+        Delta {
+            connects: 1,
+            ..Delta::default()
+        },
+    );
     // A UDP socket may connect again, elsewhere: it holds one remote port.
     if st.remote_port != 0 {
-        add(&key(netns, proto, family, st.remote_port, role::REMOTE), Delta { live: -1, ..Delta::default() });
+        add(
+            &key(netns, proto, family, st.remote_port, role::REMOTE),
+            Delta {
+                live: -1,
+                ..Delta::default()
+            },
+        );
     }
-    add(&key(netns, proto, family, port, role::REMOTE), Delta { connects: 1, live: 1, ..Delta::default() });
+    add(
+        &key(netns, proto, family, port, role::REMOTE),
+        Delta {
+            connects: 1,
+            live: 1,
+            ..Delta::default()
+        },
+    );
     st.remote_port = port;
 }
 
@@ -165,10 +219,10 @@ fn settle_before_connect(ctx: &SockAddrContext, st: &mut SockState, bound_port: 
 #[inline(always)]
 fn count_bind_before_connect() {
     let comm = aya_ebpf::helpers::bpf_get_current_comm().unwrap_or([0; 16]);
-    if let Some(p) = BIND_BEFORE_CONNECT.get_ptr_mut(&comm) {
+    if let Some(p) = BIND_BEFORE_CONNECT.get_ptr_mut(comm) {
         // SAFETY: a map value pointer, 8-byte aligned.
         unsafe { xadd(p, 1) };
-    } else if BIND_BEFORE_CONNECT.insert(&comm, &1, 0).is_err() {
+    } else if BIND_BEFORE_CONNECT.insert(comm, 1, 0).is_err() {
         count_health(portmon_common::slot::BIND_BEFORE_CONNECT_OVERFLOW);
     }
 }

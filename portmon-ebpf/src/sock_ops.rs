@@ -23,6 +23,9 @@ const TCP_CLOSE: u32 = 7;
 
 #[sock_ops]
 pub fn sock_ops(ctx: SockOpsContext) -> u32 {
+    if crate::hooks_only() {
+        return 1;
+    }
     match ctx.op() {
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => on_established(&ctx),
         // Only sockets flagged in on_established get this callback.
@@ -64,10 +67,29 @@ fn bound_explicitly(ctx: &SockOpsContext, port: u16) -> bool {
 /// seen without any table: the flag lives in the socket.
 #[inline(always)]
 fn on_established(ctx: &SockOpsContext) {
-    let (netns, family, local, remote) = (netns(ctx), ctx.family() as u8, ctx.local_port() as u16, remote_port(ctx));
+    let (netns, family, local, remote) = (
+        netns(ctx),
+        ctx.family() as u8,
+        ctx.local_port() as u16,
+        remote_port(ctx),
+    );
     let live = if bound_explicitly(ctx, local) { 0 } else { 1 };
-    add(&key(netns, proto::TCP, family, local, role::LOCAL), Delta { connects: 1, live, ..Delta::default() });
-    add(&key(netns, proto::TCP, family, remote, role::REMOTE), Delta { connects: 1, live: 1, ..Delta::default() });
+    add(
+        &key(netns, proto::TCP, family, local, role::LOCAL),
+        Delta {
+            connects: 1,
+            live,
+            ..Delta::default()
+        },
+    );
+    add(
+        &key(netns, proto::TCP, family, remote, role::REMOTE),
+        Delta {
+            connects: 1,
+            live: 1,
+            ..Delta::default()
+        },
+    );
     let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
 }
 
@@ -75,11 +97,28 @@ fn on_established(ctx: &SockOpsContext) {
 /// calls back before unhashing, so the ports are still set).
 #[inline(always)]
 fn on_close(ctx: &SockOpsContext) {
-    let (netns, family, local, remote) = (netns(ctx), ctx.family() as u8, ctx.local_port() as u16, remote_port(ctx));
+    let (netns, family, local, remote) = (
+        netns(ctx),
+        ctx.family() as u8,
+        ctx.local_port() as u16,
+        remote_port(ctx),
+    );
     if !bound_explicitly(ctx, local) {
-        add(&key(netns, proto::TCP, family, local, role::LOCAL), Delta { live: -1, ..Delta::default() });
+        add(
+            &key(netns, proto::TCP, family, local, role::LOCAL),
+            Delta {
+                live: -1,
+                ..Delta::default()
+            },
+        );
     }
-    add(&key(netns, proto::TCP, family, remote, role::REMOTE), Delta { live: -1, ..Delta::default() });
+    add(
+        &key(netns, proto::TCP, family, remote, role::REMOTE),
+        Delta {
+            live: -1,
+            ..Delta::default()
+        },
+    );
 }
 
 /// `listen()` succeeded (`__inet_listen_sk`, net/ipv4/af_inet.c), in the
@@ -90,7 +129,14 @@ fn on_listen(ctx: &SockOpsContext) {
     let Some(st) = state(cookie, true) else { return };
     let (netns, family, port) = (netns(ctx), ctx.family() as u8, ctx.local_port() as u16);
     let live = if st.local_port == port { 0 } else { 1 };
-    add(&key(netns, proto::TCP, family, port, role::LOCAL), Delta { listens: 1, live, ..Delta::default() });
+    add(
+        &key(netns, proto::TCP, family, port, role::LOCAL),
+        Delta {
+            listens: 1,
+            live,
+            ..Delta::default()
+        },
+    );
     st.local_port = port;
     st.family = family;
     st.proto = proto::TCP;

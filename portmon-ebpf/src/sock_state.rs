@@ -8,7 +8,9 @@
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+    },
     macros::map,
     maps::HashMap,
 };
@@ -69,15 +71,15 @@ const EMPTY: SockState = SockState {
 /// full table is counted.
 #[inline(always)]
 pub fn state(cookie: u64, create: bool) -> Option<&'static mut SockState> {
-    let mut p = SOCKETS.get_ptr_mut(&cookie);
+    let mut p = SOCKETS.get_ptr_mut(cookie);
     if p.is_none() && create {
         // NOEXIST: the socket's own hooks are serialised by its lock, so a
         // failure here means the table is full.
-        if SOCKETS.insert(&cookie, &EMPTY, u64::from(BPF_NOEXIST)).is_err() {
+        if SOCKETS.insert(cookie, &EMPTY, u64::from(BPF_NOEXIST)).is_err() {
             count_health(slot::SOCKETS_OVERFLOW);
             return None;
         }
-        p = SOCKETS.get_ptr_mut(&cookie);
+        p = SOCKETS.get_ptr_mut(cookie);
     }
     // SAFETY: a map value pointer is valid for this program run.
     p.map(|p| unsafe { &mut *p })
@@ -86,13 +88,20 @@ pub fn state(cookie: u64, create: bool) -> Option<&'static mut SockState> {
 /// Forgets a socket.
 #[inline(always)]
 pub fn forget(cookie: u64) {
-    let _ = SOCKETS.remove(&cookie);
+    let _ = SOCKETS.remove(cookie);
 }
 
 /// The key of one of the socket's ports.
 #[inline(always)]
 pub fn key(netns: u64, proto: u8, family: u8, port: u16, role: u8) -> PortKey {
-    PortKey { netns, port, proto, family, role, _pad: [0; 3] }
+    PortKey {
+        netns,
+        port,
+        proto,
+        family,
+        role,
+        _pad: [0; 3],
+    }
 }
 
 /// Decides the pending operation now that the socket is seen again with
@@ -110,10 +119,19 @@ pub fn settle(st: &mut SockState, netns: u64, cookie: u64, bound_port: u16) {
         pending::BIND if bound_port == 0 => report(st, netns, cookie, op::BIND, errno::UNRESOLVED),
         pending::UDP_CONNECT if bound_port == 0 => report(st, netns, cookie, op::CONNECT, errno::EAGAIN),
         pending::UDP_CONNECT => {
-            add(&key(netns, proto::UDP, st.family, bound_port, role::LOCAL), Delta { connects: 1, ..Delta::default() });
+            add(
+                &key(netns, proto::UDP, st.family, bound_port, role::LOCAL),
+                Delta {
+                    connects: 1,
+                    ..Delta::default()
+                },
+            );
             add(
                 &key(netns, proto::UDP, st.family, st.pending_port, role::REMOTE),
-                Delta { connects: 1, ..Delta::default() },
+                Delta {
+                    connects: 1,
+                    ..Delta::default()
+                },
             );
         }
         _ => {}
@@ -178,5 +196,5 @@ pub fn record_owner(cookie: u64, netns: u64) {
         pid: (pid_tgid >> 32) as u32,
         uid: bpf_get_current_uid_gid() as u32,
     };
-    let _ = OWNERS.insert(&cookie, &owner, 0);
+    let _ = OWNERS.insert(cookie, owner, 0);
 }

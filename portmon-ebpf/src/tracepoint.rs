@@ -21,6 +21,9 @@ const SKC_FAMILY: usize = 16;
 
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
+    if crate::hooks_only() {
+        return 0;
+    }
     // TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)
     let (old, new): (u64, u64) = (ctx.arg(1), ctx.arg(2));
     if old == TCP_SYN_SENT && new == TCP_CLOSE {

@@ -39,7 +39,9 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             // Localhost: exposing metrics beyond the host is an operator's choice.
-            listen: DEFAULT_LISTEN.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 7455))),
+            listen: DEFAULT_LISTEN
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 7455))),
             // Chosen at load time, see `registry`.
             registry: None,
             // 16,384 servers' sockets, about 100 bytes each in the kernel.
@@ -74,20 +76,32 @@ impl Config {
         match std::fs::read_to_string(path) {
             Ok(text) => Self::parse(&text, path),
             Err(err) if !required && err.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(source) => Err(ConfigError::Read { path: path.to_owned(), source }),
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            }),
         }
     }
 
     /// Parses config text; errors name the file, line and key.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|err| {
-            let line = err.span().map(|span| text[..span.start].matches('\n').count() + 1);
-            let message = err.message().trim().to_owned();
-            let message = match line {
-                Some(line) => format!("line {line}: {message}"),
-                None => message,
-            };
-            ConfigError::Parse { path: path.to_owned(), message }
+            let mut message = err.message().trim().to_owned();
+            if let Some(start) = err.span().map(|span| span.start.min(text.len())) {
+                let line = text[..start].matches('\n').count() + 1;
+                let line_text = text.lines().nth(line - 1).unwrap_or("");
+                // toml names unknown keys itself, not keys with bad values.
+                match line_text.split_once('=').map(|(key, _)| key.trim()) {
+                    Some(key) if !key.is_empty() && !message.contains(key) => {
+                        message = format!("line {line}, key `{key}`: {message}");
+                    }
+                    _ => message = format!("line {line}: {message}"),
+                }
+            }
+            ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            }
         })
     }
 }
@@ -107,7 +121,8 @@ mod tests {
 
     #[test]
     fn keys_are_the_flag_names() {
-        let config = parse("listen = \"0.0.0.0:9000\"\nregistry = \"/tmp/x.csv\"\nowners-capacity = 1024\n").unwrap();
+        let config =
+            parse("listen = \"0.0.0.0:9000\"\nregistry = \"/tmp/x.csv\"\nowners-capacity = 1024\n").unwrap();
         assert_eq!(config.listen, "0.0.0.0:9000".parse().unwrap());
         assert_eq!(config.registry.as_deref(), Some(Path::new("/tmp/x.csv")));
         assert_eq!(config.owners_capacity, 1024);

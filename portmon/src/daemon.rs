@@ -20,7 +20,7 @@ use crate::{
     counters::{self, Health, PortCount},
     failures::{Failure, FailureLog, FailureReader},
     http::{self, Request, Response},
-    loader::{Kernel, KernelMaps, LoadError, MapCapacity},
+    loader::{Kernel, KernelMaps, LoadError, LoadOptions},
     preflight::{self, PreflightError},
 };
 
@@ -93,13 +93,20 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     if env.cgroup_is_subtree {
         tracing::warn!("the cgroup v2 mount is a subtree: only sockets of processes below it are seen");
     }
-    let capacity = MapCapacity {
+    let capacity = LoadOptions {
         port_stats: config.port_stats_capacity,
         owners: config.owners_capacity,
         sockets: config.sockets_capacity,
+        hooks_only: false,
     };
     let (kernel, maps) = Kernel::load(&env.cgroup_root, capacity)?;
-    let KernelMaps { port_stats, owners, health, failures, .. } = maps;
+    let KernelMaps {
+        port_stats,
+        owners,
+        health,
+        failures,
+        ..
+    } = maps;
     let state = Arc::new(State {
         port_stats: Mutex::new(port_stats),
         owners: Mutex::new(owners),
@@ -112,7 +119,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 
     let listener = TcpListener::bind(config.listen)
         .await
-        .map_err(|source| DaemonError::Listen { addr: config.listen, source })?;
+        .map_err(|source| DaemonError::Listen {
+            addr: config.listen,
+            source,
+        })?;
     tracing::info!(addr = %config.listen, "listening");
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let handler_state = state.clone();
@@ -156,7 +166,11 @@ fn spawn_failure_reader(
     std::thread::spawn(move || {
         let timeout_ms = FAILURE_POLL.as_millis() as libc::c_int;
         while !stop.load(Ordering::Relaxed) {
-            let mut fds = libc::pollfd { fd: reader.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            let mut fds = libc::pollfd {
+                fd: reader.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
             // SAFETY: one valid pollfd.
             unsafe { libc::poll(&mut fds, 1, timeout_ms) };
             let mut log = FailureLog::default();
@@ -209,6 +223,9 @@ fn route(state: &State, req: &Request) -> Response {
             let limit = req.param("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
             Response::json(&state.recent_failures(limit))
         }
-        _ => Response::text(404, "not found: try /metrics, /healthz, /api/v1/counters, /api/v1/failures\n"),
+        _ => Response::text(
+            404,
+            "not found: try /metrics, /healthz, /api/v1/counters, /api/v1/failures\n",
+        ),
     }
 }

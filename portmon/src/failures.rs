@@ -10,7 +10,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use portmon_common::{errno, Family, FailureEvent, Op, Proto};
+use portmon_common::{errno, FailureEvent, Family, Op, Proto};
 use serde::Serialize;
 
 use crate::netns::{self, Namespaces};
@@ -87,7 +87,11 @@ mod unix_seconds {
     use std::time::{SystemTime, UNIX_EPOCH};
 
     pub fn serialize<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_f64(t.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0))
+        s.serialize_f64(
+            t.duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
+        )
     }
 }
 
@@ -157,7 +161,10 @@ impl std::fmt::Debug for FailureReader {
 
 impl FailureReader {
     pub fn new(ring: RingBuf<MapData>) -> Self {
-        Self { ring, namespaces: Namespaces::default() }
+        Self {
+            ring,
+            namespaces: Namespaces::default(),
+        }
     }
 
     /// The ring buffer's file descriptor, to wait on.
@@ -204,7 +211,11 @@ impl FailureReader {
             Some(errno) => (errno, false),
             None => (self.infer_bind_errno(event, addr), true),
         };
-        let comm_len = event.comm.iter().position(|&b| b == 0).unwrap_or(event.comm.len());
+        let comm_len = event
+            .comm
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(event.comm.len());
         Some(Failure {
             time: SystemTime::now(),
             op,
@@ -231,7 +242,9 @@ impl FailureReader {
         let ns_path = self.namespace_path(event);
         if !addr.is_unspecified() {
             if let Some(path) = &ns_path {
-                let local = netns::run_in(path, netns::local_addresses).ok().and_then(Result::ok);
+                let local = netns::run_in(path, netns::local_addresses)
+                    .ok()
+                    .and_then(Result::ok);
                 if local.is_some_and(|addrs| !addrs.contains(&canonical(addr))) {
                     return Errno::AddrNotAvail;
                 }
@@ -254,7 +267,10 @@ impl FailureReader {
     /// still there in all but rare cases, checked against the cookie when
     /// the kernel knew it.
     fn namespace_path(&mut self, event: &FailureEvent) -> Option<PathBuf> {
-        for path in [format!("/proc/{}/task/{}/ns/net", event.pid, event.tid), format!("/proc/{}/ns/net", event.pid)] {
+        for path in [
+            format!("/proc/{}/task/{}/ns/net", event.pid, event.tid),
+            format!("/proc/{}/ns/net", event.pid),
+        ] {
             let path = PathBuf::from(path);
             if let Ok(cookie) = netns::cookie_of(&path) {
                 if event.netns == 0 || cookie == event.netns {
@@ -270,7 +286,9 @@ impl FailureReader {
         if event.netns != 0 {
             return event.netns;
         }
-        self.namespace_path(event).and_then(|p| netns::cookie_of(&p).ok()).unwrap_or(0)
+        self.namespace_path(event)
+            .and_then(|p| netns::cookie_of(&p).ok())
+            .unwrap_or(0)
     }
 }
 
@@ -279,7 +297,9 @@ fn may_bind_privileged(event: &FailureEvent) -> bool {
     const CAP_NET_BIND_SERVICE: u32 = 10;
     let status = std::fs::read_to_string(format!("/proc/{}/status", event.pid));
     let cap_eff = status.ok().and_then(|s| {
-        s.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        s.lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
     });
     match cap_eff {
         Some(caps) => caps & (1 << CAP_NET_BIND_SERVICE) != 0,
@@ -288,7 +308,11 @@ fn may_bind_privileged(event: &FailureEvent) -> bool {
 }
 
 fn read_sysctl(name: &str) -> Option<u32> {
-    std::fs::read_to_string(format!("/proc/sys/{name}")).ok()?.trim().parse().ok()
+    std::fs::read_to_string(format!("/proc/sys/{name}"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// A v4-mapped IPv6 address compares as the IPv4 address it carries.
@@ -333,7 +357,10 @@ mod tests {
         v4[..4].copy_from_slice(&[127, 0, 0, 1]);
         assert_eq!(address(Family::Inet, v4), IpAddr::from([127, 0, 0, 1]));
         let mapped: Ipv6Addr = "::ffff:10.1.2.3".parse().unwrap();
-        assert_eq!(address(Family::Inet6, mapped.octets()), IpAddr::from([10, 1, 2, 3]));
+        assert_eq!(
+            address(Family::Inet6, mapped.octets()),
+            IpAddr::from([10, 1, 2, 3])
+        );
         let v6: Ipv6Addr = "::1".parse().unwrap();
         assert_eq!(address(Family::Inet6, v6.octets()), IpAddr::V6(v6));
     }

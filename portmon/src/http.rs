@@ -25,12 +25,20 @@ pub struct Response {
 
 impl Response {
     pub fn text(status: u16, body: impl Into<String>) -> Self {
-        Self { status, content_type: "text/plain; charset=utf-8", body: body.into().into_bytes() }
+        Self {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.into().into_bytes(),
+        }
     }
 
     pub fn json(body: &impl serde::Serialize) -> Self {
         match serde_json::to_vec_pretty(body) {
-            Ok(body) => Self { status: 200, content_type: "application/json", body },
+            Ok(body) => Self {
+                status: 200,
+                content_type: "application/json",
+                body,
+            },
             Err(err) => Self::text(500, format!("cannot encode JSON: {err}\n")),
         }
     }
@@ -46,7 +54,11 @@ pub struct Request {
 impl Request {
     /// Value of a query parameter (no percent-decoding: values are plain).
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.query.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == name).map(|(_, v)| v)
+        self.query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
     }
 }
 
@@ -122,7 +134,10 @@ fn parse_request_line(head: &str) -> Result<Request, u16> {
         return Err(400);
     }
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    Ok(Request { path: path.to_owned(), query: query.to_owned() })
+    Ok(Request {
+        path: path.to_owned(),
+        query: query.to_owned(),
+    })
 }
 
 fn reason(status: u16) -> &'static str {
@@ -142,10 +157,18 @@ mod tests {
 
     #[test]
     fn request_lines() {
-        let ok = |path: &str, query: &str| Ok(Request { path: path.into(), query: query.into() });
+        let ok = |path: &str, query: &str| {
+            Ok(Request {
+                path: path.into(),
+                query: query.into(),
+            })
+        };
         let cases = [
             ("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", ok("/metrics", "")),
-            ("GET /api/v1/ports?port=80&proto=tcp HTTP/1.1\r\n\r\n", ok("/api/v1/ports", "port=80&proto=tcp")),
+            (
+                "GET /api/v1/ports?port=80&proto=tcp HTTP/1.1\r\n\r\n",
+                ok("/api/v1/ports", "port=80&proto=tcp"),
+            ),
             ("POST /metrics HTTP/1.1\r\n\r\n", Err(405)),
             ("GET metrics HTTP/1.1\r\n\r\n", Err(400)),
             ("", Err(405)),

@@ -31,16 +31,21 @@ pub const PROGRAMS: &[(&str, Hook)] = &[
     (program::POST_BIND4, Hook::CgroupRoot),
     (program::POST_BIND6, Hook::CgroupRoot),
     (program::SOCK_OPS, Hook::CgroupRoot),
-    (program::INET_SOCK_SET_STATE, Hook::RawTracepoint { name: "inet_sock_set_state" }),
+    (
+        program::INET_SOCK_SET_STATE,
+        Hook::RawTracepoint {
+            name: "inet_sock_set_state",
+        },
+    ),
     (program::BIND4, Hook::CgroupRoot),
     (program::BIND6, Hook::CgroupRoot),
     (program::CONNECT4, Hook::CgroupRoot),
     (program::CONNECT6, Hook::CgroupRoot),
 ];
 
-/// Sizes of the kernel maps.
+/// How to load the kernel programs: map sizes, and the benchmark's floor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MapCapacity {
+pub struct LoadOptions {
     /// Entries of `PORT_STATS` (one per port, protocol, family, end and namespace).
     pub port_stats: u32,
     /// Entries of `OWNERS` (sockets bound to a fixed port or listening).
@@ -48,14 +53,18 @@ pub struct MapCapacity {
     /// Entries of `SOCKETS` (sockets tracked between hooks: bound,
     /// listening, UDP connecting unbound).
     pub sockets: u32,
+    /// Every program returns at once (the overhead benchmark's floor: what
+    /// the hooks cost with nothing done in them).
+    pub hooks_only: bool,
 }
 
-impl Default for MapCapacity {
+impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             port_stats: portmon_common::capacity::PORT_STATS,
             owners: portmon_common::capacity::OWNERS,
             sockets: portmon_common::capacity::SOCKETS,
+            hooks_only: false,
         }
     }
 }
@@ -97,6 +106,9 @@ pub enum LoadError {
     },
 }
 
+/// A program's name and whether it attached (to the target named) here.
+pub type ProbeOutcome = (&'static str, Result<String, LoadError>);
+
 /// The loaded, attached kernel programs.
 #[derive(Debug)]
 pub struct Kernel {
@@ -121,10 +133,15 @@ pub struct KernelMaps {
 impl Kernel {
     /// Loads the object and attaches every program, attaching cgroup
     /// programs to `cgroup_root`.
-    pub fn load(cgroup_root: &std::path::Path, capacity: MapCapacity) -> Result<(Self, KernelMaps), LoadError> {
-        let mut ebpf = open_object(capacity)?;
-        let cgroup = File::open(cgroup_root)
-            .map_err(|source| LoadError::Cgroup { path: cgroup_root.to_owned(), source })?;
+    pub fn load(
+        cgroup_root: &std::path::Path,
+        options: LoadOptions,
+    ) -> Result<(Self, KernelMaps), LoadError> {
+        let mut ebpf = open_object(options)?;
+        let cgroup = File::open(cgroup_root).map_err(|source| LoadError::Cgroup {
+            path: cgroup_root.to_owned(),
+            source,
+        })?;
         let mut attached = Vec::with_capacity(PROGRAMS.len());
         for &(name, hook) in PROGRAMS {
             let target = attach(&mut ebpf, name, hook, &cgroup, cgroup_root)?;
@@ -136,11 +153,14 @@ impl Kernel {
     }
 
     /// Tries each program on its own and reports, per program, whether it
-    /// loads and attaches here. Everything is detached again on return.
-    pub fn probe(cgroup_root: &std::path::Path) -> Result<Vec<(&'static str, Result<String, LoadError>)>, LoadError> {
-        let mut ebpf = open_object(MapCapacity::default())?;
-        let cgroup = File::open(cgroup_root)
-            .map_err(|source| LoadError::Cgroup { path: cgroup_root.to_owned(), source })?;
+    /// loads and attaches here (and where). Everything is detached again on
+    /// return.
+    pub fn probe(cgroup_root: &std::path::Path) -> Result<Vec<ProbeOutcome>, LoadError> {
+        let mut ebpf = open_object(LoadOptions::default())?;
+        let cgroup = File::open(cgroup_root).map_err(|source| LoadError::Cgroup {
+            path: cgroup_root.to_owned(),
+            source,
+        })?;
         Ok(PROGRAMS
             .iter()
             .map(|&(name, hook)| (name, attach(&mut ebpf, name, hook, &cgroup, cgroup_root)))
@@ -185,12 +205,14 @@ impl KernelMaps {
     }
 }
 
-fn open_object(capacity: MapCapacity) -> Result<Ebpf, LoadError> {
+fn open_object(options: LoadOptions) -> Result<Ebpf, LoadError> {
     raise_memlock_limit();
+    let hooks_only = u8::from(options.hooks_only);
     EbpfLoader::new()
-        .map_max_entries(map::PORT_STATS, capacity.port_stats)
-        .map_max_entries(map::OWNERS, capacity.owners)
-        .map_max_entries(map::SOCKETS, capacity.sockets)
+        .map_max_entries(map::PORT_STATS, options.port_stats)
+        .map_max_entries(map::OWNERS, options.owners)
+        .map_max_entries(map::SOCKETS, options.sockets)
+        .override_global("PORTMON_HOOKS_ONLY", &hooks_only, true)
         .load(OBJECT)
         .map_err(LoadError::Object)
 }
@@ -198,7 +220,10 @@ fn open_object(capacity: MapCapacity) -> Result<Ebpf, LoadError> {
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones to
 /// the cgroup, where this is harmless.
 fn raise_memlock_limit() {
-    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: a valid rlimit struct; failure only matters on old kernels.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
         tracing::debug!("could not raise RLIMIT_MEMLOCK: {}", io::Error::last_os_error());
@@ -212,13 +237,22 @@ fn attach(
     cgroup: &File,
     cgroup_root: &std::path::Path,
 ) -> Result<String, LoadError> {
-    let program = ebpf.program_mut(name).ok_or(LoadError::MissingProgram { program: name })?;
-    let load = |source| LoadError::Load { program: name, source };
+    let program = ebpf
+        .program_mut(name)
+        .ok_or(LoadError::MissingProgram { program: name })?;
+    let load = |source| LoadError::Load {
+        program: name,
+        source,
+    };
     let target = match hook {
         Hook::CgroupRoot => cgroup_root.display().to_string(),
         Hook::RawTracepoint { name } => format!("raw tracepoint {name}"),
     };
-    let attach_err = |source| LoadError::Attach { program: name, target: target.clone(), source };
+    let attach_err = |source| LoadError::Attach {
+        program: name,
+        target: target.clone(),
+        source,
+    };
     // aya attaches through bpf links on every kernel portmon supports (5.7+), and a
     // cgroup link always runs next to other programs (`cgroup_bpf_link_attach`,
     // kernel/bpf/cgroup.c, passes BPF_F_ALLOW_MULTI itself); 6.18 refuses the flag

@@ -41,7 +41,6 @@ impl Mounts {
     pub fn cgroup2(&self) -> Option<&Mount> {
         self.find("cgroup2")
     }
-
 }
 
 // Format: ID PARENT MAJ:MIN ROOT MOUNT_POINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER_OPTIONS
@@ -65,7 +64,9 @@ fn unescape(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).filter(|d| bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
         match octal {
             Some(d) => {
                 out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
@@ -97,9 +98,18 @@ mod tests {
     #[test]
     fn finds_hybrid_cgroup2() {
         let mounts = Mounts::parse(HYBRID);
-        assert_eq!(mounts.cgroup2().map(|m| m.mount_point.as_path()), Some(Path::new("/sys/fs/cgroup/unified")));
-        assert_eq!(mounts.find("tracefs").map(|m| m.mount_point.as_path()), Some(Path::new("/sys/kernel/tracing")));
-        assert_eq!(mounts.find("bpf").map(|m| m.mount_point.as_path()), Some(Path::new("/mnt/with space")));
+        assert_eq!(
+            mounts.cgroup2().map(|m| m.mount_point.as_path()),
+            Some(Path::new("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(
+            mounts.find("tracefs").map(|m| m.mount_point.as_path()),
+            Some(Path::new("/sys/kernel/tracing"))
+        );
+        assert_eq!(
+            mounts.find("bpf").map(|m| m.mount_point.as_path()),
+            Some(Path::new("/mnt/with space"))
+        );
     }
 
     #[test]
@@ -111,7 +121,13 @@ mod tests {
 
     #[test]
     fn unescapes_octal() {
-        for (raw, want) in [("a\\040b", "a b"), ("tab\\011", "tab\t"), ("\\134", "\\"), ("end\\", "end\\"), ("\\09", "\\09")] {
+        for (raw, want) in [
+            ("a\\040b", "a b"),
+            ("tab\\011", "tab\t"),
+            ("\\134", "\\"),
+            ("end\\", "end\\"),
+            ("\\09", "\\09"),
+        ] {
             assert_eq!(unescape(raw), want);
         }
     }

@@ -52,18 +52,26 @@ pub enum NetnsError {
 /// `path`; the rest of the process stays where it is (setns with
 /// CLONE_NEWNET moves only the calling thread).
 pub fn run_in<T: Send>(path: &Path, work: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
-    let file = File::open(path).map_err(|source| NetnsError::Open { path: path.to_owned(), source })?;
+    let file = File::open(path).map_err(|source| NetnsError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
                 // SAFETY: a valid namespace fd; affects this thread only.
                 if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(NetnsError::Enter { path: path.to_owned(), source: io::Error::last_os_error() });
+                    return Err(NetnsError::Enter {
+                        path: path.to_owned(),
+                        source: io::Error::last_os_error(),
+                    });
                 }
                 Ok(work())
             })
             .join()
-            .map_err(|_| NetnsError::Thread { path: path.to_owned() })?
+            .map_err(|_| NetnsError::Thread {
+                path: path.to_owned(),
+            })?
     })
 }
 
@@ -80,7 +88,13 @@ pub fn current_cookie() -> Result<u64, NetnsError> {
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
     // SAFETY: cookie and len are valid for writes of the sizes given.
     let rc = unsafe {
-        libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, SO_NETNS_COOKIE, (&raw mut cookie).cast(), &mut len)
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
     };
     if rc != 0 {
         return Err(NetnsError::Cookie(io::Error::last_os_error()));
@@ -122,19 +136,30 @@ impl Namespaces {
         }
         if let Ok(entries) = fs::read_dir("/proc") {
             for entry in entries.flatten() {
-                if !entry.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+                if !entry
+                    .file_name()
+                    .to_string_lossy()
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+                {
                     continue;
                 }
                 let path = entry.path().join("ns/net");
                 if let Ok(meta) = fs::metadata(&path) {
-                    by_inode.entry(meta.ino()).or_insert_with(|| (path, format!("net:[{}]", meta.ino())));
+                    by_inode
+                        .entry(meta.ino())
+                        .or_insert_with(|| (path, format!("net:[{}]", meta.ino())));
                 }
             }
         }
         let known: HashMap<u64, u64> = self.by_cookie.values().map(|n| (n.inode, n.cookie)).collect();
         let mut by_cookie = HashMap::with_capacity(by_inode.len());
         for (inode, (path, name)) in by_inode {
-            let name = if Some(inode) == host_inode { "host".to_owned() } else { name };
+            let name = if Some(inode) == host_inode {
+                "host".to_owned()
+            } else {
+                name
+            };
             let cookie = match known.get(&inode) {
                 Some(&cookie) => cookie,
                 None => match cookie_of(&path) {
@@ -145,7 +170,15 @@ impl Namespaces {
                     }
                 },
             };
-            by_cookie.insert(cookie, Netns { cookie, inode, path, name });
+            by_cookie.insert(
+                cookie,
+                Netns {
+                    cookie,
+                    inode,
+                    path,
+                    name,
+                },
+            );
         }
         self.by_cookie = by_cookie;
     }

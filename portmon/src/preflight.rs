@@ -55,19 +55,35 @@ pub fn check() -> Result<Environment, PreflightError> {
     check_capabilities()?;
     let kernel_release = kernel_release()?;
     if parse_release(&kernel_release) < MIN_KERNEL {
-        return Err(PreflightError::KernelTooOld { found: kernel_release });
+        return Err(PreflightError::KernelTooOld {
+            found: kernel_release,
+        });
     }
-    let read_mounts = || Mounts::read().map_err(|source| PreflightError::Read { path: "/proc/self/mountinfo", source });
+    let read_mounts = || {
+        Mounts::read().map_err(|source| PreflightError::Read {
+            path: "/proc/self/mountinfo",
+            source,
+        })
+    };
     let mounts = read_mounts()?;
     let cgroup = mounts.cgroup2().ok_or(PreflightError::NoCgroup2)?;
-    let (cgroup_root, cgroup_is_subtree) = (cgroup.mount_point.clone(), cgroup.root != std::path::Path::new("/"));
-    Ok(Environment { cgroup_root, cgroup_is_subtree, kernel_release })
+    let (cgroup_root, cgroup_is_subtree) = (
+        cgroup.mount_point.clone(),
+        cgroup.root != std::path::Path::new("/"),
+    );
+    Ok(Environment {
+        cgroup_root,
+        cgroup_is_subtree,
+        kernel_release,
+    })
 }
 
 /// The effective capability set, as a bit mask.
 fn effective_capabilities() -> Result<u64, PreflightError> {
-    let status = fs::read_to_string("/proc/self/status")
-        .map_err(|source| PreflightError::Read { path: "/proc/self/status", source })?;
+    let status = fs::read_to_string("/proc/self/status").map_err(|source| PreflightError::Read {
+        path: "/proc/self/status",
+        source,
+    })?;
     Ok(status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
@@ -99,19 +115,26 @@ fn check_capabilities() -> Result<(), PreflightError> {
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(PreflightError::Capabilities { missing: missing.join(" ") })
+        Err(PreflightError::Capabilities {
+            missing: missing.join(" "),
+        })
     }
 }
 
 fn kernel_release() -> Result<String, PreflightError> {
     fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_owned())
-        .map_err(|source| PreflightError::Read { path: "/proc/sys/kernel/osrelease", source })
+        .map_err(|source| PreflightError::Read {
+            path: "/proc/sys/kernel/osrelease",
+            source,
+        })
 }
 
 /// `6.18.44-foo` → (6, 18).
 fn parse_release(release: &str) -> (u32, u32) {
-    let mut parts = release.split(|c: char| !c.is_ascii_digit()).map(|p| p.parse().unwrap_or(0));
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse().unwrap_or(0));
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
@@ -136,7 +159,12 @@ mod tests {
 
     #[test]
     fn releases() {
-        for (s, want) in [("6.18.44-fc-v669", (6, 18)), ("5.4.0", (5, 4)), ("garbage", (0, 0)), ("", (0, 0))] {
+        for (s, want) in [
+            ("6.18.44-fc-v669", (6, 18)),
+            ("5.4.0", (5, 4)),
+            ("garbage", (0, 0)),
+            ("", (0, 0)),
+        ] {
             assert_eq!(parse_release(s), want, "{s}");
         }
     }

@@ -19,21 +19,26 @@ const OPS: usize = 3_000;
 const PORT_RANGE: (u16, u16) = (40_000, 44_999);
 const WARM_UP_OPS: usize = 15_000;
 
+/// Each loop closes what it opened.
 #[derive(Clone, Copy)]
 enum Workload {
-    TcpConnectAcceptClose,
-    BindClose,
-    UdpConnectClose,
+    TcpConnectAccept,
+    BindPortZero,
+    UdpConnect,
 }
 
 impl Workload {
-    const ALL: [Workload; 3] = [Workload::TcpConnectAcceptClose, Workload::BindClose, Workload::UdpConnectClose];
+    const ALL: [Workload; 3] = [
+        Workload::TcpConnectAccept,
+        Workload::BindPortZero,
+        Workload::UdpConnect,
+    ];
 
     fn name(self) -> &'static str {
         match self {
-            Workload::TcpConnectAcceptClose => "tcp connect+accept+close",
-            Workload::BindClose => "bind(0)+close",
-            Workload::UdpConnectClose => "udp connect+close",
+            Workload::TcpConnectAccept => "tcp connect+accept+close",
+            Workload::BindPortZero => "bind(0)+close",
+            Workload::UdpConnect => "udp connect+close",
         }
     }
 
@@ -42,9 +47,9 @@ impl Workload {
     fn run_here(self, ops: usize) -> f64 {
         let started = Instant::now();
         match self {
-            Workload::TcpConnectAcceptClose => tcp_loop(ops),
-            Workload::BindClose => bind_loop(ops),
-            Workload::UdpConnectClose => udp_loop(ops),
+            Workload::TcpConnectAccept => tcp_loop(ops),
+            Workload::BindPortZero => bind_loop(ops),
+            Workload::UdpConnect => udp_loop(ops),
         }
         .expect("workload");
         ops as f64 / started.elapsed().as_secs_f64()
@@ -54,7 +59,10 @@ impl Workload {
 /// Runs `work` in a fresh namespace with the bench's port range.
 fn in_bench_netns<T: Send>(work: impl FnOnce() -> T + Send) -> T {
     in_fresh_netns(|_| {
-        write_sysctl("net/ipv4/ip_local_port_range", &format!("{} {}", PORT_RANGE.0, PORT_RANGE.1));
+        write_sysctl(
+            "net/ipv4/ip_local_port_range",
+            &format!("{} {}", PORT_RANGE.0, PORT_RANGE.1),
+        );
         work()
     })
 }
@@ -108,7 +116,12 @@ fn udp_loop(ops: usize) -> io::Result<()> {
             sin.sin_family = libc::AF_INET as libc::sa_family_t;
             sin.sin_port = addr.port().to_be();
             sin.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
-            if libc::connect(fd, (&raw const sin).cast(), std::mem::size_of::<libc::sockaddr_in>() as u32) != 0 {
+            if libc::connect(
+                fd,
+                (&raw const sin).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            ) != 0
+            {
                 return Err(io::Error::last_os_error());
             }
             libc::close(fd);
@@ -118,7 +131,10 @@ fn udp_loop(ops: usize) -> io::Result<()> {
 }
 
 fn set_linger_zero(stream: &TcpStream) {
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     // SAFETY: a valid linger struct for SO_LINGER.
     unsafe {
         libc::setsockopt(
@@ -144,7 +160,9 @@ fn program_stats() -> Vec<(String, u64, Duration)> {
         .filter_map(|p| {
             // The kernel keeps 15 characters of a name.
             let name = p.name_as_str()?.to_owned();
-            let full = names.iter().find(|n| !name.is_empty() && n.starts_with(name.as_str()))?;
+            let full = names
+                .iter()
+                .find(|n| !name.is_empty() && n.starts_with(name.as_str()))?;
             Some(((*full).to_owned(), p.run_count(), p.run_time()))
         })
         .collect();
@@ -158,8 +176,11 @@ fn main() {
          namespace (ephemeral range {}-{}); medians",
         PORT_RANGE.0, PORT_RANGE.1
     );
-    round(Workload::TcpConnectAcceptClose, false); // warm the caches of the machine, not of portmon
-    println!("\n{:<26} {:<5} {:>14} {:>14} {:>8} {:>9}", "workload", "maps", "without ops/s", "with ops/s", "ratio", "change");
+    round(Workload::TcpConnectAccept, false); // warm the caches of the machine, not of portmon
+    println!(
+        "\n{:<26} {:<5} {:>14} {:>14} {:>8} {:>9}",
+        "workload", "maps", "without ops/s", "with ops/s", "ratio", "change"
+    );
     for workload in Workload::ALL {
         for warm in [true, false] {
             let (mut without, mut with) = (Vec::new(), Vec::new());
@@ -211,7 +232,12 @@ fn main() {
             }
             (total.as_nanos() as f64 / OPS as f64, detail)
         });
-        println!("  {:<26} {:>7.0} ns/op   [{}]", workload.name(), per_op, detail.join(", "));
+        println!(
+            "  {:<26} {:>7.0} ns/op   [{}]",
+            workload.name(),
+            per_op,
+            detail.join(", ")
+        );
     }
     let _ = std::fs::write(stats_path, previous.trim());
 }

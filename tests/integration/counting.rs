@@ -49,19 +49,30 @@ fn connects_count_by_remote_port_and_by_local_ephemeral_port() {
     let connects = 12;
     in_fresh_netns(|ns| {
         let listener = TcpListener::bind(("127.0.0.1", PORT)).expect("listen");
-        let clients: Vec<TcpStream> =
-            (0..connects).map(|_| TcpStream::connect(("127.0.0.1", PORT)).expect("connect")).collect();
-        let accepted: Vec<TcpStream> = (0..connects).map(|_| listener.accept().expect("accept").0).collect();
+        let clients: Vec<TcpStream> = (0..connects)
+            .map(|_| TcpStream::connect(("127.0.0.1", PORT)).expect("connect"))
+            .collect();
+        let accepted: Vec<TcpStream> = (0..connects)
+            .map(|_| listener.accept().expect("accept").0)
+            .collect();
 
         let remote = monitor.stats(ns.cookie, Proto::Tcp, Family::Inet, Role::Remote, PORT);
-        assert_eq!((remote.connects, remote.live), (connects as u64, connects as i64), "to {PORT}");
+        assert_eq!(
+            (remote.connects, remote.live),
+            (connects as u64, connects as i64),
+            "to {PORT}"
+        );
         let local_ports: Vec<u16> = clients.iter().map(|c| c.local_addr().unwrap().port()).collect();
         for &port in &local_ports {
             let local = monitor.stats(ns.cookie, Proto::Tcp, Family::Inet, Role::Local, port);
             assert_eq!((local.connects, local.live), (1, 1), "from ephemeral port {port}");
         }
         let server = monitor.stats(ns.cookie, Proto::Tcp, Family::Inet, Role::Local, PORT);
-        assert_eq!((server.binds, server.listens, server.live), (1, 1, 1), "the listener");
+        assert_eq!(
+            (server.binds, server.listens, server.live),
+            (1, 1, 1),
+            "the listener"
+        );
 
         drop(clients);
         drop(accepted);
@@ -97,7 +108,11 @@ fn ipv6_and_udp_connects_are_counted() {
         let remote = monitor.stats(ns.cookie, Proto::Udp, Family::Inet, Role::Remote, PORT);
         assert_eq!((remote.connects, remote.live), (1, 1), "udp connect to {PORT}");
         let local = monitor.stats(ns.cookie, Proto::Udp, Family::Inet, Role::Local, udp_port);
-        assert_eq!((local.binds, local.connects, local.live), (1, 1, 1), "udp client port");
+        assert_eq!(
+            (local.binds, local.connects, local.live),
+            (1, 1, 1),
+            "udp client port"
+        );
         drop(udp);
         let local = monitor.stats(ns.cookie, Proto::Udp, Family::Inet, Role::Local, udp_port);
         assert_eq!(local.live, 0, "udp client port after close");
@@ -137,7 +152,11 @@ pub fn raw_udp_connect(addr: [u8; 4], port: u16) -> std::io::Result<i32> {
         sin.sin_family = libc::AF_INET as libc::sa_family_t;
         sin.sin_port = port.to_be();
         sin.sin_addr.s_addr = u32::from_ne_bytes(addr);
-        let rc = libc::connect(fd, (&raw const sin).cast(), std::mem::size_of::<libc::sockaddr_in>() as u32);
+        let rc = libc::connect(
+            fd,
+            (&raw const sin).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        );
         if rc != 0 {
             let err = std::io::Error::last_os_error();
             libc::close(fd);

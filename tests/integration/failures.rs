@@ -25,7 +25,10 @@ fn a_second_bind_to_a_busy_port_is_one_eaddrinuse_with_pid_and_comm() {
         let failures = monitor.failures_in(ns.cookie, 1);
         assert_eq!(failures.len(), 1, "{failures:#?}");
         let f = &failures[0];
-        assert_eq!((f.op, f.errno, f.proto, f.port), (Op::Bind, Errno::AddrInUse, Proto::Tcp, PORT));
+        assert_eq!(
+            (f.op, f.errno, f.proto, f.port),
+            (Op::Bind, Errno::AddrInUse, Proto::Tcp, PORT)
+        );
         assert_eq!((f.pid, f.comm.as_str()), (std::process::id(), TEST_COMM));
         assert!(f.inferred, "bind errno is inferred in user space");
         drop(holder);
@@ -49,12 +52,22 @@ fn a_tcp_connect_with_no_local_port_left_is_one_eaddrnotavail() {
             assert!(clients.len() <= 10, "more connects than local ports");
         };
         assert_eq!(err.kind(), ErrorKind::AddrNotAvailable, "{err}");
-        assert_eq!(clients.len(), 10, "every port of the range is usable for one destination");
+        assert_eq!(
+            clients.len(),
+            10,
+            "every port of the range is usable for one destination"
+        );
         let failures = monitor.failures_in(ns.cookie, 1);
         assert_eq!(failures.len(), 1, "{failures:#?}");
         let f = &failures[0];
-        assert_eq!((f.op, f.errno, f.proto, f.port), (Op::Connect, Errno::AddrNotAvail, Proto::Tcp, PORT));
-        assert_eq!((f.pid, f.comm.as_str(), f.inferred), (std::process::id(), TEST_COMM, false));
+        assert_eq!(
+            (f.op, f.errno, f.proto, f.port),
+            (Op::Connect, Errno::AddrNotAvail, Proto::Tcp, PORT)
+        );
+        assert_eq!(
+            (f.pid, f.comm.as_str(), f.inferred),
+            (std::process::id(), TEST_COMM, false)
+        );
         drop((clients, listener));
     });
 }
@@ -90,15 +103,30 @@ fn udp_connect_and_bind_zero_with_no_port_left_fail_as_eagain_and_eaddrinuse() {
             }
             assert!(held.len() <= 10, "more auto-binds than local ports");
         };
-        assert_eq!(err.kind(), ErrorKind::AddrInUse, "bind(0) with the range used up: {err}");
+        assert_eq!(
+            err.kind(),
+            ErrorKind::AddrInUse,
+            "bind(0) with the range used up: {err}"
+        );
         assert_eq!(held.len(), 10);
         let err = raw_udp_connect([127, 0, 0, 1], PORT).expect_err("udp connect must fail");
         assert_eq!(err.raw_os_error(), Some(libc::EAGAIN), "{err}");
 
         let failures = monitor.failures_in(ns.cookie, 2);
-        let summary: Vec<(Op, Errno, Proto, u16)> = failures.iter().map(|f| (f.op, f.errno, f.proto, f.port)).collect();
-        assert_eq!(summary, [(Op::Bind, Errno::AddrInUse, Proto::Udp, 0), (Op::Connect, Errno::Again, Proto::Udp, PORT)]);
-        assert!(failures.iter().all(|f| f.pid == std::process::id() && f.comm == TEST_COMM));
+        let summary: Vec<(Op, Errno, Proto, u16)> = failures
+            .iter()
+            .map(|f| (f.op, f.errno, f.proto, f.port))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (Op::Bind, Errno::AddrInUse, Proto::Udp, 0),
+                (Op::Connect, Errno::Again, Proto::Udp, PORT)
+            ]
+        );
+        assert!(failures
+            .iter()
+            .all(|f| f.pid == std::process::id() && f.comm == TEST_COMM));
         drop(held);
     });
 }
@@ -113,7 +141,10 @@ fn a_privileged_port_without_the_capability_is_eacces() {
         let failures = monitor.failures_in(ns.cookie, 1);
         assert_eq!(failures.len(), 1, "{failures:#?}");
         let f = &failures[0];
-        assert_eq!((f.op, f.errno, f.port, f.pid), (Op::Bind, Errno::Access, 80, child.pid));
+        assert_eq!(
+            (f.op, f.errno, f.port, f.pid),
+            (Op::Bind, Errno::Access, 80, child.pid)
+        );
         child.finish();
     });
 }
@@ -143,7 +174,11 @@ impl PrivilegedBindChild {
                 sin.sin_family = libc::AF_INET as libc::sa_family_t;
                 sin.sin_port = port.to_be();
                 sin.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
-                let rc = libc::bind(fd, (&raw const sin).cast(), std::mem::size_of::<libc::sockaddr_in>() as u32);
+                let rc = libc::bind(
+                    fd,
+                    (&raw const sin).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as u32,
+                );
                 let errno: i32 = if rc == 0 { 0 } else { *libc::__errno_location() };
                 libc::close(fd);
                 libc::write(report[1], (&raw const errno).cast(), 4);
@@ -152,8 +187,16 @@ impl PrivilegedBindChild {
                 libc::_exit(0);
             }
             let mut errno = -1i32;
-            assert_eq!(libc::read(report[0], (&raw mut errno).cast(), 4), 4, "child report");
-            Self { pid: pid as u32, errno, release: release[1] }
+            assert_eq!(
+                libc::read(report[0], (&raw mut errno).cast(), 4),
+                4,
+                "child report"
+            );
+            Self {
+                pid: pid as u32,
+                errno,
+                release: release[1],
+            }
         }
     }
 
@@ -186,8 +229,15 @@ unsafe fn drop_net_bind_service() {
         permitted: u32,
         inheritable: u32,
     }
-    let mut header = Header { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
-    let mut data = [Data { effective: 0, permitted: 0, inheritable: 0 }; 2];
+    let mut header = Header {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
     // SAFETY: header and data are valid for the kernel to read and write.
     unsafe {
         libc::syscall(libc::SYS_capget, &raw mut header, data.as_mut_ptr());

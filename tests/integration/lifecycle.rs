@@ -3,7 +3,9 @@
 
 use std::{os::unix::process::ExitStatusExt as _, process::Command, time::Duration};
 
-use portmon_tests::{loaded_portmon_programs, portmon_bin, serial, settled_portmon_programs, wait_until, Daemon};
+use portmon_tests::{
+    loaded_portmon_programs, portmon_bin, serial, settled_portmon_programs, wait_until, Daemon,
+};
 
 const PROGRAMS: usize = portmon::loader::PROGRAMS.len();
 
@@ -12,7 +14,11 @@ fn sigterm_detaches_every_program_and_exits_cleanly() {
     let _serial = serial();
     let before = settled_portmon_programs();
     let daemon = Daemon::start("127.0.0.1:17455".parse().unwrap(), &[]);
-    assert_eq!(loaded_portmon_programs(), before + PROGRAMS, "programs while running");
+    assert_eq!(
+        loaded_portmon_programs(),
+        before + PROGRAMS,
+        "programs while running"
+    );
     let status = daemon.stop_with(libc::SIGTERM);
     assert!(status.success(), "exit after SIGTERM: {status}");
     assert!(
@@ -27,7 +33,11 @@ fn after_sigkill_nothing_stays_attached() {
     let _serial = serial();
     let before = settled_portmon_programs();
     let daemon = Daemon::start("127.0.0.1:17456".parse().unwrap(), &[]);
-    assert_eq!(loaded_portmon_programs(), before + PROGRAMS, "programs while running");
+    assert_eq!(
+        loaded_portmon_programs(),
+        before + PROGRAMS,
+        "programs while running"
+    );
     let status = daemon.stop_with(libc::SIGKILL);
     assert_eq!(status.signal(), Some(libc::SIGKILL));
     assert!(
@@ -41,26 +51,49 @@ fn after_sigkill_nothing_stays_attached() {
 fn without_privileges_it_exits_with_one_clear_line() {
     let _serial = serial();
     let output = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--",
+        ])
         .arg(portmon_bin())
         .args(["run", "--listen", "127.0.0.1:17457"])
         .output()
         .expect("run setpriv (util-linux)");
-    assert!(!output.status.success(), "portmon run must fail without privileges");
+    assert!(
+        !output.status.success(),
+        "portmon run must fail without privileges"
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "one line, got: {stderr}");
-    assert!(lines[0].starts_with("portmon: missing capabilities CAP_BPF CAP_PERFMON CAP_NET_ADMIN"), "{stderr}");
+    assert!(
+        lines[0].starts_with("portmon: missing capabilities CAP_BPF CAP_PERFMON CAP_NET_ADMIN"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]
 fn check_reports_every_hook() {
     let _serial = serial();
-    let output = Command::new(portmon_bin()).arg("check").output().expect("run portmon check");
+    let output = Command::new(portmon_bin())
+        .arg("check")
+        .output()
+        .expect("run portmon check");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "portmon check failed:\n{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "portmon check failed:\n{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     for (program, _) in portmon::loader::PROGRAMS {
-        assert!(stdout.lines().any(|l| l.starts_with("ok") && l.contains(program)), "{program} missing:\n{stdout}");
+        assert!(
+            stdout.lines().any(|l| l.starts_with("ok") && l.contains(program)),
+            "{program} missing:\n{stdout}"
+        );
     }
 }

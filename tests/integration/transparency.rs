@@ -25,7 +25,8 @@ fn run_every_operation() -> Result<(), String> {
     // SAFETY: fd is ours.
     unsafe { libc::close(fd) };
     let udp6 = UdpSocket::bind((Ipv6Addr::LOCALHOST, 0)).map_err(|e| format!("udp v6 bind 0: {e}"))?;
-    udp6.connect((Ipv6Addr::LOCALHOST, udp_port)).map_err(|e| format!("udp v6 connect: {e}"))?;
+    udp6.connect((Ipv6Addr::LOCALHOST, udp_port))
+        .map_err(|e| format!("udp v6 connect: {e}"))?;
     Ok(())
 }
 

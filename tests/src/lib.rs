@@ -18,7 +18,7 @@ use std::{
 use portmon::{
     counters::{self, Health},
     failures::{Failure, FailureLog, FailureReader},
-    loader::{Kernel, KernelMaps, MapCapacity},
+    loader::{Kernel, KernelMaps, LoadOptions},
     mounts::Mounts,
 };
 use portmon_common::{Family, PortStats, Proto, Role};
@@ -47,7 +47,12 @@ pub fn in_fresh_netns<T: Send>(work: impl FnOnce(&TestNetns) -> T + Send) -> T {
             .spawn_scoped(scope, || {
                 // SAFETY: unshare only changes this thread's namespace.
                 let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "unshare(CLONE_NEWNET) failed (tests need root): {}", io::Error::last_os_error());
+                assert_eq!(
+                    rc,
+                    0,
+                    "unshare(CLONE_NEWNET) failed (tests need root): {}",
+                    io::Error::last_os_error()
+                );
                 set_link_up("lo");
                 let cookie = portmon::netns::current_cookie().expect("netns cookie");
                 work(&TestNetns { cookie })
@@ -64,24 +69,42 @@ fn set_link_up(name: &str) {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
         assert!(fd >= 0, "socket: {}", io::Error::last_os_error());
         let mut req: libc::ifreq = std::mem::zeroed();
-        for (dst, src) in req.ifr_name.iter_mut().zip(CString::new(name).unwrap().as_bytes_with_nul()) {
+        for (dst, src) in req
+            .ifr_name
+            .iter_mut()
+            .zip(CString::new(name).unwrap().as_bytes_with_nul())
+        {
             *dst = *src as libc::c_char;
         }
-        assert_eq!(libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req), 0, "SIOCGIFFLAGS {name}");
+        assert_eq!(
+            libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req),
+            0,
+            "SIOCGIFFLAGS {name}"
+        );
         req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        assert_eq!(libc::ioctl(fd, libc::SIOCSIFFLAGS, &mut req), 0, "SIOCSIFFLAGS {name}");
+        assert_eq!(
+            libc::ioctl(fd, libc::SIOCSIFFLAGS, &mut req),
+            0,
+            "SIOCSIFFLAGS {name}"
+        );
         libc::close(fd);
     }
 }
 
 /// Writes a sysctl of the calling thread's network namespace.
 pub fn write_sysctl(name: &str, value: &str) {
-    std::fs::write(format!("/proc/sys/{name}"), value).unwrap_or_else(|e| panic!("writing {name}={value}: {e}"));
+    std::fs::write(format!("/proc/sys/{name}"), value)
+        .unwrap_or_else(|e| panic!("writing {name}={value}: {e}"));
 }
 
 /// The cgroup v2 root, from mountinfo.
 pub fn cgroup_root() -> PathBuf {
-    Mounts::read().expect("mountinfo").cgroup2().expect("a cgroup v2 mount").mount_point.clone()
+    Mounts::read()
+        .expect("mountinfo")
+        .cgroup2()
+        .expect("a cgroup v2 mount")
+        .mount_point
+        .clone()
 }
 
 /// portmon's kernel programs, loaded and attached in this process.
@@ -99,19 +122,35 @@ struct KernelMapsForTests {
 
 impl std::fmt::Debug for Monitor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Monitor").field("attached", &self.kernel.is_some()).finish_non_exhaustive()
+        f.debug_struct("Monitor")
+            .field("attached", &self.kernel.is_some())
+            .finish_non_exhaustive()
     }
 }
 
 impl Monitor {
     /// Loads and attaches every program to the cgroup v2 root.
     pub fn attach() -> Self {
+        Self::attach_with(LoadOptions::default())
+    }
+
+    /// Loads and attaches every program, with options.
+    pub fn attach_with(options: LoadOptions) -> Self {
         portmon::preflight::check().expect("preflight (tests need root)");
-        let (kernel, maps) = Kernel::load(&cgroup_root(), MapCapacity::default()).expect("load kernel programs");
-        let KernelMaps { port_stats, health, failures, .. } = maps;
+        let (kernel, maps) = Kernel::load(&cgroup_root(), options).expect("load kernel programs");
+        let KernelMaps {
+            port_stats,
+            health,
+            failures,
+            ..
+        } = maps;
         Self {
             kernel: Some(kernel),
-            maps: KernelMapsForTests { port_stats, health, reader: FailureReader::new(failures) },
+            maps: KernelMapsForTests {
+                port_stats,
+                health,
+                reader: FailureReader::new(failures),
+            },
             failures: FailureLog::default(),
         }
     }
@@ -120,14 +159,19 @@ impl Monitor {
     pub fn stats(&self, netns: u64, proto: Proto, family: Family, role: Role, port: u16) -> PortStats {
         counters::read_ports(&self.maps.port_stats)
             .into_iter()
-            .find(|c| c.netns == netns && c.proto == proto && c.family == family && c.role == role && c.port == port)
+            .find(|c| {
+                c.netns == netns && c.proto == proto && c.family == family && c.role == role && c.port == port
+            })
             .map(|c| c.stats)
             .unwrap_or_default()
     }
 
     /// Every port with counters in one namespace.
     pub fn ports_in(&self, netns: u64) -> Vec<counters::PortCount> {
-        counters::read_ports(&self.maps.port_stats).into_iter().filter(|c| c.netns == netns).collect()
+        counters::read_ports(&self.maps.port_stats)
+            .into_iter()
+            .filter(|c| c.netns == netns)
+            .collect()
     }
 
     pub fn health(&self) -> Health {
@@ -139,7 +183,12 @@ impl Monitor {
         let deadline = Instant::now() + Duration::from_secs(1);
         loop {
             self.maps.reader.drain_into(&mut self.failures);
-            let found: Vec<Failure> = self.failures.recent().filter(|f| f.netns == netns).cloned().collect();
+            let found: Vec<Failure> = self
+                .failures
+                .recent()
+                .filter(|f| f.netns == netns)
+                .cloned()
+                .collect();
             if found.len() >= want || Instant::now() > deadline {
                 return found;
             }
@@ -160,7 +209,10 @@ pub fn loaded_portmon_programs() -> usize {
     let names: Vec<&str> = portmon::loader::PROGRAMS.iter().map(|(name, _)| *name).collect();
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
-        .filter(|p| p.name_as_str().is_some_and(|n| names.iter().any(|want| want.starts_with(n) && !n.is_empty())))
+        .filter(|p| {
+            p.name_as_str()
+                .is_some_and(|n| names.iter().any(|want| want.starts_with(n) && !n.is_empty()))
+        })
         .count()
 }
 
@@ -185,7 +237,11 @@ pub fn portmon_bin() -> PathBuf {
     BIN.get_or_init(|| {
         let exe = std::env::current_exe().expect("test binary path");
         // target/<profile>/deps/integration-… → target/<profile>
-        let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir").to_owned();
+        let profile_dir = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .expect("target dir")
+            .to_owned();
         let release = profile_dir.file_name().is_some_and(|n| n == "release");
         let mut cargo = Command::new(env!("CARGO"));
         cargo.args(["build", "--package", "portmon", "--bin", "portmon"]);
@@ -219,7 +275,10 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> io::Result<(u16, Stri
     use std::io::{Read as _, Write as _};
     let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));

@@ -7,6 +7,13 @@ use crate::{setup, shell};
 
 pub fn run() -> Result<()> {
     setup::ensure()?;
-    shell::cargo(&["bench", "--locked", "--package", "portmon-tests", "--bench", "overhead"])?;
+    shell::cargo(&[
+        "bench",
+        "--locked",
+        "--package",
+        "portmon-tests",
+        "--bench",
+        "overhead",
+    ])?;
     Ok(())
 }

@@ -35,19 +35,28 @@ fn is_root() -> bool {
 }
 
 fn ensure_packages() -> Result<()> {
-    let missing: Vec<&str> =
-        PACKAGES.iter().filter(|(_, file)| !Path::new(file).exists()).map(|(name, _)| *name).collect();
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(_, file)| !Path::new(file).exists())
+        .map(|(name, _)| *name)
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
     if !is_root() {
-        bail!("missing packages {}: run `sudo apt-get install -y {}`", missing.join(" "), missing.join(" "));
+        bail!(
+            "missing packages {}: run `sudo apt-get install -y {}`",
+            missing.join(" "),
+            missing.join(" ")
+        );
     }
     let mut update = Command::new("apt-get");
     update.args(["update", "-q"]);
     shell::run(update)?;
     let mut install = Command::new("apt-get");
-    install.args(["install", "-y", "-q", "--no-install-recommends"]).args(&missing);
+    install
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing);
     install.env("DEBIAN_FRONTEND", "noninteractive");
     shell::run(install)
 }
@@ -66,8 +75,13 @@ pub fn ebpf_toolchain() -> Result<String> {
 
 fn ensure_rust_src() -> Result<()> {
     let toolchain = ebpf_toolchain()?;
-    let installed = shell::output("rustup", &["component", "list", "--installed", "--toolchain", &toolchain])
-        .with_context(|| format!("toolchain {toolchain} is not installed: run `rustup toolchain install {toolchain}`"))?;
+    let installed = shell::output(
+        "rustup",
+        &["component", "list", "--installed", "--toolchain", &toolchain],
+    )
+    .with_context(|| {
+        format!("toolchain {toolchain} is not installed: run `rustup toolchain install {toolchain}`")
+    })?;
     if installed.lines().any(|l| l.starts_with("rust-src")) {
         return Ok(());
     }
@@ -81,10 +95,19 @@ fn ensure_bpf_linker() -> Result<()> {
     if version.contains(BPF_LINKER_VERSION) {
         return Ok(());
     }
-    let path = format!("/usr/lib/llvm-22/bin:{}", std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "/usr/lib/llvm-22/bin:{}",
+        std::env::var("PATH").unwrap_or_default()
+    );
     let mut install = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     install
-        .args(["install", "bpf-linker", "--locked", "--version", BPF_LINKER_VERSION])
+        .args([
+            "install",
+            "bpf-linker",
+            "--locked",
+            "--version",
+            BPF_LINKER_VERSION,
+        ])
         .args(["--no-default-features", "--features", "llvm-22"])
         .env("PATH", path);
     shell::run(install)
@@ -93,14 +116,26 @@ fn ensure_bpf_linker() -> Result<()> {
 /// tracefs for the tracepoint, bpffs for operators who pin; both are
 /// missing on a fresh machine of this kind.
 fn ensure_mounts() -> Result<()> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-    let mounted = |fs_type: &str| mountinfo.lines().any(|l| l.split(" - ").nth(1).is_some_and(|t| t.starts_with(fs_type)));
-    for (fs_type, source, target) in [("tracefs ", "nodev", "/sys/kernel/tracing"), ("bpf ", "bpffs", "/sys/fs/bpf")] {
+    let mountinfo =
+        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    let mounted = |fs_type: &str| {
+        mountinfo
+            .lines()
+            .any(|l| l.split(" - ").nth(1).is_some_and(|t| t.starts_with(fs_type)))
+    };
+    for (fs_type, source, target) in [
+        ("tracefs ", "nodev", "/sys/kernel/tracing"),
+        ("bpf ", "bpffs", "/sys/fs/bpf"),
+    ] {
         if mounted(fs_type) {
             continue;
         }
         if !is_root() {
-            println!("xtask: {} is not mounted; as root: mount -t {} {source} {target}", fs_type.trim(), fs_type.trim());
+            println!(
+                "xtask: {} is not mounted; as root: mount -t {} {source} {target}",
+                fs_type.trim(),
+                fs_type.trim()
+            );
             continue;
         }
         let mut mount = Command::new("mount");

@@ -18,7 +18,9 @@ pub fn run(mut command: Command) -> Result<()> {
     command.current_dir(workspace_root());
     let shown = format!("{command:?}");
     println!("xtask: running {shown}");
-    let status = command.status().with_context(|| format!("cannot start {shown}"))?;
+    let status = command
+        .status()
+        .with_context(|| format!("cannot start {shown}"))?;
     if !status.success() {
         bail!("{shown} failed ({status})");
     }
@@ -34,8 +36,14 @@ pub fn cargo(args: &[&str]) -> Result<()> {
 
 /// The standard output of a command, if it succeeds.
 pub fn output(program: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(program).args(args).stderr(Stdio::null()).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    let out = Command::new(program)
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Runs a command in the foreground in place of xtask.

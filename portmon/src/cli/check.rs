@@ -17,7 +17,11 @@ pub fn run(_args: CheckArgs, log: &str, log_format: LogFormat) -> anyhow::Result
     init_logging(log, log_format)?;
     let env = preflight::check()?;
     println!("kernel      {}", env.kernel_release);
-    println!("cgroup v2   {}{}", env.cgroup_root.display(), if env.cgroup_is_subtree { " (subtree)" } else { "" });
+    println!(
+        "cgroup v2   {}{}",
+        env.cgroup_root.display(),
+        if env.cgroup_is_subtree { " (subtree)" } else { "" }
+    );
     let mut failed = 0;
     for (program, outcome) in Kernel::probe(&env.cgroup_root)? {
         match outcome {
@@ -29,5 +33,9 @@ pub fn run(_args: CheckArgs, log: &str, log_format: LogFormat) -> anyhow::Result
             }
         }
     }
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

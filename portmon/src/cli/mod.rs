@@ -83,7 +83,9 @@ pub fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .with_context(|| format!("bad --log filter {filter:?}: try `info` or `portmon=debug`"))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

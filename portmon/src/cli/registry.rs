@@ -1,15 +1,64 @@
-//! `portmon registry …`: placeholder until the registry lands.
+//! `portmon registry …`: install IANA's registry, and show which registry
+//! portmon would read.
+//!
+//! Exit codes: 0 on success; 1 (an error returned to `cli::run`) when the
+//! download, validation or write fails — the installed file is then
+//! unchanged — or when no registry can be loaded.
 
-use std::process::ExitCode;
+use std::{path::PathBuf, process::ExitCode};
 
-use clap::Subcommand;
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+
+use super::{lookup::write_stdout, RegistryArgs};
+use crate::registry::{
+    update::{self, IANA_CSV_URL},
+    Registry, DEFAULT_IANA_PATH,
+};
 
 #[derive(Debug, Subcommand)]
 pub enum RegistryCommand {
-    /// Download IANA's registry CSV and replace the local copy atomically.
-    Update,
+    /// Download IANA's registry CSV, check it is whole, and replace the local
+    /// copy atomically (the old copy stays if anything fails).
+    Update(UpdateArgs),
+    /// Show which registry file portmon reads, its format and size.
+    Show(RegistryArgs),
 }
 
-pub fn run(_cmd: RegistryCommand) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("registry update is not built yet")
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// Where to download the CSV from (https://, or http:// for a local mirror).
+    #[arg(long, value_name = "URL", default_value = IANA_CSV_URL)]
+    pub url: String,
+    /// Where to install it; portmon reads this path by default.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_IANA_PATH)]
+    pub output: PathBuf,
+}
+
+pub fn run(cmd: RegistryCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        RegistryCommand::Update(args) => {
+            let installed = update::update(&args.url, &args.output)
+                .with_context(|| format!("registry update failed; {} is unchanged", args.output.display()))?;
+            write_stdout(&format!(
+                "installed {} ({} records, {} bytes) from {}\n",
+                installed.path.display(),
+                installed.records,
+                installed.bytes,
+                args.url
+            ))?;
+        }
+        RegistryCommand::Show(args) => {
+            let registry =
+                Registry::load(args.registry.as_deref()).context("cannot load the port registry")?;
+            let source = registry.source();
+            write_stdout(&format!(
+                "{} ({} format, {} entries)\n",
+                source.path.display(),
+                source.format,
+                source.entries
+            ))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

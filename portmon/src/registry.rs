@@ -1,1 +1,0 @@
-//! The port registry: IANA service names (placeholder until it lands).
