@@ -63,6 +63,8 @@ pub fn run() -> Result<()> {
         "--locked",
         "--package",
         "portmon-tests",
+        "--test",
+        "integration",
         "--",
         "--test-threads=1",
     ])?;
