@@ -33,6 +33,12 @@ pub struct Config {
     pub sockets_capacity: u32,
     /// Capacity of the kernel's per-port counter table.
     pub port_stats_capacity: u32,
+    /// Most per-port series in /metrics; the least busy ports past it fold
+    /// into their range class (`port=""`).
+    pub port_series_limit: usize,
+    /// `auto`: a `netns` label only when more than one network namespace
+    /// has sockets or events; `always`: on every per-port series.
+    pub netns_label: crate::exporter::NetnsLabel,
 }
 
 impl Default for Config {
@@ -50,6 +56,10 @@ impl Default for Config {
             sockets_capacity: portmon_common::capacity::SOCKETS,
             // 65,536 ports × protocols × families × ends × namespaces seen.
             port_stats_capacity: portmon_common::capacity::PORT_STATS,
+            // Enough for every listener of a busy host; Prometheus copes with it.
+            port_series_limit: 1000,
+            // A single-namespace host keeps its series free of a label that says nothing.
+            netns_label: crate::exporter::NetnsLabel::Auto,
         }
     }
 }

@@ -26,6 +26,8 @@ pub struct Health {
     pub sockets_overflow: u64,
     /// Failures the kernel side detected, delivered or not.
     pub failures_seen: u64,
+    /// Updates lost to a full `BIND_BEFORE_CONNECT`.
+    pub bind_before_connect_overflow: u64,
 }
 
 /// Reads every port's counters. Entries the kernel deletes or that carry
@@ -54,5 +56,6 @@ pub fn read_health(map: &Array<MapData, u64>) -> Health {
         port_stats_overflow: get(slot::PORT_STATS_OVERFLOW),
         sockets_overflow: get(slot::SOCKETS_OVERFLOW),
         failures_seen: get(slot::FAILURES_SEEN),
+        bind_before_connect_overflow: get(slot::BIND_BEFORE_CONNECT_OVERFLOW),
     }
 }

@@ -1,27 +1,30 @@
-//! `portmon run`: preflight → load and attach → serve → ready → wait for a
-//! signal → detach with a deadline.
+//! `portmon run`: preflight → registry → load and attach → serve → ready →
+//! wait for a signal → detach with a deadline.
 
 use std::{
+    collections::{BTreeMap, HashMap},
     net::SocketAddr,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex, MutexGuard,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use aya::maps::{Array, HashMap, MapData};
-use portmon_common::{Owner, PortKey, PortStats};
-use serde::Serialize;
+use aya::maps::{Array, HashMap as BpfHashMap, MapData};
+use portmon_common::{map, Owner, PortKey, PortStats};
 use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
     config::Config,
     counters::{self, Health, PortCount},
-    failures::{Failure, FailureLog, FailureReader},
-    http::{self, Request, Response},
+    exporter::{MapUsage, NetnsLabel},
+    failures::{Failure, FailureKey, FailureLog, FailureReader},
+    http,
+    inventory::{Inventory, Snapshot},
     loader::{Kernel, KernelMaps, LoadError, LoadOptions},
     preflight::{self, PreflightError},
+    registry::{Registry, RegistryError},
 };
 
 /// How long detaching may take before portmon exits anyway (the links go
@@ -29,11 +32,15 @@ use crate::{
 const DETACH_DEADLINE: Duration = Duration::from_secs(5);
 /// How often the failure reader wakes when nothing arrives, to notice shutdown.
 const FAILURE_POLL: Duration = Duration::from_millis(200);
+/// How old the list of namespaces may be when a snapshot is taken.
+const NAMESPACE_RESCAN: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error(transparent)]
     Preflight(#[from] PreflightError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
     #[error(transparent)]
     Load(#[from] LoadError),
     #[error("cannot listen on {addr}: pick another address with --listen")]
@@ -46,18 +53,32 @@ pub enum DaemonError {
     Signals(#[source] std::io::Error),
 }
 
-/// What the HTTP handlers read: the kernel maps and the failure log.
+/// The kernel maps the daemon reads.
+struct Maps {
+    port_stats: BpfHashMap<MapData, PortKey, PortStats>,
+    owners: BpfHashMap<MapData, u64, Owner>,
+    bind_before_connect: BpfHashMap<MapData, [u8; 16], u64>,
+    sockets: BpfHashMap<MapData, u64, [u8; 32]>,
+    health: Array<MapData, u64>,
+}
+
+/// What the HTTP handlers read.
 pub struct State {
-    port_stats: Mutex<HashMap<MapData, PortKey, PortStats>>,
-    #[expect(dead_code, reason = "read by the inventory (next step of the exporter work)")]
-    owners: Mutex<HashMap<MapData, u64, Owner>>,
-    health: Mutex<Array<MapData, u64>>,
+    maps: Mutex<Maps>,
     failures: Mutex<FailureLog>,
+    inventory: Mutex<(Inventory, Instant)>,
+    pub registry: Registry,
+    pub programs: Vec<&'static str>,
+    pub options: LoadOptions,
+    pub port_series_limit: usize,
+    pub netns_label: NetnsLabel,
 }
 
 impl std::fmt::Debug for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("State").finish_non_exhaustive()
+        f.debug_struct("State")
+            .field("programs", &self.programs)
+            .finish_non_exhaustive()
     }
 }
 
@@ -69,49 +90,126 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl State {
     /// Every port's counters.
     pub fn ports(&self) -> Vec<PortCount> {
-        counters::read_ports(&lock(&self.port_stats))
+        counters::read_ports(&lock(&self.maps).port_stats)
     }
 
     /// portmon's own health counters.
     pub fn health(&self) -> Health {
-        counters::read_health(&lock(&self.health))
+        counters::read_health(&lock(&self.maps).health)
+    }
+
+    /// Owners of fixed-port and listening sockets, by cookie.
+    pub fn owners(&self) -> HashMap<u64, Owner> {
+        lock(&self.maps).owners.iter().filter_map(Result::ok).collect()
+    }
+
+    /// TCP connects from sockets bound to port 0, by command.
+    pub fn bind_before_connect(&self) -> Vec<(String, u64)> {
+        let maps = lock(&self.maps);
+        maps.bind_before_connect
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(c, n)| (crate::api::comm(&c), n))
+            .collect()
+    }
+
+    /// Entries and capacity of each kernel map.
+    pub fn map_usage(&self) -> Vec<MapUsage> {
+        let maps = lock(&self.maps);
+        let o = self.options;
+        vec![
+            MapUsage {
+                name: map::PORT_STATS,
+                entries: maps.port_stats.keys().count() as u64,
+                capacity: o.port_stats.into(),
+            },
+            MapUsage {
+                name: map::OWNERS,
+                entries: maps.owners.keys().count() as u64,
+                capacity: o.owners.into(),
+            },
+            MapUsage {
+                name: map::SOCKETS,
+                entries: maps.sockets.keys().count() as u64,
+                capacity: o.sockets.into(),
+            },
+            MapUsage {
+                name: map::BIND_BEFORE_CONNECT,
+                entries: maps.bind_before_connect.keys().count() as u64,
+                capacity: portmon_common::capacity::BIND_BEFORE_CONNECT.into(),
+            },
+        ]
+    }
+
+    /// Failure counts since start.
+    pub fn failure_counts(&self) -> BTreeMap<FailureKey, u64> {
+        lock(&self.failures).counts().clone()
     }
 
     /// The most recent failures, newest first.
     pub fn recent_failures(&self, limit: usize) -> Vec<Failure> {
         lock(&self.failures).recent().rev().take(limit).cloned().collect()
     }
+
+    /// A fresh inventory of every namespace, and their names by cookie.
+    pub fn snapshot(&self) -> (Snapshot, HashMap<u64, String>) {
+        let mut guard = lock(&self.inventory);
+        let (inventory, scanned) = &mut *guard;
+        if scanned.elapsed() > NAMESPACE_RESCAN {
+            inventory.rescan();
+            *scanned = Instant::now();
+        }
+        let snapshot = inventory.snapshot();
+        let names = inventory
+            .namespaces()
+            .iter()
+            .map(|n| (n.cookie, n.name.clone()))
+            .collect();
+        (snapshot, names)
+    }
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
     let env = preflight::check()?;
-    tracing::info!(
-        kernel = %env.kernel_release, cgroup = %env.cgroup_root.display(),
-        "preflight passed"
-    );
+    tracing::info!(kernel = %env.kernel_release, cgroup = %env.cgroup_root.display(), "preflight passed");
     if env.cgroup_is_subtree {
         tracing::warn!("the cgroup v2 mount is a subtree: only sockets of processes below it are seen");
     }
-    let capacity = LoadOptions {
+    let registry = Registry::load(config.registry.as_deref())?;
+    let source = registry.source();
+    tracing::info!(path = %source.path.display(), format = source.format.label(), entries = source.entries, "registry loaded");
+
+    let options = LoadOptions {
         port_stats: config.port_stats_capacity,
         owners: config.owners_capacity,
         sockets: config.sockets_capacity,
         hooks_only: false,
     };
-    let (kernel, maps) = Kernel::load(&env.cgroup_root, capacity)?;
+    let (kernel, maps) = Kernel::load(&env.cgroup_root, options)?;
     let KernelMaps {
         port_stats,
         owners,
+        bind_before_connect,
+        sockets,
         health,
         failures,
-        ..
     } = maps;
     let state = Arc::new(State {
-        port_stats: Mutex::new(port_stats),
-        owners: Mutex::new(owners),
-        health: Mutex::new(health),
+        maps: Mutex::new(Maps {
+            port_stats,
+            owners,
+            bind_before_connect,
+            sockets,
+            health,
+        }),
         failures: Mutex::new(FailureLog::default()),
+        inventory: Mutex::new((Inventory::scan(), Instant::now())),
+        registry,
+        programs: kernel.attached().to_vec(),
+        options,
+        port_series_limit: config.port_series_limit,
+        netns_label: config.netns_label,
     });
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -126,7 +224,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     tracing::info!(addr = %config.listen, "listening");
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let handler_state = state.clone();
-    let handler: http::Handler = Arc::new(move |req: &Request| route(&handler_state, req));
+    let handler: http::Handler = Arc::new(move |req: &http::Request| crate::api::route(&handler_state, req));
     let server = tokio::spawn(http::serve(listener, handler, shutdown_rx));
     tracing::info!(programs = kernel.attached().len(), "ready");
 
@@ -183,49 +281,4 @@ fn spawn_failure_reader(
             }
         }
     })
-}
-
-#[derive(Serialize)]
-struct PortCountJson {
-    netns: u64,
-    proto: portmon_common::Proto,
-    family: portmon_common::Family,
-    role: portmon_common::Role,
-    port: u16,
-    binds: u64,
-    listens: u64,
-    connects: u64,
-    live: i64,
-}
-
-fn route(state: &State, req: &Request) -> Response {
-    match req.path.as_str() {
-        "/healthz" => Response::text(200, "ok\n"),
-        "/api/v1/counters" => {
-            let ports: Vec<PortCountJson> = state
-                .ports()
-                .into_iter()
-                .map(|p| PortCountJson {
-                    netns: p.netns,
-                    proto: p.proto,
-                    family: p.family,
-                    role: p.role,
-                    port: p.port,
-                    binds: p.stats.binds,
-                    listens: p.stats.listens,
-                    connects: p.stats.connects,
-                    live: p.stats.live,
-                })
-                .collect();
-            Response::json(&ports)
-        }
-        "/api/v1/failures" => {
-            let limit = req.param("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
-            Response::json(&state.recent_failures(limit))
-        }
-        _ => Response::text(
-            404,
-            "not found: try /metrics, /healthz, /api/v1/counters, /api/v1/failures\n",
-        ),
-    }
 }

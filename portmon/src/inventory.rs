@@ -7,6 +7,7 @@
 //! thread afterwards.
 
 use std::{
+    collections::HashMap,
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
@@ -14,6 +15,8 @@ use std::{
 
 use portmon_common::{Family, Proto};
 use serde::Serialize;
+
+use crate::netns::{self, Namespaces, Netns};
 
 const NETLINK_SOCK_DIAG: libc::c_int = 4;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
@@ -109,6 +112,96 @@ pub struct Socket {
     pub inode: u32,
 }
 
+/// A socket and the namespace it lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct NsSocket {
+    /// Network namespace cookie.
+    pub netns: u64,
+    #[serde(flatten)]
+    pub socket: Socket,
+}
+
+/// Every socket of every namespace on the host, as of one moment.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub sockets: Vec<NsSocket>,
+    /// Namespaces that could not be read, with the reason.
+    pub errors: Vec<(String, String)>,
+}
+
+/// Keeps one sock_diag socket per namespace and takes snapshots through
+/// them. Sockets of namespaces that disappear are closed at the next scan,
+/// so portmon does not keep a dead namespace alive.
+#[derive(Debug, Default)]
+pub struct Inventory {
+    namespaces: Namespaces,
+    diag: HashMap<u64, SockDiag>,
+}
+
+impl Inventory {
+    /// An inventory of every namespace found now.
+    pub fn scan() -> Self {
+        let mut inventory = Self::default();
+        inventory.rescan();
+        inventory
+    }
+
+    /// An inventory of the calling thread's namespace only (no privileges
+    /// needed beyond those of a plain `ss`).
+    pub fn current() -> Result<Self, InventoryError> {
+        let cookie =
+            netns::current_cookie().map_err(|e| InventoryError::Open(io::Error::other(e.to_string())))?;
+        let mut inventory = Self::default();
+        inventory.diag.insert(cookie, SockDiag::open()?);
+        Ok(inventory)
+    }
+
+    /// Finds namespaces again: opens sockets for new ones, closes those of
+    /// gone ones.
+    pub fn rescan(&mut self) {
+        self.namespaces.rescan();
+        let present: Vec<Netns> = self.namespaces.iter().cloned().collect();
+        self.diag
+            .retain(|cookie, _| present.iter().any(|n| n.cookie == *cookie));
+        for ns in present {
+            if self.diag.contains_key(&ns.cookie) {
+                continue;
+            }
+            match netns::run_in(&ns.path, SockDiag::open) {
+                Ok(Ok(diag)) => {
+                    self.diag.insert(ns.cookie, diag);
+                }
+                Ok(Err(err)) => tracing::debug!(netns = %ns.name, "no sock_diag socket: {err}"),
+                Err(err) => tracing::debug!(netns = %ns.name, "cannot enter: {err}"),
+            }
+        }
+    }
+
+    /// The namespaces known, by cookie.
+    pub fn namespaces(&self) -> &Namespaces {
+        &self.namespaces
+    }
+
+    /// Every socket of every namespace known.
+    pub fn snapshot(&mut self) -> Snapshot {
+        let mut snapshot = Snapshot::default();
+        let mut sockets = Vec::new();
+        for (&cookie, diag) in &mut self.diag {
+            sockets.clear();
+            match diag.dump_into(&mut sockets) {
+                Ok(()) => snapshot.sockets.extend(sockets.iter().map(|&socket| NsSocket {
+                    netns: cookie,
+                    socket,
+                })),
+                Err(err) => snapshot
+                    .errors
+                    .push((cookie.to_string(), crate::loader::error_line(&err))),
+            }
+        }
+        snapshot
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum InventoryError {
     #[error("cannot open a sock_diag netlink socket")]
@@ -135,21 +228,34 @@ impl SockDiag {
     pub fn open() -> Result<Self, InventoryError> {
         // SAFETY: plain socket(2); the fd is owned below.
         let fd = unsafe {
-            libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+                NETLINK_SOCK_DIAG,
+            )
         };
         if fd < 0 {
             return Err(InventoryError::Open(io::Error::last_os_error()));
         }
         // SAFETY: a fresh descriptor nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Self { fd, seq: 0, buffer: vec![0; RECV_BUFFER] })
+        Ok(Self {
+            fd,
+            seq: 0,
+            buffer: vec![0; RECV_BUFFER],
+        })
     }
 
     /// Every TCP and UDP socket of the namespace, appended to `out`.
     pub fn dump_into(&mut self, out: &mut Vec<Socket>) -> Result<(), InventoryError> {
         for proto in [Proto::Tcp, Proto::Udp] {
             for family in [Family::Inet, Family::Inet6] {
-                self.dump_one(proto, family, out).map_err(|source| InventoryError::Dump { proto, family, source })?;
+                self.dump_one(proto, family, out)
+                    .map_err(|source| InventoryError::Dump {
+                        proto,
+                        family,
+                        source,
+                    })?;
             }
         }
         Ok(())
@@ -176,7 +282,14 @@ impl SockDiag {
         }
         loop {
             // SAFETY: receiving into a buffer we own, of the length given.
-            let n = unsafe { libc::recv(self.fd.as_raw_fd(), self.buffer.as_mut_ptr().cast(), self.buffer.len(), 0) };
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    self.buffer.as_mut_ptr().cast(),
+                    self.buffer.len(),
+                    0,
+                )
+            };
             if n < 0 {
                 let err = io::Error::last_os_error();
                 if err.kind() == io::ErrorKind::Interrupted {
@@ -226,14 +339,19 @@ fn parse_messages(
         let kind = u16::from_ne_bytes([data[4], data[5]]);
         let msg_seq = u32::from_ne_bytes([data[8], data[9], data[10], data[11]]);
         if len < 16 || len > data.len() {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "truncated netlink message"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "truncated netlink message",
+            ));
         }
         let body = &data[16..len];
         if msg_seq == seq {
             match i32::from(kind) {
                 libc::NLMSG_DONE => return Ok(Parsed::Done),
                 libc::NLMSG_ERROR => {
-                    let code = body.get(..4).map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                    let code = body
+                        .get(..4)
+                        .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
                     return Err(io::Error::from_raw_os_error(-code));
                 }
                 _ if kind == SOCK_DIAG_BY_FAMILY => {
@@ -318,19 +436,30 @@ mod tests {
         data.extend(message(7, SOCK_DIAG_BY_FAMILY, &diag_msg(6, 40000, 443, 9)));
         data.extend(message(6, SOCK_DIAG_BY_FAMILY, &diag_msg(1, 1, 1, 1))); // another dump's
         let mut out = Vec::new();
-        assert!(matches!(parse_messages(&data, 7, Proto::Tcp, Family::Inet, &mut out), Ok(Parsed::More)));
+        assert!(matches!(
+            parse_messages(&data, 7, Proto::Tcp, Family::Inet, &mut out),
+            Ok(Parsed::More)
+        ));
         assert_eq!(out.len(), 2);
-        assert_eq!((out[0].state, out[0].local.port(), out[0].cookie), (SocketState::Listen, 80, 1 << 40 | 5));
+        assert_eq!(
+            (out[0].state, out[0].local.port(), out[0].cookie),
+            (SocketState::Listen, 80, 1 << 40 | 5)
+        );
         assert_eq!(out[1].remote, "10.0.0.2:443".parse().unwrap());
         assert_eq!(out[1].uid, 1000);
         let done = message(7, libc::NLMSG_DONE as u16, &[0; 4]);
-        assert!(matches!(parse_messages(&done, 7, Proto::Tcp, Family::Inet, &mut out), Ok(Parsed::Done)));
+        assert!(matches!(
+            parse_messages(&done, 7, Proto::Tcp, Family::Inet, &mut out),
+            Ok(Parsed::Done)
+        ));
     }
 
     #[test]
     fn netlink_errors_and_garbage_are_errors_not_panics() {
         let error = message(3, libc::NLMSG_ERROR as u16, &(-libc::EPERM).to_ne_bytes());
-        let err = parse_messages(&error, 3, Proto::Udp, Family::Inet6, &mut Vec::new()).err().unwrap();
+        let err = parse_messages(&error, 3, Proto::Udp, Family::Inet6, &mut Vec::new())
+            .err()
+            .unwrap();
         assert_eq!(err.raw_os_error(), Some(libc::EPERM));
         for garbage in [vec![0xff; 20], vec![1, 0, 0, 0], vec![16, 0, 0, 0, 20, 0]] {
             let _ = parse_messages(&garbage, 1, Proto::Tcp, Family::Inet, &mut Vec::new());

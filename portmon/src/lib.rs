@@ -5,12 +5,15 @@
 //! `port_class` say what a port means, `daemon` runs it all, `cli` is the
 //! command line.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod counters;
 pub mod daemon;
+pub mod exporter;
 pub mod failures;
 pub mod http;
+pub mod inventory;
 pub mod loader;
 pub mod mounts;
 pub mod netns;

@@ -124,6 +124,8 @@ pub struct KernelMaps {
     pub owners: HashMap<MapData, u64, Owner>,
     /// TCP connects from sockets bound to port 0, by command name.
     pub bind_before_connect: HashMap<MapData, [u8; 16], u64>,
+    /// Per-socket state between hooks, opaque here: read only to count entries.
+    pub sockets: HashMap<MapData, u64, [u8; 32]>,
     /// portmon's own health counters.
     pub health: Array<MapData, u64>,
     /// Failure events.
@@ -199,6 +201,7 @@ impl KernelMaps {
             port_stats: take(ebpf, map::PORT_STATS)?,
             owners: take(ebpf, map::OWNERS)?,
             bind_before_connect: take(ebpf, map::BIND_BEFORE_CONNECT)?,
+            sockets: take(ebpf, map::SOCKETS)?,
             health: take(ebpf, map::HEALTH)?,
             failures: take(ebpf, map::FAILURES)?,
         })

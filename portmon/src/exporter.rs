@@ -1,0 +1,487 @@
+//! `/metrics`: built at scrape time from the kernel's counters, the failure
+//! log and a fresh inventory, as the Prometheus guide to writing exporters
+//! asks (nothing cached between scrapes, nothing to drift).
+//!
+//! Per-port series exist only for ports in use or with events, up to a
+//! limit; beyond it the least busy ports fold into their range class (with
+//! `port=""`), and `portmon_port_series_folded` says how many did.
+
+use std::collections::{BTreeMap, HashMap};
+
+use portmon_common::{Family, Proto, Role};
+use prometheus::{
+    proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType},
+    TextEncoder,
+};
+
+use crate::{
+    counters::{Health, PortCount},
+    failures::FailureKey,
+    inventory::{NsSocket, SocketState},
+    port_class::PortClass,
+    registry::Registry,
+};
+
+/// Whether series carry a `netns` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum NetnsLabel {
+    /// Only when more than one network namespace has sockets or events.
+    Auto,
+    /// Always.
+    Always,
+}
+
+/// Usage of one kernel map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapUsage {
+    pub name: &'static str,
+    pub entries: u64,
+    pub capacity: u64,
+}
+
+/// Everything one scrape reads.
+#[derive(Debug)]
+pub struct ScrapeInput<'a> {
+    pub ports: &'a [PortCount],
+    pub failures: &'a BTreeMap<FailureKey, u64>,
+    pub sockets: &'a [NsSocket],
+    pub registry: &'a Registry,
+    /// Namespace cookie → the name people know it by.
+    pub netns_names: &'a HashMap<u64, String>,
+    pub health: Health,
+    pub maps: &'a [MapUsage],
+    pub programs: &'a [&'static str],
+    pub port_series_limit: usize,
+    pub netns_label: NetnsLabel,
+    /// Extra families (the exhaustion metrics), appended as they are.
+    pub extra: Vec<MetricFamily>,
+}
+
+/// One per-port series' identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct PortId {
+    netns: u64,
+    proto: Proto,
+    family: Family,
+    port: u16,
+}
+
+/// Renders the exposition text. `scrape_seconds` is how long gathering the
+/// input took; the rendering itself is small next to it.
+pub fn render(input: &ScrapeInput<'_>, scrape_seconds: f64) -> String {
+    let mut families = Families::new(input);
+    families.port_series();
+    families.health(scrape_seconds);
+    let mut all = families.finish();
+    all.extend(input.extra.iter().cloned());
+    // Every family built here has metrics and consistent labels, the two
+    // things the encoder checks; a failure would show as an empty body in
+    // every test.
+    TextEncoder::new().encode_to_string(&all).unwrap_or_default()
+}
+
+/// Builds metric families label by label.
+struct Families<'a> {
+    input: &'a ScrapeInput<'a>,
+    with_netns: bool,
+    kept: HashMap<PortId, bool>,
+    folded: usize,
+    by_name: BTreeMap<&'static str, MetricFamily>,
+}
+
+impl<'a> Families<'a> {
+    fn new(input: &'a ScrapeInput<'a>) -> Self {
+        let mut namespaces: Vec<u64> = input.sockets.iter().map(|s| s.netns).collect();
+        namespaces.extend(input.ports.iter().map(|p| p.netns));
+        namespaces.extend(input.failures.keys().map(|k| k.netns));
+        namespaces.sort_unstable();
+        namespaces.dedup();
+        let with_netns = input.netns_label == NetnsLabel::Always || namespaces.len() > 1;
+        let mut families = Self {
+            input,
+            with_netns,
+            kept: HashMap::new(),
+            folded: 0,
+            by_name: BTreeMap::new(),
+        };
+        families.choose_ports();
+        families
+    }
+
+    /// Ranks every port with sockets or events; keeps the busiest up to the limit.
+    fn choose_ports(&mut self) {
+        let mut activity: HashMap<PortId, (u64, u64)> = HashMap::new();
+        for s in self.input.sockets {
+            let id = PortId {
+                netns: s.netns,
+                proto: s.socket.proto,
+                family: s.socket.family,
+                port: s.socket.local.port(),
+            };
+            let entry = activity.entry(id).or_default();
+            // Listeners first: they are what people ask about.
+            entry.0 += u64::from(is_listening(s.socket.state, s.socket.proto));
+            entry.1 += 1;
+        }
+        for p in self.input.ports.iter().filter(|p| reported(p)) {
+            let s = &p.stats;
+            activity.entry(port_id(p)).or_default().1 += s.binds + s.listens + s.connects;
+        }
+        for (k, n) in self.input.failures {
+            let id = PortId {
+                netns: k.netns,
+                proto: k.proto,
+                family: k.family,
+                port: k.port,
+            };
+            activity.entry(id).or_default().1 += n;
+        }
+        let mut ranked: Vec<(PortId, (u64, u64))> = activity.into_iter().collect();
+        ranked.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let limit = self.input.port_series_limit;
+        self.folded = ranked.len().saturating_sub(limit);
+        self.kept = ranked
+            .into_iter()
+            .enumerate()
+            .map(|(i, (id, _))| (id, i < limit))
+            .collect();
+    }
+
+    /// The per-port labels of a series, folded into its class past the limit.
+    fn port_labels(&self, id: PortId) -> Vec<(&'static str, String)> {
+        let kept = self.kept.get(&id).copied().unwrap_or(false);
+        let class = PortClass::of(id.port).label();
+        let (port, service) = if kept {
+            let service = self
+                .input
+                .registry
+                .service_name(id.port, id.proto.into())
+                .unwrap_or("");
+            (id.port.to_string(), service.to_owned())
+        } else {
+            (String::new(), String::new())
+        };
+        let mut labels = vec![
+            ("proto", id.proto.label().to_owned()),
+            ("family", id.family.label().to_owned()),
+            ("port", port),
+            ("class", class.to_owned()),
+            ("service", service),
+        ];
+        if self.with_netns {
+            labels.push(("netns", self.netns_name(id.netns)));
+        }
+        labels
+    }
+
+    fn netns_name(&self, cookie: u64) -> String {
+        self.input
+            .netns_names
+            .get(&cookie)
+            .cloned()
+            .unwrap_or_else(|| format!("cookie:{cookie}"))
+    }
+
+    fn port_series(&mut self) {
+        let input = self.input;
+        // Counters from the kernel.
+        let mut binds: BTreeMap<Vec<(&str, String)>, f64> = BTreeMap::new();
+        let mut connects = BTreeMap::new();
+        for p in input.ports.iter().filter(|p| reported(p)) {
+            let labels = self.port_labels(port_id(p));
+            match p.role {
+                Role::Local => *binds.entry(labels).or_default() += p.stats.binds as f64,
+                Role::Remote => *connects.entry(labels).or_default() += p.stats.connects as f64,
+            }
+        }
+        self.add_all(
+            "portmon_binds_total",
+            "Successful bind() calls, by the port bound.",
+            MetricType::COUNTER,
+            binds,
+        );
+        self.add_all(
+            "portmon_connects_total",
+            "Successful outbound connects (TCP established, UDP connected), by destination port.",
+            MetricType::COUNTER,
+            connects,
+        );
+        // Failures, from the ring buffer.
+        let mut bind_errors = BTreeMap::new();
+        let mut connect_errors = BTreeMap::new();
+        for (k, n) in input.failures {
+            let mut labels = self.port_labels(PortId {
+                netns: k.netns,
+                proto: k.proto,
+                family: k.family,
+                port: k.port,
+            });
+            labels.push(("errno", k.errno.label().to_owned()));
+            let target = match k.op {
+                portmon_common::Op::Bind => &mut bind_errors,
+                portmon_common::Op::Connect => &mut connect_errors,
+            };
+            *target.entry(labels).or_default() += *n as f64;
+        }
+        self.add_all(
+            "portmon_bind_errors_total",
+            "Failed bind() calls, by port and errno.",
+            MetricType::COUNTER,
+            bind_errors,
+        );
+        self.add_all(
+            "portmon_connect_errors_total",
+            "Failed connects, by destination port and errno.",
+            MetricType::COUNTER,
+            connect_errors,
+        );
+        // State, from the inventory.
+        let mut sockets = BTreeMap::new();
+        let mut listening = BTreeMap::new();
+        let mut in_use: BTreeMap<(Proto, PortClass, u64), std::collections::BTreeSet<u16>> = BTreeMap::new();
+        for s in input.sockets {
+            let id = PortId {
+                netns: s.netns,
+                proto: s.socket.proto,
+                family: s.socket.family,
+                port: s.socket.local.port(),
+            };
+            let labels = self.port_labels(id);
+            if is_listening(s.socket.state, s.socket.proto) {
+                *listening.entry(labels.clone()).or_default() += 1.0;
+            }
+            let mut with_state = labels;
+            with_state.push(("state", s.socket.state.label().to_owned()));
+            *sockets.entry(with_state).or_default() += 1.0;
+            in_use
+                .entry((id.proto, PortClass::of(id.port), s.netns))
+                .or_default()
+                .insert(id.port);
+        }
+        self.add_all(
+            "portmon_sockets",
+            "Sockets holding a local port, by port and state (as ss shows them).",
+            MetricType::GAUGE,
+            sockets,
+        );
+        self.add_all(
+            "portmon_listening_ports",
+            "Listening sockets (TCP LISTEN, UDP bound and unconnected), by port.",
+            MetricType::GAUGE,
+            listening,
+        );
+        let mut ports_in_use = BTreeMap::new();
+        for class in PortClass::ALL {
+            for proto in Proto::ALL {
+                let namespaces: Vec<u64> = in_use
+                    .keys()
+                    .filter(|(p, c, _)| p == proto && *c == class)
+                    .map(|(_, _, n)| *n)
+                    .collect();
+                if namespaces.is_empty() && self.with_netns {
+                    continue;
+                }
+                let count = |netns: Option<u64>| {
+                    in_use
+                        .iter()
+                        .filter(|((p, c, n), _)| {
+                            p == proto && *c == class && netns.is_none_or(|want| *n == want)
+                        })
+                        .map(|(_, ports)| ports.len())
+                        .sum::<usize>() as f64
+                };
+                if self.with_netns {
+                    for netns in namespaces {
+                        let labels = vec![
+                            ("proto", proto.label().to_owned()),
+                            ("class", class.label().to_owned()),
+                            ("netns", self.netns_name(netns)),
+                        ];
+                        ports_in_use.insert(labels, count(Some(netns)));
+                    }
+                } else {
+                    ports_in_use.insert(
+                        vec![
+                            ("proto", proto.label().to_owned()),
+                            ("class", class.label().to_owned()),
+                        ],
+                        count(None),
+                    );
+                }
+            }
+        }
+        self.add_all(
+            "portmon_ports_in_use",
+            "Distinct local ports held by any socket, by IANA range class.",
+            MetricType::GAUGE,
+            ports_in_use,
+        );
+    }
+
+    fn health(&mut self, scrape_seconds: f64) {
+        let input = self.input;
+        let h = input.health;
+        let one = |name: &'static str, value: f64| BTreeMap::from([(vec![("map", name.to_owned())], value)]);
+        self.add_all(
+            "portmon_events_dropped_total",
+            "Failure events lost because the ring buffer was full.",
+            MetricType::COUNTER,
+            BTreeMap::from([(vec![], h.events_dropped as f64)]),
+        );
+        let mut overflows = one("PORT_STATS", h.port_stats_overflow as f64);
+        overflows.extend(one("SOCKETS", h.sockets_overflow as f64));
+        overflows.extend(one("BIND_BEFORE_CONNECT", h.bind_before_connect_overflow as f64));
+        self.add_all(
+            "portmon_map_overflows_total",
+            "Updates lost because a kernel map was full.",
+            MetricType::COUNTER,
+            overflows,
+        );
+        let mut entries = BTreeMap::new();
+        let mut capacity = BTreeMap::new();
+        for m in input.maps {
+            entries.insert(vec![("map", m.name.to_owned())], m.entries as f64);
+            capacity.insert(vec![("map", m.name.to_owned())], m.capacity as f64);
+        }
+        self.add_all(
+            "portmon_map_entries",
+            "Entries in a kernel map.",
+            MetricType::GAUGE,
+            entries,
+        );
+        self.add_all(
+            "portmon_map_capacity",
+            "Capacity of a kernel map.",
+            MetricType::GAUGE,
+            capacity,
+        );
+        let attached = crate::loader::PROGRAMS
+            .iter()
+            .map(|(name, _)| {
+                (
+                    vec![("program", (*name).to_owned())],
+                    f64::from(u8::from(input.programs.contains(name))),
+                )
+            })
+            .collect();
+        self.add_all(
+            "portmon_program_attached",
+            "Whether a kernel program is attached (1) or not (0).",
+            MetricType::GAUGE,
+            attached,
+        );
+        let source = input.registry.source();
+        self.add_all(
+            "portmon_registry_entries",
+            "Records in the port registry portmon loaded, by source format.",
+            MetricType::GAUGE,
+            BTreeMap::from([(
+                vec![("source", source.format.label().to_owned())],
+                source.entries as f64,
+            )]),
+        );
+        self.add_all(
+            "portmon_port_series_folded",
+            "Ports folded into their range class because the per-port series limit was reached.",
+            MetricType::GAUGE,
+            BTreeMap::from([(vec![], self.folded as f64)]),
+        );
+        self.add_all(
+            "portmon_port_series_limit",
+            "The per-port series limit (port-series-limit).",
+            MetricType::GAUGE,
+            BTreeMap::from([(vec![], input.port_series_limit as f64)]),
+        );
+        self.add_all(
+            "portmon_scrape_duration_seconds",
+            "Time taken to gather this scrape (kernel maps and inventory).",
+            MetricType::GAUGE,
+            BTreeMap::from([(vec![], scrape_seconds)]),
+        );
+        self.add_all(
+            "portmon_build_info",
+            "portmon's version, as a label; the value is always 1.",
+            MetricType::GAUGE,
+            BTreeMap::from([(vec![("version", env!("CARGO_PKG_VERSION").to_owned())], 1.0)]),
+        );
+    }
+
+    fn add_all(
+        &mut self,
+        name: &'static str,
+        help: &str,
+        kind: MetricType,
+        series: BTreeMap<Vec<(&'static str, String)>, f64>,
+    ) {
+        let family = self.by_name.entry(name).or_insert_with(|| {
+            let mut f = MetricFamily::default();
+            f.set_name(name.to_owned());
+            f.set_help(help.to_owned());
+            f.set_field_type(kind);
+            f
+        });
+        family.mut_metric().extend(
+            series
+                .into_iter()
+                .map(|(labels, value)| metric(&labels, kind, value)),
+        );
+    }
+
+    fn finish(self) -> Vec<MetricFamily> {
+        self.by_name
+            .into_values()
+            .filter(|f| !f.get_metric().is_empty())
+            .collect()
+    }
+}
+
+fn metric(labels: &[(&'static str, String)], kind: MetricType, value: f64) -> Metric {
+    let pairs = labels
+        .iter()
+        .map(|(name, value)| {
+            let mut pair = LabelPair::default();
+            pair.set_name((*name).to_owned());
+            pair.set_value(value.clone());
+            pair
+        })
+        .collect();
+    let mut m = Metric::from_label(pairs);
+    if kind == MetricType::COUNTER {
+        let mut c = Counter::default();
+        c.set_value(value);
+        m.set_counter(c);
+    } else {
+        let mut g = Gauge::default();
+        g.set_value(value);
+        m.set_gauge(g);
+    }
+    m
+}
+
+fn port_id(p: &PortCount) -> PortId {
+    PortId {
+        netns: p.netns,
+        proto: p.proto,
+        family: p.family,
+        port: p.port,
+    }
+}
+
+/// Kernel counters worth a series: binds on a local port, connects to a
+/// remote one. Connects counted by local ephemeral port stay in the API:
+/// one series per ephemeral port would swamp Prometheus.
+fn reported(p: &PortCount) -> bool {
+    match p.role {
+        Role::Local => p.stats.binds > 0,
+        Role::Remote => p.stats.connects > 0,
+    }
+}
+
+/// What `ss -l` counts as listening.
+pub fn is_listening(state: SocketState, proto: Proto) -> bool {
+    match proto {
+        Proto::Tcp => state == SocketState::Listen,
+        Proto::Udp => state == SocketState::Close,
+    }
+}
