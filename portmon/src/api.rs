@@ -6,12 +6,7 @@ use std::collections::HashMap;
 use portmon_common::{Owner, Proto};
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    exporter::is_listening,
-    inventory::{NsSocket, SocketState},
-    port_class::PortClass,
-    registry::Registry,
-};
+use crate::{exporter::is_listening, inventory::NsSocket, port_class::PortClass, registry::Registry};
 
 /// One socket as the API and `portmon ports` show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,7 +99,7 @@ pub fn port_entries(
                 netns,
                 proto: s.socket.proto.label().to_owned(),
                 family: s.socket.family.label().to_owned(),
-                state: state_label(s.socket.state, s.socket.proto).to_owned(),
+                state: s.socket.state_label().to_owned(),
                 local: s.socket.local.to_string(),
                 remote: s.socket.remote.to_string(),
                 port,
@@ -126,14 +121,6 @@ pub fn port_entries(
     entries
         .sort_by(|a, b| (&a.netns, &a.proto, a.port, &a.state).cmp(&(&b.netns, &b.proto, b.port, &b.state)));
     entries
-}
-
-/// The state as `ss` names it for UDP (`unconn`), the TCP state otherwise.
-fn state_label(state: SocketState, proto: Proto) -> &'static str {
-    match (proto, state) {
-        (Proto::Udp, SocketState::Close) => "unconn",
-        _ => state.label(),
-    }
 }
 
 /// A NUL-padded command name as text.

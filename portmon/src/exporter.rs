@@ -252,7 +252,7 @@ impl<'a> Families<'a> {
                 *listening.entry(labels.clone()).or_default() += 1.0;
             }
             let mut with_state = labels;
-            with_state.push(("state", s.socket.state.label().to_owned()));
+            with_state.push(("state", s.socket.state_label().to_owned()));
             *sockets.entry(with_state).or_default() += 1.0;
             in_use
                 .entry((id.proto, PortClass::of(id.port), s.netns))

@@ -202,6 +202,17 @@ impl Inventory {
     }
 }
 
+impl Socket {
+    /// The state as `ss` names it: `unconn` for an unconnected UDP socket,
+    /// the TCP state's name otherwise.
+    pub fn state_label(&self) -> &'static str {
+        match (self.proto, self.state) {
+            (Proto::Udp, SocketState::Close) => "unconn",
+            (_, state) => state.label(),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum InventoryError {
     #[error("cannot open a sock_diag netlink socket")]

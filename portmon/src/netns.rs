@@ -12,6 +12,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
+/// The cookie of the root network namespace.
+pub const INIT_NET_COOKIE: u64 = 1;
+
 /// `SO_NETNS_COOKIE` (include/uapi/asm-generic/socket.h), Linux 5.14+.
 const SO_NETNS_COOKIE: libc::c_int = 71;
 
@@ -155,11 +158,6 @@ impl Namespaces {
         let known: HashMap<u64, u64> = self.by_cookie.values().map(|n| (n.inode, n.cookie)).collect();
         let mut by_cookie = HashMap::with_capacity(by_inode.len());
         for (inode, (path, name)) in by_inode {
-            let name = if Some(inode) == host_inode {
-                "host".to_owned()
-            } else {
-                name
-            };
             let cookie = match known.get(&inode) {
                 Some(&cookie) => cookie,
                 None => match cookie_of(&path) {
@@ -169,6 +167,13 @@ impl Namespaces {
                         continue;
                     }
                 },
+            };
+            // init_net is the first namespace the kernel makes, cookie 1
+            // (net/core/net_namespace.c); /proc/1 may be out of reach.
+            let name = if Some(inode) == host_inode || cookie == INIT_NET_COOKIE {
+                "host".to_owned()
+            } else {
+                name
             };
             by_cookie.insert(
                 cookie,

@@ -331,3 +331,164 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// A named network namespace (`ip netns add`), so the daemon finds it under
+/// `/run/netns` as any operator's would be; deleted on drop.
+#[derive(Debug)]
+pub struct NamedNetns {
+    pub name: String,
+}
+
+impl NamedNetns {
+    pub fn create(tag: &str) -> Self {
+        let name = format!("portmon-test-{tag}-{}", std::process::id());
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(std::process::Stdio::null())
+            .status();
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "ip netns add {name} failed (tests need root and iproute2)");
+        let up = Command::new("ip")
+            .args(["-n", &name, "link", "set", "lo", "up"])
+            .status();
+        assert!(
+            up.is_ok_and(|s| s.success()),
+            "ip -n {name} link set lo up failed"
+        );
+        Self { name }
+    }
+
+    /// Runs `work` on a thread inside the namespace.
+    pub fn enter<T: Send>(&self, work: impl FnOnce() -> T + Send) -> T {
+        let path = PathBuf::from(format!("/run/netns/{}", self.name));
+        portmon::netns::run_in(&path, work).expect("enter named netns")
+    }
+
+    /// Runs a command inside the namespace and returns its output.
+    pub fn exec(&self, program: &str, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name, program])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("ip netns exec {program}: {e}"));
+        assert!(
+            out.status.success(),
+            "{program} {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for NamedNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// Socket counts by (proto, local port, state) as `ss -tuanH` shows them,
+/// with `ss`'s state names turned into portmon's.
+pub fn ss_counts(ss_output: &str) -> std::collections::BTreeMap<(String, u16, String), u64> {
+    let mut counts = std::collections::BTreeMap::new();
+    for line in ss_output.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [netid, state, _, _, local, ..] = fields.as_slice() else {
+            continue;
+        };
+        let Some(port) = local.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()) else {
+            continue;
+        };
+        let state = match *state {
+            "ESTAB" => "established".to_owned(),
+            "UNCONN" => "unconn".to_owned(),
+            other => other.to_lowercase().replace("-wait-", "_wait").replace('-', "_"),
+        };
+        *counts.entry(((*netid).to_owned(), port, state)).or_default() += 1;
+    }
+    counts
+}
+
+/// Percent-encodes a query parameter value.
+pub fn url_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A real Prometheus server (the Debian package) scraping `target` every
+/// second, with its data in a temporary directory; stopped on drop.
+#[derive(Debug)]
+pub struct Prometheus {
+    child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+    dir: PathBuf,
+}
+
+impl Prometheus {
+    pub fn start(addr: std::net::SocketAddr, target: std::net::SocketAddr, rule_files: &[PathBuf]) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "portmon-prometheus-{}-{}",
+            std::process::id(),
+            addr.port()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("prometheus dir");
+        let rules: Vec<String> = rule_files
+            .iter()
+            .map(|p| format!("  - {}\n", p.display()))
+            .collect();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{}scrape_configs:\n  - job_name: portmon\n    static_configs:\n      - targets: ['{target}']\n",
+            if rules.is_empty() { "  []\n".to_owned() } else { rules.concat() }
+        );
+        std::fs::write(dir.join("prometheus.yml"), config).expect("prometheus config");
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("prometheus.log")).expect("log file"))
+            .spawn()
+            .expect("start prometheus (apt-get install prometheus; cargo xtask test installs it)");
+        let prometheus = Self { child, addr, dir };
+        let ready = wait_until(Duration::from_secs(60), || {
+            matches!(http_get(addr, "/-/ready"), Ok((200, _)))
+        });
+        assert!(ready, "prometheus not ready; log in {}", prometheus.dir.display());
+        prometheus
+    }
+
+    /// The value of an instant query's first result, if any.
+    pub fn query(&self, promql: &str) -> Option<f64> {
+        let (status, body) =
+            http_get(self.addr, &format!("/api/v1/query?query={}", url_encode(promql))).ok()?;
+        assert_eq!(status, 200, "query {promql}: {body}");
+        let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+        json["data"]["result"].get(0)?["value"][1].as_str()?.parse().ok()
+    }
+
+    /// Waits until `promql` returns `want`; returns the last value seen.
+    pub fn wait_for(&self, promql: &str, want: f64, timeout: Duration) -> Option<f64> {
+        let mut last = None;
+        wait_until(timeout, || {
+            last = self.query(promql);
+            last == Some(want)
+        });
+        last
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod check;
 mod lookup;
+mod ports;
 mod registry;
 mod run;
 
@@ -43,6 +44,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// Check privileges and kernel features, and whether each hook attaches here.
     Check(check::CheckArgs),
+    /// The sockets holding ports, like `ss`, with IANA class and service.
+    Ports(ports::PortsArgs),
     /// What a port (or range, or service name) means: IANA class, service, host range.
     Lookup(lookup::LookupArgs),
     /// Manage the IANA registry file.
@@ -67,6 +70,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Run(args) => run::run(args, &cli.log, cli.log_format),
         Command::Check(args) => check::run(args, &cli.log, cli.log_format),
         Command::Lookup(args) => lookup::run(args),
+        Command::Ports(args) => ports::run(args),
         Command::Registry(cmd) => registry::run(cmd),
     };
     match outcome {

@@ -1,0 +1,247 @@
+//! The inventory and the exporter, checked against `ss` and through a real
+//! Prometheus scraping the real daemon.
+
+use std::{
+    collections::BTreeMap,
+    net::{TcpListener, TcpStream, UdpSocket},
+    time::Duration,
+};
+
+use portmon_tests::{http_get, serial, ss_counts, Daemon, NamedNetns, Prometheus};
+
+const DAEMON: &str = "127.0.0.1:17460";
+const PROMETHEUS: &str = "127.0.0.1:19091";
+
+/// Sockets a workload leaves behind: listeners, established pairs, and
+/// client sockets in TIME_WAIT (closed first by the client).
+struct Workload {
+    _keep: Vec<Box<dyn Send>>,
+}
+
+fn workload(listen_port: u16, established: usize, time_wait: usize, udp_port: u16) -> Workload {
+    let mut keep: Vec<Box<dyn Send>> = Vec::new();
+    let listener = TcpListener::bind(("127.0.0.1", listen_port)).expect("listen");
+    for i in 0..established + time_wait {
+        let client = TcpStream::connect(("127.0.0.1", listen_port)).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        if i < established {
+            keep.push(Box::new(client));
+            keep.push(Box::new(server));
+        } else {
+            // The side that closes first keeps the TIME_WAIT.
+            drop(client);
+            let mut buf = [0u8; 1];
+            let _ = std::io::Read::read(&mut &server, &mut buf);
+            drop(server);
+        }
+    }
+    keep.push(Box::new(listener));
+    keep.push(Box::new(
+        UdpSocket::bind(("127.0.0.1", udp_port)).expect("udp bind"),
+    ));
+    Workload { _keep: keep }
+}
+
+/// Counts by (proto, port, state) from `/api/v1/ports` for one namespace.
+fn api_counts(daemon: &Daemon, netns: &str) -> BTreeMap<(String, u16, String), u64> {
+    let (status, body) =
+        http_get(daemon.addr, &format!("/api/v1/ports?netns={netns}")).expect("GET /api/v1/ports");
+    assert_eq!(status, 200, "{body}");
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&body).expect("ports JSON");
+    let mut counts = BTreeMap::new();
+    for e in entries {
+        let key = (
+            e["proto"].as_str().unwrap().to_owned(),
+            e["port"].as_u64().unwrap() as u16,
+            e["state"].as_str().unwrap().to_owned(),
+        );
+        *counts.entry(key).or_default() += 1;
+    }
+    counts
+}
+
+/// Counts by (proto, port, state) from `portmon_sockets` in `/metrics`.
+fn metric_counts(daemon: &Daemon, netns: &str) -> BTreeMap<(String, u16, String), u64> {
+    let (status, body) = http_get(daemon.addr, "/metrics").expect("GET /metrics");
+    assert_eq!(status, 200);
+    let mut counts = BTreeMap::new();
+    for line in body.lines().filter(|l| l.starts_with("portmon_sockets{")) {
+        let (labels, value) = line.rsplit_once(' ').unwrap();
+        let label = |name: &str| {
+            let start = labels.find(&format!("{name}=\"")).map(|i| i + name.len() + 2)?;
+            labels[start..].split('"').next().map(str::to_owned)
+        };
+        if label("netns").as_deref() != Some(netns) {
+            continue;
+        }
+        let port: u16 = label("port").unwrap().parse().expect("a per-port series");
+        counts.insert(
+            (label("proto").unwrap(), port, label("state").unwrap()),
+            value.parse::<f64>().unwrap() as u64,
+        );
+    }
+    counts
+}
+
+#[test]
+fn inventory_and_metrics_match_ss_for_sockets_older_and_newer_than_the_daemon() {
+    let _serial = serial();
+    let ns = NamedNetns::create("inventory");
+    let before = ns.enter(|| workload(18_001, 3, 2, 18_051));
+    let daemon = Daemon::start(DAEMON.parse().unwrap(), &[]);
+    let after = ns.enter(|| workload(18_002, 2, 1, 18_052));
+
+    let ss = ss_counts(&ns.exec("ss", &["-tuanH"]));
+    assert!(
+        ss.contains_key(&("tcp".into(), 18_001, "listen".into())),
+        "workload missing from ss: {ss:?}"
+    );
+    assert!(
+        ss.keys().any(|(_, _, state)| state == "time_wait"),
+        "no TIME_WAIT in ss: {ss:?}"
+    );
+    assert_eq!(
+        api_counts(&daemon, &ns.name),
+        ss,
+        "/api/v1/ports against ss -tuan"
+    );
+    assert_eq!(
+        metric_counts(&daemon, &ns.name),
+        ss,
+        "portmon_sockets against ss -tuan"
+    );
+    drop((before, after));
+}
+
+#[test]
+fn prometheus_scrapes_the_numbers_the_kernel_counted() {
+    let _serial = serial();
+    let ns = NamedNetns::create("prometheus");
+    let daemon = Daemon::start(DAEMON.parse().unwrap(), &[]);
+    let prometheus = Prometheus::start(PROMETHEUS.parse().unwrap(), daemon.addr, &[]);
+    let work = ns.enter(|| workload(18_003, 4, 0, 18_053));
+    let failed = ns.enter(|| TcpListener::bind(("127.0.0.1", 18_003)).expect_err("port in use"));
+    assert_eq!(failed.kind(), std::io::ErrorKind::AddrInUse);
+
+    let n = &ns.name;
+    let timeout = Duration::from_secs(30);
+    let checks = [
+        (
+            format!(r#"portmon_binds_total{{netns="{n}",proto="tcp",port="18003"}}"#),
+            1.0,
+        ),
+        (
+            format!(r#"portmon_connects_total{{netns="{n}",proto="tcp",port="18003"}}"#),
+            4.0,
+        ),
+        (
+            format!(r#"portmon_listening_ports{{netns="{n}",proto="tcp",port="18003"}}"#),
+            1.0,
+        ),
+        (
+            format!(r#"portmon_listening_ports{{netns="{n}",proto="udp",port="18053"}}"#),
+            1.0,
+        ),
+        (
+            format!(r#"sum(portmon_sockets{{netns="{n}",proto="tcp",state="established"}})"#),
+            8.0,
+        ),
+        (
+            format!(r#"portmon_bind_errors_total{{netns="{n}",port="18003",errno="EADDRINUSE"}}"#),
+            1.0,
+        ),
+        ("portmon_program_attached".to_owned(), 1.0),
+        ("portmon_events_dropped_total".to_owned(), 0.0),
+    ];
+    for (query, want) in checks {
+        let got = prometheus.wait_for(&query, want, timeout);
+        assert_eq!(got, Some(want), "{query}");
+    }
+    drop(work);
+}
+
+#[test]
+fn promtool_finds_nothing_wrong_with_the_exposition() {
+    let _serial = serial();
+    let ns = NamedNetns::create("promtool");
+    let daemon = Daemon::start(DAEMON.parse().unwrap(), &[]);
+    let work = ns.enter(|| workload(18_004, 1, 1, 18_054));
+    let _ = ns.enter(|| TcpListener::bind(("127.0.0.1", 18_004)).expect_err("port in use"));
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, body) = http_get(daemon.addr, "/metrics").expect("GET /metrics");
+    for family in [
+        "portmon_binds_total",
+        "portmon_sockets",
+        "portmon_bind_errors_total",
+        "portmon_build_info",
+    ] {
+        assert!(body.contains(&format!("# TYPE {family} ")), "{family} missing");
+    }
+    let mut check = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    std::io::Write::write_all(check.stdin.as_mut().unwrap(), body.as_bytes()).unwrap();
+    let out = check.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool check metrics: {report}"
+    );
+    drop(work);
+}
+
+#[test]
+fn ports_command_answers_with_a_daemon_and_without_one() {
+    let _serial = serial();
+    let ns = NamedNetns::create("ports");
+    let work = ns.enter(|| workload(18_005, 1, 0, 18_055));
+    let ports = |daemon: &str| {
+        let out = std::process::Command::new(portmon_tests::portmon_bin())
+            .args([
+                "ports",
+                "--listening",
+                "--netns",
+                &ns.name,
+                "--daemon",
+                daemon,
+                "--json",
+            ])
+            .output()
+            .expect("portmon ports");
+        assert!(
+            out.status.success(),
+            "portmon ports: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let entries: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("JSON");
+        let mut seen: Vec<(String, u64, String)> = entries
+            .iter()
+            .map(|e| {
+                (
+                    e["proto"].as_str().unwrap().into(),
+                    e["port"].as_u64().unwrap(),
+                    e["state"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        seen.sort();
+        seen
+    };
+    let want = vec![
+        ("tcp".to_owned(), 18_005, "listen".to_owned()),
+        ("udp".to_owned(), 18_055, "unconn".to_owned()),
+    ];
+    let daemon = Daemon::start(DAEMON.parse().unwrap(), &[]);
+    assert_eq!(ports(DAEMON), want, "through the daemon");
+    drop(daemon);
+    assert_eq!(ports("127.0.0.1:9"), want, "a snapshot of its own, no daemon");
+    drop(work);
+}
