@@ -10,6 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use portmon::loader::LoadOptions;
 use portmon_tests::{in_fresh_netns, write_sysctl, Monitor};
 
 const ROUNDS: usize = 7;
@@ -67,20 +68,27 @@ fn in_bench_netns<T: Send>(work: impl FnOnce() -> T + Send) -> T {
     })
 }
 
-/// One round: the baseline, then portmon attached, in one namespace.
-/// `warm`: portmon first meets every port of the range once, so the
-/// measured pass only updates counters (a host's steady state); otherwise
-/// every port is new to its maps (the first minutes after start).
-fn round(workload: Workload, warm: bool) -> (f64, f64) {
+/// One round in one namespace: the baseline, portmon with every program
+/// returning at once (the floor: what the hooks cost with nothing done in
+/// them), and portmon. `warm`: portmon first meets every port of the range
+/// once, so the measured pass only updates counters (a host's steady
+/// state); otherwise every port is new to its maps.
+fn round(workload: Workload, warm: bool) -> (f64, f64, f64) {
     in_bench_netns(|| {
         let without = workload.run_here(OPS);
+        let mut floor = Monitor::attach_with(LoadOptions {
+            hooks_only: true,
+            ..LoadOptions::default()
+        });
+        let hooks_only = workload.run_here(OPS);
+        floor.detach();
         let mut monitor = Monitor::attach();
         if warm {
             workload.run_here(WARM_UP_OPS);
         }
         let with = workload.run_here(OPS);
         monitor.detach();
-        (without, with)
+        (without, hooks_only, with)
     })
 }
 
@@ -183,19 +191,22 @@ fn main() {
     );
     for workload in Workload::ALL {
         for warm in [true, false] {
-            let (mut without, mut with) = (Vec::new(), Vec::new());
+            let (mut without, mut floor, mut with) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..ROUNDS {
-                let (a, b) = round(workload, warm);
+                let (a, b, c) = round(workload, warm);
                 without.push(a);
-                with.push(b);
+                floor.push(b);
+                with.push(c);
             }
-            let (base, watched) = (median(without), median(with));
+            let (base, floor, watched) = (median(without), median(floor), median(with));
             let ratio = watched / base;
             println!(
-                "{:<26} {:<5} {:>14.0} {:>14.0} {:>8.3} {:>+8.1}%",
+                "{:<26} {:<5} {:>14.0} {:>14.0} {:>8.3} {:>14.0} {:>8.3} {:>+8.1}%",
                 workload.name(),
                 if warm { "warm" } else { "cold" },
                 base,
+                floor,
+                floor / base,
                 watched,
                 ratio,
                 (ratio - 1.0) * 100.0
