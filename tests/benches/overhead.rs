@@ -186,8 +186,8 @@ fn main() {
     );
     round(Workload::TcpConnectAccept, false); // warm the caches of the machine, not of portmon
     println!(
-        "\n{:<26} {:<5} {:>14} {:>14} {:>8} {:>9}",
-        "workload", "maps", "without ops/s", "with ops/s", "ratio", "change"
+        "\n{:<26} {:<5} {:>14} {:>14} {:>8} {:>14} {:>8} {:>9}",
+        "workload", "maps", "without ops/s", "hooks only", "ratio", "with ops/s", "ratio", "change"
     );
     for workload in Workload::ALL {
         for warm in [true, false] {
