@@ -55,6 +55,17 @@ fn cookie(ctx: &SockOpsContext) -> u64 {
     unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
 }
 
+/// A connection's namespace, family, local port and remote port.
+#[inline(always)]
+fn connection(ctx: &SockOpsContext) -> (u64, u8, u16, u16) {
+    (
+        netns(ctx),
+        ctx.family() as u8,
+        ctx.local_port() as u16,
+        remote_port(ctx),
+    )
+}
+
 /// Whether the socket's local port is already held in the live counts by
 /// its explicit bind (then its release gives it back).
 #[inline(always)]
@@ -67,12 +78,7 @@ fn bound_explicitly(ctx: &SockOpsContext, port: u16) -> bool {
 /// seen without any table: the flag lives in the socket.
 #[inline(always)]
 fn on_established(ctx: &SockOpsContext) {
-    let (netns, family, local, remote) = (
-        netns(ctx),
-        ctx.family() as u8,
-        ctx.local_port() as u16,
-        remote_port(ctx),
-    );
+    let (netns, family, local, remote) = connection(ctx);
     let live = if bound_explicitly(ctx, local) { 0 } else { 1 };
     add(
         &key(netns, proto::TCP, family, local, role::LOCAL),
@@ -97,12 +103,7 @@ fn on_established(ctx: &SockOpsContext) {
 /// calls back before unhashing, so the ports are still set).
 #[inline(always)]
 fn on_close(ctx: &SockOpsContext) {
-    let (netns, family, local, remote) = (
-        netns(ctx),
-        ctx.family() as u8,
-        ctx.local_port() as u16,
-        remote_port(ctx),
-    );
+    let (netns, family, local, remote) = connection(ctx);
     if !bound_explicitly(ctx, local) {
         add(
             &key(netns, proto::TCP, family, local, role::LOCAL),
