@@ -116,6 +116,7 @@ pub struct Monitor {
 
 struct KernelMapsForTests {
     port_stats: aya::maps::HashMap<aya::maps::MapData, portmon_common::PortKey, PortStats>,
+    owners: aya::maps::HashMap<aya::maps::MapData, u64, portmon_common::Owner>,
     health: aya::maps::Array<aya::maps::MapData, u64>,
     reader: FailureReader,
 }
@@ -140,6 +141,7 @@ impl Monitor {
         let (kernel, maps) = Kernel::load(&cgroup_root(), options).expect("load kernel programs");
         let KernelMaps {
             port_stats,
+            owners,
             health,
             failures,
             ..
@@ -148,6 +150,7 @@ impl Monitor {
             kernel: Some(kernel),
             maps: KernelMapsForTests {
                 port_stats,
+                owners,
                 health,
                 reader: FailureReader::new(failures),
             },
@@ -176,6 +179,11 @@ impl Monitor {
 
     pub fn health(&self) -> Health {
         counters::read_health(&self.maps.health)
+    }
+
+    /// The owners the kernel programs recorded, by socket cookie.
+    pub fn owners(&self) -> std::collections::HashMap<u64, portmon_common::Owner> {
+        self.maps.owners.iter().filter_map(Result::ok).collect()
     }
 
     /// Failures in one namespace, waiting up to a second for `want` of them.
