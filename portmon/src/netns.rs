@@ -15,6 +15,11 @@ use std::{
 /// The cookie of the root network namespace.
 pub const INIT_NET_COOKIE: u64 = 1;
 
+/// The inode of the root network namespace: fixed at `PROC_NET_INIT_INO`
+/// (include/linux/proc_ns.h), so it is known even where `/proc/1` is out
+/// of reach.
+const INIT_NET_INODE: u64 = 0xEFFF_FFF9;
+
 /// `SO_NETNS_COOKIE` (include/uapi/asm-generic/socket.h), Linux 5.14+.
 const SO_NETNS_COOKIE: libc::c_int = 71;
 
@@ -180,7 +185,7 @@ impl Namespaces {
             };
             // init_net is the first namespace the kernel makes, cookie 1
             // (net/core/net_namespace.c); /proc/1 may be out of reach.
-            let name = if Some(inode) == host_inode || cookie == INIT_NET_COOKIE {
+            let name = if Some(inode) == host_inode || inode == INIT_NET_INODE || cookie == INIT_NET_COOKIE {
                 "host".to_owned()
             } else {
                 name
