@@ -2,6 +2,7 @@
 //! fresh network namespaces, exact counts. They need root.
 
 mod counting;
+mod deploy;
 mod exporter;
 mod failures;
 mod lifecycle;
