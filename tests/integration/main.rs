@@ -3,6 +3,7 @@
 
 mod counting;
 mod deploy;
+mod exhaustion;
 mod exporter;
 mod failures;
 mod lifecycle;
