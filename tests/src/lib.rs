@@ -448,6 +448,15 @@ pub struct Prometheus {
 
 impl Prometheus {
     pub fn start(addr: std::net::SocketAddr, target: std::net::SocketAddr, rule_files: &[PathBuf]) -> Self {
+        Self::start_scraping(addr, &[target], rule_files)
+    }
+
+    /// Like `start`, with every target in the one `portmon` job.
+    pub fn start_scraping(
+        addr: std::net::SocketAddr,
+        targets: &[std::net::SocketAddr],
+        rule_files: &[PathBuf],
+    ) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "portmon-prometheus-{}-{}",
             std::process::id(),
@@ -459,9 +468,11 @@ impl Prometheus {
             .iter()
             .map(|p| format!("  - {}\n", p.display()))
             .collect();
+        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
         let config = format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{}scrape_configs:\n  - job_name: portmon\n    static_configs:\n      - targets: ['{target}']\n",
-            if rules.is_empty() { "  []\n".to_owned() } else { rules.concat() }
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{}scrape_configs:\n  - job_name: portmon\n    static_configs:\n      - targets: [{}]\n",
+            if rules.is_empty() { "  []\n".to_owned() } else { rules.concat() },
+            targets.join(", ")
         );
         std::fs::write(dir.join("prometheus.yml"), config).expect("prometheus config");
         let child = Command::new("prometheus")
@@ -487,6 +498,14 @@ impl Prometheus {
         assert_eq!(status, 200, "query {promql}: {body}");
         let json: serde_json::Value = serde_json::from_str(&body).ok()?;
         json["data"]["result"].get(0)?["value"][1].as_str()?.parse().ok()
+    }
+
+    /// The JSON answer of a GET on Prometheus' HTTP API (`/api/v1/...`).
+    pub fn api(&self, path_and_query: &str) -> serde_json::Value {
+        let (status, body) = http_get(self.addr, path_and_query)
+            .unwrap_or_else(|e| panic!("GET {path_and_query} from prometheus: {e}"));
+        serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("GET {path_and_query}: status {status}, not JSON ({e}): {body}"))
     }
 
     /// Waits until `promql` returns `want`; returns the last value seen.
