@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use portmon_tests::{metric_value, serial, wait_until, write_sysctl, Daemon, NamedNetns};
+use portmon_tests::{metric_value, serial, wait_until, write_sysctl, Daemon, NamedNetns, Prometheus};
 
 /// 100 ports, 40000–40099, of which 40000–40009 are reserved.
 const POOL: u32 = 90;
@@ -116,6 +116,9 @@ fn connects_to_one_destination_get_exactly_the_pool_then_one_eaddrnotavail() {
     let ns = NamedNetns::create("exhaust");
     ns.enter(narrow_pool);
     let daemon = Daemon::start("127.0.0.1:17461".parse().unwrap(), &[]);
+    let rules =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/portmon.rules.yml");
+    let prometheus = Prometheus::start("127.0.0.1:19092".parse().unwrap(), daemon.addr, &[rules]);
     let netns = ns.name.as_str();
     assert_eq!(
         wait_metric(
@@ -188,6 +191,21 @@ fn connects_to_one_destination_get_exactly_the_pool_then_one_eaddrnotavail() {
         assert_eq!(ours[0]["pid"], std::process::id());
         assert_eq!(ours[0]["comm"], thread_comm().as_str());
         assert_eq!(ours[0]["errno"], "EADDRNOTAVAIL");
+
+        // The rule file, evaluated by a real Prometheus scraping the daemon.
+        let alert = format!(
+            "ALERTS{{alertname=\"PortmonEphemeralPortsExhausted\",alertstate=\"firing\",severity=\"critical\",netns=\"{netns}\",proto=\"tcp\",op=\"connect\"}}"
+        );
+        let fired = prometheus.wait_for(&alert, 1.0, Duration::from_secs(30));
+        assert_eq!(fired, Some(1.0), "the critical alert did not fire");
+        let high = format!(
+            "ALERTS{{alertname=\"PortmonEphemeralPoolCritical\",netns=\"{netns}\",proto=\"tcp\",op=\"connect\"}}"
+        );
+        assert_eq!(
+            prometheus.query(&high),
+            Some(1.0),
+            "the pool at 100% is pending or firing"
+        );
         drop(clients);
     });
 }

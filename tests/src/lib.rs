@@ -288,9 +288,24 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> io::Result<(u16, Stri
 pub struct Daemon {
     pub child: std::process::Child,
     pub addr: std::net::SocketAddr,
-    /// The network namespace it listens in, so a test thread that entered
-    /// another one can still reach it.
-    home: std::fs::File,
+    home: Home,
+}
+
+/// The network namespace a server was started from, so that a test thread
+/// that entered another one can still reach it.
+#[derive(Debug)]
+struct Home(std::fs::File);
+
+impl Home {
+    fn here() -> Self {
+        Self(std::fs::File::open("/proc/thread-self/ns/net").expect("own netns"))
+    }
+
+    fn run<T: Send>(&self, work: impl FnOnce() -> T + Send) -> T {
+        use std::os::fd::AsRawFd as _;
+        let path = PathBuf::from(format!("/proc/self/fd/{}", self.0.as_raw_fd()));
+        portmon::netns::run_in(&path, work).expect("enter the test's own netns")
+    }
 }
 
 impl Daemon {
@@ -304,8 +319,11 @@ impl Daemon {
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("spawn portmon run");
-        let home = std::fs::File::open("/proc/thread-self/ns/net").expect("own netns");
-        let mut daemon = Self { child, addr, home };
+        let mut daemon = Self {
+            child,
+            addr,
+            home: Home::here(),
+        };
         let up = wait_until(Duration::from_secs(30), || {
             if let Ok(Some(status)) = daemon.child.try_wait() {
                 panic!("portmon run exited early: {status}");
@@ -318,9 +336,7 @@ impl Daemon {
 
     /// A GET from the daemon's namespace, whichever one the caller is in.
     pub fn get(&self, path: &str) -> io::Result<(u16, String)> {
-        use std::os::fd::AsRawFd as _;
-        let home = PathBuf::from(format!("/proc/self/fd/{}", self.home.as_raw_fd()));
-        portmon::netns::run_in(&home, || http_get(self.addr, path)).map_err(io::Error::other)?
+        self.home.run(|| http_get(self.addr, path))
     }
 
     /// One scrape of `/metrics`, from the daemon's namespace.
@@ -444,6 +460,7 @@ pub struct Prometheus {
     child: std::process::Child,
     pub addr: std::net::SocketAddr,
     dir: PathBuf,
+    home: Home,
 }
 
 impl Prometheus {
@@ -483,7 +500,12 @@ impl Prometheus {
             .stderr(std::fs::File::create(dir.join("prometheus.log")).expect("log file"))
             .spawn()
             .expect("start prometheus (apt-get install prometheus; cargo xtask test installs it)");
-        let prometheus = Self { child, addr, dir };
+        let prometheus = Self {
+            child,
+            addr,
+            dir,
+            home: Home::here(),
+        };
         let ready = wait_until(Duration::from_secs(60), || {
             matches!(http_get(addr, "/-/ready"), Ok((200, _)))
         });
@@ -493,8 +515,8 @@ impl Prometheus {
 
     /// The value of an instant query's first result, if any.
     pub fn query(&self, promql: &str) -> Option<f64> {
-        let (status, body) =
-            http_get(self.addr, &format!("/api/v1/query?query={}", url_encode(promql))).ok()?;
+        let path = format!("/api/v1/query?query={}", url_encode(promql));
+        let (status, body) = self.home.run(|| http_get(self.addr, &path)).ok()?;
         assert_eq!(status, 200, "query {promql}: {body}");
         let json: serde_json::Value = serde_json::from_str(&body).ok()?;
         json["data"]["result"].get(0)?["value"][1].as_str()?.parse().ok()
@@ -502,7 +524,9 @@ impl Prometheus {
 
     /// The JSON answer of a GET on Prometheus' HTTP API (`/api/v1/...`).
     pub fn api(&self, path_and_query: &str) -> serde_json::Value {
-        let (status, body) = http_get(self.addr, path_and_query)
+        let (status, body) = self
+            .home
+            .run(|| http_get(self.addr, path_and_query))
             .unwrap_or_else(|e| panic!("GET {path_and_query} from prometheus: {e}"));
         serde_json::from_str(&body)
             .unwrap_or_else(|e| panic!("GET {path_and_query}: status {status}, not JSON ({e}): {body}"))
