@@ -140,7 +140,7 @@ pub fn route(state: &crate::daemon::State, req: &crate::http::Request) -> crate:
                 let (snapshot, names) = state.snapshot();
                 Response::json(&port_entries(
                     &snapshot.sockets,
-                    &state.registry,
+                    &state.settings().registry,
                     &state.owners(),
                     &names,
                     &filter,
@@ -166,17 +166,18 @@ fn metrics(state: &crate::daemon::State) -> crate::http::Response {
     let failures = state.failure_counts();
     let (snapshot, names) = state.snapshot();
     let maps = state.map_usage();
+    let settings = state.settings();
     let input = crate::exporter::ScrapeInput {
         ports: &ports,
         failures: &failures,
         sockets: &snapshot.sockets,
-        registry: &state.registry,
+        registry: &settings.registry,
         netns_names: &names,
         health: state.health(),
         maps: &maps,
         programs: &state.programs,
-        port_series_limit: state.port_series_limit,
-        netns_label: state.netns_label,
+        port_series_limit: settings.port_series_limit,
+        netns_label: settings.netns_label,
         extra: Vec::new(),
     };
     let body = crate::exporter::render(&input, started.elapsed().as_secs_f64());

@@ -20,3 +20,4 @@ pub mod netns;
 pub mod port_class;
 pub mod preflight;
 pub mod registry;
+pub mod service;
