@@ -101,25 +101,12 @@ pub fn run(args: RunArgs, log: &str, log_format: LogFormat) -> anyhow::Result<Ex
 mod tests {
     use clap::CommandFactory as _;
 
-    /// Every configuration key, as serde lists them when it meets an unknown one.
-    fn config_keys() -> Vec<String> {
-        let err = crate::config::Config::parse("no-such-key = 1", std::path::Path::new("t.toml"))
-            .unwrap_err()
-            .to_string();
-        let (_, expected) = err.split_once("expected one of").expect(&err);
-        expected
-            .split(',')
-            .map(|k| k.trim().trim_matches('`').to_owned())
-            .filter(|k| !k.is_empty())
-            .collect()
-    }
-
     #[test]
     fn every_config_key_is_a_flag() {
         let cli = super::super::Cli::command();
         let run = cli.find_subcommand("run").expect("run subcommand");
         let flags: Vec<&str> = run.get_arguments().filter_map(|a| a.get_long()).collect();
-        let keys = config_keys();
+        let keys = crate::config::tests::keys();
         assert!(keys.len() >= 7, "{keys:?}");
         for key in keys {
             assert!(flags.contains(&key.as_str()), "no --{key} flag: {flags:?}");
