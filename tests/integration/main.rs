@@ -5,4 +5,6 @@ mod counting;
 mod exporter;
 mod failures;
 mod lifecycle;
+mod package;
+mod service;
 mod transparency;
