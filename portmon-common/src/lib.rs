@@ -25,7 +25,7 @@ pub mod map {
     pub const FAILURES: &str = "FAILURES";
     /// portmon's own health counters, indexed by `slot::*`.
     pub const HEALTH: &str = "HEALTH";
-    /// Per-socket state between hooks (kernel-only), socket cookie → state.
+    /// Per-socket state between hooks, socket cookie → `SockState`.
     pub const SOCKETS: &str = "SOCKETS";
 }
 
@@ -158,6 +158,49 @@ pub struct Owner {
     pub uid: u32,
 }
 const _: () = assert!(core::mem::size_of::<Owner>() == 40);
+
+/// Pending operations of a `SockState`, settled at the socket's next event.
+pub mod pending {
+    pub const NONE: u8 = 0;
+    /// bind() entered; post_bind clears it on success.
+    pub const BIND: u8 = 1;
+    /// UDP connect() on an unbound socket: its auto-bind's outcome shows as
+    /// the socket's local port at its next event.
+    pub const UDP_CONNECT: u8 = 2;
+}
+
+/// `SockState::flags`.
+pub mod sock_flag {
+    /// The socket was bound to port 0 by bind(), so a connect() after it
+    /// took its port the expensive, exclusive way.
+    pub const BOUND_TO_ZERO: u8 = 1;
+}
+
+/// What the kernel programs remember of a socket between its hooks
+/// (`SOCKETS`, by socket cookie): explicitly bound sockets, listeners, and
+/// UDP sockets connecting unbound. User space reads it to tell ports held
+/// by bind() or listen() — exclusive, out of reach of every connect() —
+/// from ports connect() picked.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockState {
+    /// Address asked for by the pending operation (IPv4 in the first four
+    /// bytes, network order).
+    pub pending_addr: [u8; 16],
+    /// Local port this socket holds by bind() or listen() (and in
+    /// `PortStats::live`), 0 if none.
+    pub local_port: u16,
+    /// Remote port this (UDP) socket holds in `PortStats::live`, 0 if none.
+    pub remote_port: u16,
+    /// Port asked for by the pending operation, host order.
+    pub pending_port: u16,
+    pub pending: u8,
+    pub flags: u8,
+    pub family: u8,
+    pub proto: u8,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<SockState>() == 32);
 
 /// One failed bind or connect, sent through the `FAILURES` ring buffer.
 #[repr(C)]

@@ -2,7 +2,7 @@
 
 use core::fmt;
 
-use crate::{family, op, proto, role, FailureEvent, Owner, PortKey, PortStats};
+use crate::{family, op, proto, role, FailureEvent, Owner, PortKey, PortStats, SockState};
 
 // SAFETY: each type is `#[repr(C)]`, made of integers and byte arrays, with
 // explicit padding fields, so every bit pattern is a valid value.
@@ -13,6 +13,8 @@ unsafe impl aya::Pod for PortStats {}
 unsafe impl aya::Pod for Owner {}
 // SAFETY: as above.
 unsafe impl aya::Pod for FailureEvent {}
+// SAFETY: as above.
+unsafe impl aya::Pod for SockState {}
 
 /// A value from the kernel that does not name a known variant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -9,11 +9,11 @@ use aya_ebpf::{
     programs::SockContext,
     EbpfContext,
 };
-use portmon_common::{proto, role};
+use portmon_common::{pending, proto, role, sock_flag::BOUND_TO_ZERO};
 
 use crate::{
     maps::{add, Delta},
-    sock_state::{forget, key, pending, record_owner, settle, state, BOUND_TO_ZERO},
+    sock_state::{forget, key, record_owner, settle, state},
     ALLOW,
 };
 

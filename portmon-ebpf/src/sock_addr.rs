@@ -9,11 +9,11 @@ use aya_ebpf::{
     programs::SockAddrContext,
     EbpfContext,
 };
-use portmon_common::{family, proto, role};
+use portmon_common::{family, pending, proto, role, sock_flag::BOUND_TO_ZERO, SockState};
 
 use crate::{
     maps::{add, count_health, xadd, Delta, BIND_BEFORE_CONNECT},
-    sock_state::{key, pending, settle, state, SockState, BOUND_TO_ZERO},
+    sock_state::{key, settle, state},
     ALLOW,
 };
 

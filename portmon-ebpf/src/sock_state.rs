@@ -14,43 +14,11 @@ use aya_ebpf::{
     macros::map,
     maps::HashMap,
 };
-use portmon_common::{capacity, errno, op, proto, role, slot, FailureEvent, Owner, PortKey};
+use portmon_common::{
+    capacity, errno, op, pending, proto, role, slot, FailureEvent, Owner, PortKey, SockState,
+};
 
 use crate::maps::{add, count_health, Delta, FAILURES, OWNERS};
-
-/// Pending operations, settled at the socket's next event.
-pub mod pending {
-    pub const NONE: u8 = 0;
-    /// bind() entered; post_bind clears it on success.
-    pub const BIND: u8 = 1;
-    /// UDP connect() on an unbound socket: its auto-bind's outcome shows as
-    /// the socket's local port at its next event.
-    pub const UDP_CONNECT: u8 = 2;
-}
-
-/// `SockState::flags`: the socket was bound to port 0 by bind(), so a
-/// connect() after it took its port the expensive, exclusive way.
-pub const BOUND_TO_ZERO: u8 = 1;
-
-/// Per-socket state. Kernel-only: user space has no use for it.
-#[repr(C)]
-pub struct SockState {
-    /// Address asked for by the pending operation (IPv4 in the first four
-    /// bytes, network order).
-    pub pending_addr: [u8; 16],
-    /// Local port this socket holds in `PortStats::live`, 0 if none.
-    pub local_port: u16,
-    /// Remote port this (UDP) socket holds in `PortStats::live`, 0 if none.
-    pub remote_port: u16,
-    /// Port asked for by the pending operation, host order.
-    pub pending_port: u16,
-    pub pending: u8,
-    pub flags: u8,
-    pub family: u8,
-    pub proto: u8,
-    pub _pad: [u8; 6],
-}
-const _: () = assert!(core::mem::size_of::<SockState>() == 32);
 
 #[map]
 static SOCKETS: HashMap<u64, SockState> = HashMap::with_max_entries(capacity::SOCKETS, 0);

@@ -149,13 +149,17 @@ pub fn route(state: &crate::daemon::State, req: &crate::http::Request) -> crate:
             Err(message) => Response::text(400, format!("{message}\n")),
         },
         "/api/v1/counters" => Response::json(&counter_entries(&state.ports())),
+        "/api/v1/ephemeral" => {
+            let (snapshot, names) = state.snapshot();
+            Response::json(&EphemeralView::new(state.ephemeral(&snapshot), &names))
+        }
         "/api/v1/failures" => {
             let limit = req.param("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
             Response::json(&state.recent_failures(limit))
         }
         _ => Response::text(
             404,
-            "not found: try /metrics, /healthz, /api/v1/ports, /api/v1/counters, /api/v1/failures\n",
+            "not found: try /metrics, /healthz, /api/v1/ports, /api/v1/ephemeral, /api/v1/counters, /api/v1/failures\n",
         ),
     }
 }
@@ -165,6 +169,8 @@ fn metrics(state: &crate::daemon::State) -> crate::http::Response {
     let ports = state.ports();
     let failures = state.failure_counts();
     let (snapshot, names) = state.snapshot();
+    let ephemeral = state.ephemeral(&snapshot);
+    let bind_before_connect = state.bind_before_connect();
     let maps = state.map_usage();
     let settings = state.settings();
     let input = crate::exporter::ScrapeInput {
@@ -178,7 +184,8 @@ fn metrics(state: &crate::daemon::State) -> crate::http::Response {
         programs: &state.programs,
         port_series_limit: settings.port_series_limit,
         netns_label: settings.netns_label,
-        extra: Vec::new(),
+        ephemeral: &ephemeral,
+        bind_before_connect: &bind_before_connect,
     };
     let body = crate::exporter::render(&input, started.elapsed().as_secs_f64());
     crate::http::Response {
@@ -217,4 +224,48 @@ fn counter_entries(ports: &[crate::counters::PortCount]) -> Vec<CounterEntry> {
             live: p.stats.live,
         })
         .collect()
+}
+
+/// The exhaustion report as JSON, namespaces by name.
+#[derive(Debug, Serialize)]
+pub struct EphemeralView {
+    pub pools: Vec<Named<crate::ephemeral::PoolUsage>>,
+    pub destinations: Vec<Named<crate::ephemeral::DestinationUsage>>,
+}
+
+/// A record with its namespace's name beside the cookie.
+#[derive(Debug, Serialize)]
+pub struct Named<T> {
+    pub netns_name: String,
+    #[serde(flatten)]
+    pub record: T,
+}
+
+impl EphemeralView {
+    fn new(report: crate::ephemeral::EphemeralReport, names: &HashMap<u64, String>) -> Self {
+        let name = |netns: u64| {
+            names
+                .get(&netns)
+                .cloned()
+                .unwrap_or_else(|| format!("cookie:{netns}"))
+        };
+        Self {
+            pools: report
+                .pools
+                .into_iter()
+                .map(|record| Named {
+                    netns_name: name(record.netns),
+                    record,
+                })
+                .collect(),
+            destinations: report
+                .destinations
+                .into_iter()
+                .map(|record| Named {
+                    netns_name: name(record.netns),
+                    record,
+                })
+                .collect(),
+        }
+    }
 }

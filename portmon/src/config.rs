@@ -39,6 +39,9 @@ pub struct Config {
     /// `auto`: a `netns` label only when more than one network namespace
     /// has sockets or events; `always`: on every per-port series.
     pub netns_label: crate::exporter::NetnsLabel,
+    /// How many of the busiest destinations get their own
+    /// `portmon_ephemeral_destination_utilization_ratio` series.
+    pub ephemeral_destinations: usize,
 }
 
 impl Default for Config {
@@ -60,6 +63,8 @@ impl Default for Config {
             port_series_limit: 1000,
             // A single-namespace host keeps its series free of a label that says nothing.
             netns_label: crate::exporter::NetnsLabel::Auto,
+            // Enough to name the culprit; every destination would be unbounded.
+            ephemeral_destinations: crate::ephemeral::DEFAULT_TOP_DESTINATIONS,
         }
     }
 }

@@ -3,7 +3,7 @@
 //! answer signals (SIGHUP reloads) → detach with a deadline ([`serve`]).
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     net::SocketAddr,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -14,12 +14,13 @@ use std::{
 
 use aya::maps::RingBuf;
 use aya::maps::{Array, HashMap as BpfHashMap, MapData};
-use portmon_common::{map, Owner, PortKey, PortStats};
+use portmon_common::{map, Owner, PortKey, PortStats, SockState};
 use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
     config::Config,
     counters::{self, Health, PortCount},
+    ephemeral::EphemeralReport,
     exporter::{MapUsage, NetnsLabel},
     failures::{Failure, FailureKey, FailureLog, FailureReader},
     http,
@@ -71,7 +72,7 @@ struct Maps {
     port_stats: BpfHashMap<MapData, PortKey, PortStats>,
     owners: BpfHashMap<MapData, u64, Owner>,
     bind_before_connect: BpfHashMap<MapData, [u8; 16], u64>,
-    sockets: BpfHashMap<MapData, u64, [u8; 32]>,
+    sockets: BpfHashMap<MapData, u64, SockState>,
     health: Array<MapData, u64>,
 }
 
@@ -91,6 +92,7 @@ pub struct Settings {
     pub registry: Registry,
     pub port_series_limit: usize,
     pub netns_label: NetnsLabel,
+    pub ephemeral_destinations: usize,
 }
 
 impl Settings {
@@ -100,6 +102,7 @@ impl Settings {
             registry,
             port_series_limit: config.port_series_limit,
             netns_label: config.netns_label,
+            ephemeral_destinations: config.ephemeral_destinations,
         }
     }
 }
@@ -157,6 +160,27 @@ impl State {
             .filter_map(Result::ok)
             .map(|(c, n)| (crate::api::comm(&c), n))
             .collect()
+    }
+
+    /// Cookies of the sockets that hold their port by bind() or listen().
+    pub fn exclusive_sockets(&self) -> HashSet<u64> {
+        let maps = lock(&self.maps);
+        maps.sockets
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, st)| st.local_port != 0)
+            .map(|(cookie, _)| cookie)
+            .collect()
+    }
+
+    /// How full each namespace's ephemeral pool is, as of `snapshot`.
+    pub fn ephemeral(&self, snapshot: &Snapshot) -> EphemeralReport {
+        crate::ephemeral::assess(
+            &snapshot.sockets,
+            &snapshot.pools,
+            &self.exclusive_sockets(),
+            self.settings().ephemeral_destinations,
+        )
     }
 
     /// Entries and capacity of each kernel map.

@@ -66,7 +66,7 @@ pub struct Failure {
     pub op: Op,
     pub errno: Errno,
     /// True when user space inferred the errno (failed binds: the kernel
-    /// offers no hook after bind() returns, see portmon-ebpf/src/record.rs).
+    /// offers no hook after bind() returns, see portmon-ebpf/src/sock_state.rs).
     pub inferred: bool,
     pub proto: Proto,
     pub family: Family,
@@ -74,6 +74,8 @@ pub struct Failure {
     pub addr: IpAddr,
     /// bind: the port asked for; connect: the destination port.
     pub port: u16,
+    /// The operation that found the ephemeral port pool exhausted, if it did.
+    pub exhaustion: Option<Op>,
     /// Network namespace cookie.
     pub netns: u64,
     pub pid: u32,
@@ -186,11 +188,15 @@ impl FailureReader {
         for event in events {
             match self.settle(&event) {
                 Some(failure) => {
+                    let what = match failure.exhaustion {
+                        Some(_) => "failed: no ephemeral port left",
+                        None => "failed",
+                    };
                     tracing::warn!(
                         op = %failure.op, errno = failure.errno.label(), inferred = failure.inferred,
                         proto = %failure.proto, addr = %failure.addr, port = failure.port,
                         pid = failure.pid, comm = %failure.comm, cgroup = failure.cgroup, netns = failure.netns,
-                        "{} failed", failure.op,
+                        "{} {what}", failure.op,
                     );
                     log.record(failure);
                     taken += 1;
@@ -225,6 +231,7 @@ impl FailureReader {
             family,
             addr,
             port: event.port,
+            exhaustion: crate::ephemeral::exhausted(op, proto, errno, event.port),
             netns,
             pid: event.pid,
             uid: event.uid,
@@ -377,6 +384,7 @@ mod tests {
             family: Family::Inet,
             addr: IpAddr::from([0, 0, 0, 0]),
             port: 80,
+            exhaustion: None,
             netns: 1,
             pid: 1,
             uid: 0,

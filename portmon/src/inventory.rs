@@ -16,12 +16,18 @@ use std::{
 use portmon_common::{Family, Proto};
 use serde::Serialize;
 
-use crate::netns::{self, Namespaces, Netns};
+use crate::{
+    ephemeral::{PoolSettings, PoolSysctls},
+    netns::{self, Namespaces, Netns},
+};
 
 const NETLINK_SOCK_DIAG: libc::c_int = 4;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
-/// Every TCP state, as `ss -a` asks (`SS_ALL`, bits 0–12).
-const ALL_STATES: u32 = (1 << 13) - 1;
+/// Every TCP state, as `ss -a` asks (`SS_ALL`, bits 0–12), and bit 13,
+/// `TCP_BOUND_INACTIVE` (include/net/tcp_states.h): sockets bound and
+/// neither listening nor connected, which hold a port all the same. Linux
+/// dumps them since 6.7 (as CLOSE); older kernels ignore the bit.
+const ALL_STATES: u32 = (1 << 14) - 1;
 const RECV_BUFFER: usize = 256 * 1024;
 
 /// A TCP state, or for UDP the two `ss` shows (`UNCONN` is CLOSE,
@@ -41,11 +47,14 @@ pub enum SocketState {
     Listen,
     Closing,
     NewSynRecv,
+    /// TCP only: bound, neither listening nor connected.
+    Bound,
 }
 
 impl SocketState {
     /// Every state, in label order.
     pub const ALL: &'static [SocketState] = &[
+        SocketState::Bound,
         SocketState::Close,
         SocketState::CloseWait,
         SocketState::Closing,
@@ -94,6 +103,7 @@ impl SocketState {
             SocketState::Listen => "listen",
             SocketState::Closing => "closing",
             SocketState::NewSynRecv => "new_syn_recv",
+            SocketState::Bound => "bound",
         }
     }
 }
@@ -121,12 +131,34 @@ pub struct NsSocket {
     pub socket: Socket,
 }
 
-/// Every socket of every namespace on the host, as of one moment.
+/// Every socket of every namespace on the host, as of one moment, and
+/// each namespace's ephemeral port settings.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub sockets: Vec<NsSocket>,
+    /// Ephemeral pool settings, by namespace cookie.
+    pub pools: HashMap<u64, PoolSettings>,
     /// Namespaces that could not be read, with the reason.
     pub errors: Vec<(String, String)>,
+}
+
+/// What portmon keeps open in one namespace: opened inside it once, read
+/// from any thread afterwards.
+#[derive(Debug)]
+struct NetnsHandles {
+    diag: SockDiag,
+    sysctls: Option<PoolSysctls>,
+}
+
+impl NetnsHandles {
+    /// Opens them in the calling thread's namespace.
+    fn open() -> Result<Self, InventoryError> {
+        let diag = SockDiag::open()?;
+        let sysctls = PoolSysctls::open()
+            .inspect_err(|err| tracing::debug!("no ephemeral port sysctls: {err}"))
+            .ok();
+        Ok(Self { diag, sysctls })
+    }
 }
 
 /// Keeps one sock_diag socket per namespace and takes snapshots through
@@ -135,7 +167,7 @@ pub struct Snapshot {
 #[derive(Debug, Default)]
 pub struct Inventory {
     namespaces: Namespaces,
-    diag: HashMap<u64, SockDiag>,
+    open: HashMap<u64, NetnsHandles>,
 }
 
 impl Inventory {
@@ -152,7 +184,7 @@ impl Inventory {
         let cookie =
             netns::current_cookie().map_err(|e| InventoryError::Open(io::Error::other(e.to_string())))?;
         let mut inventory = Self::default();
-        inventory.diag.insert(cookie, SockDiag::open()?);
+        inventory.open.insert(cookie, NetnsHandles::open()?);
         Ok(inventory)
     }
 
@@ -161,15 +193,15 @@ impl Inventory {
     pub fn rescan(&mut self) {
         self.namespaces.rescan();
         let present: Vec<Netns> = self.namespaces.iter().cloned().collect();
-        self.diag
+        self.open
             .retain(|cookie, _| present.iter().any(|n| n.cookie == *cookie));
         for ns in present {
-            if self.diag.contains_key(&ns.cookie) {
+            if self.open.contains_key(&ns.cookie) {
                 continue;
             }
-            match netns::run_in(&ns.path, SockDiag::open) {
-                Ok(Ok(diag)) => {
-                    self.diag.insert(ns.cookie, diag);
+            match netns::run_in(&ns.path, NetnsHandles::open) {
+                Ok(Ok(handles)) => {
+                    self.open.insert(ns.cookie, handles);
                 }
                 Ok(Err(err)) => tracing::debug!(netns = %ns.name, "no sock_diag socket: {err}"),
                 Err(err) => tracing::debug!(netns = %ns.name, "cannot enter: {err}"),
@@ -182,13 +214,13 @@ impl Inventory {
         &self.namespaces
     }
 
-    /// Every socket of every namespace known.
+    /// Every socket of every namespace known, and their pool settings.
     pub fn snapshot(&mut self) -> Snapshot {
         let mut snapshot = Snapshot::default();
         let mut sockets = Vec::new();
-        for (&cookie, diag) in &mut self.diag {
+        for (&cookie, handles) in &mut self.open {
             sockets.clear();
-            match diag.dump_into(&mut sockets) {
+            match handles.diag.dump_into(&mut sockets) {
                 Ok(()) => snapshot.sockets.extend(sockets.iter().map(|&socket| NsSocket {
                     netns: cookie,
                     socket,
@@ -196,6 +228,15 @@ impl Inventory {
                 Err(err) => snapshot
                     .errors
                     .push((cookie.to_string(), crate::loader::error_line(&err))),
+            }
+            match handles.sysctls.as_ref().map(PoolSysctls::read) {
+                Some(Ok(settings)) => {
+                    snapshot.pools.insert(cookie, settings);
+                }
+                Some(Err(err)) => snapshot
+                    .errors
+                    .push((cookie.to_string(), crate::loader::error_line(&err))),
+                None => {}
             }
         }
         snapshot
@@ -385,7 +426,11 @@ fn parse_socket(body: &[u8], proto: Proto, family: Family) -> Option<Socket> {
     if body.len() < 72 {
         return None;
     }
-    let state = SocketState::from_kernel(body[1])?;
+    let state = match (proto, SocketState::from_kernel(body[1])?) {
+        // A TCP socket in CLOSE is in no hash but the bind hash: bound.
+        (Proto::Tcp, SocketState::Close) => SocketState::Bound,
+        (_, state) => state,
+    };
     let port = |at: usize| u16::from_be_bytes([body[at], body[at + 1]]);
     let addr = |at: usize| -> IpAddr {
         match family {

@@ -10,7 +10,7 @@ use aya::{
     programs::{CgroupAttachMode, Program, ProgramError},
     Ebpf, EbpfError, EbpfLoader,
 };
-use portmon_common::{map, program, Owner, PortKey, PortStats};
+use portmon_common::{map, program, Owner, PortKey, PortStats, SockState};
 
 /// The kernel programs, built by build.rs from `portmon-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portmon.bpf.o"));
@@ -125,7 +125,7 @@ pub struct KernelMaps {
     /// TCP connects from sockets bound to port 0, by command name.
     pub bind_before_connect: HashMap<MapData, [u8; 16], u64>,
     /// Per-socket state between hooks, opaque here: read only to count entries.
-    pub sockets: HashMap<MapData, u64, [u8; 32]>,
+    pub sockets: HashMap<MapData, u64, SockState>,
     /// portmon's own health counters.
     pub health: Array<MapData, u64>,
     /// Failure events.

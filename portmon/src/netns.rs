@@ -179,10 +179,20 @@ impl Namespaces {
                 }
                 let path = entry.path().join("ns/net");
                 if let Ok(meta) = fs::metadata(&path) {
-                    by_inode
-                        .entry(meta.ino())
-                        .or_insert_with(|| (path, format!("net:[{}]", meta.ino())));
+                    by_inode.entry(meta.ino()).or_insert_with(|| {
+                        let name = unit_of(&entry.path()).unwrap_or_else(|| format!("net:[{}]", meta.ino()));
+                        (path, name)
+                    });
                 }
+            }
+        }
+        // Two namespaces may come from one unit; a name stays unique.
+        let mut seen: HashMap<String, u64> = HashMap::new();
+        let mut by_inode: Vec<(u64, (PathBuf, String))> = by_inode.into_iter().collect();
+        by_inode.sort_unstable_by_key(|(inode, _)| *inode);
+        for (inode, (_, name)) in &mut by_inode {
+            if *seen.entry(name.clone()).or_insert(*inode) != *inode {
+                *name = format!("{name}/net:[{inode}]");
             }
         }
         let known: HashMap<u64, u64> = self.by_cookie.values().map(|n| (n.inode, n.cookie)).collect();
@@ -237,6 +247,40 @@ impl Namespaces {
     }
 }
 
+/// The container or systemd unit a process runs in, from its cgroup v2
+/// path (`0::/system.slice/docker-<id>.scope` → `docker-<id12>`), or from
+/// systemd's v1 hierarchy on hybrid hosts; `None` in the root cgroup.
+fn unit_of(proc_pid: &Path) -> Option<String> {
+    let text = fs::read_to_string(proc_pid.join("cgroup")).ok()?;
+    let path_of = |prefix: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(prefix))
+            .filter(|path| *path != "/")
+    };
+    let path = path_of("0::").or_else(|| {
+        text.lines()
+            .find_map(|line| line.split_once(":name=systemd:").map(|(_, path)| path))
+            .filter(|path| *path != "/")
+    })?;
+    unit_name(path)
+}
+
+/// The last component of a cgroup path, with a container id shortened to
+/// the 12 characters `docker ps` shows.
+fn unit_name(cgroup_path: &str) -> Option<String> {
+    let last = cgroup_path.rsplit('/').find(|c| !c.is_empty())?;
+    let hex_run = |from: usize| last[from..].bytes().take_while(u8::is_ascii_hexdigit).count();
+    let id_start = (0..last.len())
+        .find(|&i| (i == 0 || !last.as_bytes()[i - 1].is_ascii_hexdigit()) && hex_run(i) >= 64);
+    Some(match id_start {
+        Some(start) => {
+            let prefix = &last[..start];
+            format!("{prefix}{}", &last[start..start + 12])
+        }
+        None => last.to_owned(),
+    })
+}
+
 /// The addresses configured in the calling thread's namespace.
 pub fn local_addresses() -> io::Result<Vec<std::net::IpAddr>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
@@ -270,4 +314,31 @@ pub fn local_addresses() -> io::Result<Vec<std::net::IpAddr>> {
     // SAFETY: head came from getifaddrs.
     unsafe { libc::freeifaddrs(head) };
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unit_name;
+
+    #[test]
+    fn units_and_containers_are_named_as_people_know_them() {
+        let id = "3f2a1b".repeat(10) + "abcd";
+        assert_eq!(
+            unit_name(&format!("/system.slice/docker-{id}.scope")).as_deref(),
+            Some("docker-3f2a1b3f2a1b")
+        );
+        assert_eq!(
+            unit_name(&format!(
+                "/kubepods.slice/kubepods-pod1.slice/cri-containerd-{id}.scope"
+            ))
+            .as_deref(),
+            Some("cri-containerd-3f2a1b3f2a1b")
+        );
+        assert_eq!(unit_name(&format!("/{id}")).as_deref(), Some("3f2a1b3f2a1b"));
+        assert_eq!(
+            unit_name("/system.slice/nginx.service").as_deref(),
+            Some("nginx.service")
+        );
+        assert_eq!(unit_name("/"), None);
+    }
 }

@@ -14,6 +14,8 @@ use std::{
     str::FromStr,
 };
 
+use crate::port_set::PortSet;
+
 /// Directory holding the current network namespace's `ip_local_port_range`
 /// and `ip_local_reserved_ports`.
 ///
@@ -191,61 +193,45 @@ impl fmt::Display for LocalPortRange {
     }
 }
 
-const BITSET_WORDS: usize = 65536 / 64;
-
 /// The ports listed in `net.ipv4.ip_local_reserved_ports`: the kernel never
 /// picks them as ephemeral ports, though an explicit `bind()` may use them.
 ///
-/// A 65536-bit set (8 KiB), so `contains` is one load and a mask.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Default)]
 pub struct ReservedPorts {
-    bits: Box<[u64; BITSET_WORDS]>,
+    ports: PortSet,
 }
 
 impl ReservedPorts {
     /// No reserved ports (the kernel's default).
     pub fn none() -> Self {
-        ReservedPorts {
-            bits: Box::new([0; BITSET_WORDS]),
-        }
+        ReservedPorts::default()
     }
 
     /// Marks `low..=high` reserved.
     pub fn insert_range(&mut self, low: u16, high: u16) {
         for port in low..=high {
-            self.bits[usize::from(port) / 64] |= 1 << (port % 64);
+            self.ports.insert(port);
         }
     }
 
     /// Whether `port` is reserved.
     pub fn contains(&self, port: u16) -> bool {
-        self.bits[usize::from(port) / 64] & (1 << (port % 64)) != 0
+        self.ports.contains(port)
     }
 
     /// Number of reserved ports.
     pub fn len(&self) -> u32 {
-        self.bits.iter().map(|w| w.count_ones()).sum()
+        self.ports.len()
     }
 
     /// Whether no port is reserved.
     pub fn is_empty(&self) -> bool {
-        self.bits.iter().all(|&w| w == 0)
+        self.ports.is_empty()
     }
 
     /// Number of reserved ports in `low..=high`.
     pub fn count_in(&self, low: u16, high: u16) -> u32 {
-        if low > high {
-            return 0;
-        }
-        let (first, last) = (usize::from(low) / 64, usize::from(high) / 64);
-        // Masks keep only the bits of the first and last word that lie in the range.
-        let low_mask = u64::MAX << (low % 64);
-        let high_mask = u64::MAX >> (63 - high % 64);
-        if first == last {
-            return (self.bits[first] & low_mask & high_mask).count_ones();
-        }
-        let middle: u32 = self.bits[first + 1..last].iter().map(|w| w.count_ones()).sum();
-        (self.bits[first] & low_mask).count_ones() + middle + (self.bits[last] & high_mask).count_ones()
+        self.ports.count_between(low, high)
     }
 
     /// The reserved ports as maximal inclusive ranges, lowest first.
@@ -260,12 +246,6 @@ impl ReservedPorts {
             // Both bounds come from 0..=65535 ranges, so they fit a u16.
             Some((start as u16, (end - 1) as u16))
         })
-    }
-}
-
-impl Default for ReservedPorts {
-    fn default() -> Self {
-        ReservedPorts::none()
     }
 }
 
@@ -372,6 +352,11 @@ fn read_value<T: FromStr<Err = ProcValueError>>(path: &Path) -> Result<T, PortCl
         path: path.into(),
         source,
     })?;
+    parse_value(path, &text)
+}
+
+/// Parses what was read from the sysctl file at `path` (named in errors).
+pub fn parse_value<T: FromStr<Err = ProcValueError>>(path: &Path, text: &str) -> Result<T, PortClassError> {
     text.parse().map_err(|reason| PortClassError::Malformed {
         path: path.into(),
         content: text.trim().to_owned(),

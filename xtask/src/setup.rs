@@ -1,7 +1,8 @@
 //! Installs what building and testing portmon need, when it is missing:
 //! Debian packages (LLVM 22 for bpf-linker, Prometheus and promtool for the
 //! exporter tests, iproute2's `ss`), `rust-src` for the pinned nightly,
-//! `bpf-linker`, and the tracefs and bpffs mounts.
+//! `bpf-linker`, the Kubernetes manifest validator (a Python venv in the
+//! target directory), and the tracefs and bpffs mounts.
 
 use std::{path::Path, process::Command};
 
@@ -16,6 +17,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("prometheus", "/usr/bin/prometheus"),
     ("iproute2", "/usr/bin/ss"),
     ("util-linux", "/usr/bin/setpriv"),
+    // For the venv of the Kubernetes manifest validator.
+    ("python3-venv", "/usr/lib/python3.11/ensurepip/__init__.py"),
 ];
 
 /// The bpf-linker release this project builds with, against LLVM 22.
@@ -25,6 +28,7 @@ pub fn ensure() -> Result<()> {
     ensure_packages()?;
     ensure_rust_src()?;
     ensure_bpf_linker()?;
+    ensure_k8s_validator()?;
     ensure_mounts()?;
     Ok(())
 }
@@ -111,6 +115,45 @@ fn ensure_bpf_linker() -> Result<()> {
         .args(["--no-default-features", "--features", "llvm-22"])
         .env("PATH", path);
     shell::run(install)
+}
+
+/// The pinned Python packages the manifest test validates with, from
+/// `tests/k8s/requirements.txt`, in a venv at `<target dir>/k8s-validate`
+/// (where the test looks for it). Reinstalled when the pins change.
+fn ensure_k8s_validator() -> Result<()> {
+    let requirements = shell::workspace_root().join("tests/k8s/requirements.txt");
+    let pins = std::fs::read_to_string(&requirements)
+        .with_context(|| format!("reading {}", requirements.display()))?;
+    let venv = target_dir().join("k8s-validate");
+    let stamp = venv.join("requirements.installed");
+    if std::fs::read_to_string(&stamp).is_ok_and(|installed| installed == pins) {
+        return Ok(());
+    }
+    let _ = std::fs::remove_dir_all(&venv);
+    // Debian's interpreter, whatever else is first on PATH.
+    let mut create = Command::new("/usr/bin/python3");
+    create.args(["-m", "venv"]).arg(&venv);
+    shell::run(create).context("creating the validator's venv: is python3-venv installed?")?;
+    let mut install = Command::new(venv.join("bin/pip"));
+    install
+        .args([
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "-r",
+        ])
+        .arg(&requirements);
+    shell::run(install).context("installing the manifest validator from PyPI")?;
+    std::fs::write(&stamp, pins).with_context(|| format!("writing {}", stamp.display()))
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR` or `target/` in the workspace.
+fn target_dir() -> std::path::PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => shell::workspace_root().join(dir),
+        None => shell::workspace_root().join("target"),
+    }
 }
 
 /// tracefs for the tracepoint, bpffs for operators who pin; both are

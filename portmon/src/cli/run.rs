@@ -41,6 +41,10 @@ pub struct RunArgs {
     /// Capacity of the kernel's per-port counter table. Default 65536.
     #[arg(long, value_name = "N")]
     pub port_stats_capacity: Option<u32>,
+    /// How many of the busiest destinations get their own ephemeral
+    /// utilization series. Default 10.
+    #[arg(long, value_name = "N")]
+    pub ephemeral_destinations: Option<usize>,
 }
 
 impl RunArgs {
@@ -66,6 +70,9 @@ impl RunArgs {
         }
         if let Some(n) = self.port_stats_capacity {
             config.port_stats_capacity = n;
+        }
+        if let Some(n) = self.ephemeral_destinations {
+            config.ephemeral_destinations = n;
         }
     }
 }

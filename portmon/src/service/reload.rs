@@ -97,6 +97,7 @@ pub fn reload(state: &State, running: &Config, source: &ConfigSource) -> Result<
         config = %source.shown(),
         port_series_limit = wanted.port_series_limit,
         netns_label = ?wanted.netns_label,
+        ephemeral_destinations = wanted.ephemeral_destinations,
         registry_entries = entries,
         "configuration reloaded"
     );

@@ -14,11 +14,16 @@ use prometheus::{
     TextEncoder,
 };
 
+mod exhaustion;
+
 use crate::{
     counters::{Health, PortCount},
+    ephemeral::EphemeralReport,
     failures::FailureKey,
+    fnv::FastMap,
     inventory::{NsSocket, SocketState},
     port_class::PortClass,
+    port_set::PortSet,
     registry::Registry,
 };
 
@@ -54,33 +59,10 @@ pub struct ScrapeInput<'a> {
     pub programs: &'a [&'static str],
     pub port_series_limit: usize,
     pub netns_label: NetnsLabel,
-    /// Extra families (the exhaustion metrics), appended as they are.
-    pub extra: Vec<MetricFamily>,
-}
-
-/// A map with FNV-1a hashing: keys here are small and not attacker-chosen,
-/// and SipHash dominated a scrape of 100,000 sockets.
-type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
-
-/// FNV-1a, 64-bit.
-struct Fnv(u64);
-
-impl Default for Fnv {
-    fn default() -> Self {
-        Self(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl std::hash::Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
+    /// Ephemeral pools, by the kernel's rules.
+    pub ephemeral: &'a EphemeralReport,
+    /// Connects from sockets bound to port 0 first, by command.
+    pub bind_before_connect: &'a [(String, u64)],
 }
 
 /// The series a port's numbers are added to.
@@ -93,29 +75,6 @@ enum SeriesKey {
         family: Family,
         class: PortClass,
     },
-}
-
-/// A set of ports, one bit each.
-struct PortSet(Box<[u64; 1024]>);
-
-impl Default for PortSet {
-    fn default() -> Self {
-        Self(Box::new([0; 1024]))
-    }
-}
-
-impl PortSet {
-    fn insert(&mut self, port: u16) {
-        self.0[usize::from(port / 64)] |= 1 << (port % 64);
-    }
-
-    /// Ports of the set within a class.
-    fn count_in(&self, class: PortClass) -> u64 {
-        let (low, high) = class.bounds();
-        (low..=high)
-            .filter(|&p| self.0[usize::from(p / 64)] & (1 << (p % 64)) != 0)
-            .count() as u64
-    }
 }
 
 /// One per-port series' identity.
@@ -133,8 +92,8 @@ pub fn render(input: &ScrapeInput<'_>, scrape_seconds: f64) -> String {
     let mut families = Families::new(input);
     families.port_series();
     families.health(scrape_seconds);
-    let mut all = families.finish();
-    all.extend(input.extra.iter().cloned());
+    families.ephemeral();
+    let all = families.finish();
     // Every family built here has metrics and consistent labels, the two
     // things the encoder checks; a failure would show as an empty body in
     // every test.
@@ -613,7 +572,8 @@ mod tests {
             programs: &[],
             port_series_limit: limit,
             netns_label: NetnsLabel::Auto,
-            extra: Vec::new(),
+            ephemeral: &EphemeralReport::default(),
+            bind_before_connect: &[],
         };
         render(&input, 0.001)
     }
