@@ -12,7 +12,7 @@ use aya_ebpf::{
 use portmon_common::{pending, proto, role, sock_flag::BOUND_TO_ZERO};
 
 use crate::{
-    maps::{add, Delta},
+    maps::{add, Delta, OWNERS},
     sock_state::{forget, key, record_owner, settle, state},
     ALLOW,
 };
@@ -136,6 +136,9 @@ fn on_release(ctx: &SockContext) {
                 ..Delta::default()
             },
         );
+        // Its owner goes with it: left to the LRU, stale owners of churning
+        // sockets would push out those of long-lived listeners.
+        let _ = OWNERS.remove(&cookie);
     }
     if st.remote_port != 0 {
         add(

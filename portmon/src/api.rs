@@ -169,7 +169,9 @@ fn metrics(state: &crate::daemon::State) -> crate::http::Response {
     let ports = state.ports();
     let failures = state.failure_counts();
     let (snapshot, names) = state.snapshot();
+    let assessing = std::time::Instant::now();
     let ephemeral = state.ephemeral(&snapshot);
+    let ephemeral_seconds = assessing.elapsed().as_secs_f64();
     let bind_before_connect = state.bind_before_connect();
     let maps = state.map_usage();
     let settings = state.settings();
@@ -185,6 +187,7 @@ fn metrics(state: &crate::daemon::State) -> crate::http::Response {
         port_series_limit: settings.port_series_limit,
         netns_label: settings.netns_label,
         ephemeral: &ephemeral,
+        ephemeral_seconds,
         bind_before_connect: &bind_before_connect,
     };
     let body = crate::exporter::render(&input, started.elapsed().as_secs_f64());

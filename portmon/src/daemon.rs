@@ -44,6 +44,9 @@ const DETACH_DEADLINE: Duration = Duration::from_secs(5);
 const FAILURE_POLL: Duration = Duration::from_millis(200);
 /// How old the list of namespaces may be when a snapshot is taken.
 const NAMESPACE_RESCAN: Duration = Duration::from_secs(2);
+/// How often namespaces are looked for between scrapes, so that one that
+/// lives a short while is entered (and its sockets seen) while it exists.
+const RECONCILE_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -221,6 +224,13 @@ impl State {
         lock(&self.failures).recent().rev().take(limit).cloned().collect()
     }
 
+    /// Finds new namespaces and opens their sockets; lets gone ones go.
+    pub fn rescan_namespaces(&self) {
+        let mut guard = lock(&self.inventory);
+        guard.0.rescan();
+        guard.1 = Instant::now();
+    }
+
     /// A fresh inventory of every namespace, and their names by cookie.
     pub fn snapshot(&self) -> (Snapshot, HashMap<u64, String>) {
         let mut guard = lock(&self.inventory);
@@ -371,6 +381,7 @@ pub async fn serve(started: Started, source: ConfigSource) -> Result<(), DaemonE
         config.listen
     );
     tracing::info!(programs = kernel.attached().len(), "ready");
+    let reconciler = tokio::spawn(reconcile(state.clone()));
     notifier.ready(&status);
 
     loop {
@@ -398,6 +409,7 @@ pub async fn serve(started: Started, source: ConfigSource) -> Result<(), DaemonE
         watchdog.abort();
     }
     let _ = shutdown_tx.send(true);
+    reconciler.abort();
     let _ = server.await;
     stop.store(true, Ordering::Relaxed);
     let detach = tokio::task::spawn_blocking(move || {
@@ -408,6 +420,17 @@ pub async fn serve(started: Started, source: ConfigSource) -> Result<(), DaemonE
         tracing::warn!("detaching took longer than {DETACH_DEADLINE:?}; exiting, the kernel drops the links");
     }
     Ok(())
+}
+
+/// Rescans namespaces on a schedule; scrapes take their own snapshot.
+async fn reconcile(state: Arc<State>) {
+    let mut ticks = tokio::time::interval(RECONCILE_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let state = state.clone();
+        let _ = tokio::task::spawn_blocking(move || state.rescan_namespaces()).await;
+    }
 }
 
 /// A thread that waits on the ring buffer and files failures as they come.

@@ -156,9 +156,11 @@ pub fn get(addr: std::net::SocketAddr, path: &str, timeout: Duration) -> std::io
     use std::io::{Read as _, Write as _};
     let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
+    // HTTP/1.0: the body comes whole up to the close, never in chunks
+    // (Prometheus chunks its larger HTTP/1.1 answers).
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;

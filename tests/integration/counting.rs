@@ -26,6 +26,27 @@ fn every_bind_on_a_port_is_counted() {
 }
 
 #[test]
+fn a_listener_has_an_owner_until_it_closes() {
+    let _serial = serial();
+    let monitor = Monitor::attach();
+    in_fresh_netns(|ns| {
+        let ours = |monitor: &Monitor| -> Vec<portmon_common::Owner> {
+            monitor
+                .owners()
+                .into_values()
+                .filter(|o| o.netns == ns.cookie)
+                .collect()
+        };
+        let listener = TcpListener::bind(("127.0.0.1", PORT)).expect("listen");
+        let owners = ours(&monitor);
+        assert_eq!(owners.len(), 1, "{owners:?}");
+        assert_eq!(owners[0].pid, std::process::id());
+        drop(listener);
+        assert_eq!(ours(&monitor), vec![], "a closed socket keeps no owner");
+    });
+}
+
+#[test]
 fn bind_to_port_zero_counts_the_port_the_kernel_chose() {
     let _serial = serial();
     let monitor = Monitor::attach();

@@ -2,6 +2,8 @@
 //! fresh network namespaces, exact counts. They need root.
 
 mod counting;
+mod deploy;
+mod exhaustion;
 mod exporter;
 mod failures;
 mod lifecycle;

@@ -118,6 +118,7 @@ pub struct Monitor {
 
 struct KernelMapsForTests {
     port_stats: aya::maps::HashMap<aya::maps::MapData, portmon_common::PortKey, PortStats>,
+    owners: aya::maps::HashMap<aya::maps::MapData, u64, portmon_common::Owner>,
     health: aya::maps::Array<aya::maps::MapData, u64>,
     reader: FailureReader,
 }
@@ -142,6 +143,7 @@ impl Monitor {
         let (kernel, maps) = Kernel::load(&cgroup_root(), options).expect("load kernel programs");
         let KernelMaps {
             port_stats,
+            owners,
             health,
             failures,
             ..
@@ -150,6 +152,7 @@ impl Monitor {
             kernel: Some(kernel),
             maps: KernelMapsForTests {
                 port_stats,
+                owners,
                 health,
                 reader: FailureReader::new(failures),
             },
@@ -178,6 +181,11 @@ impl Monitor {
 
     pub fn health(&self) -> Health {
         counters::read_health(&self.maps.health)
+    }
+
+    /// The owners the kernel programs recorded, by socket cookie.
+    pub fn owners(&self) -> std::collections::HashMap<u64, portmon_common::Owner> {
+        self.maps.owners.iter().filter_map(Result::ok).collect()
     }
 
     /// Failures in one namespace, waiting up to a second for `want` of them.
@@ -282,6 +290,9 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> io::Result<(u16, Stri
 pub struct Daemon {
     pub child: std::process::Child,
     pub addr: std::net::SocketAddr,
+    /// The network namespace it listens in, so a test thread that entered
+    /// another one can still reach it.
+    home: std::fs::File,
 }
 
 impl Daemon {
@@ -295,7 +306,8 @@ impl Daemon {
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("spawn portmon run");
-        let mut daemon = Self { child, addr };
+        let home = std::fs::File::open("/proc/thread-self/ns/net").expect("own netns");
+        let mut daemon = Self { child, addr, home };
         let up = wait_until(Duration::from_secs(30), || {
             if let Ok(Some(status)) = daemon.child.try_wait() {
                 panic!("portmon run exited early: {status}");
@@ -304,6 +316,20 @@ impl Daemon {
         });
         assert!(up, "portmon run did not answer /healthz on {addr}");
         daemon
+    }
+
+    /// A GET from the daemon's namespace, whichever one the caller is in.
+    pub fn get(&self, path: &str) -> io::Result<(u16, String)> {
+        use std::os::fd::AsRawFd as _;
+        let home = PathBuf::from(format!("/proc/self/fd/{}", self.home.as_raw_fd()));
+        portmon::netns::run_in(&home, || http_get(self.addr, path)).map_err(io::Error::other)?
+    }
+
+    /// One scrape of `/metrics`, from the daemon's namespace.
+    pub fn scrape(&self) -> String {
+        let (status, body) = self.get("/metrics").expect("GET /metrics");
+        assert_eq!(status, 200, "{body}");
+        body
     }
 
     /// Sends a signal and waits for the exit status.
@@ -424,6 +450,15 @@ pub struct Prometheus {
 
 impl Prometheus {
     pub fn start(addr: std::net::SocketAddr, target: std::net::SocketAddr, rule_files: &[PathBuf]) -> Self {
+        Self::start_scraping(addr, &[target], rule_files)
+    }
+
+    /// Like `start`, with every target in the one `portmon` job.
+    pub fn start_scraping(
+        addr: std::net::SocketAddr,
+        targets: &[std::net::SocketAddr],
+        rule_files: &[PathBuf],
+    ) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "portmon-prometheus-{}-{}",
             std::process::id(),
@@ -435,9 +470,11 @@ impl Prometheus {
             .iter()
             .map(|p| format!("  - {}\n", p.display()))
             .collect();
+        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
         let config = format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{}scrape_configs:\n  - job_name: portmon\n    static_configs:\n      - targets: ['{target}']\n",
-            if rules.is_empty() { "  []\n".to_owned() } else { rules.concat() }
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{}scrape_configs:\n  - job_name: portmon\n    static_configs:\n      - targets: [{}]\n",
+            if rules.is_empty() { "  []\n".to_owned() } else { rules.concat() },
+            targets.join(", ")
         );
         std::fs::write(dir.join("prometheus.yml"), config).expect("prometheus config");
         let child = Command::new("prometheus")
@@ -465,6 +502,14 @@ impl Prometheus {
         json["data"]["result"].get(0)?["value"][1].as_str()?.parse().ok()
     }
 
+    /// The JSON answer of a GET on Prometheus' HTTP API (`/api/v1/...`).
+    pub fn api(&self, path_and_query: &str) -> serde_json::Value {
+        let (status, body) = http_get(self.addr, path_and_query)
+            .unwrap_or_else(|e| panic!("GET {path_and_query} from prometheus: {e}"));
+        serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("GET {path_and_query}: status {status}, not JSON ({e}): {body}"))
+    }
+
     /// Waits until `promql` returns `want`; returns the last value seen.
     pub fn wait_for(&self, promql: &str, want: f64, timeout: Duration) -> Option<f64> {
         let mut last = None;
@@ -482,4 +527,20 @@ impl Drop for Prometheus {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The value of the series `name` whose labels include all of `labels`, in
+/// Prometheus text exposition; `None` if there is none.
+pub fn metric_value(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        let (label_text, value) = match rest.strip_prefix('{') {
+            Some(rest) => rest.rsplit_once("} ")?,
+            None => ("", rest.strip_prefix(' ')?),
+        };
+        let all = labels
+            .iter()
+            .all(|(k, v)| label_text.split(',').any(|pair| pair == format!("{k}=\"{v}\"")));
+        all.then(|| value.trim().parse().ok()).flatten()
+    })
 }

@@ -7,13 +7,15 @@ use crate::{setup, shell};
 
 pub fn run() -> Result<()> {
     setup::ensure()?;
-    shell::cargo(&[
-        "bench",
-        "--locked",
-        "--package",
-        "portmon-tests",
-        "--bench",
-        "overhead",
-    ])?;
+    for bench in ["overhead", "scrape"] {
+        shell::cargo(&[
+            "bench",
+            "--locked",
+            "--package",
+            "portmon-tests",
+            "--bench",
+            bench,
+        ])?;
+    }
     Ok(())
 }

@@ -105,6 +105,13 @@ impl Families<'_> {
             errors,
         );
 
+        self.add_all(
+            "portmon_ephemeral_assessment_seconds",
+            "Time this scrape spent assessing the ephemeral pools (part of portmon_scrape_duration_seconds).",
+            MetricType::GAUGE,
+            Series::from([(vec![], input.ephemeral_seconds)]),
+        );
+
         let offenders: Series = input
             .bind_before_connect
             .iter()

@@ -61,6 +61,8 @@ pub struct ScrapeInput<'a> {
     pub netns_label: NetnsLabel,
     /// Ephemeral pools, by the kernel's rules.
     pub ephemeral: &'a EphemeralReport,
+    /// How long assessing the pools took (socket table read included).
+    pub ephemeral_seconds: f64,
     /// Connects from sockets bound to port 0 first, by command.
     pub bind_before_connect: &'a [(String, u64)],
 }
@@ -573,6 +575,7 @@ mod tests {
             port_series_limit: limit,
             netns_label: NetnsLabel::Auto,
             ephemeral: &EphemeralReport::default(),
+            ephemeral_seconds: 0.0,
             bind_before_connect: &[],
         };
         render(&input, 0.001)
