@@ -140,7 +140,7 @@ pub fn route(state: &crate::daemon::State, req: &crate::http::Request) -> crate:
                 let (snapshot, names) = state.snapshot();
                 Response::json(&port_entries(
                     &snapshot.sockets,
-                    &state.registry,
+                    &state.settings().registry,
                     &state.owners(),
                     &names,
                     &filter,
@@ -174,17 +174,18 @@ fn metrics(state: &crate::daemon::State) -> crate::http::Response {
     let ephemeral_seconds = assessing.elapsed().as_secs_f64();
     let bind_before_connect = state.bind_before_connect();
     let maps = state.map_usage();
+    let settings = state.settings();
     let input = crate::exporter::ScrapeInput {
         ports: &ports,
         failures: &failures,
         sockets: &snapshot.sockets,
-        registry: &state.registry,
+        registry: &settings.registry,
         netns_names: &names,
         health: state.health(),
         maps: &maps,
         programs: &state.programs,
-        port_series_limit: state.port_series_limit,
-        netns_label: state.netns_label,
+        port_series_limit: settings.port_series_limit,
+        netns_label: settings.netns_label,
         ephemeral: &ephemeral,
         ephemeral_seconds,
         bind_before_connect: &bind_before_connect,

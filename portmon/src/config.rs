@@ -122,8 +122,50 @@ impl Config {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Every key, as serde lists them when it meets an unknown one.
+    pub(crate) fn keys() -> Vec<String> {
+        let err = parse("no-such-key = 1").unwrap_err();
+        let (_, expected) = err.split_once("expected one of").expect(&err);
+        expected
+            .split(',')
+            .map(|k| k.trim().trim_matches('`').to_owned())
+            .filter(|k| !k.is_empty())
+            .collect()
+    }
+
+    #[test]
+    fn shipped_file_shows_every_key_with_its_default() {
+        let shipped = include_str!("../../deploy/portmon.toml");
+        // `#key = value` lines; prose comments start with `# `.
+        let settings: Vec<&str> = shipped
+            .lines()
+            .filter_map(|l| l.strip_prefix('#'))
+            .filter(|l| l.starts_with(|c: char| c.is_ascii_lowercase()) && l.contains(" = "))
+            .collect();
+        let mut config = parse(&settings.join("\n")).unwrap();
+        // The registry's default is chosen at load time; the file shows the path preferred.
+        assert_eq!(
+            config.registry.as_deref(),
+            Some(Path::new(crate::registry::DEFAULT_IANA_PATH))
+        );
+        config.registry = None;
+        assert_eq!(config, Config::default());
+        let shown: Vec<&str> = settings
+            .iter()
+            .filter_map(|l| l.split_once(" = ").map(|(k, _)| k))
+            .collect();
+        let keys = keys();
+        assert!(keys.len() >= 7, "{keys:?}");
+        for key in keys {
+            assert!(
+                shown.contains(&key.as_str()),
+                "{key} is not in deploy/portmon.toml"
+            );
+        }
+    }
 
     fn parse(text: &str) -> Result<Config, String> {
         Config::parse(text, Path::new("test.toml")).map_err(|e| e.to_string())

@@ -1,16 +1,18 @@
-//! `portmon run`: preflight → registry → load and attach → serve → ready →
-//! wait for a signal → detach with a deadline.
+//! `portmon run`: preflight → registry → load and attach → listen → give up
+//! capabilities ([`start`], before any thread exists) → serve → ready →
+//! answer signals (SIGHUP reloads) → detach with a deadline ([`serve`]).
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     net::SocketAddr,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, Mutex, MutexGuard,
+        Arc, Mutex, MutexGuard, RwLock,
     },
     time::{Duration, Instant},
 };
 
+use aya::maps::RingBuf;
 use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 use portmon_common::{map, Owner, PortKey, PortStats, SockState};
 use tokio::{net::TcpListener, sync::watch};
@@ -26,6 +28,13 @@ use crate::{
     loader::{Kernel, KernelMaps, LoadError, LoadOptions},
     preflight::{self, PreflightError},
     registry::{Registry, RegistryError},
+    service::{
+        capabilities::{self, CapabilityError},
+        notify::{self, Notifier, NotifyError},
+        reload::{self, ConfigSource},
+        signals::{Request, Signals},
+        watchdog::{self, Heartbeat},
+    },
 };
 
 /// How long detaching may take before portmon exits anyway (the links go
@@ -55,6 +64,10 @@ pub enum DaemonError {
     },
     #[error("cannot install signal handlers")]
     Signals(#[source] std::io::Error),
+    #[error(transparent)]
+    Capabilities(#[from] CapabilityError),
+    #[error(transparent)]
+    Notify(#[from] NotifyError),
 }
 
 /// The kernel maps the daemon reads.
@@ -71,12 +84,30 @@ pub struct State {
     maps: Mutex<Maps>,
     failures: Mutex<FailureLog>,
     inventory: Mutex<(Inventory, Instant)>,
-    pub registry: Registry,
+    settings: RwLock<Arc<Settings>>,
     pub programs: Vec<&'static str>,
     pub options: LoadOptions,
+}
+
+/// What a reload can change while the programs stay attached.
+#[derive(Debug)]
+pub struct Settings {
+    pub registry: Registry,
     pub port_series_limit: usize,
     pub netns_label: NetnsLabel,
     pub ephemeral_destinations: usize,
+}
+
+impl Settings {
+    /// The reloadable part of `config`, with its registry loaded.
+    pub fn new(config: &Config, registry: Registry) -> Self {
+        Self {
+            registry,
+            port_series_limit: config.port_series_limit,
+            netns_label: config.netns_label,
+            ephemeral_destinations: config.ephemeral_destinations,
+        }
+    }
 }
 
 impl std::fmt::Debug for State {
@@ -93,6 +124,22 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl State {
+    /// The settings in force.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Puts new settings in force; scrapes under way finish with the old.
+    pub fn replace_settings(&self, settings: Settings) {
+        *self
+            .settings
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(settings);
+    }
+
     /// Every port's counters.
     pub fn ports(&self) -> Vec<PortCount> {
         counters::read_ports(&lock(&self.maps).port_stats)
@@ -135,7 +182,7 @@ impl State {
             &snapshot.sockets,
             &snapshot.pools,
             &self.exclusive_sockets(),
-            self.ephemeral_destinations,
+            self.settings().ephemeral_destinations,
         )
     }
 
@@ -202,8 +249,27 @@ impl State {
     }
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(config: Config) -> Result<(), DaemonError> {
+/// What [`start`] set up with privileges, for [`serve`].
+pub struct Started {
+    kernel: Kernel,
+    state: Arc<State>,
+    failures: RingBuf<MapData>,
+    listener: std::net::TcpListener,
+    config: Config,
+}
+
+impl std::fmt::Debug for Started {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Started")
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The privileged half: preflight, registry, load and attach, listen, then
+/// capabilities given up. Runs before any other thread exists, because
+/// capabilities belong to threads.
+pub fn start(config: Config) -> Result<Started, DaemonError> {
     let env = preflight::check()?;
     tracing::info!(kernel = %env.kernel_release, cgroup = %env.cgroup_root.display(), "preflight passed");
     if env.cgroup_is_subtree {
@@ -228,6 +294,29 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         health,
         failures,
     } = maps;
+    let listener = std::net::TcpListener::bind(config.listen)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|source| DaemonError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    tracing::info!(addr = %config.listen, "listening");
+
+    let dropped = capabilities::drop_after_attach()?;
+    tracing::info!(
+        dropped = %capabilities::names(dropped.before & !dropped.after),
+        kept = %capabilities::names(dropped.after),
+        "capabilities given up after attach"
+    );
+    if !crate::netns::can_enter_others() {
+        tracing::warn!(
+            "without CAP_SYS_ADMIN portmon cannot enter other network namespaces: the socket \
+             inventory (portmon_sockets, portmon_listening_ports, portmon_ports_in_use, \
+             /api/v1/ports) covers its own namespace only; kernel counters and failures \
+             still cover every namespace"
+        );
+    }
+
     let state = Arc::new(State {
         maps: Mutex::new(Maps {
             port_stats,
@@ -238,33 +327,87 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         }),
         failures: Mutex::new(FailureLog::default()),
         inventory: Mutex::new((Inventory::scan(), Instant::now())),
-        registry,
+        settings: RwLock::new(Arc::new(Settings::new(&config, registry))),
         programs: kernel.attached().to_vec(),
         options,
-        port_series_limit: config.port_series_limit,
-        netns_label: config.netns_label,
-        ephemeral_destinations: config.ephemeral_destinations,
     });
+    Ok(Started {
+        kernel,
+        state,
+        failures,
+        listener,
+        config,
+    })
+}
 
+/// The unprivileged half: serves, announces readiness, reloads on SIGHUP,
+/// and detaches on SIGTERM or SIGINT.
+pub async fn serve(started: Started, source: ConfigSource) -> Result<(), DaemonError> {
+    let Started {
+        kernel,
+        state,
+        failures,
+        listener,
+        mut config,
+    } = started;
+    let notifier = Arc::new(Notifier::from_env()?);
     let stop = Arc::new(AtomicBool::new(false));
-    let reader = spawn_failure_reader(FailureReader::new(failures), state.clone(), stop.clone());
+    let heartbeat = Arc::new(Heartbeat::default());
+    let reader = spawn_failure_reader(
+        FailureReader::new(failures),
+        state.clone(),
+        stop.clone(),
+        heartbeat.clone(),
+    );
 
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| DaemonError::Listen {
-            addr: config.listen,
-            source,
-        })?;
-    tracing::info!(addr = %config.listen, "listening");
+    let listener = TcpListener::from_std(listener).map_err(|source| DaemonError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let mut signals = Signals::install().map_err(DaemonError::Signals)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let handler_state = state.clone();
     let handler: http::Handler = Arc::new(move |req: &http::Request| crate::api::route(&handler_state, req));
     let server = tokio::spawn(http::serve(listener, handler, shutdown_rx));
+    let watchdog = notify::watchdog_interval().map(|interval| {
+        let probe_state = state.clone();
+        watchdog::spawn(notifier.clone(), interval, heartbeat, move || {
+            probe_state.health();
+        })
+    });
+    let status = format!(
+        "{} programs attached, serving on {}",
+        kernel.attached().len(),
+        config.listen
+    );
     tracing::info!(programs = kernel.attached().len(), "ready");
     let reconciler = tokio::spawn(reconcile(state.clone()));
+    notifier.ready(&status);
 
-    wait_for_signal().await?;
+    loop {
+        match signals.next().await {
+            Request::Reload => {
+                notifier.reloading();
+                match reload::reload(&state, &config, &source) {
+                    Ok(applied) => config = applied,
+                    Err(err) => tracing::error!(
+                        "reload failed, the running configuration stays: {}",
+                        crate::loader::error_line(&err)
+                    ),
+                }
+                notifier.ready(&status);
+            }
+            Request::Stop(name) => {
+                tracing::info!(signal = name, "stopping");
+                break;
+            }
+        }
+    }
 
+    notifier.stopping();
+    if let Some(watchdog) = watchdog {
+        watchdog.abort();
+    }
     let _ = shutdown_tx.send(true);
     reconciler.abort();
     let _ = server.await;
@@ -290,27 +433,17 @@ async fn reconcile(state: Arc<State>) {
     }
 }
 
-async fn wait_for_signal() -> Result<(), DaemonError> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    tracing::info!(signal = name, "stopping");
-    Ok(())
-}
-
 /// A thread that waits on the ring buffer and files failures as they come.
 fn spawn_failure_reader(
     mut reader: FailureReader,
     state: Arc<State>,
     stop: Arc<AtomicBool>,
+    heartbeat: Arc<Heartbeat>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let timeout_ms = FAILURE_POLL.as_millis() as libc::c_int;
         while !stop.load(Ordering::Relaxed) {
+            heartbeat.beat();
             let mut fds = libc::pollfd {
                 fd: reader.as_raw_fd(),
                 events: libc::POLLIN,

@@ -23,3 +23,4 @@ pub mod port_class;
 pub mod port_set;
 pub mod preflight;
 pub mod registry;
+pub mod service;

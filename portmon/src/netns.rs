@@ -58,12 +58,18 @@ pub enum NetnsError {
 
 /// Runs `work` on a short-lived thread that has entered the namespace at
 /// `path`; the rest of the process stays where it is (setns with
-/// CLONE_NEWNET moves only the calling thread).
+/// CLONE_NEWNET moves only the calling thread). Work in the caller's own
+/// namespace skips setns, which needs CAP_SYS_ADMIN even there
+/// (`netns_install`, net/core/net_namespace.c): without it portmon still
+/// covers its own namespace.
 pub fn run_in<T: Send>(path: &Path, work: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
     let file = File::open(path).map_err(|source| NetnsError::Open {
         path: path.to_owned(),
         source,
     })?;
+    if is_current(&file) {
+        return Ok(work());
+    }
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
@@ -81,6 +87,30 @@ pub fn run_in<T: Send>(path: &Path, work: impl FnOnce() -> T + Send) -> Result<T
                 path: path.to_owned(),
             })?
     })
+}
+
+/// Whether `file` is the calling thread's network namespace.
+fn is_current(file: &File) -> bool {
+    let Ok(own) = fs::metadata("/proc/thread-self/ns/net") else {
+        return false;
+    };
+    file.metadata()
+        .is_ok_and(|ns| ns.ino() == own.ino() && ns.dev() == own.dev())
+}
+
+/// Whether this process may enter other network namespaces (setns needs
+/// CAP_SYS_ADMIN, `netns_install` in net/core/net_namespace.c).
+pub fn can_enter_others() -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
 }
 
 /// The cookie of the calling thread's network namespace.

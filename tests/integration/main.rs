@@ -7,4 +7,6 @@ mod exhaustion;
 mod exporter;
 mod failures;
 mod lifecycle;
+mod package;
+mod service;
 mod transparency;

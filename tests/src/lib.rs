@@ -23,6 +23,8 @@ use portmon::{
 };
 use portmon_common::{Family, PortStats, Proto, Role};
 
+pub mod supervised;
+
 /// Holds the lock that keeps tests from running at the same time.
 pub fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());

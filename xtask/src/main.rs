@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod dist;
 mod setup;
 mod shell;
 mod test;
@@ -32,6 +33,9 @@ enum Command {
     Bench,
     /// Install the build and test dependencies only.
     Setup,
+    /// Build the Debian package and the tarball (binary, systemd unit,
+    /// default config, dashboard, alert rules) into <target dir>/dist/.
+    Dist,
 }
 
 fn main() -> ExitCode {
@@ -41,6 +45,7 @@ fn main() -> ExitCode {
         Command::Test => test::run(),
         Command::Bench => bench::run(),
         Command::Setup => setup::ensure(),
+        Command::Dist => dist::run(),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

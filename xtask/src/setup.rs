@@ -17,6 +17,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("prometheus", "/usr/bin/prometheus"),
     ("iproute2", "/usr/bin/ss"),
     ("util-linux", "/usr/bin/setpriv"),
+    // `cargo xtask dist` and its test: strip, systemd-analyze.
+    ("binutils", "/usr/bin/strip"),
+    ("systemd", "/usr/bin/systemd-analyze"),
     // For the venv of the Kubernetes manifest validator.
     ("python3-venv", "/usr/lib/python3.11/ensurepip/__init__.py"),
 ];

@@ -34,8 +34,11 @@ pub struct Cli {
 pub enum LogFormat {
     /// Human-readable lines.
     Text,
-    /// One JSON object per line (for journald and log shippers).
+    /// One JSON object per line (for log shippers).
     Json,
+    /// Native journal entries with every field kept (`journalctl -o verbose`
+    /// shows them); JSON on stderr when the journal is not reachable.
+    Journald,
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,16 +86,34 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 /// Sets up logging once for the commands that log.
-pub fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
+pub fn init_logging(filter_text: &str, format: LogFormat) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .with_context(|| format!("bad --log filter {filter:?}: try `info` or `portmon=debug`"))?;
+    let filter = tracing_subscriber::EnvFilter::try_new(filter_text)
+        .with_context(|| format!("bad --log filter {filter_text:?}: try `info` or `portmon=debug`"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Journald => match tracing_journald::layer() {
+            Ok(journal) => {
+                use tracing_subscriber::layer::SubscriberExt as _;
+                use tracing_subscriber::util::SubscriberInitExt as _;
+                let filter = tracing_subscriber::EnvFilter::try_new(filter_text)
+                    .with_context(|| format!("bad --log filter {filter_text:?}"))?;
+                tracing_subscriber::registry()
+                    .with(filter)
+                    .with(journal.with_syslog_identifier("portmon".to_owned()))
+                    .try_init()
+                    .map_err(Into::into)
+            }
+            Err(err) => {
+                let result = builder.json().flatten_event(true).try_init();
+                tracing::warn!("the journal is not reachable ({err}): logging JSON to stderr");
+                result
+            }
+        },
     };
     result.map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
 }

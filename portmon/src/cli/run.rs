@@ -1,14 +1,20 @@
 //! `portmon run`.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
 
 use anyhow::Context as _;
 use clap::Args;
 
 use super::{init_logging, LogFormat, RegistryArgs, EXIT_USAGE};
-use crate::config::{Config, ConfigError};
+use crate::{
+    config::{Config, ConfigError},
+    exporter::NetnsLabel,
+    service::reload::ConfigSource,
+};
 
-#[derive(Debug, Args)]
+/// Flags: every key of the configuration file, by the same name; a flag
+/// wins over the file, at start and at each reload.
+#[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// Configuration file (TOML; keys are these flags' names). Default:
     /// /etc/portmon/portmon.toml if it exists.
@@ -19,11 +25,66 @@ pub struct RunArgs {
     pub listen: Option<SocketAddr>,
     #[command(flatten)]
     pub registry: RegistryArgs,
+    /// Most per-port series in /metrics; the least busy fold into their
+    /// range class. Default 1000.
+    #[arg(long, value_name = "N")]
+    pub port_series_limit: Option<usize>,
+    /// When per-port series carry a `netns` label. Default auto.
+    #[arg(long, value_enum, value_name = "WHEN")]
+    pub netns_label: Option<NetnsLabel>,
+    /// Capacity of the kernel's table of socket owners. Default 16384.
+    #[arg(long, value_name = "N")]
+    pub owners_capacity: Option<u32>,
+    /// Capacity of the kernel's table of followed sockets. Default 65536.
+    #[arg(long, value_name = "N")]
+    pub sockets_capacity: Option<u32>,
+    /// Capacity of the kernel's per-port counter table. Default 65536.
+    #[arg(long, value_name = "N")]
+    pub port_stats_capacity: Option<u32>,
+    /// How many of the busiest destinations get their own ephemeral
+    /// utilization series. Default 10.
+    #[arg(long, value_name = "N")]
+    pub ephemeral_destinations: Option<usize>,
+}
+
+impl RunArgs {
+    /// Sets the flags given over `config`.
+    fn apply(&self, config: &mut Config) {
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        if let Some(registry) = &self.registry.registry {
+            config.registry = Some(registry.clone());
+        }
+        if let Some(limit) = self.port_series_limit {
+            config.port_series_limit = limit;
+        }
+        if let Some(label) = self.netns_label {
+            config.netns_label = label;
+        }
+        if let Some(n) = self.owners_capacity {
+            config.owners_capacity = n;
+        }
+        if let Some(n) = self.sockets_capacity {
+            config.sockets_capacity = n;
+        }
+        if let Some(n) = self.port_stats_capacity {
+            config.port_stats_capacity = n;
+        }
+        if let Some(n) = self.ephemeral_destinations {
+            config.ephemeral_destinations = n;
+        }
+    }
 }
 
 pub fn run(args: RunArgs, log: &str, log_format: LogFormat) -> anyhow::Result<ExitCode> {
     init_logging(log, log_format)?;
-    let mut config = match Config::load(args.config.as_deref()) {
+    let flags = args.clone();
+    let source = ConfigSource {
+        path: args.config,
+        overrides: Arc::new(move |config| flags.apply(config)),
+    };
+    let config = match source.load() {
         Ok(config) => config,
         Err(err @ ConfigError::Parse { .. }) => {
             eprintln!("portmon: {err}");
@@ -31,17 +92,54 @@ pub fn run(args: RunArgs, log: &str, log_format: LogFormat) -> anyhow::Result<Ex
         }
         Err(err) => return Err(err.into()),
     };
-    if let Some(listen) = args.listen {
-        config.listen = listen;
-    }
-    if let Some(registry) = args.registry.registry {
-        config.registry = Some(registry);
-    }
+    // Privileged work first, on this thread alone: the runtime's threads
+    // would otherwise keep the capabilities given up here.
+    let started = crate::daemon::start(config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(crate::daemon::run(config))?;
+    runtime.block_on(crate::daemon::serve(started, source))?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn every_config_key_is_a_flag() {
+        let cli = super::super::Cli::command();
+        let run = cli.find_subcommand("run").expect("run subcommand");
+        let flags: Vec<&str> = run.get_arguments().filter_map(|a| a.get_long()).collect();
+        let keys = crate::config::tests::keys();
+        assert!(keys.len() >= 7, "{keys:?}");
+        for key in keys {
+            assert!(flags.contains(&key.as_str()), "no --{key} flag: {flags:?}");
+        }
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let cli = <super::super::Cli as clap::Parser>::try_parse_from([
+            "portmon",
+            "run",
+            "--port-series-limit",
+            "7",
+            "--netns-label",
+            "always",
+        ])
+        .unwrap();
+        let super::super::Command::Run(args) = cli.command else {
+            panic!("not run");
+        };
+        let mut config =
+            crate::config::Config::parse("port-series-limit = 50\nowners-capacity = 9\n", "t".as_ref())
+                .unwrap();
+        args.apply(&mut config);
+        assert_eq!(config.port_series_limit, 7);
+        assert_eq!(config.netns_label, crate::exporter::NetnsLabel::Always);
+        assert_eq!(config.owners_capacity, 9);
+    }
 }

@@ -1,0 +1,240 @@
+//! portmon under a service manager: the unit's capabilities and nothing
+//! else, readiness over a real `NOTIFY_SOCKET` only once everything is
+//! attached and listening, capabilities given up after attach, and SIGHUP
+//! reloads that keep the counters (and keep the old configuration when the
+//! new one is bad).
+
+use std::{net::TcpListener, time::Duration};
+
+use portmon_tests::{
+    http_get, in_fresh_netns, loaded_portmon_programs, portmon_bin, serial, settled_portmon_programs,
+    supervised::{setpriv_args, unit_file, unit_values, Supervised},
+    wait_until,
+};
+
+const PROGRAMS: usize = portmon::loader::PROGRAMS.len();
+
+/// The capabilities the unit grants.
+fn unit_capabilities() -> Vec<String> {
+    let unit = std::fs::read_to_string(unit_file()).expect("read the unit file");
+    let caps = unit_values(&unit, "AmbientCapabilities");
+    assert_eq!(
+        caps,
+        unit_values(&unit, "CapabilityBoundingSet"),
+        "ambient and bounding sets differ"
+    );
+    assert!(!caps.iter().any(|c| c == "CAP_SYS_ADMIN"), "{caps:?}");
+    caps
+}
+
+/// `portmon run` as user nobody with `caps`, as the unit would start it.
+fn run_as_nobody(tag: &str, caps: &[String], listen: &str, extra: &[&str]) -> Supervised {
+    let mut args = setpriv_args("65534", caps);
+    args.push(portmon_bin().display().to_string());
+    args.extend(["run", "--listen", listen].map(str::to_owned));
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    Supervised::spawn(tag, "setpriv".as_ref(), &args, &[("PORTMON_LOG", "info")])
+}
+
+fn metric(addr: std::net::SocketAddr, name: &str) -> Option<f64> {
+    let (_, body) = http_get(addr, "/metrics").ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn unit_capabilities_suffice_ready_comes_after_attach_and_they_are_given_up() {
+    let _serial = serial();
+    let before = settled_portmon_programs();
+    let caps = unit_capabilities();
+    let addr = "127.0.0.1:17480".parse().unwrap();
+    let mut daemon = run_as_nobody("least", &caps, "127.0.0.1:17480", &[]);
+    let ready = daemon
+        .wait_for("READY=1", Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("no READY=1:\n{}", daemon.log_text()));
+    // At the moment READY=1 arrives, everything must already be there.
+    assert_eq!(loaded_portmon_programs(), before + PROGRAMS, "programs at READY");
+    assert!(
+        matches!(http_get(addr, "/healthz"), Ok((200, _))),
+        "not listening at READY"
+    );
+    assert!(
+        ready.contains(&format!("STATUS={PROGRAMS} programs attached")),
+        "{ready}"
+    );
+    assert_eq!(
+        metric(addr, "portmon_program_attached{program=\"sock_ops\"}"),
+        Some(1.0)
+    );
+
+    for (effective, permitted) in daemon.thread_capabilities() {
+        assert_eq!(effective, "0000000000000000", "a thread kept capabilities");
+        assert_eq!(
+            permitted, "0000000000000000",
+            "a thread kept permitted capabilities"
+        );
+    }
+    // Its own namespace stays covered without setns: its own listener is in the inventory.
+    let (_, ports) = http_get(addr, "/api/v1/ports?listening=1&port=17480").expect("ports");
+    assert!(ports.contains("\"port\": 17480"), "{ports}");
+    let log = daemon.log_text();
+    let degraded: Vec<&str> = log.lines().filter(|l| l.contains("CAP_SYS_ADMIN")).collect();
+    assert_eq!(degraded.len(), 1, "one line about what is missing:\n{log}");
+    assert!(
+        degraded[0].contains("covers its own namespace only"),
+        "{}",
+        degraded[0]
+    );
+
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait_for("STOPPING=1", Duration::from_secs(10)).is_some());
+    let status = daemon
+        .wait_exit(Duration::from_secs(10))
+        .expect("exit after SIGTERM");
+    assert!(status.success(), "{status}:\n{}", daemon.log_text());
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn each_unit_capability_is_needed() {
+    let _serial = serial();
+    let caps = unit_capabilities();
+    for missing in &caps {
+        let fewer: Vec<String> = caps.iter().filter(|c| *c != missing).cloned().collect();
+        let mut daemon = run_as_nobody("fewer", &fewer, "127.0.0.1:17481", &[]);
+        let status = daemon
+            .wait_exit(Duration::from_secs(30))
+            .expect("portmon must exit without the capability");
+        let log = daemon.log_text();
+        assert_eq!(status.code(), Some(1), "without {missing}: {status}\n{log}");
+        let lines: Vec<&str> = log.lines().filter(|l| l.starts_with("portmon: ")).collect();
+        assert_eq!(lines.len(), 1, "one line without {missing}:\n{log}");
+        assert!(lines[0].contains(missing.as_str()), "{missing} not named: {log}");
+    }
+}
+
+/// Binds port `port` `times` times in a fresh namespace; returns its cookie.
+fn bind_in_fresh_netns(port: u16, times: usize) -> u64 {
+    in_fresh_netns(|ns| {
+        for _ in 0..times {
+            drop(TcpListener::bind(("127.0.0.1", port)).expect("bind"));
+        }
+        ns.cookie
+    })
+}
+
+fn binds_of(addr: std::net::SocketAddr, netns: u64, port: u16) -> u64 {
+    let (_, body) = http_get(addr, "/api/v1/counters").expect("counters");
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&body).expect("counters JSON");
+    entries
+        .iter()
+        .filter(|e| e["netns"].as_u64() == Some(netns) && e["port"].as_u64() == Some(u64::from(port)))
+        .filter_map(|e| e["binds"].as_u64())
+        .sum()
+}
+
+#[test]
+fn sighup_reloads_without_losing_counters_and_a_bad_file_changes_nothing() {
+    let _serial = serial();
+    let dir = tempfile_dir("reload");
+    let config = dir.join("portmon.toml");
+    std::fs::write(&config, "port-series-limit = 5\n").expect("write config");
+    let addr = "127.0.0.1:17482".parse().unwrap();
+    let config_arg = config.display().to_string();
+    let mut args: Vec<String> = ["run", "--listen", "127.0.0.1:17482", "--config", &config_arg]
+        .map(str::to_owned)
+        .to_vec();
+    args.insert(0, "--log=info".into());
+    let mut daemon = Supervised::spawn("reload", &portmon_bin(), &args, &[]);
+    daemon
+        .wait_for("READY=1", Duration::from_secs(30))
+        .expect("READY=1");
+    assert_eq!(metric(addr, "portmon_port_series_limit"), Some(5.0));
+
+    let netns = bind_in_fresh_netns(4242, 3);
+    assert!(
+        wait_until(Duration::from_secs(2), || binds_of(addr, netns, 4242) == 3),
+        "binds before reload: {}",
+        binds_of(addr, netns, 4242)
+    );
+
+    std::fs::write(&config, "port-series-limit = 7\nnetns-label = \"always\"\n").expect("rewrite config");
+    daemon.signal(libc::SIGHUP);
+    assert!(daemon.wait_for("RELOADING=1", Duration::from_secs(5)).is_some());
+    assert!(daemon.wait_for("READY=1", Duration::from_secs(5)).is_some());
+    assert_eq!(metric(addr, "portmon_port_series_limit"), Some(7.0));
+    assert_eq!(binds_of(addr, netns, 4242), 3, "counters after reload");
+    let (_, body) = http_get(addr, "/metrics").expect("metrics");
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("portmon_sockets{") && l.contains("netns=")),
+        "netns-label = always not applied"
+    );
+
+    std::fs::write(&config, "port-series-limit = 9\nport-series-limt = 3\n").expect("bad config");
+    daemon.signal(libc::SIGHUP);
+    assert!(daemon.wait_for("READY=1", Duration::from_secs(5)).is_some());
+    assert_eq!(
+        metric(addr, "portmon_port_series_limit"),
+        Some(7.0),
+        "bad file applied"
+    );
+    let log = daemon.log_text();
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("reload failed")).collect();
+    assert_eq!(errors.len(), 1, "{log}");
+    for word in [
+        config_arg.as_str(),
+        "line 2",
+        "port-series-limt",
+        "running configuration stays",
+    ] {
+        assert!(errors[0].contains(word), "{word} missing from: {}", errors[0]);
+    }
+
+    // Still counting after both reloads.
+    let later = bind_in_fresh_netns(4243, 2);
+    assert!(
+        wait_until(Duration::from_secs(2), || binds_of(addr, later, 4243) == 2),
+        "binds after reloads: {}",
+        binds_of(addr, later, 4243)
+    );
+    assert_eq!(binds_of(addr, netns, 4242), 3);
+    daemon.signal(libc::SIGTERM);
+    let status = daemon.wait_exit(Duration::from_secs(10)).expect("exit");
+    assert!(status.success(), "{status}\n{}", daemon.log_text());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_bad_config_at_start_names_file_line_and_reason() {
+    let _serial = serial();
+    let dir = tempfile_dir("badstart");
+    let config = dir.join("portmon.toml");
+    std::fs::write(&config, "# comment\nnetns-label = \"sometimes\"\n").expect("write config");
+    let output = std::process::Command::new(portmon_bin())
+        .args(["run", "--listen", "127.0.0.1:17483", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run portmon");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    for word in [
+        config.display().to_string().as_str(),
+        "line 2",
+        "netns-label",
+        "sometimes",
+    ] {
+        assert!(lines[0].contains(word), "{word} missing: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tempfile_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("portmon-service-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
