@@ -120,6 +120,8 @@ fn main() {
         let seconds =
             metric_value(&body, "portmon_ephemeral_assessment_seconds", &[]).expect("assessment time");
         assessment.push(seconds * 1e3);
+        let seconds = metric_value(&body, "portmon_scrape_duration_seconds", &[]).expect("gather time");
+        gather.push(seconds * 1e3);
         let destinations = body
             .lines()
             .filter(|l| l.starts_with("portmon_ephemeral_destination_utilization_ratio{"))
