@@ -33,8 +33,8 @@ pub struct Health {
 /// Reads every port's counters. Entries the kernel deletes or that carry
 /// values portmon does not know are skipped: the map changes while it is read.
 pub fn read_ports(map: &HashMap<MapData, PortKey, PortStats>) -> Vec<PortCount> {
-    map.iter()
-        .filter_map(Result::ok)
+    crate::map_batch::read_all(map)
+        .into_iter()
         .filter_map(|(key, stats)| {
             Some(PortCount {
                 netns: key.netns,

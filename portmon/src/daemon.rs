@@ -26,6 +26,7 @@ use crate::{
     http,
     inventory::{Inventory, Snapshot},
     loader::{Kernel, KernelMaps, LoadError, LoadOptions},
+    map_batch::read_all,
     preflight::{self, PreflightError},
     registry::{Registry, RegistryError},
     service::{
@@ -152,15 +153,14 @@ impl State {
 
     /// Owners of fixed-port and listening sockets, by cookie.
     pub fn owners(&self) -> HashMap<u64, Owner> {
-        lock(&self.maps).owners.iter().filter_map(Result::ok).collect()
+        read_all(&lock(&self.maps).owners).into_iter().collect()
     }
 
     /// TCP connects from sockets bound to port 0, by command.
     pub fn bind_before_connect(&self) -> Vec<(String, u64)> {
         let maps = lock(&self.maps);
-        maps.bind_before_connect
-            .iter()
-            .filter_map(Result::ok)
+        read_all(&maps.bind_before_connect)
+            .into_iter()
             .map(|(c, n)| (crate::api::comm(&c), n))
             .collect()
     }
@@ -168,9 +168,8 @@ impl State {
     /// Cookies of the sockets that hold their port by bind() or listen().
     pub fn exclusive_sockets(&self) -> HashSet<u64> {
         let maps = lock(&self.maps);
-        maps.sockets
-            .iter()
-            .filter_map(Result::ok)
+        read_all(&maps.sockets)
+            .into_iter()
             .filter(|(_, st)| st.local_port != 0)
             .map(|(cookie, _)| cookie)
             .collect()
@@ -193,22 +192,22 @@ impl State {
         vec![
             MapUsage {
                 name: map::PORT_STATS,
-                entries: maps.port_stats.keys().count() as u64,
+                entries: read_all(&maps.port_stats).len() as u64,
                 capacity: o.port_stats.into(),
             },
             MapUsage {
                 name: map::OWNERS,
-                entries: maps.owners.keys().count() as u64,
+                entries: read_all(&maps.owners).len() as u64,
                 capacity: o.owners.into(),
             },
             MapUsage {
                 name: map::SOCKETS,
-                entries: maps.sockets.keys().count() as u64,
+                entries: read_all(&maps.sockets).len() as u64,
                 capacity: o.sockets.into(),
             },
             MapUsage {
                 name: map::BIND_BEFORE_CONNECT,
-                entries: maps.bind_before_connect.keys().count() as u64,
+                entries: read_all(&maps.bind_before_connect).len() as u64,
                 capacity: portmon_common::capacity::BIND_BEFORE_CONNECT.into(),
             },
         ]

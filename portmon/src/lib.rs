@@ -17,6 +17,7 @@ pub mod fnv;
 pub mod http;
 pub mod inventory;
 pub mod loader;
+pub mod map_batch;
 pub mod mounts;
 pub mod netns;
 pub mod port_class;

@@ -26,6 +26,29 @@ fn every_bind_on_a_port_is_counted() {
 }
 
 #[test]
+fn thousands_of_ports_read_back_exactly_across_batches() {
+    let _serial = serial();
+    let monitor = Monitor::attach();
+    // More entries than one batch read asks for (4096).
+    let ports = 20_000..25_000u16;
+    in_fresh_netns(|ns| {
+        for port in ports.clone() {
+            drop(UdpSocket::bind(("127.0.0.1", port)).expect("bind"));
+        }
+        let mut read: Vec<(u16, u64)> = monitor
+            .ports_in(ns.cookie)
+            .into_iter()
+            .filter(|c| c.role == Role::Local)
+            .map(|c| (c.port, c.stats.binds))
+            .collect();
+        read.sort_unstable();
+        let want: Vec<(u16, u64)> = ports.clone().map(|p| (p, 1)).collect();
+        assert_eq!(read.len(), want.len());
+        assert_eq!(read, want);
+    });
+}
+
+#[test]
 fn a_listener_has_an_owner_until_it_closes() {
     let _serial = serial();
     let monitor = Monitor::attach();
