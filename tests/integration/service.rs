@@ -238,3 +238,156 @@ fn tempfile_dir(tag: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }
+
+/// Every syscall in a systemd syscall group, nested groups expanded
+/// (`systemd-analyze syscall-filter`, this host's systemd).
+fn syscall_group(group: &str, out: &mut std::collections::BTreeSet<String>) {
+    let listing = std::process::Command::new("systemd-analyze")
+        .args(["syscall-filter", group])
+        .output()
+        .expect("systemd-analyze syscall-filter");
+    assert!(listing.status.success(), "unknown syscall group {group}");
+    for line in String::from_utf8_lossy(&listing.stdout).lines().skip(1) {
+        let item = line.trim();
+        if item.is_empty() || item.starts_with('#') {
+            continue;
+        }
+        if item.starts_with('@') {
+            syscall_group(item, out);
+        } else {
+            out.insert(item.to_owned());
+        }
+    }
+}
+
+/// What the unit's `SystemCallFilter=` lines allow: an allow list, then
+/// `~` lines that take from it, then plain lines that add back.
+fn unit_syscalls() -> std::collections::BTreeSet<String> {
+    let unit = std::fs::read_to_string(unit_file()).expect("read the unit file");
+    let mut allowed = std::collections::BTreeSet::new();
+    for line in unit
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("SystemCallFilter="))
+    {
+        let (deny, items) = match line.strip_prefix('~') {
+            Some(rest) => (true, rest),
+            None => (false, line),
+        };
+        let mut set = std::collections::BTreeSet::new();
+        for item in items.split_whitespace() {
+            if item.starts_with('@') {
+                syscall_group(item, &mut set);
+            } else {
+                set.insert(item.to_owned());
+            }
+        }
+        if deny {
+            allowed.retain(|s| !set.contains(s));
+        } else {
+            allowed.extend(set);
+        }
+    }
+    assert!(allowed.contains("bpf"), "the filter must allow bpf()");
+    allowed
+}
+
+/// Whether an strace line is the successful execve of the portmon binary
+/// (not of setpriv, whose arguments name it too).
+fn execs_portmon(line: &str) -> bool {
+    let program = line
+        .split_once("execve(\"")
+        .and_then(|(_, rest)| rest.split('"').next());
+    program.is_some_and(|p| p.ends_with("/portmon")) && line.ends_with("= 0")
+}
+
+#[test]
+fn the_unit_s_syscall_filter_allows_every_call_the_daemon_makes() {
+    let _serial = serial();
+    let allowed = unit_syscalls();
+    let dir = std::env::temp_dir().join(format!("portmon-syscalls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let trace = dir.join("strace.log");
+    let listen = "127.0.0.1:17486";
+    let mut args: Vec<String> = vec![
+        "-f".into(),
+        "-qq".into(),
+        "-o".into(),
+        trace.display().to_string(),
+        "--".into(),
+    ];
+    args.push("setpriv".into());
+    args.extend(setpriv_args("65534", &unit_capabilities()));
+    args.push(portmon_bin().display().to_string());
+    args.extend(["run", "--listen", listen].map(str::to_owned));
+    let mut daemon = Supervised::spawn("syscalls", "strace".as_ref(), &args, &[("PORTMON_LOG", "info")]);
+    daemon
+        .wait_for("READY=1", Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("no READY=1 under strace:\n{}", daemon.log_text()));
+    let addr = listen.parse().unwrap();
+    // Every path a running daemon takes: scrapes, the API, a reload, a stop.
+    for path in [
+        "/metrics",
+        "/api/v1/ports",
+        "/api/v1/ephemeral",
+        "/api/v1/failures",
+        "/api/v1/counters",
+    ] {
+        assert!(matches!(http_get(addr, path), Ok((200, _))), "{path}");
+    }
+    let text = std::fs::read_to_string(&trace).expect("strace log");
+    let pid: i32 = text
+        .lines()
+        .find(|l| execs_portmon(l))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .expect("the daemon's execve in the trace");
+    // SAFETY: kill(2) on the daemon, a descendant of this test.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    assert!(
+        daemon.wait_for("READY=1", Duration::from_secs(30)).is_some(),
+        "no READY=1 after SIGHUP"
+    );
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = daemon
+        .wait_exit(Duration::from_secs(30))
+        .expect("exit after SIGTERM");
+    assert!(status.success(), "{status}:\n{}", daemon.log_text());
+
+    // Only what the daemon calls after its execve: setpriv's own work is
+    // what systemd does before applying the filter.
+    let text = std::fs::read_to_string(&trace).expect("strace log");
+    let lines: Vec<&str> = text.lines().collect();
+    let exec = lines
+        .iter()
+        .position(|l| execs_portmon(l))
+        .expect("execve line");
+    let mut called = std::collections::BTreeSet::new();
+    for line in &lines[exec + 1..] {
+        let Some((_, call)) = line.split_once(' ') else {
+            continue;
+        };
+        let call = call.trim_start();
+        if call.starts_with("<...") || call.starts_with("+++") || call.starts_with("---") {
+            continue;
+        }
+        if let Some(name) = call
+            .split('(')
+            .next()
+            .filter(|n| n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        {
+            if !name.is_empty() {
+                called.insert(name.to_owned());
+            }
+        }
+    }
+    assert!(
+        called.contains("bpf") && called.contains("recvfrom") || called.contains("bpf"),
+        "{called:?}"
+    );
+    let denied: Vec<&String> = called.iter().filter(|c| !allowed.contains(*c)).collect();
+    assert!(
+        denied.is_empty(),
+        "the unit's SystemCallFilter would refuse {denied:?} (called: {called:?})"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -20,6 +20,8 @@ const PACKAGES: &[(&str, &str)] = &[
     // `cargo xtask dist` and its test: strip, systemd-analyze.
     ("binutils", "/usr/bin/strip"),
     ("systemd", "/usr/bin/systemd-analyze"),
+    // The unit's SystemCallFilter is checked against what the daemon calls.
+    ("strace", "/usr/bin/strace"),
     // For the venv of the Kubernetes manifest validator.
     ("python3-venv", "/usr/lib/python3.11/ensurepip/__init__.py"),
 ];
