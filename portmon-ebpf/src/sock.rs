@@ -138,7 +138,7 @@ fn on_release(ctx: &SockContext) {
         );
         // Its owner goes with it: left to the LRU, stale owners of churning
         // sockets would push out those of long-lived listeners.
-        let _ = OWNERS.remove(&cookie);
+        let _ = OWNERS.remove(cookie);
     }
     if st.remote_port != 0 {
         add(

@@ -43,7 +43,7 @@ pub fn state(cookie: u64, create: bool) -> Option<&'static mut SockState> {
     if p.is_none() && create {
         // NOEXIST: the socket's own hooks are serialised by its lock, so a
         // failure here means the table is full.
-        if SOCKETS.insert(cookie, &EMPTY, u64::from(BPF_NOEXIST)).is_err() {
+        if SOCKETS.insert(cookie, EMPTY, u64::from(BPF_NOEXIST)).is_err() {
             count_health(slot::SOCKETS_OVERFLOW);
             return None;
         }
