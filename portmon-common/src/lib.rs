@@ -16,7 +16,7 @@ pub use user::*;
 pub mod map {
     /// Per-port counters, `PortKey` → `PortStats`.
     pub const PORT_STATS: &str = "PORT_STATS";
-    /// Who bound or listens on a socket with a fixed port, socket cookie → `Owner`.
+    /// Who bound, listens on or connected a socket still open, socket cookie → `Owner`.
     pub const OWNERS: &str = "OWNERS";
     /// Sockets bound to port 0 and then connected, by command name
     /// (`[u8; 16]` → count): the expensive way to get an ephemeral port.
@@ -66,7 +66,7 @@ pub mod capacity {
     pub const PORT_STATS: u32 = 1 << 16;
     /// Sockets tracked between hooks (bound, listening, UDP connecting).
     pub const SOCKETS: u32 = 1 << 16;
-    pub const OWNERS: u32 = 1 << 14;
+    pub const OWNERS: u32 = 1 << 16;
     pub const BIND_BEFORE_CONNECT: u32 = 1 << 10;
     /// Ring buffer size in bytes (a power of two, a multiple of the page size).
     pub const FAILURES_BYTES: u32 = 1 << 18;
@@ -143,7 +143,7 @@ pub struct PortStats {
 }
 const _: () = assert!(core::mem::size_of::<PortStats>() == 32);
 
-/// Value of `OWNERS`: the process that bound a fixed port or listened.
+/// Value of `OWNERS`: the process that bound a fixed port, listened or connected.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Owner {

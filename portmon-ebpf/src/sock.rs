@@ -136,9 +136,6 @@ fn on_release(ctx: &SockContext) {
                 ..Delta::default()
             },
         );
-        // Its owner goes with it: left to the LRU, stale owners of churning
-        // sockets would push out those of long-lived listeners.
-        let _ = OWNERS.remove(cookie);
     }
     if st.remote_port != 0 {
         add(
@@ -149,5 +146,8 @@ fn on_release(ctx: &SockContext) {
             },
         );
     }
+    // Its owner goes with it: left to the LRU, stale owners of churning
+    // sockets would push out those of long-lived listeners.
+    let _ = OWNERS.remove(cookie);
     forget(cookie);
 }

@@ -13,7 +13,7 @@ use portmon_common::{family, pending, proto, role, sock_flag::BOUND_TO_ZERO, Soc
 
 use crate::{
     maps::{add, count_health, xadd, Delta, BIND_BEFORE_CONNECT},
-    sock_state::{key, settle, state},
+    sock_state::{key, record_owner, settle, state},
     ALLOW,
 };
 
@@ -149,15 +149,19 @@ fn on_connect(ctx: &SockAddrContext, family: u8) {
             },
         )
     };
+    let cookie = cookie(ctx);
+    // connect() runs in the caller's context, unlike the callbacks that see
+    // the connection come up: the one moment to learn who connects.
+    record_owner(cookie, netns(ctx));
     if proto == proto::TCP {
         // TCP connects are counted by sock_ops once established; here only
         // sockets portmon already tracks (explicitly bound ones) matter.
-        if let Some(st) = state(cookie(ctx), false) {
+        if let Some(st) = state(cookie, false) {
             settle_before_connect(ctx, st, bound_port, has_addr);
         }
         return;
     }
-    let Some(st) = state(cookie(ctx), true) else {
+    let Some(st) = state(cookie, true) else {
         return;
     };
     settle_before_connect(ctx, st, bound_port, has_addr);

@@ -15,7 +15,7 @@ use aya_ebpf::{
 use portmon_common::{proto, role};
 
 use crate::{
-    maps::{add, Delta},
+    maps::{add, Delta, OWNERS},
     sock_state::{key, record_owner, state},
 };
 
@@ -104,6 +104,7 @@ fn on_established(ctx: &SockOpsContext) {
 #[inline(always)]
 fn on_close(ctx: &SockOpsContext) {
     let (netns, family, local, remote) = connection(ctx);
+    let _ = OWNERS.remove(cookie(ctx));
     if !bound_explicitly(ctx, local) {
         add(
             &key(netns, proto::TCP, family, local, role::LOCAL),

@@ -26,7 +26,8 @@ pub struct Config {
     /// /var/lib/portmon/service-names-port-numbers.csv, else /etc/services.
     pub registry: Option<PathBuf>,
     /// Capacity of the kernel's table of socket owners (sockets bound to a
-    /// fixed port or listening); the oldest are forgotten first.
+    /// fixed port, listening or connected, and still open); the least
+    /// recently used are forgotten first.
     pub owners_capacity: u32,
     /// Capacity of the kernel's table of sockets followed between hooks
     /// (bound, listening, or UDP connecting unbound, and still open).
@@ -53,7 +54,7 @@ impl Default for Config {
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 7455))),
             // Chosen at load time, see `registry`.
             registry: None,
-            // 16,384 servers' sockets, about 100 bytes each in the kernel.
+            // 65,536 open sockets, about 100 bytes each in the kernel (6.5 MB).
             owners_capacity: portmon_common::capacity::OWNERS,
             // 65,536 sockets, about 90 bytes each in the kernel, preallocated.
             sockets_capacity: portmon_common::capacity::SOCKETS,

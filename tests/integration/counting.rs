@@ -49,7 +49,7 @@ fn thousands_of_ports_read_back_exactly_across_batches() {
 }
 
 #[test]
-fn a_listener_has_an_owner_until_it_closes() {
+fn listeners_and_clients_have_an_owner_until_they_close() {
     let _serial = serial();
     let monitor = Monitor::attach();
     in_fresh_netns(|ns| {
@@ -64,6 +64,13 @@ fn a_listener_has_an_owner_until_it_closes() {
         let owners = ours(&monitor);
         assert_eq!(owners.len(), 1, "{owners:?}");
         assert_eq!(owners[0].pid, std::process::id());
+        // An outbound connection is owned by whoever called connect(); the
+        // accepted end by nobody portmon saw.
+        let client = TcpStream::connect(("127.0.0.1", PORT)).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        assert_eq!(ours(&monitor).len(), 2, "the listener and the client");
+        drop(client);
+        drop(server);
         drop(listener);
         assert_eq!(ours(&monitor), vec![], "a closed socket keeps no owner");
     });

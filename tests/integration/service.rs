@@ -357,10 +357,7 @@ fn the_unit_s_syscall_filter_allows_every_call_the_daemon_makes() {
     // what systemd does before applying the filter.
     let text = std::fs::read_to_string(&trace).expect("strace log");
     let lines: Vec<&str> = text.lines().collect();
-    let exec = lines
-        .iter()
-        .position(|l| execs_portmon(l))
-        .expect("execve line");
+    let exec = lines.iter().position(|l| execs_portmon(l)).expect("execve line");
     let mut called = std::collections::BTreeSet::new();
     for line in &lines[exec + 1..] {
         let Some((_, call)) = line.split_once(' ') else {

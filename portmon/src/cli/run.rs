@@ -32,7 +32,7 @@ pub struct RunArgs {
     /// When per-port series carry a `netns` label. Default auto.
     #[arg(long, value_enum, value_name = "WHEN")]
     pub netns_label: Option<NetnsLabel>,
-    /// Capacity of the kernel's table of socket owners. Default 16384.
+    /// Capacity of the kernel's table of socket owners. Default 65536.
     #[arg(long, value_name = "N")]
     pub owners_capacity: Option<u32>,
     /// Capacity of the kernel's table of followed sockets. Default 65536.
