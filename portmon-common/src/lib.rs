@@ -14,10 +14,13 @@ pub use user::*;
 /// Names of the maps in the kernel object; the kernel crate's statics carry
 /// exactly these names and the loader finds the maps by them.
 pub mod map {
-    /// Per-port counters, `PortKey` → `PortStats`.
+    /// Per-port counters in blocks of 64 ports, `PortBlockKey` → `PortBlock`.
     pub const PORT_STATS: &str = "PORT_STATS";
-    /// Who bound, listens on or connected a socket still open, socket cookie → `Owner`.
-    pub const OWNERS: &str = "OWNERS";
+    /// The table of sockets portmon follows, one `SockSlot` each.
+    pub const SOCKETS: &str = "SOCKETS";
+    /// Which socket holds each slot of `SOCKETS`: its cookie, 0 for a free
+    /// slot, in groups of `SLOTS_PER_GROUP` (see `SocketGroup`).
+    pub const SOCKET_COOKIES: &str = "SOCKET_COOKIES";
     /// Sockets bound to port 0 and then connected, by command name
     /// (`[u8; 16]` → count): the expensive way to get an ephemeral port.
     pub const BIND_BEFORE_CONNECT: &str = "BIND_BEFORE_CONNECT";
@@ -25,8 +28,17 @@ pub mod map {
     pub const FAILURES: &str = "FAILURES";
     /// portmon's own health counters, indexed by `slot::*`.
     pub const HEALTH: &str = "HEALTH";
-    /// Per-socket state between hooks, socket cookie → `SockState`.
-    pub const SOCKETS: &str = "SOCKETS";
+}
+
+/// Names of the read-only globals the loader sets before the kernel
+/// verifies the programs (they are constants to the verifier).
+pub mod global {
+    /// `u8`: every program returns at once (the overhead benchmark's floor).
+    pub const HOOKS_ONLY: &str = "PORTMON_HOOKS_ONLY";
+    /// `u32`: groups in `SOCKET_COOKIES` minus one (a power of two minus one).
+    pub const SOCKET_GROUPS_MASK: &str = "PORTMON_SOCKET_GROUPS_MASK";
+    /// `KernelLayout`: offsets in the running kernel's structures.
+    pub const KERNEL_LAYOUT: &str = "PORTMON_KERNEL_LAYOUT";
 }
 
 /// Names of the kernel programs, after the hook each attaches to.
@@ -38,7 +50,6 @@ pub mod program {
     pub const POST_BIND4: &str = "post_bind4";
     pub const POST_BIND6: &str = "post_bind6";
     pub const SOCK_RELEASE: &str = "sock_release";
-    pub const SOCK_OPS: &str = "sock_ops";
     /// The kernel keeps 15 characters of a program's name: it lists this
     /// one as `inet_sock_set_s`.
     pub const INET_SOCK_SET_STATE: &str = "inet_sock_set_state";
@@ -50,7 +61,7 @@ pub mod slot {
     pub const EVENTS_DROPPED: u32 = 0;
     /// Counter increments lost because `PORT_STATS` was full.
     pub const PORT_STATS_OVERFLOW: u32 = 1;
-    /// Sockets not tracked because `SOCKETS` was full.
+    /// Sockets not followed because their slots in `SOCKETS` were taken.
     pub const SOCKETS_OVERFLOW: u32 = 2;
     /// Failures detected in the kernel (sent or dropped): the ground truth the
     /// user-space error counts are checked against.
@@ -63,10 +74,12 @@ pub mod slot {
 
 /// Default capacities; the daemon may resize maps before load.
 pub mod capacity {
-    pub const PORT_STATS: u32 = 1 << 16;
-    /// Sockets tracked between hooks (bound, listening, UDP connecting).
+    /// Blocks of `PORTS_PER_BLOCK` ports (per namespace, protocol, family
+    /// and kind of counter).
+    pub const PORT_STATS: u32 = 1 << 12;
+    /// Sockets followed at once (bound, listening, connecting, connected);
+    /// a power of two, at least `SLOTS_PER_GROUP`.
     pub const SOCKETS: u32 = 1 << 16;
-    pub const OWNERS: u32 = 1 << 16;
     pub const BIND_BEFORE_CONNECT: u32 = 1 << 10;
     /// Ring buffer size in bytes (a power of two, a multiple of the page size).
     pub const FAILURES_BYTES: u32 = 1 << 18;
@@ -84,12 +97,17 @@ pub mod family {
     pub const INET6: u8 = 10;
 }
 
-/// Which end of a connection a port is.
-pub mod role {
-    /// A port this host holds: bound, listening, or the ephemeral port of a connect.
-    pub const LOCAL: u8 = 0;
-    /// The destination port of an outbound connect.
-    pub const REMOTE: u8 = 1;
+/// What a `PORT_STATS` block counts.
+pub mod kind {
+    /// Successful `bind()`s that ended on the port.
+    pub const BINDS: u8 = 0;
+    /// Successful `listen()`s on the port.
+    pub const LISTENS: u8 = 1;
+    /// Established outbound connections from the port (the local,
+    /// ephemeral end), TCP and UDP.
+    pub const CONNECTS_FROM: u8 = 2;
+    /// Established outbound connections to the port (the destination).
+    pub const CONNECTS_TO: u8 = 3;
 }
 
 /// Operations a failure belongs to.
@@ -108,58 +126,58 @@ pub mod errno {
     pub const EADDRNOTAVAIL: u32 = 99;
 }
 
-/// Key of `PORT_STATS`: one port of one protocol and family in one network
-/// namespace, from one end.
+/// Ports per `PORT_STATS` block. Connects from one host to one destination
+/// take neighbouring ephemeral ports (`__inet_hash_connect` steps through
+/// the range), so a block keeps them on a few cache lines.
+pub const PORTS_PER_BLOCK: usize = 64;
+
+/// Key of `PORT_STATS`: `PORTS_PER_BLOCK` neighbouring ports of one
+/// protocol and family in one network namespace, and what is counted.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PortKey {
+pub struct PortBlockKey {
     /// Network namespace cookie (`bpf_get_netns_cookie`).
     pub netns: u64,
-    /// Port in host byte order.
-    pub port: u16,
+    /// The block's first port divided by `PORTS_PER_BLOCK`.
+    pub block: u16,
     /// `proto::*`.
     pub proto: u8,
     /// `family::*`.
     pub family: u8,
-    /// `role::*`.
-    pub role: u8,
+    /// `kind::*`.
+    pub kind: u8,
     pub _pad: [u8; 3],
 }
-const _: () = assert!(core::mem::size_of::<PortKey>() == 16);
+const _: () = assert!(core::mem::size_of::<PortBlockKey>() == 16);
 
-/// Value of `PORT_STATS`. Counters only grow; `live` goes up and down.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PortStats {
-    /// Successful `bind()`s that ended on this port (local role).
-    pub binds: u64,
-    /// Successful `listen()`s on this port (local role).
-    pub listens: u64,
-    /// Established outbound connections: from this ephemeral port (local
-    /// role) or to this destination port (remote role), TCP and UDP.
-    pub connects: u64,
-    /// Sockets portmon saw take this port and not yet close.
-    pub live: i64,
-}
-const _: () = assert!(core::mem::size_of::<PortStats>() == 32);
-
-/// Value of `OWNERS`: the process that bound a fixed port, listened or connected.
+/// Value of `PORT_STATS`: one counter per port of the block. Counters only grow.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Owner {
-    /// Network namespace cookie.
-    pub netns: u64,
-    /// cgroup v2 id.
-    pub cgroup: u64,
-    /// Command name, NUL padded.
-    pub comm: [u8; 16],
-    /// Process id (tgid).
-    pub pid: u32,
-    pub uid: u32,
+pub struct PortBlock {
+    pub counts: [u64; PORTS_PER_BLOCK],
 }
-const _: () = assert!(core::mem::size_of::<Owner>() == 40);
+const _: () = assert!(core::mem::size_of::<PortBlock>() == 512);
 
-/// Pending operations of a `SockState`, settled at the socket's next event.
+/// Slots per group of `SOCKET_COOKIES`, and the `SOCKETS` entries a group
+/// spans (the last of which stays unused).
+pub const SLOTS_PER_GROUP: usize = 8;
+/// Slots of a group that hold sockets; the last word counts elsewhere.
+pub const SOCKETS_PER_GROUP: usize = SLOTS_PER_GROUP - 1;
+
+/// One cache line of `SOCKET_COOKIES`: the cookies of the sockets in the
+/// group's slots (0: free), and how many sockets whose first group this is
+/// were placed in their second group because this one was full. A socket
+/// not in its first group, with that count at zero, is not followed: one
+/// cache line answers for the sockets portmon does not follow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketGroup {
+    pub cookies: [u64; SOCKETS_PER_GROUP],
+    pub displaced: u64,
+}
+const _: () = assert!(core::mem::size_of::<SocketGroup>() == 64);
+
+/// Pending operations of a `SockSlot`, settled at the socket's next event.
 pub mod pending {
     pub const NONE: u8 = 0;
     /// bind() entered; post_bind clears it on success.
@@ -169,45 +187,89 @@ pub mod pending {
     pub const UDP_CONNECT: u8 = 2;
 }
 
-/// `SockState::flags`.
+/// `SockSlot::flags`.
 pub mod sock_flag {
-    /// The socket was bound to port 0 by bind(), so a connect() after it
-    /// took its port the expensive, exclusive way.
-    pub const BOUND_TO_ZERO: u8 = 1;
+    /// The socket holds `local_port` by bind().
+    pub const BOUND: u8 = 1;
+    /// bind() asked for port 0: the kernel chose the port and gives it
+    /// back when a connection on it closes (no `SOCK_BINDPORT_LOCK`).
+    pub const BOUND_TO_ZERO: u8 = 2;
+    /// The socket listens on `local_port`.
+    pub const LISTENING: u8 = 4;
+    /// A live outbound connection from `local_port` to `remote_port`: TCP
+    /// established by connect(), or UDP connected.
+    pub const CONNECTED: u8 = 8;
 }
 
-/// What the kernel programs remember of a socket between its hooks
-/// (`SOCKETS`, by socket cookie): explicitly bound sockets, listeners, and
-/// UDP sockets connecting unbound. User space reads it to tell ports held
-/// by bind() or listen() — exclusive, out of reach of every connect() —
-/// from ports connect() picked.
+/// What portmon knows of a socket it follows (`SOCKETS`): who made it, the
+/// ports it holds and an operation whose outcome is not yet known. User
+/// space counts the live sockets per port from this table and joins it to
+/// the socket inventory by cookie (`SOCKET_COOKIES`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SockState {
+pub struct SockSlot {
+    /// Network namespace cookie.
+    pub netns: u64,
+    /// cgroup v2 id of the process that first bound or connected it.
+    pub cgroup: u64,
+    /// Command name of that process, NUL padded.
+    pub comm: [u8; 16],
     /// Address asked for by the pending operation (IPv4 in the first four
     /// bytes, network order).
     pub pending_addr: [u8; 16],
-    /// Local port this socket holds by bind() or listen() (and in
-    /// `PortStats::live`), 0 if none.
+    /// Process id (tgid) of that process.
+    pub pid: u32,
+    /// Port this socket holds (host order), 0 if none.
     pub local_port: u16,
-    /// Remote port this (UDP) socket holds in `PortStats::live`, 0 if none.
+    /// Destination port of its live connection (host order), 0 if none.
     pub remote_port: u16,
     /// Port asked for by the pending operation, host order.
     pub pending_port: u16,
-    pub pending: u8,
-    pub flags: u8,
     pub family: u8,
     pub proto: u8,
-    pub _pad: [u8; 6],
+    /// `sock_flag::*`.
+    pub flags: u8,
+    /// `pending::*`.
+    pub pending: u8,
+    pub _pad: [u8; 2],
 }
-const _: () = assert!(core::mem::size_of::<SockState>() == 32);
+const _: () = assert!(core::mem::size_of::<SockSlot>() == 64);
+
+/// Offsets (bytes) of the fields the programs read from kernel structures
+/// that have no stable BPF view, taken from the running kernel's BTF by the
+/// loader. The defaults are those of Linux 6.x on x86_64.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelLayout {
+    /// `struct sock_common`, `skc_cookie`.
+    pub skc_cookie: u32,
+    /// `struct sock_common`, `skc_net` (a `struct net *`).
+    pub skc_net: u32,
+    /// `struct sock_common`, `skc_v6_daddr`.
+    pub skc_v6_daddr: u32,
+    /// `struct net`, `net_cookie`.
+    pub net_cookie: u32,
+}
+const _: () = assert!(core::mem::size_of::<KernelLayout>() == 16);
+
+/// Offsets in `struct sock_common` (include/net/sock.h) that have not moved
+/// since Linux 2.6.38, because socket lookups compare them as words: the
+/// loader checks them against BTF and the programs use them as constants.
+pub mod sock_common {
+    pub const SKC_DADDR: u32 = 0;
+    pub const SKC_HASH: u32 = 8;
+    pub const SKC_DPORT: u32 = 12;
+    pub const SKC_NUM: u32 = 14;
+    pub const SKC_FAMILY: u32 = 16;
+    /// The bytes the programs read at once to get all of the above.
+    pub const HEAD_LEN: usize = 20;
+}
 
 /// One failed bind or connect, sent through the `FAILURES` ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FailureEvent {
-    /// Network namespace cookie; 0 where the hook cannot tell (the state
-    /// tracepoint): user space then finds it through the thread, `tid`.
+    /// Network namespace cookie; 0 where the hook could not tell.
     pub netns: u64,
     pub cgroup: u64,
     pub socket_cookie: u64,

@@ -2,19 +2,78 @@
 
 use core::fmt;
 
-use crate::{family, op, proto, role, FailureEvent, Owner, PortKey, PortStats, SockState};
+use crate::{
+    family, kind, op, proto, FailureEvent, KernelLayout, PortBlock, PortBlockKey, SockSlot, SocketGroup,
+};
 
 // SAFETY: each type is `#[repr(C)]`, made of integers and byte arrays, with
 // explicit padding fields, so every bit pattern is a valid value.
-unsafe impl aya::Pod for PortKey {}
+unsafe impl aya::Pod for PortBlockKey {}
 // SAFETY: as above.
-unsafe impl aya::Pod for PortStats {}
+unsafe impl aya::Pod for PortBlock {}
 // SAFETY: as above.
-unsafe impl aya::Pod for Owner {}
+unsafe impl aya::Pod for SockSlot {}
 // SAFETY: as above.
 unsafe impl aya::Pod for FailureEvent {}
 // SAFETY: as above.
-unsafe impl aya::Pod for SockState {}
+unsafe impl aya::Pod for KernelLayout {}
+// SAFETY: as above.
+unsafe impl aya::Pod for SocketGroup {}
+
+/// One port's counters, gathered from `PORT_STATS` blocks and the socket
+/// table. Counters only grow; `live` goes up and down.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortStats {
+    /// Successful `bind()`s that ended on this port (local role).
+    pub binds: u64,
+    /// Successful `listen()`s on this port (local role).
+    pub listens: u64,
+    /// Established outbound connections: from this ephemeral port (local
+    /// role) or to this destination port (remote role), TCP and UDP.
+    pub connects: u64,
+    /// Sockets portmon follows that hold this port now: bound, listening or
+    /// connected from it (local role), or connected to it (remote role).
+    pub live: i64,
+}
+
+/// Who bound, listened on or connected a socket portmon follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    /// Network namespace cookie.
+    pub netns: u64,
+    /// cgroup v2 id.
+    pub cgroup: u64,
+    /// Command name, NUL padded.
+    pub comm: [u8; 16],
+    /// Process id (tgid).
+    pub pid: u32,
+}
+
+impl SockSlot {
+    /// The process that made the socket, if the kernel side recorded one.
+    pub fn owner(&self) -> Option<Owner> {
+        (self.pid != 0).then_some(Owner {
+            netns: self.netns,
+            cgroup: self.cgroup,
+            comm: self.comm,
+            pid: self.pid,
+        })
+    }
+}
+
+impl Role {
+    /// Which end of a connection the ports of a block of this `kind::*` are.
+    pub fn of_kind(kind: u8) -> Result<Self, UnknownValue> {
+        match kind {
+            kind::BINDS | kind::LISTENS | kind::CONNECTS_FROM => Ok(Role::Local),
+            kind::CONNECTS_TO => Ok(Role::Remote),
+            value => Err(UnknownValue {
+                kind: "counter kind",
+                value,
+            }),
+        }
+    }
+}
 
 /// A value from the kernel that does not name a known variant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -77,8 +136,15 @@ kernel_enum!(
     /// Address family.
     Family, "address family", { Inet = family::INET => "ipv4", Inet6 = family::INET6 => "ipv6" }
 );
+/// Raw values of `Role`, which the kernel side does not use: it counts by
+/// `kind::*`, and a kind belongs to one end.
+mod role {
+    pub const LOCAL: u8 = 0;
+    pub const REMOTE: u8 = 1;
+}
 kernel_enum!(
-    /// Which end of a connection a port is.
+    /// Which end of a connection a port is: one this host holds (bound,
+    /// listening, the ephemeral port of a connect) or a destination.
     Role, "role", { Local = role::LOCAL => "local", Remote = role::REMOTE => "remote" }
 );
 kernel_enum!(

@@ -3,20 +3,24 @@
 //! They count in maps and return at once; only failures, which are rare,
 //! travel to user space, through a ring buffer. Every cgroup program allows
 //! the operation on every path: portmon watches, it never decides.
+//!
+//! The hot path touches arrays and a few hot hash entries only: measured
+//! here, a lookup in a large hash map costs 150–350 ns once its bucket is
+//! out of the cache, more than everything else a program does.
 #![no_std]
 #![no_main]
-// 64-bit atomic adds on map values (see maps::xadd).
+// 64-bit atomic add and compare-and-exchange on map values (see maps::xadd).
 #![feature(core_intrinsics)]
 #![expect(
     internal_features,
-    reason = "core_intrinsics is the only way to a BPF atomic add"
+    reason = "core_intrinsics is the only way to BPF atomic instructions"
 )]
 
+mod layout;
 mod maps;
 mod sock;
 mod sock_addr;
-mod sock_ops;
-mod sock_state;
+mod sockets;
 mod tracepoint;
 
 /// Return value of a cgroup program that lets the operation go on.

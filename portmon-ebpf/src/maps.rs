@@ -1,34 +1,37 @@
-//! The maps, and the counting every program shares.
+//! The counters every program shares: per-port blocks, portmon's health,
+//! bind-before-connect by command, and the failure ring buffer.
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, RingBuf},
+    maps::{Array, HashMap, RingBuf},
 };
-use portmon_common::{capacity, slot, Owner, PortKey, PortStats};
+use portmon_common::{capacity, slot, PortBlock, PortBlockKey, PORTS_PER_BLOCK};
 
 // Preallocated: an insert takes an element from a per-CPU free list instead
-// of allocating, which matters when every bind(0) meets a new port. A full
-// map is counted (`slot::PORT_STATS_OVERFLOW`), not fatal.
+// of allocating. Blocks of neighbouring ports, because a connect's ephemeral
+// port neighbours the last one's: the block's bucket and counters are still
+// in the cache, where one entry per port would miss on each new port.
 #[map]
-pub static PORT_STATS: HashMap<PortKey, PortStats> = HashMap::with_max_entries(capacity::PORT_STATS, 0);
-
-// LRU: owners are recorded for fixed-port binds and listens only, and an
-// owner of a long-closed socket is the right one to forget first.
-#[map]
-pub static OWNERS: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(capacity::OWNERS, 0);
+static PORT_STATS: HashMap<PortBlockKey, PortBlock> = HashMap::with_max_entries(capacity::PORT_STATS, 0);
 
 #[map]
-pub static BIND_BEFORE_CONNECT: HashMap<[u8; 16], u64> =
+static BIND_BEFORE_CONNECT: HashMap<[u8; 16], u64> =
     HashMap::with_max_entries(capacity::BIND_BEFORE_CONNECT, 0);
 
 #[map]
 pub static FAILURES: RingBuf = RingBuf::with_byte_size(capacity::FAILURES_BYTES, 0);
 
 #[map]
-pub static HEALTH: Array<u64> = Array::with_max_entries(slot::COUNT, 0);
+static HEALTH: Array<u64> = Array::with_max_entries(slot::COUNT, 0);
+
+// A static, not a const: the insert's value must not be copied to the
+// 512-byte stack.
+static EMPTY_BLOCK: PortBlock = PortBlock {
+    counts: [0; PORTS_PER_BLOCK],
+};
 
 /// Adds one to a health counter.
 #[inline(always)]
@@ -40,65 +43,54 @@ pub fn count_health(slot: u32) {
     }
 }
 
-/// The counters of one port, created at zero if new; `None` (counted) when
-/// the map is full.
+/// Adds one to the `kind::*` counter of a port; a full map is counted.
 #[inline(always)]
-fn port_stats(key: &PortKey) -> Option<*mut PortStats> {
-    if let Some(p) = PORT_STATS.get_ptr_mut(key) {
-        return Some(p);
-    }
-    // Another CPU may insert the same key first: NOEXIST then fails and the
-    // second lookup finds its entry.
-    let _ = PORT_STATS.insert(key, ZERO_STATS, u64::from(BPF_NOEXIST));
-    let p = PORT_STATS.get_ptr_mut(key);
-    if p.is_none() {
-        count_health(slot::PORT_STATS_OVERFLOW);
-    }
-    p
+pub fn count(netns: u64, proto: u8, family: u8, kind: u8, port: u16) {
+    let key = PortBlockKey {
+        netns,
+        block: port / PORTS_PER_BLOCK as u16,
+        proto,
+        family,
+        kind,
+        _pad: [0; 3],
+    };
+    let block = match PORT_STATS.get_ptr_mut(key) {
+        Some(block) => block,
+        None => {
+            // Another CPU may insert the same key first: NOEXIST then fails
+            // and the second lookup finds its entry.
+            #[expect(
+                clippy::needless_borrows_for_generic_args,
+                reason = "by value, the 512-byte block would be copied to the 512-byte stack"
+            )]
+            let _ = PORT_STATS.insert(key, &EMPTY_BLOCK, u64::from(BPF_NOEXIST));
+            match PORT_STATS.get_ptr_mut(key) {
+                Some(block) => block,
+                None => return count_health(slot::PORT_STATS_OVERFLOW),
+            }
+        }
+    };
+    let index = usize::from(port) % PORTS_PER_BLOCK;
+    // SAFETY: a map value pointer, valid for this run; `index` is below
+    // PORTS_PER_BLOCK and each counter is 8-byte aligned.
+    unsafe { xadd((&raw mut (*block).counts).cast::<u64>().add(index), 1) };
 }
 
-const ZERO_STATS: PortStats = PortStats {
-    binds: 0,
-    listens: 0,
-    connects: 0,
-    live: 0,
-};
-
-/// Changes to one port's counters, applied with one lookup.
-#[derive(Clone, Copy, Default)]
-pub struct Delta {
-    pub binds: u64,
-    pub listens: u64,
-    pub connects: u64,
-    pub live: i64,
-}
-
-/// Applies `delta` to the counters of `key`.
+/// Counts a connect from a socket bound to port 0, by the caller's command.
 #[inline(always)]
-pub fn add(key: &PortKey, delta: Delta) {
-    let Some(p) = port_stats(key) else { return };
-    // SAFETY: `p` points into a live map value; each field is 8-byte aligned
-    // (`PortStats` is #[repr(C)] of 64-bit integers).
-    unsafe {
-        if delta.binds != 0 {
-            xadd(&raw mut (*p).binds, delta.binds);
-        }
-        if delta.listens != 0 {
-            xadd(&raw mut (*p).listens, delta.listens);
-        }
-        if delta.connects != 0 {
-            xadd(&raw mut (*p).connects, delta.connects);
-        }
-        if delta.live != 0 {
-            xadd((&raw mut (*p).live).cast::<u64>(), delta.live as u64);
-        }
+pub fn count_bind_before_connect() {
+    let comm = aya_ebpf::helpers::bpf_get_current_comm().unwrap_or([0; 16]);
+    if let Some(p) = BIND_BEFORE_CONNECT.get_ptr_mut(comm) {
+        // SAFETY: a map value pointer, 8-byte aligned.
+        unsafe { xadd(p, 1) };
+    } else if BIND_BEFORE_CONNECT.insert(comm, 1, 0).is_err() {
+        count_health(slot::BIND_BEFORE_CONNECT_OVERFLOW);
     }
 }
 
 /// An atomic add whose result is unused, which LLVM lowers to the BPF
 /// atomic add instruction. `core::sync::atomic` has no 64-bit atomics for
-/// the BPF target, hence the intrinsic. Two's complement makes adding
-/// `-1 as u64` a decrement of the signed `live` field.
+/// the BPF target, hence the intrinsic.
 ///
 /// # Safety
 /// `p` must be valid and 8-byte aligned.

@@ -1,59 +1,47 @@
 //! cgroup `sock` hooks: a bind that succeeded, and a socket being closed.
 
 use aya_ebpf::{
-    helpers::{
-        bpf_probe_read_kernel,
-        generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
-    },
+    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::cgroup_sock,
     programs::SockContext,
     EbpfContext,
 };
-use portmon_common::{pending, proto, role, sock_flag::BOUND_TO_ZERO};
+use portmon_common::{kind, pending, proto, sock_flag};
 
 use crate::{
-    maps::{add, Delta, OWNERS},
-    sock_state::{forget, key, record_owner, settle, state},
+    layout,
+    maps::count,
+    sockets::{find, free, settle},
     ALLOW,
 };
 
+/// `TCP_*` states (include/net/tcp_states.h).
+const TCP_SYN_SENT: u32 = 2;
+const TCP_CLOSE: u32 = 7;
+const TCP_LISTEN: u32 = 10;
+
 #[cgroup_sock(post_bind4)]
 pub fn post_bind4(ctx: SockContext) -> i32 {
-    if crate::hooks_only() {
-        return ALLOW;
+    if !crate::hooks_only() {
+        on_post_bind(&ctx);
     }
-    on_post_bind(&ctx);
     ALLOW
 }
 
 #[cgroup_sock(post_bind6)]
 pub fn post_bind6(ctx: SockContext) -> i32 {
-    if crate::hooks_only() {
-        return ALLOW;
+    if !crate::hooks_only() {
+        on_post_bind(&ctx);
     }
-    on_post_bind(&ctx);
     ALLOW
 }
 
 #[cgroup_sock(sock_release)]
 pub fn sock_release(ctx: SockContext) -> i32 {
-    if crate::hooks_only() {
-        return ALLOW;
+    if !crate::hooks_only() {
+        on_release(&ctx);
     }
-    on_release(&ctx);
     ALLOW
-}
-
-#[inline(always)]
-fn netns(ctx: &SockContext) -> u64 {
-    // SAFETY: the helper accepts a cgroup sock context.
-    unsafe { bpf_get_netns_cookie(ctx.as_ptr()) }
-}
-
-#[inline(always)]
-fn cookie(ctx: &SockContext) -> u64 {
-    // SAFETY: the helper accepts a cgroup sock context.
-    unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
 }
 
 #[inline(always)]
@@ -70,84 +58,52 @@ fn on_post_bind(ctx: &SockContext) {
     // (`__inet_bind`, net/ipv4/af_inet.c; `__inet6_bind`, net/ipv6/af_inet6.c).
     let port = sk.src_port as u16;
     let family = sk.family as u8;
-    let cookie = cookie(ctx);
-    let Some(st) = state(cookie, true) else { return };
+    // SAFETY: the helper accepts a cgroup sock context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let Some(tracked) = find(cookie) else {
+        // Not followed (its slots were taken): counted all the same.
+        // SAFETY: as above.
+        let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+        return count(netns, proto, family, kind::BINDS, port);
+    };
+    let st = tracked.slot;
+    count(st.netns, proto, family, kind::BINDS, port);
     let asked = if st.pending == pending::BIND {
         st.pending_port
     } else {
         port
     };
     st.pending = pending::NONE;
-    if asked == 0 {
-        st.flags |= BOUND_TO_ZERO;
-    }
-    let netns = netns(ctx);
-    let live = if st.local_port == port { 0 } else { 1 };
-    add(
-        &key(netns, proto, family, port, role::LOCAL),
-        Delta {
-            binds: 1,
-            live,
-            ..Delta::default()
-        },
-    );
     st.local_port = port;
-    st.family = family;
-    st.proto = proto;
-    // Servers bind fixed ports; who they are is worth a map entry.
-    if asked != 0 {
-        record_owner(cookie, netns);
+    st.flags |= sock_flag::BOUND;
+    if asked == 0 {
+        st.flags |= sock_flag::BOUND_TO_ZERO;
     }
-}
-
-/// Offset of `skc_num` (the local port, host order) in `struct sock_common`
-/// (include/net/sock.h): after skc_addrpair (8 bytes), skc_hash (4) and
-/// skc_dport (2). These first bytes have kept their layout since Linux
-/// 2.6.38: socket lookups compare them as words.
-const SKC_NUM_OFFSET: usize = 14;
-
-/// The socket's local port in `sock_release`, where the kernel does not
-/// let the program read `src_port` from its context
-/// (`__sock_filter_check_attach_type`, net/core/filter.c); the context is
-/// the `struct sock` itself, so the port is read from it directly.
-#[inline(always)]
-fn local_port(ctx: &SockContext) -> u16 {
-    // SAFETY: the address is inside the socket the kernel passed; the helper
-    // checks the read and fails cleanly otherwise.
-    unsafe { bpf_probe_read_kernel(ctx.sock.cast::<u8>().add(SKC_NUM_OFFSET).cast::<u16>()) }.unwrap_or(0)
 }
 
 /// The release hook fires for every socket closed, accepted ones and ones
-/// older than portmon included (`inet_release`, net/ipv4/af_inet.c): only
-/// those with state have something to give back.
+/// older than portmon included (`inet_release`, net/ipv4/af_inet.c), before
+/// the protocol's close. A connected TCP socket then still has its close
+/// transition to come (after a FIN exchange, perhaps much later), where the
+/// state tracepoint gives its slot back; the others end here.
 #[inline(always)]
 fn on_release(ctx: &SockContext) {
-    let cookie = cookie(ctx);
-    let Some(st) = state(cookie, false) else { return };
-    let netns = netns(ctx);
-    if st.pending != pending::NONE {
-        settle(st, netns, cookie, local_port(ctx));
+    // SAFETY: the kernel passes a valid full socket to cgroup sock programs.
+    let (protocol, state) = unsafe { ((*ctx.sock).protocol, (*ctx.sock).state) };
+    if protocol == u32::from(proto::TCP) && !matches!(state, TCP_CLOSE | TCP_LISTEN | TCP_SYN_SENT) {
+        return;
     }
-    if st.local_port != 0 {
-        add(
-            &key(netns, st.proto, st.family, st.local_port, role::LOCAL),
-            Delta {
-                live: -1,
-                ..Delta::default()
-            },
-        );
+    // The cookie as the socket holds it: a socket without one was never
+    // followed, and asking the helper would make one.
+    let sk = ctx.sock as u64;
+    let cookie = layout::cookie(sk);
+    let Some(mut tracked) = find(cookie) else { return };
+    if tracked.slot.pending != pending::NONE {
+        // `sock_release` may not read `src_port` from its context
+        // (`__sock_filter_check_attach_type`, net/core/filter.c): the
+        // context is the socket itself, so its port is read from there.
+        let port = layout::head(sk).map_or(0, |h| h.num);
+        settle(&mut tracked, port);
     }
-    if st.remote_port != 0 {
-        add(
-            &key(netns, st.proto, st.family, st.remote_port, role::REMOTE),
-            Delta {
-                live: -1,
-                ..Delta::default()
-            },
-        );
-    }
-    // Its owner goes with it: left to the LRU, stale owners of churning
-    // sockets would push out those of long-lived listeners.
-    let _ = OWNERS.remove(cookie);
-    forget(cookie);
+    free(tracked);
 }

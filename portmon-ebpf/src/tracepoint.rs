@@ -1,23 +1,25 @@
-//! The raw tracepoint `inet_sock_set_state`: the one place a TCP connect
-//! that ran out of local ports shows, since no hook runs after connect()
-//! fails. A raw tracepoint costs a fraction of a perf-event one: the kernel
-//! builds no record, and the program reads the two states it filters on
-//! straight from the arguments.
+//! The raw tracepoint `inet_sock_set_state`: TCP's life as the state
+//! machine moves. A connect that came up, a socket that listens, a
+//! connection that ended, and a connect that ran out of local ports (no
+//! hook runs after connect() fails). A raw tracepoint costs a fraction of a
+//! perf-event one, and of `sock_ops`, which the kernel calls ten times per
+//! connection: the kernel builds no record, and the program filters on the
+//! two states in its arguments before it reads anything.
 
-use aya_ebpf::{helpers::bpf_probe_read_kernel, macros::raw_tracepoint, programs::RawTracePointContext};
-use portmon_common::{errno, family, op, proto};
+use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
+use portmon_common::{errno, family, kind, op, proto, sock_flag};
 
-use crate::sock_state::{current_failure, send_failure};
+use crate::{
+    layout::{self, Head},
+    maps::count,
+    sockets::{current_failure, find, free, send_failure},
+};
 
+/// `TCP_*` states (include/net/tcp_states.h).
+const TCP_ESTABLISHED: u64 = 1;
 const TCP_SYN_SENT: u64 = 2;
 const TCP_CLOSE: u64 = 7;
-
-// Offsets in `struct sock_common` (include/net/sock.h), unchanged since
-// Linux 2.6.38: skc_daddr at 0, skc_hash at 8, skc_dport at 12, skc_family at 16.
-const SKC_DADDR: usize = 0;
-const SKC_HASH: usize = 8;
-const SKC_DPORT: usize = 12;
-const SKC_FAMILY: usize = 16;
+const TCP_LISTEN: u64 = 10;
 
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
@@ -26,10 +28,82 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
     }
     // TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)
     let (old, new): (u64, u64) = (ctx.arg(1), ctx.arg(2));
-    if old == TCP_SYN_SENT && new == TCP_CLOSE {
-        let _ = on_connect_failed(ctx.arg::<u64>(0) as *const u8);
+    let sk: u64 = ctx.arg(0);
+    match (old, new) {
+        (TCP_SYN_SENT, TCP_ESTABLISHED) => on_established(sk),
+        (TCP_SYN_SENT, TCP_CLOSE) => on_connect_failed(sk),
+        (TCP_CLOSE, TCP_LISTEN) => on_listen(sk),
+        (TCP_LISTEN, TCP_CLOSE) => on_listen_stop(sk),
+        // Every state after ESTABLISHED; passive sockets (from SYN_RECV)
+        // have no slot.
+        (_, TCP_CLOSE) => on_close(sk),
+        _ => {}
     }
     0
+}
+
+/// The SYN-ACK arrived (`tcp_finish_connect`, net/ipv4/tcp_input.c): the
+/// connect succeeded and the kernel has picked the local port.
+#[inline(always)]
+fn on_established(sk: u64) {
+    let Some(head) = layout::head(sk) else { return };
+    let family = head.family as u8;
+    let Some(tracked) = find(layout::cookie(sk)) else {
+        // Connected before portmon followed it: counted, not followed.
+        let netns = layout::netns(sk);
+        count(netns, proto::TCP, family, kind::CONNECTS_FROM, head.num);
+        count(netns, proto::TCP, family, kind::CONNECTS_TO, head.dport);
+        return;
+    };
+    let st = tracked.slot;
+    count(st.netns, proto::TCP, family, kind::CONNECTS_FROM, head.num);
+    count(st.netns, proto::TCP, family, kind::CONNECTS_TO, head.dport);
+    st.local_port = head.num;
+    st.remote_port = head.dport;
+    st.flags |= sock_flag::CONNECTED;
+}
+
+/// `listen()` succeeded (`__inet_listen_sk`, net/ipv4/af_inet.c), with
+/// the port bound before or picked now.
+#[inline(always)]
+fn on_listen(sk: u64) {
+    let Some(head) = layout::head(sk) else { return };
+    let family = head.family as u8;
+    // A socket that listens without bind() has no cookie yet, so no slot:
+    // its listen is counted, its owner unknown.
+    let Some(tracked) = find(layout::cookie(sk)) else {
+        return count(layout::netns(sk), proto::TCP, family, kind::LISTENS, head.num);
+    };
+    let st = tracked.slot;
+    count(st.netns, proto::TCP, family, kind::LISTENS, head.num);
+    st.local_port = head.num;
+    st.flags |= sock_flag::LISTENING;
+}
+
+/// A listener stopped without being closed (shutdown()); one being closed
+/// gave its slot back at release, just before.
+#[inline(always)]
+fn on_listen_stop(sk: u64) {
+    let Some(tracked) = find(layout::cookie(sk)) else {
+        return;
+    };
+    let st = tracked.slot;
+    st.flags &= !sock_flag::LISTENING;
+    // Without SOCK_BINDPORT_LOCK the port goes with the listener
+    // (`tcp_set_state`, net/ipv4/tcp.c).
+    if st.flags & sock_flag::BOUND_TO_ZERO != 0 || st.flags & sock_flag::BOUND == 0 {
+        st.local_port = 0;
+    }
+}
+
+/// A connection ended: the socket reached CLOSE from a state after
+/// ESTABLISHED (`tcp_set_state` calls the tracepoint before unhashing). The
+/// process has closed it or soon will; portmon stops following it.
+#[inline(always)]
+fn on_close(sk: u64) {
+    if let Some(tracked) = find(layout::cookie(sk)) {
+        free(tracked);
+    }
 }
 
 /// tcp_v4_connect/tcp_v6_connect (net/ipv4/tcp_ipv4.c, net/ipv6/tcp_ipv6.c)
@@ -41,29 +115,32 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
 /// has cleared its port too; what tells them apart is the established-hash
 /// insert, which sets skc_hash (`inet_ehash_insert`) on every socket that
 /// got a port. A socket that never had one keeps the zero that
-/// `sk_prot_clear_nulls` gave it. Only TCP has SYN_SENT. The namespace is
-/// not reachable from here: user space finds it through the thread.
+/// `sk_prot_clear_nulls` gave it. Either way the socket stays open, and
+/// keeps its slot until it is released.
 #[inline(always)]
-fn on_connect_failed(sk: *const u8) -> Result<(), i32> {
-    // SAFETY: reads of the socket the tracepoint passed, checked by the helper.
-    let (hash, dport, sk_family) = unsafe {
-        (
-            bpf_probe_read_kernel(sk.add(SKC_HASH).cast::<u32>())?,
-            bpf_probe_read_kernel(sk.add(SKC_DPORT).cast::<u16>())?,
-            bpf_probe_read_kernel(sk.add(SKC_FAMILY).cast::<u16>())?,
-        )
+fn on_connect_failed(sk: u64) {
+    let Some(Head {
+        hash,
+        dport,
+        daddr,
+        family: sk_family,
+        ..
+    }) = layout::head(sk)
+    else {
+        return;
     };
     if hash != 0 {
-        return Ok(());
+        return;
     }
     let mut event = current_failure(errno::EADDRNOTAVAIL, op::CONNECT, proto::TCP, sk_family as u8);
-    event.port = u16::from_be(dport);
+    event.netns = layout::netns(sk);
+    event.socket_cookie = layout::cookie(sk);
+    event.port = dport;
     if sk_family == u16::from(family::INET) {
-        // SAFETY: as above.
-        let daddr = unsafe { bpf_probe_read_kernel(sk.add(SKC_DADDR).cast::<[u8; 4]>())? };
         let [a, b, c, d] = daddr;
         (event.addr[0], event.addr[1], event.addr[2], event.addr[3]) = (a, b, c, d);
+    } else {
+        event.addr = layout::v6_daddr(sk);
     }
     send_failure(&event);
-    Ok(())
 }

@@ -25,14 +25,14 @@ pub struct Config {
     /// Port registry file (IANA CSV or /etc/services format); `None` picks
     /// /var/lib/portmon/service-names-port-numbers.csv, else /etc/services.
     pub registry: Option<PathBuf>,
-    /// Capacity of the kernel's table of socket owners (sockets bound to a
-    /// fixed port, listening or connected, and still open); the least
-    /// recently used are forgotten first.
-    pub owners_capacity: u32,
-    /// Capacity of the kernel's table of sockets followed between hooks
-    /// (bound, listening, or UDP connecting unbound, and still open).
+    /// Capacity of the kernel's table of the sockets it follows, with their
+    /// owners (bound, listening or connected outbound, and still open);
+    /// rounded up to a power of two.
+    #[serde(deserialize_with = "sockets_capacity")]
     pub sockets_capacity: u32,
-    /// Capacity of the kernel's per-port counter table.
+    /// Capacity of the kernel's per-port counters, in blocks of 64 ports
+    /// (per namespace, protocol, family and kind of counter).
+    #[serde(deserialize_with = "port_stats_capacity")]
     pub port_stats_capacity: u32,
     /// Most per-port series in /metrics; the least busy ports past it fold
     /// into their range class (`port=""`).
@@ -54,11 +54,10 @@ impl Default for Config {
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 7455))),
             // Chosen at load time, see `registry`.
             registry: None,
-            // 65,536 open sockets, about 100 bytes each in the kernel (6.5 MB).
-            owners_capacity: portmon_common::capacity::OWNERS,
-            // 65,536 sockets, about 90 bytes each in the kernel, preallocated.
+            // 65,536 sockets followed at once, 72 bytes each in the kernel (4.5 MB).
             sockets_capacity: portmon_common::capacity::SOCKETS,
-            // 65,536 ports × protocols × families × ends × namespaces seen.
+            // 4,096 blocks of 64 ports, 590 bytes each in the kernel (2.4 MB): a
+            // whole default ephemeral range takes 441 blocks per protocol and family.
             port_stats_capacity: portmon_common::capacity::PORT_STATS,
             // Enough for every listener of a busy host; Prometheus copes with it.
             port_series_limit: 1000,
@@ -68,6 +67,28 @@ impl Default for Config {
             ephemeral_destinations: crate::ephemeral::DEFAULT_TOP_DESTINATIONS,
         }
     }
+}
+
+/// Largest `sockets-capacity`: 16 Mi sockets, 1.2 GB of kernel memory.
+pub const MAX_SOCKETS_CAPACITY: u32 = 1 << 24;
+/// Largest `port-stats-capacity`: 1 Mi blocks, 620 MB of kernel memory.
+pub const MAX_PORT_STATS_CAPACITY: u32 = 1 << 20;
+
+/// A map capacity the kernel will create: at least 1, at most `max`.
+pub fn map_capacity(value: u32, max: u32) -> Result<u32, String> {
+    if (1..=max).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!("{value} is out of range: give 1 to {max}"))
+    }
+}
+
+fn sockets_capacity<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    map_capacity(u32::deserialize(deserializer)?, MAX_SOCKETS_CAPACITY).map_err(serde::de::Error::custom)
+}
+
+fn port_stats_capacity<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    map_capacity(u32::deserialize(deserializer)?, MAX_PORT_STATS_CAPACITY).map_err(serde::de::Error::custom)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -180,10 +201,10 @@ pub(crate) mod tests {
     #[test]
     fn keys_are_the_flag_names() {
         let config =
-            parse("listen = \"0.0.0.0:9000\"\nregistry = \"/tmp/x.csv\"\nowners-capacity = 1024\n").unwrap();
+            parse("listen = \"0.0.0.0:9000\"\nregistry = \"/tmp/x.csv\"\nsockets-capacity = 1024\n").unwrap();
         assert_eq!(config.listen, "0.0.0.0:9000".parse().unwrap());
         assert_eq!(config.registry.as_deref(), Some(Path::new("/tmp/x.csv")));
-        assert_eq!(config.owners_capacity, 1024);
+        assert_eq!(config.sockets_capacity, 1024);
     }
 
     #[test]
@@ -191,7 +212,9 @@ pub(crate) mod tests {
         let cases = [
             ("listen = \"127.0.0.1:7455\"\nlisen = 1\n", "line 2", "lisen"),
             ("\n\nlisten = \"nonsense\"", "line 3", "invalid socket address"),
-            ("owners-capacity = -1", "line 1", "owners-capacity"),
+            ("sockets-capacity = -1", "line 1", "sockets-capacity"),
+            ("\nport-stats-capacity = 0", "line 2", "give 1 to"),
+            ("sockets-capacity = 99999999", "line 1", "give 1 to 16777216"),
         ];
         for (text, line, word) in cases {
             let err = parse(text).unwrap_err();

@@ -1,7 +1,12 @@
-//! Reads the kernel's counters: per-port activity and portmon's own health.
+//! Reads the kernel's counters: per-port activity (`PORT_STATS` blocks, and
+//! the live sockets of the socket table) and portmon's own health.
+
+use std::collections::BTreeMap;
 
 use aya::maps::{Array, HashMap, MapData};
-use portmon_common::{slot, Family, PortKey, PortStats, Proto, Role};
+use portmon_common::{kind, slot, Family, PortBlock, PortBlockKey, PortStats, Proto, Role, PORTS_PER_BLOCK};
+
+use crate::socket_table::Followed;
 
 /// The counters of one port in one namespace, from one end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,7 +27,7 @@ pub struct Health {
     pub events_dropped: u64,
     /// Counter increments lost to a full `PORT_STATS`.
     pub port_stats_overflow: u64,
-    /// Sockets not tracked because `SOCKETS` was full.
+    /// Sockets not followed because their slots in `SOCKETS` were taken.
     pub sockets_overflow: u64,
     /// Failures the kernel side detected, delivered or not.
     pub failures_seen: u64,
@@ -30,20 +35,55 @@ pub struct Health {
     pub bind_before_connect_overflow: u64,
 }
 
-/// Reads every port's counters. Entries the kernel deletes or that carry
-/// values portmon does not know are skipped: the map changes while it is read.
-pub fn read_ports(map: &HashMap<MapData, PortKey, PortStats>) -> Vec<PortCount> {
-    crate::map_batch::read_all(map)
+type PortId = (u64, Proto, Family, Role, u16);
+
+/// Every port's counters: the blocks' counters, and the live sockets of
+/// `followed` on each port. Blocks with values portmon does not know are
+/// skipped.
+pub fn read_ports(map: &HashMap<MapData, PortBlockKey, PortBlock>, followed: &[Followed]) -> Vec<PortCount> {
+    let mut ports: BTreeMap<PortId, PortStats> = BTreeMap::new();
+    for (key, block) in crate::map_batch::read_all(map) {
+        let (Ok(proto), Ok(family), Ok(role)) = (
+            Proto::try_from(key.proto),
+            Family::try_from(key.family),
+            Role::of_kind(key.kind),
+        ) else {
+            continue;
+        };
+        for (i, &n) in block.counts.iter().enumerate().filter(|(_, n)| **n != 0) {
+            let port = key.block as usize * PORTS_PER_BLOCK + i;
+            let Ok(port) = u16::try_from(port) else { continue };
+            let stats = ports.entry((key.netns, proto, family, role, port)).or_default();
+            match key.kind {
+                kind::BINDS => stats.binds = n,
+                kind::LISTENS => stats.listens = n,
+                _ => stats.connects = n,
+            }
+        }
+    }
+    for f in followed {
+        let (Ok(proto), Ok(family)) = (Proto::try_from(f.slot.proto), Family::try_from(f.slot.family)) else {
+            continue;
+        };
+        let ends = [(Role::Local, f.holds_local()), (Role::Remote, f.connected_to())];
+        for (role, port) in ends {
+            if let Some(port) = port {
+                ports
+                    .entry((f.slot.netns, proto, family, role, port))
+                    .or_default()
+                    .live += 1;
+            }
+        }
+    }
+    ports
         .into_iter()
-        .filter_map(|(key, stats)| {
-            Some(PortCount {
-                netns: key.netns,
-                proto: Proto::try_from(key.proto).ok()?,
-                family: Family::try_from(key.family).ok()?,
-                role: Role::try_from(key.role).ok()?,
-                port: key.port,
-                stats,
-            })
+        .map(|((netns, proto, family, role, port), stats)| PortCount {
+            netns,
+            proto,
+            family,
+            role,
+            port,
+            stats,
         })
         .collect()
 }

@@ -14,7 +14,7 @@ use std::{
 
 use aya::maps::RingBuf;
 use aya::maps::{Array, HashMap as BpfHashMap, MapData};
-use portmon_common::{map, Owner, PortKey, PortStats, SockState};
+use portmon_common::{map, Owner, PortBlock, PortBlockKey};
 use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
@@ -36,6 +36,7 @@ use crate::{
         signals::{Request, Signals},
         watchdog::{self, Heartbeat},
     },
+    socket_table::SocketTable,
 };
 
 /// How long detaching may take before portmon exits anyway (the links go
@@ -73,10 +74,9 @@ pub enum DaemonError {
 
 /// The kernel maps the daemon reads.
 struct Maps {
-    port_stats: BpfHashMap<MapData, PortKey, PortStats>,
-    owners: BpfHashMap<MapData, u64, Owner>,
+    port_stats: BpfHashMap<MapData, PortBlockKey, PortBlock>,
+    sockets: SocketTable,
     bind_before_connect: BpfHashMap<MapData, [u8; 16], u64>,
-    sockets: BpfHashMap<MapData, u64, SockState>,
     health: Array<MapData, u64>,
 }
 
@@ -143,7 +143,8 @@ impl State {
 
     /// Every port's counters.
     pub fn ports(&self) -> Vec<PortCount> {
-        counters::read_ports(&lock(&self.maps).port_stats)
+        let maps = lock(&self.maps);
+        counters::read_ports(&maps.port_stats, &maps.sockets.read())
     }
 
     /// portmon's own health counters.
@@ -151,9 +152,10 @@ impl State {
         counters::read_health(&lock(&self.maps).health)
     }
 
-    /// Owners of fixed-port and listening sockets, by cookie.
+    /// Who bound, listened on or connected each socket the kernel side
+    /// follows, by cookie.
     pub fn owners(&self) -> HashMap<u64, Owner> {
-        read_all(&lock(&self.maps).owners).into_iter().collect()
+        lock(&self.maps).sockets.owners()
     }
 
     /// TCP connects from sockets bound to port 0, by command.
@@ -168,10 +170,11 @@ impl State {
     /// Cookies of the sockets that hold their port by bind() or listen().
     pub fn exclusive_sockets(&self) -> HashSet<u64> {
         let maps = lock(&self.maps);
-        read_all(&maps.sockets)
+        maps.sockets
+            .read()
             .into_iter()
-            .filter(|(_, st)| st.local_port != 0)
-            .map(|(cookie, _)| cookie)
+            .filter(|f| f.holds_exclusively())
+            .map(|f| f.cookie)
             .collect()
     }
 
@@ -196,14 +199,9 @@ impl State {
                 capacity: o.port_stats.into(),
             },
             MapUsage {
-                name: map::OWNERS,
-                entries: read_all(&maps.owners).len() as u64,
-                capacity: o.owners.into(),
-            },
-            MapUsage {
                 name: map::SOCKETS,
-                entries: read_all(&maps.sockets).len() as u64,
-                capacity: o.sockets.into(),
+                entries: maps.sockets.read().len() as u64,
+                capacity: maps.sockets.capacity().into(),
             },
             MapUsage {
                 name: map::BIND_BEFORE_CONNECT,
@@ -280,16 +278,14 @@ pub fn start(config: Config) -> Result<Started, DaemonError> {
 
     let options = LoadOptions {
         port_stats: config.port_stats_capacity,
-        owners: config.owners_capacity,
         sockets: config.sockets_capacity,
         hooks_only: false,
     };
     let (kernel, maps) = Kernel::load(&env.cgroup_root, options)?;
     let KernelMaps {
         port_stats,
-        owners,
-        bind_before_connect,
         sockets,
+        bind_before_connect,
         health,
         failures,
     } = maps;
@@ -319,9 +315,8 @@ pub fn start(config: Config) -> Result<Started, DaemonError> {
     let state = Arc::new(State {
         maps: Mutex::new(Maps {
             port_stats,
-            owners,
-            bind_before_connect,
             sockets,
+            bind_before_connect,
             health,
         }),
         failures: Mutex::new(FailureLog::default()),

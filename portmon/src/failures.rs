@@ -66,7 +66,7 @@ pub struct Failure {
     pub op: Op,
     pub errno: Errno,
     /// True when user space inferred the errno (failed binds: the kernel
-    /// offers no hook after bind() returns, see portmon-ebpf/src/sock_state.rs).
+    /// offers no hook after bind() returns, see `settle` in portmon-ebpf/src/sockets.rs).
     pub inferred: bool,
     pub proto: Proto,
     pub family: Family,

@@ -6,6 +6,7 @@
 //! command line.
 
 pub mod api;
+pub mod btf;
 pub mod cli;
 pub mod config;
 pub mod counters;
@@ -25,3 +26,4 @@ pub mod port_set;
 pub mod preflight;
 pub mod registry;
 pub mod service;
+pub mod socket_table;

@@ -6,11 +6,16 @@
 use std::{fs::File, io, path::PathBuf};
 
 use aya::{
-    maps::{Array, HashMap, MapData, MapError, RingBuf},
+    maps::{Array, HashMap, Map, MapData, MapError, RingBuf},
     programs::{CgroupAttachMode, Program, ProgramError},
     Ebpf, EbpfError, EbpfLoader,
 };
-use portmon_common::{map, program, Owner, PortKey, PortStats, SockState};
+use portmon_common::{global, map, program, PortBlock, PortBlockKey, SLOTS_PER_GROUP};
+
+use crate::{
+    btf::{Btf, BtfError},
+    socket_table::{SocketTable, SocketTableError},
+};
 
 /// The kernel programs, built by build.rs from `portmon-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portmon.bpf.o"));
@@ -30,7 +35,6 @@ pub const PROGRAMS: &[(&str, Hook)] = &[
     (program::SOCK_RELEASE, Hook::CgroupRoot),
     (program::POST_BIND4, Hook::CgroupRoot),
     (program::POST_BIND6, Hook::CgroupRoot),
-    (program::SOCK_OPS, Hook::CgroupRoot),
     (
         program::INET_SOCK_SET_STATE,
         Hook::RawTracepoint {
@@ -46,12 +50,11 @@ pub const PROGRAMS: &[(&str, Hook)] = &[
 /// How to load the kernel programs: map sizes, and the benchmark's floor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoadOptions {
-    /// Entries of `PORT_STATS` (one per port, protocol, family, end and namespace).
+    /// Entries of `PORT_STATS`: blocks of 64 ports, per namespace,
+    /// protocol, family and kind of counter.
     pub port_stats: u32,
-    /// Entries of `OWNERS` (sockets bound to a fixed port or listening).
-    pub owners: u32,
-    /// Entries of `SOCKETS` (sockets tracked between hooks: bound,
-    /// listening, UDP connecting unbound).
+    /// Slots of `SOCKETS`: sockets followed at once (bound, listening,
+    /// connected outbound). Rounded up to a power of two.
     pub sockets: u32,
     /// Every program returns at once (the overhead benchmark's floor: what
     /// the hooks cost with nothing done in them).
@@ -62,7 +65,6 @@ impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             port_stats: portmon_common::capacity::PORT_STATS,
-            owners: portmon_common::capacity::OWNERS,
             sockets: portmon_common::capacity::SOCKETS,
             hooks_only: false,
         }
@@ -71,6 +73,10 @@ impl Default for LoadOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    #[error(transparent)]
+    Btf(#[from] BtfError),
+    #[error(transparent)]
+    SocketTable(#[from] SocketTableError),
     #[error("the kernel refused portmon's maps or object")]
     Object(#[source] EbpfError),
     #[error("the kernel object has no program {program}")]
@@ -118,14 +124,12 @@ pub struct Kernel {
 
 /// Handles on the kernel maps, for the readers.
 pub struct KernelMaps {
-    /// Per-port counters.
-    pub port_stats: HashMap<MapData, PortKey, PortStats>,
-    /// Owners of fixed-port and listening sockets, by socket cookie.
-    pub owners: HashMap<MapData, u64, Owner>,
+    /// Per-port counters, in blocks of 64 ports.
+    pub port_stats: HashMap<MapData, PortBlockKey, PortBlock>,
+    /// The sockets the programs follow, with their owners and ports.
+    pub sockets: SocketTable,
     /// TCP connects from sockets bound to port 0, by command name.
     pub bind_before_connect: HashMap<MapData, [u8; 16], u64>,
-    /// Per-socket state between hooks, opaque here: read only to count entries.
-    pub sockets: HashMap<MapData, u64, SockState>,
     /// portmon's own health counters.
     pub health: Array<MapData, u64>,
     /// Failure events.
@@ -197,11 +201,19 @@ impl KernelMaps {
             let map = ebpf.take_map(name).ok_or(LoadError::MissingMap { map: name })?;
             T::try_from(map).map_err(|source| LoadError::MapLayout { map: name, source })
         }
+        let mut array = |name: &'static str| match ebpf.take_map(name) {
+            Some(Map::Array(data)) => Ok(data),
+            Some(_) => Err(LoadError::MapLayout {
+                map: name,
+                source: MapError::InvalidMapType { map_type: 0 },
+            }),
+            None => Err(LoadError::MissingMap { map: name }),
+        };
+        let sockets = SocketTable::new(array(map::SOCKET_COOKIES)?, array(map::SOCKETS)?)?;
         Ok(Self {
             port_stats: take(ebpf, map::PORT_STATS)?,
-            owners: take(ebpf, map::OWNERS)?,
+            sockets,
             bind_before_connect: take(ebpf, map::BIND_BEFORE_CONNECT)?,
-            sockets: take(ebpf, map::SOCKETS)?,
             health: take(ebpf, map::HEALTH)?,
             failures: take(ebpf, map::FAILURES)?,
         })
@@ -210,14 +222,28 @@ impl KernelMaps {
 
 fn open_object(options: LoadOptions) -> Result<Ebpf, LoadError> {
     raise_memlock_limit();
+    let layout = Btf::vmlinux()?.kernel_layout()?;
     let hooks_only = u8::from(options.hooks_only);
+    let slots = socket_slots(options.sockets);
+    let groups = slots / SLOTS_PER_GROUP as u32;
     EbpfLoader::new()
         .map_max_entries(map::PORT_STATS, options.port_stats)
-        .map_max_entries(map::OWNERS, options.owners)
-        .map_max_entries(map::SOCKETS, options.sockets)
-        .override_global("PORTMON_HOOKS_ONLY", &hooks_only, true)
+        .map_max_entries(map::SOCKETS, slots)
+        .map_max_entries(map::SOCKET_COOKIES, groups)
+        .override_global(global::HOOKS_ONLY, &hooks_only, true)
+        .override_global(global::SOCKET_GROUPS_MASK, &(groups - 1), true)
+        .override_global(global::KERNEL_LAYOUT, &layout, true)
         .load(OBJECT)
         .map_err(LoadError::Object)
+}
+
+/// Slots of the socket table for a wanted capacity: a power of two, whole
+/// groups, at least one group.
+pub fn socket_slots(wanted: u32) -> u32 {
+    wanted
+        .max(SLOTS_PER_GROUP as u32)
+        .checked_next_power_of_two()
+        .unwrap_or(1 << 31)
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones to
@@ -267,10 +293,6 @@ fn attach(
             p.attach(cgroup, mode).map_err(attach_err)?;
         }
         (Program::CgroupSock(p), Hook::CgroupRoot) => {
-            p.load().map_err(load)?;
-            p.attach(cgroup, mode).map_err(attach_err)?;
-        }
-        (Program::SockOps(p), Hook::CgroupRoot) => {
             p.load().map_err(load)?;
             p.attach(cgroup, mode).map_err(attach_err)?;
         }

@@ -1,5 +1,5 @@
 //! What must hold before the kernel programs can load: privileges, kernel
-//! version, and a cgroup v2 mount. Each failure is one line that says what
+//! version, the kernel's BTF, and a cgroup v2 mount. Each failure is one line that says what
 //! to do. (tracefs is not needed: the one tracepoint is a raw one.)
 
 use std::{fs, io, path::PathBuf};
@@ -13,8 +13,9 @@ const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 /// Oldest kernel with everything portmon uses: BPF ring buffer (5.8), cgroup
-/// bpf links (5.7), netns cookies in sock_ops and cgroup sock programs.
-pub const MIN_KERNEL: (u32, u32) = (5, 8);
+/// bpf links (5.7), netns cookies in cgroup sock programs (5.8), and the
+/// atomic compare-and-exchange that claims a socket slot (5.12).
+pub const MIN_KERNEL: (u32, u32) = (5, 12);
 
 /// What the preflight found, for the loader.
 #[derive(Debug, Clone)]
@@ -46,6 +47,8 @@ pub enum PreflightError {
          `mount -t cgroup2 none /sys/fs/cgroup/unified`"
     )]
     NoCgroup2,
+    #[error("{} is missing: portmon needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (most distribution kernels are)", crate::btf::VMLINUX)]
+    NoBtf,
     #[error("kernel {found} is too old: portmon needs Linux {}.{} or later", MIN_KERNEL.0, MIN_KERNEL.1)]
     KernelTooOld { found: String },
 }
@@ -58,6 +61,9 @@ pub fn check() -> Result<Environment, PreflightError> {
         return Err(PreflightError::KernelTooOld {
             found: kernel_release,
         });
+    }
+    if !std::path::Path::new(crate::btf::VMLINUX).exists() {
+        return Err(PreflightError::NoBtf);
     }
     let read_mounts = || {
         Mounts::read().map_err(|source| PreflightError::Read {

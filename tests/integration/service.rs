@@ -63,10 +63,16 @@ fn unit_capabilities_suffice_ready_comes_after_attach_and_they_are_given_up() {
         ready.contains(&format!("STATUS={PROGRAMS} programs attached")),
         "{ready}"
     );
-    assert_eq!(
-        metric(addr, "portmon_program_attached{program=\"sock_ops\"}"),
-        Some(1.0)
-    );
+    for (program, _) in portmon::loader::PROGRAMS {
+        assert_eq!(
+            metric(
+                addr,
+                &format!("portmon_program_attached{{program=\"{program}\"}}")
+            ),
+            Some(1.0),
+            "{program}"
+        );
+    }
 
     for (effective, permitted) in daemon.thread_capabilities() {
         assert_eq!(effective, "0000000000000000", "a thread kept capabilities");

@@ -117,8 +117,9 @@ pub struct Monitor {
 }
 
 struct KernelMapsForTests {
-    port_stats: aya::maps::HashMap<aya::maps::MapData, portmon_common::PortKey, PortStats>,
-    owners: aya::maps::HashMap<aya::maps::MapData, u64, portmon_common::Owner>,
+    port_stats:
+        aya::maps::HashMap<aya::maps::MapData, portmon_common::PortBlockKey, portmon_common::PortBlock>,
+    sockets: portmon::socket_table::SocketTable,
     health: aya::maps::Array<aya::maps::MapData, u64>,
     reader: FailureReader,
 }
@@ -143,7 +144,7 @@ impl Monitor {
         let (kernel, maps) = Kernel::load(&cgroup_root(), options).expect("load kernel programs");
         let KernelMaps {
             port_stats,
-            owners,
+            sockets,
             health,
             failures,
             ..
@@ -152,7 +153,7 @@ impl Monitor {
             kernel: Some(kernel),
             maps: KernelMapsForTests {
                 port_stats,
-                owners,
+                sockets,
                 health,
                 reader: FailureReader::new(failures),
             },
@@ -162,7 +163,7 @@ impl Monitor {
 
     /// The counters of one port in one namespace.
     pub fn stats(&self, netns: u64, proto: Proto, family: Family, role: Role, port: u16) -> PortStats {
-        counters::read_ports(&self.maps.port_stats)
+        self.ports()
             .into_iter()
             .find(|c| {
                 c.netns == netns && c.proto == proto && c.family == family && c.role == role && c.port == port
@@ -173,10 +174,11 @@ impl Monitor {
 
     /// Every port with counters in one namespace.
     pub fn ports_in(&self, netns: u64) -> Vec<counters::PortCount> {
-        counters::read_ports(&self.maps.port_stats)
-            .into_iter()
-            .filter(|c| c.netns == netns)
-            .collect()
+        self.ports().into_iter().filter(|c| c.netns == netns).collect()
+    }
+
+    fn ports(&self) -> Vec<counters::PortCount> {
+        counters::read_ports(&self.maps.port_stats, &self.maps.sockets.read())
     }
 
     pub fn health(&self) -> Health {
@@ -185,7 +187,12 @@ impl Monitor {
 
     /// The owners the kernel programs recorded, by socket cookie.
     pub fn owners(&self) -> std::collections::HashMap<u64, portmon_common::Owner> {
-        self.maps.owners.iter().filter_map(Result::ok).collect()
+        self.maps.sockets.owners()
+    }
+
+    /// The sockets the kernel programs follow now.
+    pub fn followed(&self) -> Vec<portmon::socket_table::Followed> {
+        self.maps.sockets.read()
     }
 
     /// Failures in one namespace, waiting up to a second for `want` of them.

@@ -32,19 +32,25 @@ pub struct RunArgs {
     /// When per-port series carry a `netns` label. Default auto.
     #[arg(long, value_enum, value_name = "WHEN")]
     pub netns_label: Option<NetnsLabel>,
-    /// Capacity of the kernel's table of socket owners. Default 65536.
-    #[arg(long, value_name = "N")]
-    pub owners_capacity: Option<u32>,
-    /// Capacity of the kernel's table of followed sockets. Default 65536.
-    #[arg(long, value_name = "N")]
+    /// Capacity of the kernel's table of followed sockets and their owners.
+    /// Default 65536.
+    #[arg(long, value_name = "N", value_parser = |s: &str| capacity(s, crate::config::MAX_SOCKETS_CAPACITY))]
     pub sockets_capacity: Option<u32>,
-    /// Capacity of the kernel's per-port counter table. Default 65536.
-    #[arg(long, value_name = "N")]
+    /// Capacity of the kernel's per-port counters, in blocks of 64 ports.
+    /// Default 4096.
+    #[arg(long, value_name = "N", value_parser = |s: &str| capacity(s, crate::config::MAX_PORT_STATS_CAPACITY))]
     pub port_stats_capacity: Option<u32>,
     /// How many of the busiest destinations get their own ephemeral
     /// utilization series. Default 10.
     #[arg(long, value_name = "N")]
     pub ephemeral_destinations: Option<usize>,
+}
+
+fn capacity(text: &str, max: u32) -> Result<u32, String> {
+    let value = text
+        .parse::<u32>()
+        .map_err(|err| format!("{err}: give 1 to {max}"))?;
+    crate::config::map_capacity(value, max)
 }
 
 impl RunArgs {
@@ -61,9 +67,6 @@ impl RunArgs {
         }
         if let Some(label) = self.netns_label {
             config.netns_label = label;
-        }
-        if let Some(n) = self.owners_capacity {
-            config.owners_capacity = n;
         }
         if let Some(n) = self.sockets_capacity {
             config.sockets_capacity = n;
@@ -135,11 +138,11 @@ mod tests {
             panic!("not run");
         };
         let mut config =
-            crate::config::Config::parse("port-series-limit = 50\nowners-capacity = 9\n", "t".as_ref())
+            crate::config::Config::parse("port-series-limit = 50\nsockets-capacity = 9\n", "t".as_ref())
                 .unwrap();
         args.apply(&mut config);
         assert_eq!(config.port_series_limit, 7);
         assert_eq!(config.netns_label, crate::exporter::NetnsLabel::Always);
-        assert_eq!(config.owners_capacity, 9);
+        assert_eq!(config.sockets_capacity, 9);
     }
 }

@@ -66,10 +66,6 @@ pub fn reload(state: &State, running: &Config, source: &ConfigSource) -> Result<
     let needs_restart = [
         ("listen", wanted.listen != running.listen),
         (
-            "owners-capacity",
-            wanted.owners_capacity != running.owners_capacity,
-        ),
-        (
             "sockets-capacity",
             wanted.sockets_capacity != running.sockets_capacity,
         ),
@@ -88,7 +84,6 @@ pub fn reload(state: &State, running: &Config, source: &ConfigSource) -> Result<
         }
     }
     wanted.listen = running.listen;
-    wanted.owners_capacity = running.owners_capacity;
     wanted.sockets_capacity = running.sockets_capacity;
     wanted.port_stats_capacity = running.port_stats_capacity;
     let entries = registry.source().entries;

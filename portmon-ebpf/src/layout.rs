@@ -1,0 +1,89 @@
+//! Reads from kernel structures that have no stable BPF view: the socket
+//! behind a raw tracepoint or a released socket. Offsets that moved between
+//! kernel versions come from the running kernel's BTF through the loader;
+//! the head of `struct sock_common` has not moved since Linux 2.6.38.
+
+use aya_ebpf::helpers::bpf_probe_read_kernel;
+use portmon_common::{sock_common, KernelLayout};
+
+/// Set by the loader from `/sys/kernel/btf/vmlinux`.
+#[unsafe(no_mangle)]
+static PORTMON_KERNEL_LAYOUT: KernelLayout = KernelLayout {
+    skc_cookie: 88,
+    skc_net: 48,
+    skc_v6_daddr: 56,
+    net_cookie: 120,
+};
+
+#[inline(always)]
+fn layout() -> KernelLayout {
+    // SAFETY: a plain read of a static; volatile so the compiler keeps it
+    // for the loader to set.
+    unsafe { core::ptr::read_volatile(&raw const PORTMON_KERNEL_LAYOUT) }
+}
+
+/// The fields of `struct sock_common` before `skc_state`.
+#[derive(Clone, Copy)]
+pub struct Head {
+    /// Destination address, network order (IPv4 only).
+    pub daddr: [u8; 4],
+    /// Set by the established-hash insert (`inet_ehash_insert`), else 0.
+    pub hash: u32,
+    /// Destination port, host order.
+    pub dport: u16,
+    /// Local port, host order (`inet_num`).
+    pub num: u16,
+    pub family: u16,
+}
+
+/// Reads `T` at `offset` bytes into the object at `base`; the helper
+/// checks the address and fails cleanly.
+#[inline(always)]
+fn read<T>(base: u64, offset: u32) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel validates the address.
+    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.ok()
+}
+
+/// The head of a socket, in one read.
+#[inline(always)]
+pub fn head(sk: u64) -> Option<Head> {
+    let raw: [u8; sock_common::HEAD_LEN] = read(sk, 0)?;
+    let word = |at: u32| {
+        let i = at as usize;
+        [raw[i], raw[i + 1], raw[i + 2], raw[i + 3]]
+    };
+    let half = |at: u32| {
+        let i = at as usize;
+        [raw[i], raw[i + 1]]
+    };
+    Some(Head {
+        daddr: word(sock_common::SKC_DADDR),
+        hash: u32::from_ne_bytes(word(sock_common::SKC_HASH)),
+        dport: u16::from_be_bytes(half(sock_common::SKC_DPORT)),
+        num: u16::from_ne_bytes(half(sock_common::SKC_NUM)),
+        family: u16::from_ne_bytes(half(sock_common::SKC_FAMILY)),
+    })
+}
+
+/// The socket's cookie; 0 until something asked for it (a bind or connect
+/// hook, a sock_diag dump), which no socket portmon follows lacks.
+#[inline(always)]
+pub fn cookie(sk: u64) -> u64 {
+    read(sk, layout().skc_cookie).unwrap_or(0)
+}
+
+/// The cookie of the socket's network namespace, as `bpf_get_netns_cookie`
+/// gives it to the hooks that can call it.
+#[inline(always)]
+pub fn netns(sk: u64) -> u64 {
+    let l = layout();
+    read::<u64>(sk, l.skc_net)
+        .and_then(|net| read(net, l.net_cookie))
+        .unwrap_or(0)
+}
+
+/// The IPv6 destination address, network order.
+#[inline(always)]
+pub fn v6_daddr(sk: u64) -> [u8; 16] {
+    read(sk, layout().skc_v6_daddr).unwrap_or([0; 16])
+}
