@@ -13,7 +13,7 @@ use portmon_common::{family, kind, pending, proto, sock_flag};
 
 use crate::{
     maps::{count, count_bind_before_connect},
-    sockets::{find_or_claim, settle, Tracked},
+    sockets::{find_or_claim, settle, Comm, Tracked},
     ALLOW,
 };
 
@@ -118,7 +118,7 @@ fn on_bind(ctx: &SockAddrContext, family: u8) {
         return;
     }
     let cookie = cookie(ctx);
-    let Some(mut tracked) = find_or_claim(cookie, netns(ctx), family, req.proto) else {
+    let Some(mut tracked) = find_or_claim(cookie, netns(ctx), family, req.proto, Comm::Record) else {
         return;
     };
     if tracked.slot.pending != pending::NONE {
@@ -144,7 +144,7 @@ fn on_connect(ctx: &SockAddrContext, family: u8) {
             },
         )
     };
-    let Some(mut tracked) = find_or_claim(cookie(ctx), netns(ctx), family, req.proto) else {
+    let Some(mut tracked) = find_or_claim(cookie(ctx), netns(ctx), family, req.proto, Comm::Skip) else {
         return;
     };
     settle_before_connect(&mut tracked, bound_port, has_addr);

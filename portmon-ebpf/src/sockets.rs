@@ -120,10 +120,17 @@ fn take(group: *mut SocketGroup, cookie: u64) -> Option<usize> {
     None
 }
 
+/// Whether a claim records the owner's command name.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Comm {
+    Record,
+    Skip,
+}
+
 /// The socket's slot, taken now if it has none, with the current task as its
 /// owner; `None` (counted) when both of its groups are full.
 #[inline(always)]
-pub fn find_or_claim(cookie: u64, netns: u64, family: u8, proto: u8) -> Option<Tracked> {
+pub fn find_or_claim(cookie: u64, netns: u64, family: u8, proto: u8, comm: Comm) -> Option<Tracked> {
     if let Some(tracked) = find(cookie) {
         return Some(tracked);
     }
@@ -157,7 +164,10 @@ pub fn find_or_claim(cookie: u64, netns: u64, family: u8, proto: u8) -> Option<T
         netns,
         // SAFETY: the helper takes no arguments and cannot fail.
         cgroup: unsafe { bpf_get_current_cgroup_id() },
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        comm: match comm {
+            Comm::Record => bpf_get_current_comm().unwrap_or([0; 16]),
+            Comm::Skip => [0; 16],
+        },
         pending_addr: [0; 16],
         pid: (pid_tgid >> 32) as u32,
         local_port: 0,

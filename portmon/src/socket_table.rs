@@ -181,11 +181,32 @@ impl SocketTable {
         out
     }
 
-    /// Who made each followed socket, by cookie.
+    /// Who made each followed socket, by cookie. Sockets first seen at
+    /// connect() carry no command name from the kernel: it is the pid's,
+    /// read now, and stays empty once the process is gone.
     pub fn owners(&self) -> HashMap<u64, Owner> {
+        let mut commands: HashMap<u32, [u8; 16]> = HashMap::new();
         self.read()
             .into_iter()
-            .filter_map(|f| Some((f.cookie, f.slot.owner()?)))
+            .filter_map(|f| {
+                let mut owner = f.slot.owner()?;
+                if owner.comm == [0; 16] {
+                    owner.comm = *commands.entry(owner.pid).or_insert_with(|| command_of(owner.pid));
+                }
+                Some((f.cookie, owner))
+            })
             .collect()
     }
+}
+
+/// A process's command name as the kernel keeps it (`/proc/PID/comm`,
+/// 15 bytes at most), NUL padded; all zero if the process is gone.
+fn command_of(pid: u32) -> [u8; 16] {
+    let mut comm = [0; 16];
+    if let Ok(text) = std::fs::read(format!("/proc/{pid}/comm")) {
+        let name = text.strip_suffix(b"\n").unwrap_or(&text);
+        let len = name.len().min(15);
+        comm[..len].copy_from_slice(&name[..len]);
+    }
+    comm
 }

@@ -68,7 +68,20 @@ fn listeners_and_clients_have_an_owner_until_they_close() {
         // accepted end by nobody portmon saw.
         let client = TcpStream::connect(("127.0.0.1", PORT)).expect("connect");
         let (server, _) = listener.accept().expect("accept");
-        assert_eq!(ours(&monitor).len(), 2, "the listener and the client");
+        let owners = ours(&monitor);
+        assert_eq!(owners.len(), 2, "the listener and the client: {owners:?}");
+        assert!(owners.iter().all(|o| o.pid == std::process::id()), "{owners:?}");
+        // The listener's command is the binding thread's, from the kernel;
+        // the client's is the process's, read from /proc at the time.
+        let name =
+            |o: &portmon_common::Owner| String::from_utf8_lossy(&o.comm).trim_end_matches('\0').to_owned();
+        let mut names: Vec<String> = owners.iter().map(name).collect();
+        names.sort();
+        let thread = std::fs::read_to_string("/proc/thread-self/comm").expect("comm");
+        let process = std::fs::read_to_string("/proc/self/comm").expect("comm");
+        let mut want = vec![thread.trim_end().to_owned(), process.trim_end().to_owned()];
+        want.sort();
+        assert_eq!(names, want);
         drop(client);
         drop(server);
         drop(listener);
