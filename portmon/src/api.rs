@@ -129,12 +129,16 @@ pub fn comm(raw: &[u8; 16]) -> String {
     String::from_utf8_lossy(&raw[..len]).into_owned()
 }
 
-/// Answers one HTTP request.
-pub fn route(state: &crate::daemon::State, req: &crate::http::Request) -> crate::http::Response {
+/// Answers one HTTP request; `/metrics` through `metrics`, the rest from `state`.
+pub fn route(
+    state: &crate::daemon::State,
+    metrics: &crate::exporter::Metrics,
+    req: &crate::http::Request,
+) -> crate::http::Response {
     use crate::http::Response;
     match req.path.as_str() {
         "/healthz" => Response::text(200, "ok\n"),
-        "/metrics" => metrics(state),
+        "/metrics" => scrape(metrics),
         "/api/v1/ports" => match PortFilter::from_query(|name| req.param(name).map(str::to_owned)) {
             Ok(filter) => {
                 let (snapshot, names) = state.snapshot();
@@ -164,37 +168,17 @@ pub fn route(state: &crate::daemon::State, req: &crate::http::Request) -> crate:
     }
 }
 
-fn metrics(state: &crate::daemon::State) -> crate::http::Response {
-    let started = std::time::Instant::now();
-    let ports = state.ports();
-    let failures = state.failure_counts();
-    let (snapshot, names) = state.snapshot();
-    let assessing = std::time::Instant::now();
-    let ephemeral = state.ephemeral(&snapshot);
-    let ephemeral_seconds = assessing.elapsed().as_secs_f64();
-    let bind_before_connect = state.bind_before_connect();
-    let maps = state.map_usage();
-    let settings = state.settings();
-    let input = crate::exporter::ScrapeInput {
-        ports: &ports,
-        failures: &failures,
-        sockets: &snapshot.sockets,
-        registry: &settings.registry,
-        netns_names: &names,
-        health: state.health(),
-        maps: &maps,
-        programs: &state.programs,
-        port_series_limit: settings.port_series_limit,
-        netns_label: settings.netns_label,
-        ephemeral: &ephemeral,
-        ephemeral_seconds,
-        bind_before_connect: &bind_before_connect,
-    };
-    let body = crate::exporter::render(&input, started.elapsed().as_secs_f64());
-    crate::http::Response {
-        status: 200,
-        content_type: "text/plain; version=0.0.4; charset=utf-8",
-        body: body.into_bytes(),
+fn scrape(metrics: &crate::exporter::Metrics) -> crate::http::Response {
+    match metrics.render() {
+        Ok(body) => crate::http::Response {
+            status: 200,
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            body: body.into_bytes(),
+        },
+        Err(err) => {
+            tracing::error!("scrape failed: {}", crate::loader::error_line(&err));
+            crate::http::Response::text(500, "scrape failed: see portmon's log\n")
+        }
     }
 }
 

@@ -21,7 +21,7 @@ use crate::{
     config::Config,
     counters::{self, Health, PortCount},
     ephemeral::EphemeralReport,
-    exporter::{MapUsage, NetnsLabel},
+    exporter::{ExporterError, MapUsage, Metrics, NetnsLabel},
     failures::{Failure, FailureKey, FailureLog, FailureReader},
     http,
     inventory::{Inventory, Snapshot},
@@ -70,6 +70,8 @@ pub enum DaemonError {
     Capabilities(#[from] CapabilityError),
     #[error(transparent)]
     Notify(#[from] NotifyError),
+    #[error(transparent)]
+    Exporter(#[from] ExporterError),
 }
 
 /// The kernel maps the daemon reads.
@@ -360,8 +362,10 @@ pub async fn serve(started: Started, source: ConfigSource) -> Result<(), DaemonE
     })?;
     let mut signals = Signals::install().map_err(DaemonError::Signals)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let metrics = Metrics::new(state.clone())?;
     let handler_state = state.clone();
-    let handler: http::Handler = Arc::new(move |req: &http::Request| crate::api::route(&handler_state, req));
+    let handler: http::Handler =
+        Arc::new(move |req: &http::Request| crate::api::route(&handler_state, &metrics, req));
     let server = tokio::spawn(http::serve(listener, handler, shutdown_rx));
     let watchdog = notify::watchdog_interval().map(|interval| {
         let probe_state = state.clone();
