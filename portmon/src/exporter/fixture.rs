@@ -101,6 +101,12 @@ pub struct Fixture {
     pub host: Mutex<Host>,
 }
 
+impl Fixture {
+    pub fn change(&self, change: impl FnOnce(&mut Host)) {
+        change(&mut self.host.lock().unwrap());
+    }
+}
+
 impl ScrapeSource for Fixture {
     fn scrape<R>(&self, build: impl FnOnce(&ScrapeInput<'_>) -> R) -> R {
         let host = self.host.lock().unwrap();

@@ -3,8 +3,9 @@
 //! every scrape, as the Prometheus guide to writing exporters asks.
 //!
 //! Per-port series exist only for ports in use or with events, up to a
-//! limit; beyond it the least busy ports fold into their range class (with
-//! `port=""`), and `portmon_port_series_folded` says how many did.
+//! limit; beyond it ports fold into their range class (with `port=""`),
+//! and `portmon_port_series_folded` says how many did. Which ports fold,
+//! and why a counter's choice is made once, is in `port_series`.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -31,7 +32,8 @@ use crate::inventory::SocketState;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum NetnsLabel {
-    /// Only when more than one network namespace has sockets or events.
+    /// Once more than one network namespace has had sockets or events
+    /// (and from then on, until portmon restarts).
     Auto,
     /// Always.
     Always,
@@ -101,12 +103,15 @@ fn netns_name(names: &HashMap<u64, String>, cookie: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::{
         fixture::{Fixture, Host},
         *,
     };
 
     const HOST: u64 = 1;
+    const BLUE: u64 = 2;
 
     fn start(host: Host) -> (Arc<Fixture>, Metrics) {
         let fixture = Arc::new(Fixture {
@@ -118,6 +123,22 @@ mod tests {
 
     fn scrape(metrics: &Metrics) -> String {
         metrics.render().expect("an exposition")
+    }
+
+    /// Every series of the exposition: `name{labels}` → value.
+    fn series(text: &str) -> BTreeMap<String, f64> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' '))
+            .map(|(name, value)| (name.to_owned(), value.parse().expect(name)))
+            .collect()
+    }
+
+    fn counters(text: &str) -> BTreeMap<String, f64> {
+        series(text)
+            .into_iter()
+            .filter(|(name, _)| name.split('{').next().is_some_and(|n| n.ends_with("_total")))
+            .collect()
     }
 
     #[test]
@@ -166,6 +187,121 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("netns="), "{text}");
+    }
+
+    #[test]
+    fn counters_never_go_back_and_never_vanish_when_the_ranking_changes() {
+        // Ports 1000..=1005 under a limit of 3: the busiest three get their
+        // own series, the rest fold into the `user` class.
+        let mut host = Host {
+            port_series_limit: 3,
+            ..Host::default()
+        };
+        for (i, port) in (1000..=1005).enumerate() {
+            host.binds(HOST, port, 1 + i as u64);
+            host.bind_errors(HOST, port, 1 + i as u64);
+        }
+        let (fixture, metrics) = start(host);
+        let first = counters(&scrape(&metrics));
+        assert!(first.keys().any(|s| s.contains(r#"port="1005""#)), "{first:?}");
+        assert!(first.keys().any(|s| s.contains(r#"port="""#)), "{first:?}");
+
+        // The folded ports become the busiest, listeners appear on them, a
+        // new port comes: none of it may move a counter between series.
+        fixture.change(|host| {
+            for port in 1000..=1002 {
+                host.binds(HOST, port, 1_000);
+                host.bind_errors(HOST, port, 1_000);
+                host.socket(HOST, port, SocketState::Listen);
+            }
+            host.binds(HOST, 1100, 5_000);
+        });
+        let second = counters(&scrape(&metrics));
+        for (name, before) in &first {
+            let after = second
+                .get(name)
+                .unwrap_or_else(|| panic!("{name} vanished: {second:?}"));
+            assert!(after >= before, "{name} went from {before} to {after}");
+        }
+        let own: Vec<&String> = second.keys().filter(|s| s.contains(r#"port="1"#)).collect();
+        assert!(own.iter().all(|s| !s.contains(r#"port="1000""#)), "{own:?}");
+
+        // And when a port's numbers are gone from one read, its series stays.
+        fixture.change(|host| host.ports.clear());
+        let third = counters(&scrape(&metrics));
+        for (name, before) in &second {
+            assert!(
+                third.get(name).is_some_and(|after| after >= before),
+                "{name}: {third:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_netns_label_stays_once_a_second_namespace_was_seen() {
+        let mut host = Host::default();
+        host.socket(HOST, 22, SocketState::Listen);
+        host.binds(HOST, 22, 1);
+        let (fixture, metrics) = start(host);
+        assert!(!scrape(&metrics).contains("netns="));
+        fixture.change(|host| host.socket(BLUE, 8080, SocketState::Listen));
+        let two = scrape(&metrics);
+        assert!(
+            two.contains(r#"portmon_binds_total{proto="tcp",family="ipv4",port="22",class="system",service="",netns="host"} 1"#),
+            "{two}"
+        );
+        fixture.change(|host| host.sockets.retain(|s| s.netns == HOST));
+        let one_again = scrape(&metrics);
+        for line in one_again.lines().filter(|l| l.starts_with("portmon_sockets{")) {
+            assert!(line.contains(r#"netns="host""#), "{line}");
+        }
+        assert_eq!(
+            counters(&one_again).keys().collect::<Vec<_>>(),
+            counters(&two).keys().collect::<Vec<_>>(),
+            "counter series changed identity"
+        );
+    }
+
+    #[test]
+    fn the_folded_count_is_every_port_in_a_folded_series() {
+        let mut host = Host {
+            port_series_limit: 2,
+            ..Host::default()
+        };
+        host.binds(HOST, 1001, 1);
+        host.binds(HOST, 1002, 1);
+        let (fixture, metrics) = start(host);
+        assert!(scrape(&metrics).contains("portmon_port_series_folded 0"));
+        // Three new listeners: their gauges rank first, but the counters'
+        // room is taken, so 3000's binds fold; 5000's socket ranks third.
+        fixture.change(|host| {
+            for port in [3000, 4000, 5000] {
+                host.socket(HOST, port, SocketState::Listen);
+            }
+            host.binds(HOST, 3000, 4);
+        });
+        let text = scrape(&metrics);
+        let all = series(&text);
+        let value = |name: &str| all.get(name).copied().unwrap_or_else(|| panic!("{name}: {text}"));
+        assert_eq!(
+            value("portmon_port_series_folded"),
+            2.0,
+            "3000 (binds) and 5000 (sockets)"
+        );
+        assert_eq!(
+            value(r#"portmon_binds_total{proto="tcp",family="ipv4",port="",class="user",service=""}"#),
+            4.0
+        );
+        assert_eq!(
+            value(r#"portmon_listening_ports{proto="tcp",family="ipv4",port="",class="user",service=""}"#),
+            1.0
+        );
+        assert_eq!(
+            value(
+                r#"portmon_listening_ports{proto="tcp",family="ipv4",port="3000",class="user",service=""}"#
+            ),
+            1.0
+        );
     }
 
     #[test]

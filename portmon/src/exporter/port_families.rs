@@ -1,20 +1,21 @@
-//! The per-port families: the kernel's counters and the failures, socket
-//! states and listeners, and ports in use per class.
+//! The per-port families: the kernel's counters and the failures (counters,
+//! their series assigned for good), socket states and listeners (gauges,
+//! ranked at each scrape), and ports in use per class.
 
 use portmon_common::{Op, Proto, Role};
 
 use super::{
-    definitions as def,
+    definitions::{self as def, Definition},
     families::{Families, Series},
     is_listening, netns_name,
-    port_series::{busiest, Activity, FastSet, PortId, SeriesKey},
+    port_series::{busiest, Activity, FastSet, PortId, SeriesKey, SeriesMemory},
     ScrapeInput,
 };
-use crate::{counters::PortCount, fnv::FastMap, port_class::PortClass, port_set::PortSet};
+use crate::{counters::PortCount, failures::Errno, fnv::FastMap, port_class::PortClass, port_set::PortSet};
 
 /// Adds every per-port family to `families`; returns how many ports have
 /// their numbers folded into a class series in at least one family.
-pub fn add(input: &ScrapeInput<'_>, families: &mut Families) -> usize {
+pub fn add(input: &ScrapeInput<'_>, memory: &mut SeriesMemory, families: &mut Families) -> usize {
     let labels = Labels {
         input,
         with_netns: families.with_netns(),
@@ -22,61 +23,82 @@ pub fn add(input: &ScrapeInput<'_>, families: &mut Families) -> usize {
     let limit = input.port_series_limit;
 
     // Ranking: sockets now, and the events counted so far.
-    let mut activity: FastMap<PortId, Activity> = FastMap::default();
+    let mut by_sockets: FastMap<PortId, Activity> = FastMap::default();
     for s in input.sockets {
-        let entry = activity.entry(socket_port(s)).or_default();
-        // Listeners first: they are what people ask about.
+        let entry = by_sockets.entry(socket_port(s)).or_default();
         entry.listening += u64::from(is_listening(s.socket.state, s.socket.proto));
         entry.total += 1;
     }
+    let mut with_counters: FastMap<PortId, Activity> = FastMap::default();
     for p in input.ports.iter().filter(|p| reported(p)) {
         let s = &p.stats;
-        activity.entry(port_id(p)).or_default().total += s.binds + s.listens + s.connects;
+        with_counters.entry(port_id(p)).or_default().total += s.binds + s.listens + s.connects;
     }
     for (k, n) in input.failures {
-        activity.entry(failure_port(k)).or_default().total += n;
+        with_counters.entry(failure_port(k)).or_default().total += n;
     }
-    let own = busiest(&activity, limit);
-
-    counters(input, &own, &labels, families);
-    gauges(input, &own, &labels, families);
-    ports_in_use(input, &labels, families);
-    activity.len() - own.len()
-}
-
-fn counters(input: &ScrapeInput<'_>, own: &FastSet<PortId>, labels: &Labels<'_>, families: &mut Families) {
-    let mut binds = Series::new();
-    let mut connects = Series::new();
-    for p in input.ports.iter().filter(|p| reported(p)) {
-        let values = labels.of(key(own, port_id(p)));
-        match p.role {
-            Role::Local => *binds.entry(values).or_default() += p.stats.binds as f64,
-            Role::Remote => *connects.entry(values).or_default() += p.stats.connects as f64,
+    for (id, activity) in &mut with_counters {
+        if let Some(now) = by_sockets.get(id) {
+            activity.listening += now.listening;
+            activity.total += now.total;
         }
     }
-    let mut bind_errors = Series::new();
-    let mut connect_errors = Series::new();
+    memory.counters.admit(with_counters, limit);
+    let gauge_ports = busiest(&by_sockets, limit);
+
+    counters(input, memory, &labels, families);
+    gauges(input, &gauge_ports, &labels, families);
+    ports_in_use(input, &labels, families);
+
+    let folded_counters = memory.counters.folded();
+    let folded_gauges_only = by_sockets
+        .keys()
+        .filter(|id| !gauge_ports.contains(id) && !folded_counters.contains(id))
+        .count();
+    folded_counters.len() + folded_gauges_only
+}
+
+fn counters(
+    input: &ScrapeInput<'_>,
+    memory: &mut SeriesMemory,
+    labels: &Labels<'_>,
+    families: &mut Families,
+) {
+    type Now = FastMap<(SeriesKey, Option<Errno>), f64>;
+    let (mut binds, mut connects) = (Now::default(), Now::default());
+    for p in input.ports.iter().filter(|p| reported(p)) {
+        let key = memory.counters.key(port_id(p));
+        match p.role {
+            Role::Local => *binds.entry((key, None)).or_default() += p.stats.binds as f64,
+            Role::Remote => *connects.entry((key, None)).or_default() += p.stats.connects as f64,
+        }
+    }
+    let (mut bind_errors, mut connect_errors) = (Now::default(), Now::default());
     for (k, n) in input.failures {
-        let mut values = labels.of(key(own, failure_port(k)));
-        values.push(k.errno.label().to_owned());
+        let key = memory.counters.key(failure_port(k));
         let target = match k.op {
             Op::Bind => &mut bind_errors,
             Op::Connect => &mut connect_errors,
         };
-        *target.entry(values).or_default() += *n as f64;
+        *target.entry((key, Some(k.errno))).or_default() += *n as f64;
     }
-    families.add(&def::BINDS, binds);
-    families.add(&def::CONNECTS, connects);
-    families.add(&def::BIND_ERRORS, bind_errors);
-    families.add(&def::CONNECT_ERRORS, connect_errors);
-}
-
-/// The series of a port: its own, or its class's past the limit.
-fn key(own: &FastSet<PortId>, id: PortId) -> SeriesKey {
-    if own.contains(&id) {
-        SeriesKey::Port(id)
-    } else {
-        SeriesKey::folded(id)
+    let all: [(&Definition, Now); 4] = [
+        (&def::BINDS, binds),
+        (&def::CONNECTS, connects),
+        (&def::BIND_ERRORS, bind_errors),
+        (&def::CONNECT_ERRORS, connect_errors),
+    ];
+    for (family, now) in all {
+        let series = memory
+            .floors
+            .settle(family.name, now)
+            .into_iter()
+            .map(|(key, errno, value)| {
+                let mut values = labels.of(key);
+                values.extend(errno.map(|e| e.label().to_owned()));
+                (values, value)
+            });
+        families.add(family, series);
     }
 }
 
@@ -86,7 +108,12 @@ fn gauges(input: &ScrapeInput<'_>, own: &FastSet<PortId>, labels: &Labels<'_>, f
     let mut by_state: FastMap<(SeriesKey, &'static str), u64> = FastMap::default();
     let mut by_listener: FastMap<SeriesKey, u64> = FastMap::default();
     for s in input.sockets {
-        let key = key(own, socket_port(s));
+        let id = socket_port(s);
+        let key = if own.contains(&id) {
+            SeriesKey::Port(id)
+        } else {
+            SeriesKey::folded(id)
+        };
         if is_listening(s.socket.state, s.socket.proto) {
             *by_listener.entry(key).or_default() += 1;
         }
