@@ -31,7 +31,12 @@ pub struct PortEntry {
 pub struct OwnerEntry {
     pub pid: u32,
     pub comm: String,
+    /// cgroup v2 id.
     pub cgroup: u64,
+    /// The systemd unit the cgroup's path names (`nginx.service`), if any;
+    /// `null` (never left out) otherwise. An older daemon does not send it.
+    #[serde(default)]
+    pub unit: Option<String>,
 }
 
 /// Which sockets to list.
@@ -76,11 +81,13 @@ impl PortFilter {
     }
 }
 
-/// The inventory as entries, filtered, sorted by namespace, protocol, port.
+/// The inventory as entries, filtered, sorted by namespace, protocol, port;
+/// owners by socket cookie, their units by cgroup id.
 pub fn port_entries(
     sockets: &[NsSocket],
     registry: &Registry,
     owners: &HashMap<u64, Owner>,
+    units: &HashMap<u64, String>,
     netns_names: &HashMap<u64, String>,
     filter: &PortFilter,
 ) -> Vec<PortEntry> {
@@ -114,6 +121,7 @@ pub fn port_entries(
                     pid: o.pid,
                     comm: comm(&o.comm),
                     cgroup: o.cgroup,
+                    unit: units.get(&o.cgroup).cloned(),
                 }),
             })
         })
@@ -142,10 +150,13 @@ pub fn route(
         "/api/v1/ports" => match PortFilter::from_query(|name| req.param(name).map(str::to_owned)) {
             Ok(filter) => {
                 let (snapshot, names) = state.snapshot();
+                let owners = state.owners();
+                let units = state.units(owners.values().map(|o| o.cgroup));
                 Response::json(&port_entries(
                     &snapshot.sockets,
                     &state.settings().registry,
-                    &state.owners(),
+                    &owners,
+                    &units,
                     &names,
                     &filter,
                 ))

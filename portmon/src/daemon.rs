@@ -18,6 +18,7 @@ use portmon_common::{map, Owner, PortBlock, PortBlockKey};
 use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
+    cgroups::CgroupPaths,
     config::Config,
     counters::{self, Health, PortCount},
     ephemeral::EphemeralReport,
@@ -87,6 +88,7 @@ pub struct State {
     maps: Mutex<Maps>,
     failures: Mutex<FailureLog>,
     inventory: Mutex<(Inventory, Instant)>,
+    cgroups: Mutex<CgroupPaths>,
     settings: RwLock<Arc<Settings>>,
     pub programs: Vec<&'static str>,
     pub options: LoadOptions,
@@ -158,6 +160,14 @@ impl State {
     /// follows, by cookie.
     pub fn owners(&self) -> HashMap<u64, Owner> {
         lock(&self.maps).sockets.owners()
+    }
+
+    /// The systemd units of the cgroups `ids`, for those whose path names one.
+    pub fn units(&self, ids: impl IntoIterator<Item = u64>) -> HashMap<u64, String> {
+        let mut cgroups = lock(&self.cgroups);
+        ids.into_iter()
+            .filter_map(|id| cgroups.unit(id).map(|unit| (id, unit)))
+            .collect()
     }
 
     /// TCP connects from sockets bound to port 0, by command.
@@ -323,6 +333,7 @@ pub fn start(config: Config) -> Result<Started, DaemonError> {
         }),
         failures: Mutex::new(FailureLog::default()),
         inventory: Mutex::new((Inventory::scan(), Instant::now())),
+        cgroups: Mutex::new(CgroupPaths::new(env.cgroup_root.clone())),
         settings: RwLock::new(Arc::new(Settings::new(&config, registry))),
         programs: kernel.attached().to_vec(),
         options,
