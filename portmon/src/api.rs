@@ -31,7 +31,12 @@ pub struct PortEntry {
 pub struct OwnerEntry {
     pub pid: u32,
     pub comm: String,
+    /// cgroup v2 id.
     pub cgroup: u64,
+    /// The systemd unit the cgroup's path names (`nginx.service`), if any;
+    /// `null` (never left out) otherwise. An older daemon does not send it.
+    #[serde(default)]
+    pub unit: Option<String>,
 }
 
 /// Which sockets to list.
@@ -76,11 +81,13 @@ impl PortFilter {
     }
 }
 
-/// The inventory as entries, filtered, sorted by namespace, protocol, port.
+/// The inventory as entries, filtered, sorted by namespace, protocol, port;
+/// owners by socket cookie, their units by cgroup id.
 pub fn port_entries(
     sockets: &[NsSocket],
     registry: &Registry,
     owners: &HashMap<u64, Owner>,
+    units: &HashMap<u64, String>,
     netns_names: &HashMap<u64, String>,
     filter: &PortFilter,
 ) -> Vec<PortEntry> {
@@ -114,6 +121,7 @@ pub fn port_entries(
                     pid: o.pid,
                     comm: comm(&o.comm),
                     cgroup: o.cgroup,
+                    unit: units.get(&o.cgroup).cloned(),
                 }),
             })
         })
@@ -129,19 +137,26 @@ pub fn comm(raw: &[u8; 16]) -> String {
     String::from_utf8_lossy(&raw[..len]).into_owned()
 }
 
-/// Answers one HTTP request.
-pub fn route(state: &crate::daemon::State, req: &crate::http::Request) -> crate::http::Response {
+/// Answers one HTTP request; `/metrics` through `metrics`, the rest from `state`.
+pub fn route(
+    state: &crate::daemon::State,
+    metrics: &crate::exporter::Metrics,
+    req: &crate::http::Request,
+) -> crate::http::Response {
     use crate::http::Response;
     match req.path.as_str() {
         "/healthz" => Response::text(200, "ok\n"),
-        "/metrics" => metrics(state),
+        "/metrics" => scrape(metrics),
         "/api/v1/ports" => match PortFilter::from_query(|name| req.param(name).map(str::to_owned)) {
             Ok(filter) => {
                 let (snapshot, names) = state.snapshot();
+                let owners = state.owners();
+                let units = state.units(owners.values().map(|o| o.cgroup));
                 Response::json(&port_entries(
                     &snapshot.sockets,
                     &state.settings().registry,
-                    &state.owners(),
+                    &owners,
+                    &units,
                     &names,
                     &filter,
                 ))
@@ -164,37 +179,17 @@ pub fn route(state: &crate::daemon::State, req: &crate::http::Request) -> crate:
     }
 }
 
-fn metrics(state: &crate::daemon::State) -> crate::http::Response {
-    let started = std::time::Instant::now();
-    let ports = state.ports();
-    let failures = state.failure_counts();
-    let (snapshot, names) = state.snapshot();
-    let assessing = std::time::Instant::now();
-    let ephemeral = state.ephemeral(&snapshot);
-    let ephemeral_seconds = assessing.elapsed().as_secs_f64();
-    let bind_before_connect = state.bind_before_connect();
-    let maps = state.map_usage();
-    let settings = state.settings();
-    let input = crate::exporter::ScrapeInput {
-        ports: &ports,
-        failures: &failures,
-        sockets: &snapshot.sockets,
-        registry: &settings.registry,
-        netns_names: &names,
-        health: state.health(),
-        maps: &maps,
-        programs: &state.programs,
-        port_series_limit: settings.port_series_limit,
-        netns_label: settings.netns_label,
-        ephemeral: &ephemeral,
-        ephemeral_seconds,
-        bind_before_connect: &bind_before_connect,
-    };
-    let body = crate::exporter::render(&input, started.elapsed().as_secs_f64());
-    crate::http::Response {
-        status: 200,
-        content_type: "text/plain; version=0.0.4; charset=utf-8",
-        body: body.into_bytes(),
+fn scrape(metrics: &crate::exporter::Metrics) -> crate::http::Response {
+    match metrics.render() {
+        Ok(body) => crate::http::Response {
+            status: 200,
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            body: body.into_bytes(),
+        },
+        Err(err) => {
+            tracing::error!("scrape failed: {}", crate::loader::error_line(&err));
+            crate::http::Response::text(500, "scrape failed: see portmon's log\n")
+        }
     }
 }
 

@@ -34,11 +34,13 @@ pub struct Config {
     /// (per namespace, protocol, family and kind of counter).
     #[serde(deserialize_with = "port_stats_capacity")]
     pub port_stats_capacity: u32,
-    /// Most per-port series in /metrics; the least busy ports past it fold
-    /// into their range class (`port=""`).
+    /// Most ports with series of their own per metric in /metrics; past
+    /// it ports fold into their range class (`port=""`). Counters: first
+    /// come, first served, for the daemon's lifetime; gauges: the busiest.
     pub port_series_limit: usize,
-    /// `auto`: a `netns` label only when more than one network namespace
-    /// has sockets or events; `always`: on every per-port series.
+    /// `auto`: a `netns` label once more than one network namespace has
+    /// had sockets or events (then until restart); `always`: on every
+    /// per-port series.
     pub netns_label: crate::exporter::NetnsLabel,
     /// How many of the busiest destinations get their own
     /// `portmon_ephemeral_destination_utilization_ratio` series.

@@ -18,10 +18,11 @@ use portmon_common::{map, Owner, PortBlock, PortBlockKey};
 use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
+    cgroups::CgroupPaths,
     config::Config,
     counters::{self, Health, PortCount},
     ephemeral::EphemeralReport,
-    exporter::{MapUsage, NetnsLabel},
+    exporter::{ExporterError, MapUsage, Metrics, NetnsLabel},
     failures::{Failure, FailureKey, FailureLog, FailureReader},
     http,
     inventory::{Inventory, Snapshot},
@@ -70,6 +71,8 @@ pub enum DaemonError {
     Capabilities(#[from] CapabilityError),
     #[error(transparent)]
     Notify(#[from] NotifyError),
+    #[error(transparent)]
+    Exporter(#[from] ExporterError),
 }
 
 /// The kernel maps the daemon reads.
@@ -85,6 +88,7 @@ pub struct State {
     maps: Mutex<Maps>,
     failures: Mutex<FailureLog>,
     inventory: Mutex<(Inventory, Instant)>,
+    cgroups: Mutex<CgroupPaths>,
     settings: RwLock<Arc<Settings>>,
     pub programs: Vec<&'static str>,
     pub options: LoadOptions,
@@ -156,6 +160,14 @@ impl State {
     /// follows, by cookie.
     pub fn owners(&self) -> HashMap<u64, Owner> {
         lock(&self.maps).sockets.owners()
+    }
+
+    /// The systemd units of the cgroups `ids`, for those whose path names one.
+    pub fn units(&self, ids: impl IntoIterator<Item = u64>) -> HashMap<u64, String> {
+        let mut cgroups = lock(&self.cgroups);
+        ids.into_iter()
+            .filter_map(|id| cgroups.unit(id).map(|unit| (id, unit)))
+            .collect()
     }
 
     /// TCP connects from sockets bound to port 0, by command.
@@ -321,6 +333,7 @@ pub fn start(config: Config) -> Result<Started, DaemonError> {
         }),
         failures: Mutex::new(FailureLog::default()),
         inventory: Mutex::new((Inventory::scan(), Instant::now())),
+        cgroups: Mutex::new(CgroupPaths::new(env.cgroup_root.clone())),
         settings: RwLock::new(Arc::new(Settings::new(&config, registry))),
         programs: kernel.attached().to_vec(),
         options,
@@ -360,8 +373,10 @@ pub async fn serve(started: Started, source: ConfigSource) -> Result<(), DaemonE
     })?;
     let mut signals = Signals::install().map_err(DaemonError::Signals)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let metrics = Metrics::new(state.clone())?;
     let handler_state = state.clone();
-    let handler: http::Handler = Arc::new(move |req: &http::Request| crate::api::route(&handler_state, req));
+    let handler: http::Handler =
+        Arc::new(move |req: &http::Request| crate::api::route(&handler_state, &metrics, req));
     let server = tokio::spawn(http::serve(listener, handler, shutdown_rx));
     let watchdog = notify::watchdog_interval().map(|interval| {
         let probe_state = state.clone();

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod btf;
+pub mod cgroups;
 pub mod cli;
 pub mod config;
 pub mod counters;

@@ -2,27 +2,36 @@
 //! Prometheus scraping the real daemon.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{TcpListener, TcpStream, UdpSocket},
     time::Duration,
 };
 
+use portmon::port_class::PortClass;
 use portmon_tests::{http_get, serial, ss_counts, Daemon, NamedNetns, Prometheus};
 
 const DAEMON: &str = "127.0.0.1:17460";
 const PROMETHEUS: &str = "127.0.0.1:19091";
+/// The per-port series limit counts ports of every namespace on the host,
+/// which a fresh namespace cannot keep out: tests that read a port's own
+/// series lift it above anything a test host holds.
+const NO_FOLDING: &[&str] = &["--port-series-limit", "10000000"];
 
 /// Sockets a workload leaves behind: listeners, established pairs, and
 /// client sockets in TIME_WAIT (closed first by the client).
 struct Workload {
     _keep: Vec<Box<dyn Send>>,
+    /// The local ports its TCP sockets hold, TIME_WAIT ones included.
+    tcp_ports: BTreeSet<u16>,
 }
 
 fn workload(listen_port: u16, established: usize, time_wait: usize, udp_port: u16) -> Workload {
     let mut keep: Vec<Box<dyn Send>> = Vec::new();
     let listener = TcpListener::bind(("127.0.0.1", listen_port)).expect("listen");
+    let mut tcp_ports = BTreeSet::from([listen_port]);
     for i in 0..established + time_wait {
         let client = TcpStream::connect(("127.0.0.1", listen_port)).expect("connect");
+        tcp_ports.insert(client.local_addr().expect("client address").port());
         let (server, _) = listener.accept().expect("accept");
         if i < established {
             keep.push(Box::new(client));
@@ -39,7 +48,10 @@ fn workload(listen_port: u16, established: usize, time_wait: usize, udp_port: u1
     keep.push(Box::new(
         UdpSocket::bind(("127.0.0.1", udp_port)).expect("udp bind"),
     ));
-    Workload { _keep: keep }
+    Workload {
+        _keep: keep,
+        tcp_ports,
+    }
 }
 
 /// Counts by (proto, port, state) from `/api/v1/ports` for one namespace.
@@ -88,7 +100,7 @@ fn inventory_and_metrics_match_ss_for_sockets_older_and_newer_than_the_daemon() 
     let _serial = serial();
     let ns = NamedNetns::create("inventory");
     let before = ns.enter(|| workload(18_001, 3, 2, 18_051));
-    let daemon = Daemon::start(DAEMON.parse().unwrap(), &[]);
+    let daemon = Daemon::start(DAEMON.parse().unwrap(), NO_FOLDING);
     let after = ns.enter(|| workload(18_002, 2, 1, 18_052));
 
     let ss = ss_counts(&ns.exec("ss", &["-tuanH"]));
@@ -117,42 +129,85 @@ fn inventory_and_metrics_match_ss_for_sockets_older_and_newer_than_the_daemon() 
 fn prometheus_scrapes_the_numbers_the_kernel_counted() {
     let _serial = serial();
     let ns = NamedNetns::create("prometheus");
-    let daemon = Daemon::start(DAEMON.parse().unwrap(), &[]);
+    let daemon = Daemon::start(DAEMON.parse().unwrap(), NO_FOLDING);
     let prometheus = Prometheus::start(PROMETHEUS.parse().unwrap(), daemon.addr, &[]);
-    let work = ns.enter(|| workload(18_003, 4, 0, 18_053));
-    let failed = ns.enter(|| TcpListener::bind(("127.0.0.1", 18_003)).expect_err("port in use"));
+    let (tcp_port, udp_port) = (18_003, 18_053);
+    let (established, time_wait) = (4, 3);
+    let work = ns.enter(|| workload(tcp_port, established, time_wait, udp_port));
+    let failed = ns.enter(|| TcpListener::bind(("127.0.0.1", tcp_port)).expect_err("port in use"));
     assert_eq!(failed.kind(), std::io::ErrorKind::AddrInUse);
 
     let n = &ns.name;
-    let timeout = Duration::from_secs(30);
-    let checks = [
+    let count = |n: usize| n as f64;
+    let mut checks = vec![
+        // One bind each: the listener and the UDP socket; the failed one is an error.
         (
-            format!(r#"portmon_binds_total{{netns="{n}",proto="tcp",port="18003"}}"#),
+            format!(r#"portmon_binds_total{{netns="{n}",proto="tcp",port="{tcp_port}"}}"#),
             1.0,
         ),
         (
-            format!(r#"portmon_connects_total{{netns="{n}",proto="tcp",port="18003"}}"#),
-            4.0,
-        ),
-        (
-            format!(r#"portmon_listening_ports{{netns="{n}",proto="tcp",port="18003"}}"#),
+            format!(r#"portmon_binds_total{{netns="{n}",proto="udp",port="{udp_port}"}}"#),
             1.0,
         ),
         (
-            format!(r#"portmon_listening_ports{{netns="{n}",proto="udp",port="18053"}}"#),
+            format!(r#"portmon_bind_errors_total{{netns="{n}",port="{tcp_port}",errno="EADDRINUSE"}}"#),
             1.0,
         ),
+        // Every connection was established once, those closed since too.
+        (
+            format!(r#"portmon_connects_total{{netns="{n}",proto="tcp",port="{tcp_port}"}}"#),
+            count(established + time_wait),
+        ),
+        (
+            format!(r#"portmon_listening_ports{{netns="{n}",proto="tcp",port="{tcp_port}"}}"#),
+            1.0,
+        ),
+        (
+            format!(r#"portmon_listening_ports{{netns="{n}",proto="udp",port="{udp_port}"}}"#),
+            1.0,
+        ),
+        // Both ends of each open connection; the client ends of the closed ones.
         (
             format!(r#"sum(portmon_sockets{{netns="{n}",proto="tcp",state="established"}})"#),
-            8.0,
+            count(2 * established),
         ),
         (
-            format!(r#"portmon_bind_errors_total{{netns="{n}",port="18003",errno="EADDRINUSE"}}"#),
-            1.0,
+            format!(
+                r#"sum(portmon_sockets{{netns="{n}",proto="tcp",port="{tcp_port}",state="established"}})"#
+            ),
+            count(established),
         ),
-        ("portmon_program_attached".to_owned(), 1.0),
+        (
+            format!(r#"sum(portmon_sockets{{netns="{n}",proto="tcp",state="time_wait"}})"#),
+            count(time_wait),
+        ),
+        (
+            format!(r#"sum(portmon_sockets{{netns="{n}",proto="tcp"}})"#),
+            count(1 + 2 * established + time_wait),
+        ),
+        ("min(portmon_program_attached)".to_owned(), 1.0),
         ("portmon_events_dropped_total".to_owned(), 0.0),
     ];
+    // Distinct local ports per class: the listener's and each client's
+    // ephemeral port (TIME_WAIT holds it), wherever the kernel picked it.
+    for class in PortClass::ALL {
+        let held =
+            |ports: &BTreeSet<u16>| count(ports.iter().filter(|p| PortClass::of(**p) == class).count());
+        let udp = BTreeSet::from([udp_port]);
+        for (proto, ports) in [("tcp", &work.tcp_ports), ("udp", &udp)] {
+            let query = format!(
+                r#"portmon_ports_in_use{{netns="{n}",proto="{proto}",class="{}"}}"#,
+                class.label()
+            );
+            checks.push((query, held(ports)));
+        }
+    }
+    assert_eq!(
+        work.tcp_ports.len(),
+        1 + established + time_wait,
+        "clients share no port"
+    );
+    let timeout = Duration::from_secs(30);
     for (query, want) in checks {
         let got = prometheus.wait_for(&query, want, timeout);
         assert_eq!(got, Some(want), "{query}");

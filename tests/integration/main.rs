@@ -8,5 +8,6 @@ mod exporter;
 mod failures;
 mod lifecycle;
 mod package;
+mod ports;
 mod service;
 mod transparency;

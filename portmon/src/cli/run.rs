@@ -25,8 +25,9 @@ pub struct RunArgs {
     pub listen: Option<SocketAddr>,
     #[command(flatten)]
     pub registry: RegistryArgs,
-    /// Most per-port series in /metrics; the least busy fold into their
-    /// range class. Default 1000.
+    /// Most ports with series of their own per metric in /metrics; past it
+    /// ports fold into their range class (counters: first come, first
+    /// served). Default 1000.
     #[arg(long, value_name = "N")]
     pub port_series_limit: Option<usize>,
     /// When per-port series carry a `netns` label. Default auto.

@@ -1,37 +1,39 @@
-//! `/metrics`: built at scrape time from the kernel's counters, the failure
-//! log and a fresh inventory, as the Prometheus guide to writing exporters
-//! asks (nothing cached between scrapes, nothing to drift).
+//! `/metrics`: a Prometheus registry holding [`PortmonCollector`], which
+//! reads the kernel's counters, the failure log and a fresh inventory at
+//! every scrape, as the Prometheus guide to writing exporters asks.
 //!
 //! Per-port series exist only for ports in use or with events, up to a
-//! limit; beyond it the least busy ports fold into their range class (with
-//! `port=""`), and `portmon_port_series_folded` says how many did.
+//! limit; beyond it ports fold into their range class (with `port=""`),
+//! and `portmon_port_series_folded` says how many did. Which ports fold,
+//! and why a counter's choice is made once, is in `port_series`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{collections::HashMap, sync::Arc};
 
-use portmon_common::{Family, Proto, Role};
-use prometheus::{
-    proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType},
-    TextEncoder,
-};
+use portmon_common::Proto;
+use prometheus::TextEncoder;
 
+mod collector;
+pub mod definitions;
 mod exhaustion;
+mod families;
+#[cfg(test)]
+mod fixture;
+mod health;
+mod port_families;
+mod port_series;
+mod source;
 
-use crate::{
-    counters::{Health, PortCount},
-    ephemeral::EphemeralReport,
-    failures::FailureKey,
-    fnv::FastMap,
-    inventory::{NsSocket, SocketState},
-    port_class::PortClass,
-    port_set::PortSet,
-    registry::Registry,
-};
+pub use collector::PortmonCollector;
+pub use source::{ScrapeInput, ScrapeSource};
 
-/// Whether series carry a `netns` label.
+use crate::inventory::SocketState;
+
+/// Whether per-port series carry a `netns` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum NetnsLabel {
-    /// Only when more than one network namespace has sockets or events.
+    /// Once more than one network namespace has had sockets or events
+    /// (and from then on, until portmon restarts).
     Auto,
     /// Always.
     Always,
@@ -45,486 +47,41 @@ pub struct MapUsage {
     pub capacity: u64,
 }
 
-/// Everything one scrape reads.
-#[derive(Debug)]
-pub struct ScrapeInput<'a> {
-    pub ports: &'a [PortCount],
-    pub failures: &'a BTreeMap<FailureKey, u64>,
-    pub sockets: &'a [NsSocket],
-    pub registry: &'a Registry,
-    /// Namespace cookie → the name people know it by.
-    pub netns_names: &'a HashMap<u64, String>,
-    pub health: Health,
-    pub maps: &'a [MapUsage],
-    pub programs: &'a [&'static str],
-    pub port_series_limit: usize,
-    pub netns_label: NetnsLabel,
-    /// Ephemeral pools, by the kernel's rules.
-    pub ephemeral: &'a EphemeralReport,
-    /// How long assessing the pools took (socket table read included).
-    pub ephemeral_seconds: f64,
-    /// Connects from sockets bound to port 0 first, by command.
-    pub bind_before_connect: &'a [(String, u64)],
-}
-
-/// The series a port's numbers are added to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum SeriesKey {
-    Port(PortId),
-    Folded {
-        netns: u64,
-        proto: Proto,
-        family: Family,
-        class: PortClass,
-    },
-}
-
-/// One per-port series' identity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-struct PortId {
-    netns: u64,
-    proto: Proto,
-    family: Family,
-    port: u16,
-}
-
-/// Renders the exposition text. `scrape_seconds` is how long gathering the
-/// input took; the rendering itself is small next to it.
-pub fn render(input: &ScrapeInput<'_>, scrape_seconds: f64) -> String {
-    let mut families = Families::new(input);
-    families.port_series();
-    families.health(scrape_seconds);
-    families.ephemeral();
-    let all = families.finish();
-    // Every family built here has metrics and consistent labels, the two
-    // things the encoder checks; a failure would show as an empty body in
-    // every test.
-    TextEncoder::new().encode_to_string(&all).unwrap_or_default()
-}
-
-/// Builds metric families label by label.
-struct Families<'a> {
-    input: &'a ScrapeInput<'a>,
-    with_netns: bool,
-    kept: FastMap<PortId, bool>,
-    folded: usize,
-    by_name: BTreeMap<&'static str, MetricFamily>,
-}
-
-impl<'a> Families<'a> {
-    fn new(input: &'a ScrapeInput<'a>) -> Self {
-        let mut namespaces: Vec<u64> = input.sockets.iter().map(|s| s.netns).collect();
-        namespaces.extend(input.ports.iter().map(|p| p.netns));
-        namespaces.extend(input.failures.keys().map(|k| k.netns));
-        namespaces.sort_unstable();
-        namespaces.dedup();
-        let with_netns = input.netns_label == NetnsLabel::Always || namespaces.len() > 1;
-        let mut families = Self {
-            input,
-            with_netns,
-            kept: FastMap::default(),
-            folded: 0,
-            by_name: BTreeMap::new(),
-        };
-        families.choose_ports();
-        families
-    }
-
-    /// Ranks every port with sockets or events; keeps the busiest up to the limit.
-    fn choose_ports(&mut self) {
-        let mut activity: FastMap<PortId, (u64, u64)> = FastMap::default();
-        for s in self.input.sockets {
-            let id = PortId {
-                netns: s.netns,
-                proto: s.socket.proto,
-                family: s.socket.family,
-                port: s.socket.local.port(),
-            };
-            let entry = activity.entry(id).or_default();
-            // Listeners first: they are what people ask about.
-            entry.0 += u64::from(is_listening(s.socket.state, s.socket.proto));
-            entry.1 += 1;
-        }
-        for p in self.input.ports.iter().filter(|p| reported(p)) {
-            let s = &p.stats;
-            activity.entry(port_id(p)).or_default().1 += s.binds + s.listens + s.connects;
-        }
-        for (k, n) in self.input.failures {
-            let id = PortId {
-                netns: k.netns,
-                proto: k.proto,
-                family: k.family,
-                port: k.port,
-            };
-            activity.entry(id).or_default().1 += n;
-        }
-        let mut ranked: Vec<(PortId, (u64, u64))> = activity.into_iter().collect();
-        let limit = self.input.port_series_limit;
-        self.folded = ranked.len().saturating_sub(limit);
-        // Busiest first, ties by port; only the boundary matters, so a
-        // linear selection instead of a sort of every port.
-        let busier = |a: &(PortId, (u64, u64)), b: &(PortId, (u64, u64))| b.1.cmp(&a.1).then(a.0.cmp(&b.0));
-        if self.folded > 0 && limit > 0 {
-            ranked.select_nth_unstable_by(limit - 1, busier);
-        }
-        // Only the kept ports: a lookup that misses means folded.
-        self.kept = ranked.iter().take(limit).map(|(id, _)| (*id, true)).collect();
-    }
-
-    /// The series a port's numbers go to: its own, or its class's past the limit.
-    fn series_key(&self, id: PortId) -> SeriesKey {
-        if self.kept.get(&id).copied().unwrap_or(false) {
-            SeriesKey::Port(id)
-        } else {
-            SeriesKey::Folded {
-                netns: id.netns,
-                proto: id.proto,
-                family: id.family,
-                class: PortClass::of(id.port),
-            }
-        }
-    }
-
-    /// The labels of a series.
-    fn key_labels(&self, key: SeriesKey) -> Vec<(&'static str, String)> {
-        let (netns, proto, family, port, class, service) = match key {
-            SeriesKey::Port(id) => {
-                let service = self
-                    .input
-                    .registry
-                    .service_name(id.port, id.proto.into())
-                    .unwrap_or("");
-                (
-                    id.netns,
-                    id.proto,
-                    id.family,
-                    id.port.to_string(),
-                    PortClass::of(id.port),
-                    service.to_owned(),
-                )
-            }
-            SeriesKey::Folded {
-                netns,
-                proto,
-                family,
-                class,
-            } => (netns, proto, family, String::new(), class, String::new()),
-        };
-        let mut labels = vec![
-            ("proto", proto.label().to_owned()),
-            ("family", family.label().to_owned()),
-            ("port", port),
-            ("class", class.label().to_owned()),
-            ("service", service),
-        ];
-        if self.with_netns {
-            labels.push(("netns", self.netns_name(netns)));
-        }
-        labels
-    }
-
-    /// The per-port labels of a series, folded into its class past the limit.
-    fn port_labels(&self, id: PortId) -> Vec<(&'static str, String)> {
-        self.key_labels(self.series_key(id))
-    }
-
-    fn netns_name(&self, cookie: u64) -> String {
-        self.input
-            .netns_names
-            .get(&cookie)
-            .cloned()
-            .unwrap_or_else(|| format!("cookie:{cookie}"))
-    }
-
-    fn port_series(&mut self) {
-        let input = self.input;
-        // Counters from the kernel.
-        let mut binds: BTreeMap<Vec<(&str, String)>, f64> = BTreeMap::new();
-        let mut connects = BTreeMap::new();
-        for p in input.ports.iter().filter(|p| reported(p)) {
-            let labels = self.port_labels(port_id(p));
-            match p.role {
-                Role::Local => *binds.entry(labels).or_default() += p.stats.binds as f64,
-                Role::Remote => *connects.entry(labels).or_default() += p.stats.connects as f64,
-            }
-        }
-        self.add_all(
-            "portmon_binds_total",
-            "Successful bind() calls, by the port bound.",
-            MetricType::COUNTER,
-            binds,
-        );
-        self.add_all(
-            "portmon_connects_total",
-            "Successful outbound connects (TCP established, UDP connected), by destination port.",
-            MetricType::COUNTER,
-            connects,
-        );
-        // Failures, from the ring buffer.
-        let mut bind_errors = BTreeMap::new();
-        let mut connect_errors = BTreeMap::new();
-        for (k, n) in input.failures {
-            let mut labels = self.port_labels(PortId {
-                netns: k.netns,
-                proto: k.proto,
-                family: k.family,
-                port: k.port,
-            });
-            labels.push(("errno", k.errno.label().to_owned()));
-            let target = match k.op {
-                portmon_common::Op::Bind => &mut bind_errors,
-                portmon_common::Op::Connect => &mut connect_errors,
-            };
-            *target.entry(labels).or_default() += *n as f64;
-        }
-        self.add_all(
-            "portmon_bind_errors_total",
-            "Failed bind() calls, by port and errno.",
-            MetricType::COUNTER,
-            bind_errors,
-        );
-        self.add_all(
-            "portmon_connect_errors_total",
-            "Failed connects, by destination port and errno.",
-            MetricType::COUNTER,
-            connect_errors,
-        );
-        // State, from the inventory: counted by compact keys first, labels
-        // built once per series (a busy host has 100,000 sockets).
-        let mut by_state: FastMap<(SeriesKey, &'static str), u64> = FastMap::default();
-        let mut by_listener: FastMap<SeriesKey, u64> = FastMap::default();
-        let mut in_use: FastMap<(Proto, u64), PortSet> = FastMap::default();
-        for s in input.sockets {
-            let id = PortId {
-                netns: s.netns,
-                proto: s.socket.proto,
-                family: s.socket.family,
-                port: s.socket.local.port(),
-            };
-            let key = self.series_key(id);
-            if is_listening(s.socket.state, s.socket.proto) {
-                *by_listener.entry(key).or_default() += 1;
-            }
-            *by_state.entry((key, s.socket.state_label())).or_default() += 1;
-            in_use.entry((id.proto, s.netns)).or_default().insert(id.port);
-        }
-        let mut sockets = BTreeMap::new();
-        for ((key, state), n) in by_state {
-            let mut labels = self.key_labels(key);
-            labels.push(("state", state.to_owned()));
-            sockets.insert(labels, n as f64);
-        }
-        let listening = by_listener
-            .into_iter()
-            .map(|(key, n)| (self.key_labels(key), n as f64))
-            .collect();
-        self.add_all(
-            "portmon_sockets",
-            "Sockets holding a local port, by port and state (as ss shows them).",
-            MetricType::GAUGE,
-            sockets,
-        );
-        self.add_all(
-            "portmon_listening_ports",
-            "Listening sockets (TCP LISTEN, UDP bound and unconnected), by port.",
-            MetricType::GAUGE,
-            listening,
-        );
-        let mut ports_in_use = BTreeMap::new();
-        let mut namespaces: Vec<u64> = in_use.keys().map(|(_, netns)| *netns).collect();
-        namespaces.sort_unstable();
-        namespaces.dedup();
-        for class in PortClass::ALL {
-            for &proto in Proto::ALL {
-                let count = |netns: Option<u64>| -> f64 {
-                    in_use
-                        .iter()
-                        .filter(|((p, n), _)| *p == proto && netns.is_none_or(|want| *n == want))
-                        .map(|(_, set)| set.count_in(class))
-                        .sum::<u64>() as f64
-                };
-                if self.with_netns {
-                    for &netns in &namespaces {
-                        let labels = vec![
-                            ("proto", proto.label().to_owned()),
-                            ("class", class.label().to_owned()),
-                            ("netns", self.netns_name(netns)),
-                        ];
-                        ports_in_use.insert(labels, count(Some(netns)));
-                    }
-                } else {
-                    let labels = vec![
-                        ("proto", proto.label().to_owned()),
-                        ("class", class.label().to_owned()),
-                    ];
-                    ports_in_use.insert(labels, count(None));
-                }
-            }
-        }
-        self.add_all(
-            "portmon_ports_in_use",
-            "Distinct local ports held by any socket, by IANA range class.",
-            MetricType::GAUGE,
-            ports_in_use,
-        );
-    }
-
-    fn health(&mut self, scrape_seconds: f64) {
-        let input = self.input;
-        let h = input.health;
-        let one = |name: &'static str, value: f64| BTreeMap::from([(vec![("map", name.to_owned())], value)]);
-        self.add_all(
-            "portmon_events_dropped_total",
-            "Failure events lost because the ring buffer was full.",
-            MetricType::COUNTER,
-            BTreeMap::from([(vec![], h.events_dropped as f64)]),
-        );
-        let mut overflows = one("PORT_STATS", h.port_stats_overflow as f64);
-        overflows.extend(one("SOCKETS", h.sockets_overflow as f64));
-        overflows.extend(one("BIND_BEFORE_CONNECT", h.bind_before_connect_overflow as f64));
-        self.add_all(
-            "portmon_map_overflows_total",
-            "Updates lost because a kernel map was full.",
-            MetricType::COUNTER,
-            overflows,
-        );
-        let mut entries = BTreeMap::new();
-        let mut capacity = BTreeMap::new();
-        for m in input.maps {
-            entries.insert(vec![("map", m.name.to_owned())], m.entries as f64);
-            capacity.insert(vec![("map", m.name.to_owned())], m.capacity as f64);
-        }
-        self.add_all(
-            "portmon_map_entries",
-            "Entries in a kernel map.",
-            MetricType::GAUGE,
-            entries,
-        );
-        self.add_all(
-            "portmon_map_capacity",
-            "Capacity of a kernel map.",
-            MetricType::GAUGE,
-            capacity,
-        );
-        let attached = crate::loader::PROGRAMS
-            .iter()
-            .map(|(name, _)| {
-                (
-                    vec![("program", (*name).to_owned())],
-                    f64::from(u8::from(input.programs.contains(name))),
-                )
-            })
-            .collect();
-        self.add_all(
-            "portmon_program_attached",
-            "Whether a kernel program is attached (1) or not (0).",
-            MetricType::GAUGE,
-            attached,
-        );
-        let source = input.registry.source();
-        self.add_all(
-            "portmon_registry_entries",
-            "Records in the port registry portmon loaded, by source format.",
-            MetricType::GAUGE,
-            BTreeMap::from([(
-                vec![("source", source.format.label().to_owned())],
-                source.entries as f64,
-            )]),
-        );
-        self.add_all(
-            "portmon_port_series_folded",
-            "Ports folded into their range class because the per-port series limit was reached.",
-            MetricType::GAUGE,
-            BTreeMap::from([(vec![], self.folded as f64)]),
-        );
-        self.add_all(
-            "portmon_port_series_limit",
-            "The per-port series limit (port-series-limit).",
-            MetricType::GAUGE,
-            BTreeMap::from([(vec![], input.port_series_limit as f64)]),
-        );
-        self.add_all(
-            "portmon_scrape_duration_seconds",
-            "Time taken to gather this scrape (kernel maps and inventory).",
-            MetricType::GAUGE,
-            BTreeMap::from([(vec![], scrape_seconds)]),
-        );
-        self.add_all(
-            "portmon_build_info",
-            "portmon's version, as a label; the value is always 1.",
-            MetricType::GAUGE,
-            BTreeMap::from([(vec![("version", env!("CARGO_PKG_VERSION").to_owned())], 1.0)]),
-        );
-    }
-
-    fn add_all(
-        &mut self,
+#[derive(Debug, thiserror::Error)]
+pub enum ExporterError {
+    #[error("the metric definition {name} is not valid")]
+    Descriptor {
         name: &'static str,
-        help: &str,
-        kind: MetricType,
-        series: BTreeMap<Vec<(&'static str, String)>, f64>,
-    ) {
-        let family = self.by_name.entry(name).or_insert_with(|| {
-            let mut f = MetricFamily::default();
-            f.set_name(name.to_owned());
-            f.set_help(help.to_owned());
-            f.set_field_type(kind);
-            f
-        });
-        family.mut_metric().extend(
-            series
-                .into_iter()
-                .map(|(labels, value)| metric(&labels, kind, value)),
-        );
-    }
-
-    fn finish(self) -> Vec<MetricFamily> {
-        self.by_name
-            .into_values()
-            .filter(|f| !f.get_metric().is_empty())
-            .collect()
-    }
+        #[source]
+        source: prometheus::Error,
+    },
+    #[error("cannot register portmon's collector")]
+    Register(#[source] prometheus::Error),
+    #[error("cannot encode the exposition")]
+    Encode(#[source] prometheus::Error),
 }
 
-fn metric(labels: &[(&'static str, String)], kind: MetricType, value: f64) -> Metric {
-    let pairs = labels
-        .iter()
-        .map(|(name, value)| {
-            let mut pair = LabelPair::default();
-            pair.set_name((*name).to_owned());
-            pair.set_value(value.clone());
-            pair
-        })
-        .collect();
-    let mut m = Metric::from_label(pairs);
-    if kind == MetricType::COUNTER {
-        let mut c = Counter::default();
-        c.set_value(value);
-        m.set_counter(c);
-    } else {
-        let mut g = Gauge::default();
-        g.set_value(value);
-        m.set_gauge(g);
-    }
-    m
+/// The `/metrics` endpoint's registry, with portmon's collector in it.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: prometheus::Registry,
 }
 
-fn port_id(p: &PortCount) -> PortId {
-    PortId {
-        netns: p.netns,
-        proto: p.proto,
-        family: p.family,
-        port: p.port,
+impl Metrics {
+    /// A registry whose one collector reads `source` at each scrape.
+    pub fn new<S: ScrapeSource>(source: Arc<S>) -> Result<Self, ExporterError> {
+        let registry = prometheus::Registry::new();
+        registry
+            .register(Box::new(PortmonCollector::new(source)?))
+            .map_err(ExporterError::Register)?;
+        Ok(Self { registry })
     }
-}
 
-/// Kernel counters worth a series: binds on a local port, connects to a
-/// remote one. Connects counted by local ephemeral port stay in the API:
-/// one series per ephemeral port would swamp Prometheus.
-fn reported(p: &PortCount) -> bool {
-    match p.role {
-        Role::Local => p.stats.binds > 0,
-        Role::Remote => p.stats.connects > 0,
+    /// One scrape, in the Prometheus text format.
+    pub fn render(&self) -> Result<String, ExporterError> {
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .map_err(ExporterError::Encode)
     }
 }
 
@@ -536,59 +93,68 @@ pub fn is_listening(state: SocketState, proto: Proto) -> bool {
     }
 }
 
+/// The name people know a namespace by, or its cookie if it has none.
+fn netns_name(names: &HashMap<u64, String>, cookie: u64) -> String {
+    names
+        .get(&cookie)
+        .cloned()
+        .unwrap_or_else(|| format!("cookie:{cookie}"))
+}
+
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
+    use std::collections::BTreeMap;
 
-    use super::*;
-    use crate::inventory::Socket;
+    use super::{
+        fixture::{Fixture, Host},
+        *,
+    };
 
-    fn socket(port: u16, state: SocketState) -> NsSocket {
-        let local: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let remote: SocketAddr = "0.0.0.0:0".parse().unwrap();
-        NsSocket {
-            netns: 7,
-            socket: Socket {
-                proto: Proto::Tcp,
-                family: Family::Inet,
-                state,
-                local,
-                remote,
-                cookie: 1,
-                uid: 0,
-                inode: 0,
-            },
-        }
+    const HOST: u64 = 1;
+    const BLUE: u64 = 2;
+
+    fn start(host: Host) -> (Arc<Fixture>, Metrics) {
+        let fixture = Arc::new(Fixture {
+            host: std::sync::Mutex::new(host),
+        });
+        let metrics = Metrics::new(fixture.clone()).expect("a valid collector");
+        (fixture, metrics)
     }
 
-    fn render_with(sockets: &[NsSocket], limit: usize) -> String {
-        let registry = Registry::empty();
-        let input = ScrapeInput {
-            ports: &[],
-            failures: &BTreeMap::new(),
-            sockets,
-            registry: &registry,
-            netns_names: &HashMap::new(),
-            health: Health::default(),
-            maps: &[],
-            programs: &[],
-            port_series_limit: limit,
-            netns_label: NetnsLabel::Auto,
-            ephemeral: &EphemeralReport::default(),
-            ephemeral_seconds: 0.0,
-            bind_before_connect: &[],
-        };
-        render(&input, 0.001)
+    fn scrape(metrics: &Metrics) -> String {
+        metrics.render().expect("an exposition")
+    }
+
+    /// Every series of the exposition: `name{labels}` → value.
+    fn series(text: &str) -> BTreeMap<String, f64> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' '))
+            .map(|(name, value)| (name.to_owned(), value.parse().expect(name)))
+            .collect()
+    }
+
+    fn counters(text: &str) -> BTreeMap<String, f64> {
+        series(text)
+            .into_iter()
+            .filter(|(name, _)| name.split('{').next().is_some_and(|n| n.ends_with("_total")))
+            .collect()
     }
 
     #[test]
     fn ports_past_the_limit_fold_into_their_class_and_are_counted() {
+        let mut host = Host {
+            port_series_limit: 2,
+            ..Host::default()
+        };
         // Two listeners (ranked first), three busy client ports.
-        let mut sockets = vec![socket(80, SocketState::Listen), socket(8080, SocketState::Listen)];
+        host.socket(HOST, 80, SocketState::Listen);
+        host.socket(HOST, 8080, SocketState::Listen);
         for port in [50_000, 50_001, 50_002] {
-            sockets.push(socket(port, SocketState::Established));
+            host.socket(HOST, port, SocketState::Established);
         }
-        let text = render_with(&sockets, 2);
+        let (_, metrics) = start(host);
+        let text = scrape(&metrics);
         assert!(
             text.contains(
                 r#"portmon_listening_ports{proto="tcp",family="ipv4",port="80",class="system",service=""} 1"#
@@ -610,18 +176,162 @@ mod tests {
 
     #[test]
     fn under_the_limit_nothing_folds_and_no_netns_label_for_one_namespace() {
-        let text = render_with(
-            &[
-                socket(22, SocketState::Listen),
-                socket(22, SocketState::Established),
-            ],
-            1000,
-        );
+        let mut host = Host::default();
+        host.socket(HOST, 22, SocketState::Listen);
+        host.socket(HOST, 22, SocketState::Established);
+        let (_, metrics) = start(host);
+        let text = scrape(&metrics);
         assert!(text.contains("portmon_port_series_folded 0"), "{text}");
         assert!(
             text.contains(r#"port="22",class="system",service="",state="established"} 1"#),
             "{text}"
         );
         assert!(!text.contains("netns="), "{text}");
+    }
+
+    #[test]
+    fn counters_never_go_back_and_never_vanish_when_the_ranking_changes() {
+        // Ports 1000..=1005 under a limit of 3: the busiest three get their
+        // own series, the rest fold into the `user` class.
+        let mut host = Host {
+            port_series_limit: 3,
+            ..Host::default()
+        };
+        for (i, port) in (1000..=1005).enumerate() {
+            host.binds(HOST, port, 1 + i as u64);
+            host.bind_errors(HOST, port, 1 + i as u64);
+        }
+        let (fixture, metrics) = start(host);
+        let first = counters(&scrape(&metrics));
+        assert!(first.keys().any(|s| s.contains(r#"port="1005""#)), "{first:?}");
+        assert!(first.keys().any(|s| s.contains(r#"port="""#)), "{first:?}");
+
+        // The folded ports become the busiest, listeners appear on them, a
+        // new port comes: none of it may move a counter between series.
+        fixture.change(|host| {
+            for port in 1000..=1002 {
+                host.binds(HOST, port, 1_000);
+                host.bind_errors(HOST, port, 1_000);
+                host.socket(HOST, port, SocketState::Listen);
+            }
+            host.binds(HOST, 1100, 5_000);
+        });
+        let second = counters(&scrape(&metrics));
+        for (name, before) in &first {
+            let after = second
+                .get(name)
+                .unwrap_or_else(|| panic!("{name} vanished: {second:?}"));
+            assert!(after >= before, "{name} went from {before} to {after}");
+        }
+        let own: Vec<&String> = second.keys().filter(|s| s.contains(r#"port="1"#)).collect();
+        assert!(own.iter().all(|s| !s.contains(r#"port="1000""#)), "{own:?}");
+
+        // And when a port's numbers are gone from one read, its series stays.
+        fixture.change(|host| host.ports.clear());
+        let third = counters(&scrape(&metrics));
+        for (name, before) in &second {
+            assert!(
+                third.get(name).is_some_and(|after| after >= before),
+                "{name}: {third:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_netns_label_stays_once_a_second_namespace_was_seen() {
+        let mut host = Host::default();
+        host.socket(HOST, 22, SocketState::Listen);
+        host.binds(HOST, 22, 1);
+        let (fixture, metrics) = start(host);
+        assert!(!scrape(&metrics).contains("netns="));
+        fixture.change(|host| host.socket(BLUE, 8080, SocketState::Listen));
+        let two = scrape(&metrics);
+        assert!(
+            two.contains(r#"portmon_binds_total{proto="tcp",family="ipv4",port="22",class="system",service="",netns="host"} 1"#),
+            "{two}"
+        );
+        fixture.change(|host| host.sockets.retain(|s| s.netns == HOST));
+        let one_again = scrape(&metrics);
+        for line in one_again.lines().filter(|l| l.starts_with("portmon_sockets{")) {
+            assert!(line.contains(r#"netns="host""#), "{line}");
+        }
+        assert_eq!(
+            counters(&one_again).keys().collect::<Vec<_>>(),
+            counters(&two).keys().collect::<Vec<_>>(),
+            "counter series changed identity"
+        );
+    }
+
+    #[test]
+    fn the_folded_count_is_every_port_in_a_folded_series() {
+        let mut host = Host {
+            port_series_limit: 2,
+            ..Host::default()
+        };
+        host.binds(HOST, 1001, 1);
+        host.binds(HOST, 1002, 1);
+        let (fixture, metrics) = start(host);
+        assert!(scrape(&metrics).contains("portmon_port_series_folded 0"));
+        // Three new listeners: their gauges rank first, but the counters'
+        // room is taken, so 3000's binds fold; 5000's socket ranks third.
+        fixture.change(|host| {
+            for port in [3000, 4000, 5000] {
+                host.socket(HOST, port, SocketState::Listen);
+            }
+            host.binds(HOST, 3000, 4);
+        });
+        let text = scrape(&metrics);
+        let all = series(&text);
+        let value = |name: &str| all.get(name).copied().unwrap_or_else(|| panic!("{name}: {text}"));
+        assert_eq!(
+            value("portmon_port_series_folded"),
+            2.0,
+            "3000 (binds) and 5000 (sockets)"
+        );
+        assert_eq!(
+            value(r#"portmon_binds_total{proto="tcp",family="ipv4",port="",class="user",service=""}"#),
+            4.0
+        );
+        assert_eq!(
+            value(r#"portmon_listening_ports{proto="tcp",family="ipv4",port="",class="user",service=""}"#),
+            1.0
+        );
+        assert_eq!(
+            value(
+                r#"portmon_listening_ports{proto="tcp",family="ipv4",port="3000",class="user",service=""}"#
+            ),
+            1.0
+        );
+    }
+
+    #[test]
+    fn every_series_carries_the_labels_its_definition_names() {
+        for label in [NetnsLabel::Auto, NetnsLabel::Always] {
+            let mut host = Host {
+                port_series_limit: 1,
+                netns_label: label,
+                ..Host::default()
+            };
+            host.socket(HOST, 22, SocketState::Listen);
+            host.socket(HOST, 40_000, SocketState::Established);
+            host.binds(HOST, 22, 1);
+            host.bind_errors(HOST, 80, 1);
+            let (fixture, _) = start(host);
+            let collector = PortmonCollector::new(fixture).unwrap();
+            let gathered = prometheus::core::Collector::collect(&collector);
+            assert!(gathered.len() > 10, "{gathered:?}");
+            for family in gathered {
+                let def = definitions::ALL
+                    .iter()
+                    .find(|d| d.name == family.name())
+                    .unwrap_or_else(|| panic!("{} has no definition", family.name()));
+                assert_eq!(family.get_field_type(), def.kind, "{}", def.name);
+                let want: Vec<&str> = def.label_names(label == NetnsLabel::Always).collect();
+                for m in family.get_metric() {
+                    let names: Vec<&str> = m.get_label().iter().map(|l| l.name()).collect();
+                    assert_eq!(names, want, "{}", def.name);
+                }
+            }
+        }
     }
 }

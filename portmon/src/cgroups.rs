@@ -1,0 +1,139 @@
+//! cgroup v2 ids, as the kernel programs record an owner's
+//! (`bpf_get_current_cgroup_id`), to the cgroup's path and the systemd unit
+//! that path names.
+//!
+//! A cgroup's id is its directory's inode number in the cgroup v2 mount
+//! (kernfs uses the node id as inode number on 64-bit hosts, `kernfs_ino`
+//! in fs/kernfs/kernfs-internal.h), so one walk of the hierarchy maps
+//! every live cgroup.
+
+use std::{
+    collections::HashMap,
+    os::unix::fs::DirEntryExt as _,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+/// How old the map may be before an unknown id makes portmon walk the
+/// hierarchy again: owners in cgroups gone since would otherwise make
+/// every lookup a walk.
+const RESCAN: Duration = Duration::from_secs(2);
+
+/// Paths of the cgroups under one cgroup v2 mount, by id.
+#[derive(Debug)]
+pub struct CgroupPaths {
+    root: PathBuf,
+    by_id: HashMap<u64, String>,
+    scanned: Option<Instant>,
+}
+
+impl CgroupPaths {
+    /// Paths under the cgroup v2 mount at `root`; nothing is read yet.
+    pub fn new(root: PathBuf) -> Self {
+        Self {
+            root,
+            by_id: HashMap::new(),
+            scanned: None,
+        }
+    }
+
+    /// The path of cgroup `id` below the mount (`/system.slice/nginx.service`),
+    /// walking the hierarchy again when it is unknown and the last walk is old.
+    pub fn path(&mut self, id: u64) -> Option<&str> {
+        let stale = self.scanned.is_none_or(|at| at.elapsed() > RESCAN);
+        if !self.by_id.contains_key(&id) && stale {
+            self.scan();
+        }
+        self.by_id.get(&id).map(String::as_str)
+    }
+
+    /// The systemd unit cgroup `id` belongs to, if its path names one.
+    pub fn unit(&mut self, id: u64) -> Option<String> {
+        self.path(id).and_then(systemd_unit).map(str::to_owned)
+    }
+
+    fn scan(&mut self) {
+        self.by_id.clear();
+        if let Ok(meta) = std::fs::metadata(&self.root) {
+            use std::os::unix::fs::MetadataExt as _;
+            self.by_id.insert(meta.ino(), "/".to_owned());
+        }
+        let mut pending = vec![(self.root.clone(), String::new())];
+        while let Some((dir, path)) = pending.pop() {
+            // A cgroup removed during the walk is simply not there.
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                // d_type and d_ino come with the directory listing: no stat per cgroup.
+                if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                let child = format!("{path}/{}", entry.file_name().to_string_lossy());
+                self.by_id.insert(entry.ino(), child.clone());
+                pending.push((entry.path(), child));
+            }
+        }
+        self.scanned = Some(Instant::now());
+    }
+}
+
+/// Unit types whose processes live in a cgroup of their own name
+/// (slices only group other units).
+const UNIT_SUFFIXES: [&str; 5] = [".service", ".scope", ".socket", ".mount", ".swap"];
+
+/// The innermost systemd unit a cgroup path names:
+/// `/system.slice/nginx.service` → `nginx.service`, also from a cgroup a
+/// service made below its own (`/system.slice/nginx.service/worker`).
+pub fn systemd_unit(path: &str) -> Option<&str> {
+    path.rsplit('/')
+        .find(|c| UNIT_SUFFIXES.iter().any(|s| c.len() > s.len() && c.ends_with(s)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_come_from_the_innermost_unit_in_the_path() {
+        let cases = [
+            ("/system.slice/nginx.service", Some("nginx.service")),
+            ("/system.slice/nginx.service/worker", Some("nginx.service")),
+            ("/system.slice/docker-3f2a.scope", Some("docker-3f2a.scope")),
+            (
+                "/user.slice/user-1000.slice/user@1000.service/app.slice/foo.service",
+                Some("foo.service"),
+            ),
+            (
+                "/user.slice/user-1000.slice/session-4.scope",
+                Some("session-4.scope"),
+            ),
+            ("/system.slice", None),
+            ("/docker/3f2a1b", None),
+            ("/", None),
+            ("/.service", None),
+        ];
+        for (path, unit) in cases {
+            assert_eq!(systemd_unit(path), unit, "{path}");
+        }
+    }
+
+    #[test]
+    fn ids_are_the_directories_inodes() {
+        use std::os::unix::fs::MetadataExt as _;
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("system.slice/nginx.service")).unwrap();
+        std::fs::write(root.path().join("system.slice/cgroup.procs"), "").unwrap();
+        let ino = |p: &str| std::fs::metadata(root.path().join(p)).unwrap().ino();
+        let mut paths = CgroupPaths::new(root.path().to_owned());
+        assert_eq!(paths.path(ino("")), Some("/"));
+        assert_eq!(paths.path(ino("system.slice")), Some("/system.slice"));
+        let nginx = ino("system.slice/nginx.service");
+        assert_eq!(paths.unit(nginx).as_deref(), Some("nginx.service"));
+        assert_eq!(
+            paths.path(ino("system.slice/cgroup.procs")),
+            None,
+            "files are no cgroups"
+        );
+    }
+}

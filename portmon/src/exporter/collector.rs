@@ -1,0 +1,80 @@
+//! portmon's Prometheus collector: the fixed descriptors of every family,
+//! and at each scrape the numbers read then from the kernel maps, the
+//! failure log and the inventory — as the Prometheus guide to writing
+//! exporters asks. What it keeps between scrapes only keeps series stable
+//! (see `port_series`); no number is cached.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::Instant,
+};
+
+use prometheus::{core::Collector, core::Desc, proto::MetricFamily};
+
+use super::{
+    definitions, exhaustion, families::Families, health, port_families, port_series::SeriesMemory,
+    ExporterError, ScrapeInput, ScrapeSource,
+};
+
+/// Collects every portmon family from `S` at scrape time.
+pub struct PortmonCollector<S> {
+    source: Arc<S>,
+    descs: Vec<Desc>,
+    memory: Mutex<SeriesMemory>,
+}
+
+impl<S> std::fmt::Debug for PortmonCollector<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PortmonCollector")
+            .field("families", &self.descs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: ScrapeSource> PortmonCollector<S> {
+    /// A collector reading `source`, with a descriptor per family of
+    /// [`definitions::ALL`].
+    pub fn new(source: Arc<S>) -> Result<Self, ExporterError> {
+        let descs = definitions::ALL
+            .iter()
+            .map(|d| {
+                let labels = d.labels.iter().map(|l| (*l).to_owned()).collect();
+                Desc::new(d.name.to_owned(), d.help.to_owned(), labels, HashMap::new())
+                    .map_err(|source| ExporterError::Descriptor { name: d.name, source })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            source,
+            descs,
+            memory: Mutex::new(SeriesMemory::default()),
+        })
+    }
+}
+
+impl<S: ScrapeSource> Collector for PortmonCollector<S> {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let started = Instant::now();
+        self.source.scrape(|input| {
+            let gathered = started.elapsed().as_secs_f64();
+            // A panic mid-scrape leaves assignments that are still valid.
+            let mut memory = self.memory.lock().unwrap_or_else(PoisonError::into_inner);
+            build(input, &mut memory, gathered)
+        })
+    }
+}
+
+/// Every family of one scrape; `scrape_seconds` is how long reading the
+/// input took (building is small next to it).
+fn build(input: &ScrapeInput<'_>, memory: &mut SeriesMemory, scrape_seconds: f64) -> Vec<MetricFamily> {
+    let with_netns = memory.with_netns(input.netns_label, port_families::namespaces(input));
+    let mut families = Families::new(with_netns);
+    let folded = port_families::add(input, memory, &mut families);
+    health::add(input, folded, scrape_seconds, &mut families);
+    exhaustion::add(input, &mut families);
+    families.finish()
+}

@@ -1,0 +1,246 @@
+//! Every metric family portmon exports: name, help, type and label names,
+//! in one table. The collector's descriptors come from here, and every
+//! series is labelled through it, so the two cannot disagree.
+
+use prometheus::proto::MetricType;
+
+/// One metric family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Definition {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: MetricType,
+    /// Label names, in the order the exposition writes them.
+    pub labels: &'static [&'static str],
+    /// Whether `netns` is left out of `labels` while portmon watches a
+    /// single network namespace (`netns-label = "auto"`).
+    pub netns_optional: bool,
+}
+
+impl Definition {
+    /// The label names a series carries, with or without the optional `netns`.
+    pub fn label_names(&self, with_netns: bool) -> impl Iterator<Item = &'static str> + '_ {
+        let drop_netns = self.netns_optional && !with_netns;
+        self.labels
+            .iter()
+            .copied()
+            .filter(move |&name| !(drop_netns && name == "netns"))
+    }
+}
+
+const fn counter(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> Definition {
+    Definition {
+        name,
+        help,
+        kind: MetricType::COUNTER,
+        labels,
+        netns_optional: false,
+    }
+}
+
+const fn gauge(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> Definition {
+    Definition {
+        name,
+        help,
+        kind: MetricType::GAUGE,
+        labels,
+        netns_optional: false,
+    }
+}
+
+/// A family with the per-port labels, `netns` among them only when needed.
+const fn per_port(def: Definition) -> Definition {
+    Definition {
+        netns_optional: true,
+        ..def
+    }
+}
+
+const PORT: &[&str] = &["proto", "family", "port", "class", "service", "netns"];
+const PORT_ERRNO: &[&str] = &["proto", "family", "port", "class", "service", "netns", "errno"];
+const PORT_STATE: &[&str] = &["proto", "family", "port", "class", "service", "netns", "state"];
+
+pub const BINDS: Definition = per_port(counter(
+    "portmon_binds_total",
+    "Successful bind() calls, by the port bound.",
+    PORT,
+));
+pub const CONNECTS: Definition = per_port(counter(
+    "portmon_connects_total",
+    "Successful outbound connects (TCP established, UDP connected), by destination port.",
+    PORT,
+));
+pub const BIND_ERRORS: Definition = per_port(counter(
+    "portmon_bind_errors_total",
+    "Failed bind() calls, by port and errno.",
+    PORT_ERRNO,
+));
+pub const CONNECT_ERRORS: Definition = per_port(counter(
+    "portmon_connect_errors_total",
+    "Failed connects, by destination port and errno.",
+    PORT_ERRNO,
+));
+pub const SOCKETS: Definition = per_port(gauge(
+    "portmon_sockets",
+    "Sockets holding a local port, by port and state (as ss shows them).",
+    PORT_STATE,
+));
+pub const LISTENING_PORTS: Definition = per_port(gauge(
+    "portmon_listening_ports",
+    "Listening sockets (TCP LISTEN, UDP bound and unconnected), by port.",
+    PORT,
+));
+pub const PORTS_IN_USE: Definition = per_port(gauge(
+    "portmon_ports_in_use",
+    "Distinct local ports held by any socket, by IANA range class.",
+    &["proto", "class", "netns"],
+));
+
+pub const EVENTS_DROPPED: Definition = counter(
+    "portmon_events_dropped_total",
+    "Failure events lost because the ring buffer was full.",
+    &[],
+);
+pub const MAP_OVERFLOWS: Definition = counter(
+    "portmon_map_overflows_total",
+    "Updates lost because a kernel map was full.",
+    &["map"],
+);
+pub const MAP_ENTRIES: Definition = gauge("portmon_map_entries", "Entries in a kernel map.", &["map"]);
+pub const MAP_CAPACITY: Definition = gauge("portmon_map_capacity", "Capacity of a kernel map.", &["map"]);
+pub const PROGRAM_ATTACHED: Definition = gauge(
+    "portmon_program_attached",
+    "Whether a kernel program is attached (1) or not (0).",
+    &["program"],
+);
+pub const REGISTRY_ENTRIES: Definition = gauge(
+    "portmon_registry_entries",
+    "Records in the port registry portmon loaded, by source format.",
+    &["source"],
+);
+pub const PORT_SERIES_FOLDED: Definition = gauge(
+    "portmon_port_series_folded",
+    "Ports folded into their range class because the per-port series limit was reached.",
+    &[],
+);
+pub const PORT_SERIES_LIMIT: Definition = gauge(
+    "portmon_port_series_limit",
+    "The per-port series limit (port-series-limit).",
+    &[],
+);
+pub const SCRAPE_DURATION: Definition = gauge(
+    "portmon_scrape_duration_seconds",
+    "Time taken to gather this scrape (kernel maps and inventory).",
+    &[],
+);
+pub const BUILD_INFO: Definition = gauge(
+    "portmon_build_info",
+    "portmon's version, as a label; the value is always 1.",
+    &["version"],
+);
+
+pub const EPHEMERAL_POOL_PORTS: Definition = gauge(
+    "portmon_ephemeral_pool_ports",
+    "Ports the kernel may hand out as ephemeral ports: ip_local_port_range minus ip_local_reserved_ports.",
+    &["netns"],
+);
+pub const EPHEMERAL_PORTS_IN_USE: Definition = gauge(
+    "portmon_ephemeral_ports_in_use",
+    "Distinct ports of the ephemeral pool held by any socket, TIME_WAIT included: what bind(0) and UDP auto-bind compete for.",
+    &["netns", "proto"],
+);
+pub const EPHEMERAL_BOUND_PORTS: Definition = gauge(
+    "portmon_ephemeral_bound_ports",
+    "Ports of the ephemeral pool held by bound sockets (bind, listen; for UDP every socket): out of reach of every connect().",
+    &["netns", "proto"],
+);
+pub const EPHEMERAL_UTILIZATION: Definition = gauge(
+    "portmon_ephemeral_utilization_ratio",
+    "How full the ephemeral pool is by the kernel's rules: op=bind, ports in use over the pool; op=connect, the busiest destination's connections over the pool minus bound ports. 1 means the next such operation fails.",
+    &["netns", "op", "proto"],
+);
+pub const EPHEMERAL_DESTINATION_UTILIZATION: Definition = gauge(
+    "portmon_ephemeral_destination_utilization_ratio",
+    "Connections to one destination over what connect() has left for it (the ephemeral pool minus bound ports), for the busiest destinations only (ephemeral-destinations).",
+    &["netns", "proto", "remote_addr", "remote_port"],
+);
+pub const EPHEMERAL_EXHAUSTION_ERRORS: Definition = counter(
+    "portmon_ephemeral_exhaustion_errors_total",
+    "Operations that failed for want of an ephemeral port: TCP connect (EADDRNOTAVAIL), UDP connect (EAGAIN), bind to port 0 (EADDRINUSE). The process is in the log and in /api/v1/failures.",
+    &["netns", "op", "proto"],
+);
+pub const EPHEMERAL_ASSESSMENT: Definition = gauge(
+    "portmon_ephemeral_assessment_seconds",
+    "Time this scrape spent assessing the ephemeral pools (part of portmon_scrape_duration_seconds).",
+    &[],
+);
+pub const BIND_BEFORE_CONNECT: Definition = counter(
+    "portmon_bind_before_connect_total",
+    "TCP connects from sockets bound to port 0 first (without IP_BIND_ADDRESS_NO_PORT), which hold their port exclusively, by command name.",
+    &["comm"],
+);
+
+/// Every family, in no particular order (the exposition sorts by name).
+pub const ALL: &[Definition] = &[
+    BINDS,
+    CONNECTS,
+    BIND_ERRORS,
+    CONNECT_ERRORS,
+    SOCKETS,
+    LISTENING_PORTS,
+    PORTS_IN_USE,
+    EVENTS_DROPPED,
+    MAP_OVERFLOWS,
+    MAP_ENTRIES,
+    MAP_CAPACITY,
+    PROGRAM_ATTACHED,
+    REGISTRY_ENTRIES,
+    PORT_SERIES_FOLDED,
+    PORT_SERIES_LIMIT,
+    SCRAPE_DURATION,
+    BUILD_INFO,
+    EPHEMERAL_POOL_PORTS,
+    EPHEMERAL_PORTS_IN_USE,
+    EPHEMERAL_BOUND_PORTS,
+    EPHEMERAL_UTILIZATION,
+    EPHEMERAL_DESTINATION_UTILIZATION,
+    EPHEMERAL_EXHAUSTION_ERRORS,
+    EPHEMERAL_ASSESSMENT,
+    BIND_BEFORE_CONNECT,
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_counters_end_in_total() {
+        let mut names: Vec<&str> = ALL.iter().map(|d| d.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ALL.len(), "a family is listed twice");
+        for d in ALL {
+            assert!(d.name.starts_with("portmon_"), "{}", d.name);
+            assert_eq!(
+                d.kind == MetricType::COUNTER,
+                d.name.ends_with("_total"),
+                "{}: counters and only counters end in _total",
+                d.name
+            );
+            assert!(
+                !d.netns_optional || d.labels.contains(&"netns"),
+                "{}: an optional netns it does not have",
+                d.name
+            );
+        }
+    }
+
+    #[test]
+    fn the_optional_netns_goes_only_when_asked() {
+        let without: Vec<&str> = SOCKETS.label_names(false).collect();
+        assert_eq!(without, ["proto", "family", "port", "class", "service", "state"]);
+        assert_eq!(SOCKETS.label_names(true).count(), SOCKETS.labels.len());
+        let pools: Vec<&str> = EPHEMERAL_POOL_PORTS.label_names(false).collect();
+        assert_eq!(pools, ["netns"], "a pool's namespace is never optional");
+    }
+}

@@ -1,0 +1,130 @@
+//! A scrape source of plain data for the exporter's unit tests, changed
+//! between scrapes as a host's activity would change.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    sync::Mutex,
+};
+
+use portmon_common::{Family, Op, PortStats, Proto, Role};
+
+use super::{NetnsLabel, ScrapeInput, ScrapeSource};
+use crate::{
+    counters::{Health, PortCount},
+    ephemeral::EphemeralReport,
+    failures::{Errno, FailureKey},
+    inventory::{NsSocket, Socket, SocketState},
+    registry::Registry,
+};
+
+/// What the next scrape reads.
+#[derive(Debug)]
+pub struct Host {
+    pub ports: Vec<PortCount>,
+    pub failures: BTreeMap<FailureKey, u64>,
+    pub sockets: Vec<NsSocket>,
+    pub port_series_limit: usize,
+    pub netns_label: NetnsLabel,
+}
+
+impl Default for Host {
+    fn default() -> Self {
+        Self {
+            ports: Vec::new(),
+            failures: BTreeMap::new(),
+            sockets: Vec::new(),
+            port_series_limit: 1000,
+            netns_label: NetnsLabel::Auto,
+        }
+    }
+}
+
+impl Host {
+    /// Sets the bind counter of a TCP port in `netns`.
+    pub fn binds(&mut self, netns: u64, port: u16, binds: u64) {
+        self.ports
+            .retain(|p| !(p.netns == netns && p.port == port && p.role == Role::Local));
+        self.ports.push(PortCount {
+            netns,
+            proto: Proto::Tcp,
+            family: Family::Inet,
+            role: Role::Local,
+            port,
+            stats: PortStats {
+                binds,
+                ..PortStats::default()
+            },
+        });
+    }
+
+    /// Sets the count of failed binds to a TCP port in `netns`.
+    pub fn bind_errors(&mut self, netns: u64, port: u16, n: u64) {
+        let key = FailureKey {
+            netns,
+            op: Op::Bind,
+            proto: Proto::Tcp,
+            family: Family::Inet,
+            port,
+            errno: Errno::AddrInUse,
+        };
+        self.failures.insert(key, n);
+    }
+
+    /// Adds a TCP socket on `port` in `netns`.
+    pub fn socket(&mut self, netns: u64, port: u16, state: SocketState) {
+        self.sockets.push(socket(netns, port, state));
+    }
+}
+
+/// A TCP socket on 127.0.0.1:`port`.
+pub fn socket(netns: u64, port: u16, state: SocketState) -> NsSocket {
+    let local: SocketAddr = ([127, 0, 0, 1], port).into();
+    NsSocket {
+        netns,
+        socket: Socket {
+            proto: Proto::Tcp,
+            family: Family::Inet,
+            state,
+            local,
+            remote: ([0, 0, 0, 0], 0).into(),
+            cookie: 1,
+            uid: 0,
+            inode: 0,
+        },
+    }
+}
+
+/// A scrape source whose host the test changes between scrapes.
+#[derive(Debug, Default)]
+pub struct Fixture {
+    pub host: Mutex<Host>,
+}
+
+impl Fixture {
+    pub fn change(&self, change: impl FnOnce(&mut Host)) {
+        change(&mut self.host.lock().unwrap());
+    }
+}
+
+impl ScrapeSource for Fixture {
+    fn scrape<R>(&self, build: impl FnOnce(&ScrapeInput<'_>) -> R) -> R {
+        let host = self.host.lock().unwrap();
+        let names = HashMap::from([(1, "host".to_owned()), (2, "blue".to_owned())]);
+        build(&ScrapeInput {
+            ports: &host.ports,
+            failures: &host.failures,
+            sockets: &host.sockets,
+            registry: &Registry::empty(),
+            netns_names: &names,
+            health: Health::default(),
+            maps: &[],
+            programs: &[],
+            port_series_limit: host.port_series_limit,
+            netns_label: host.netns_label,
+            ephemeral: &EphemeralReport::default(),
+            ephemeral_seconds: 0.0,
+            bind_before_connect: &[],
+        })
+    }
+}

@@ -1,0 +1,55 @@
+//! portmon's own health: dropped events, full maps, attached programs, the
+//! registry, the series limit and how long the scrape took.
+
+use portmon_common::map;
+
+use super::{definitions as def, families::Families, ScrapeInput};
+
+/// Adds the health families; `folded` is how many ports the per-port
+/// families folded, `scrape_seconds` how long gathering took.
+pub fn add(input: &ScrapeInput<'_>, folded: usize, scrape_seconds: f64, families: &mut Families) {
+    let h = input.health;
+    families.add_one(&def::EVENTS_DROPPED, h.events_dropped as f64);
+    families.add(
+        &def::MAP_OVERFLOWS,
+        [
+            (map::PORT_STATS, h.port_stats_overflow),
+            (map::SOCKETS, h.sockets_overflow),
+            (map::BIND_BEFORE_CONNECT, h.bind_before_connect_overflow),
+        ]
+        .map(|(name, n)| (vec![name.to_owned()], n as f64)),
+    );
+    families.add(
+        &def::MAP_ENTRIES,
+        input
+            .maps
+            .iter()
+            .map(|m| (vec![m.name.to_owned()], m.entries as f64)),
+    );
+    families.add(
+        &def::MAP_CAPACITY,
+        input
+            .maps
+            .iter()
+            .map(|m| (vec![m.name.to_owned()], m.capacity as f64)),
+    );
+    families.add(
+        &def::PROGRAM_ATTACHED,
+        crate::loader::PROGRAMS.iter().map(|(name, _)| {
+            let attached = input.programs.contains(name);
+            (vec![(*name).to_owned()], f64::from(u8::from(attached)))
+        }),
+    );
+    let source = input.registry.source();
+    families.add(
+        &def::REGISTRY_ENTRIES,
+        [(vec![source.format.label().to_owned()], source.entries as f64)],
+    );
+    families.add_one(&def::PORT_SERIES_FOLDED, folded as f64);
+    families.add_one(&def::PORT_SERIES_LIMIT, input.port_series_limit as f64);
+    families.add_one(&def::SCRAPE_DURATION, scrape_seconds);
+    families.add(
+        &def::BUILD_INFO,
+        [(vec![env!("CARGO_PKG_VERSION").to_owned()], 1.0)],
+    );
+}

@@ -1,0 +1,71 @@
+//! What a scrape reads, and where from: the daemon's kernel maps, failure
+//! log and a fresh inventory, read when Prometheus asks and not before.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::{MapUsage, NetnsLabel};
+use crate::{
+    counters::{Health, PortCount},
+    daemon::State,
+    ephemeral::EphemeralReport,
+    failures::FailureKey,
+    inventory::NsSocket,
+    registry::Registry,
+};
+
+/// Everything one scrape reads.
+#[derive(Debug)]
+pub struct ScrapeInput<'a> {
+    pub ports: &'a [PortCount],
+    pub failures: &'a BTreeMap<FailureKey, u64>,
+    pub sockets: &'a [NsSocket],
+    pub registry: &'a Registry,
+    /// Namespace cookie → the name people know it by.
+    pub netns_names: &'a HashMap<u64, String>,
+    pub health: Health,
+    pub maps: &'a [MapUsage],
+    pub programs: &'a [&'static str],
+    pub port_series_limit: usize,
+    pub netns_label: NetnsLabel,
+    /// Ephemeral pools, by the kernel's rules.
+    pub ephemeral: &'a EphemeralReport,
+    /// How long assessing the pools took (socket table read included).
+    pub ephemeral_seconds: f64,
+    /// Connects from sockets bound to port 0 first, by command.
+    pub bind_before_connect: &'a [(String, u64)],
+}
+
+/// Where a collector reads its numbers from at each scrape.
+pub trait ScrapeSource: Send + Sync + 'static {
+    /// Reads everything a scrape exports now and hands it to `build`.
+    fn scrape<R>(&self, build: impl FnOnce(&ScrapeInput<'_>) -> R) -> R;
+}
+
+impl ScrapeSource for State {
+    fn scrape<R>(&self, build: impl FnOnce(&ScrapeInput<'_>) -> R) -> R {
+        let ports = self.ports();
+        let failures = self.failure_counts();
+        let (snapshot, names) = self.snapshot();
+        let assessing = std::time::Instant::now();
+        let ephemeral = self.ephemeral(&snapshot);
+        let ephemeral_seconds = assessing.elapsed().as_secs_f64();
+        let bind_before_connect = self.bind_before_connect();
+        let maps = self.map_usage();
+        let settings = self.settings();
+        build(&ScrapeInput {
+            ports: &ports,
+            failures: &failures,
+            sockets: &snapshot.sockets,
+            registry: &settings.registry,
+            netns_names: &names,
+            health: self.health(),
+            maps: &maps,
+            programs: &self.programs,
+            port_series_limit: settings.port_series_limit,
+            netns_label: settings.netns_label,
+            ephemeral: &ephemeral,
+            ephemeral_seconds,
+            bind_before_connect: &bind_before_connect,
+        })
+    }
+}
