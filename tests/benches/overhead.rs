@@ -13,8 +13,7 @@ use std::{
 use portmon::loader::LoadOptions;
 use portmon_tests::{in_fresh_netns, write_sysctl, Monitor};
 
-const ROUNDS: usize = 7;
-const OPS: usize = 3_000;
+const ROUNDS: usize = 9;
 /// Ephemeral range of the bench namespaces: small enough for a warm-up pass
 /// to meet every port once, as a host that has run portmon a while has.
 const PORT_RANGE: (u16, u16) = (40_000, 44_999);
@@ -34,6 +33,15 @@ impl Workload {
         Workload::BindPortZero,
         Workload::UdpConnect,
     ];
+
+    /// Operations per measured run: about a tenth of a second each, long
+    /// enough that a scheduler hiccup on a busy VM is a small part of it.
+    fn ops(self) -> usize {
+        match self {
+            Workload::TcpConnectAccept => 10_000,
+            Workload::BindPortZero | Workload::UdpConnect => 40_000,
+        }
+    }
 
     fn name(self) -> &'static str {
         match self {
@@ -68,27 +76,60 @@ fn in_bench_netns<T: Send>(work: impl FnOnce() -> T + Send) -> T {
     })
 }
 
-/// One round in one namespace: the baseline, portmon with every program
-/// returning at once (the floor: what the hooks cost with nothing done in
-/// them), and portmon. `warm`: portmon first meets every port of the range
-/// once, so the measured pass only updates counters (a host's steady
-/// state); otherwise every port is new to its maps.
-fn round(workload: Workload, warm: bool) -> (f64, f64, f64) {
-    in_bench_netns(|| {
-        let without = workload.run_here(OPS);
-        let mut floor = Monitor::attach_with(LoadOptions {
-            hooks_only: true,
-            ..LoadOptions::default()
-        });
-        let hooks_only = workload.run_here(OPS);
-        floor.detach();
-        let mut monitor = Monitor::attach();
-        if warm {
-            workload.run_here(WARM_UP_OPS);
+/// What a run is measured under.
+#[derive(Clone, Copy)]
+enum Setup {
+    Without,
+    /// Every program returning at once: the floor, what the hooks cost with
+    /// nothing done in them.
+    HooksOnly,
+    Portmon,
+}
+
+impl Setup {
+    const ALL: [Setup; 3] = [Setup::Without, Setup::HooksOnly, Setup::Portmon];
+}
+
+/// One run of `workload` under `setup`, in the calling thread's namespace.
+/// `warm`: portmon first meets every port of the range once, so the
+/// measured pass only updates counters (a host's steady state); otherwise
+/// every port is new to its maps.
+fn measure(workload: Workload, setup: Setup, warm: bool) -> f64 {
+    let ops = workload.ops();
+    match setup {
+        Setup::Without => workload.run_here(ops),
+        Setup::HooksOnly => {
+            let mut floor = Monitor::attach_with(LoadOptions {
+                hooks_only: true,
+                ..LoadOptions::default()
+            });
+            let rate = workload.run_here(ops);
+            floor.detach();
+            rate
         }
-        let with = workload.run_here(OPS);
-        monitor.detach();
-        (without, hooks_only, with)
+        Setup::Portmon => {
+            let mut monitor = Monitor::attach();
+            if warm {
+                workload.run_here(WARM_UP_OPS);
+            }
+            let rate = workload.run_here(ops);
+            monitor.detach();
+            rate
+        }
+    }
+}
+
+/// One round in one namespace: the three setups, in an order that turns
+/// with `round`, so that no setup always runs first or last (a drift over
+/// the round would otherwise favour one).
+fn round(workload: Workload, warm: bool, round: usize) -> [f64; 3] {
+    in_bench_netns(|| {
+        let mut rates = [0.0; 3];
+        for k in 0..Setup::ALL.len() {
+            let at = (k + round) % Setup::ALL.len();
+            rates[at] = measure(workload, Setup::ALL[at], warm);
+        }
+        rates
     })
 }
 
@@ -187,7 +228,7 @@ fn bpf_time(workload: Workload, hooks_only: bool) -> (f64, Vec<String>) {
         });
         workload.run_here(WARM_UP_OPS);
         let before = program_stats();
-        workload.run_here(OPS);
+        workload.run_here(workload.ops());
         let after = program_stats();
         monitor.detach();
         let mut total = Duration::ZERO;
@@ -199,21 +240,25 @@ fn bpf_time(workload: Workload, hooks_only: bool) -> (f64, Vec<String>) {
                 detail.push(format!(
                     "{name} {:.0} ns x {:.1}",
                     time.as_nanos() as f64 / runs as f64,
-                    runs as f64 / OPS as f64
+                    runs as f64 / workload.ops() as f64
                 ));
             }
         }
-        (total.as_nanos() as f64 / OPS as f64, detail)
+        (total.as_nanos() as f64 / workload.ops() as f64, detail)
     })
 }
 
 fn main() {
     println!(
-        "portmon overhead: {ROUNDS} rounds of {OPS} operations per workload, without and with portmon in the same \
-         namespace (ephemeral range {}-{}); medians",
-        PORT_RANGE.0, PORT_RANGE.1
+        "portmon overhead: {ROUNDS} rounds per workload of {} TCP / {} bind / {} UDP operations, without and with \
+         portmon in the same namespace, the order turning each round (ephemeral range {}-{}); medians",
+        Workload::TcpConnectAccept.ops(),
+        Workload::BindPortZero.ops(),
+        Workload::UdpConnect.ops(),
+        PORT_RANGE.0,
+        PORT_RANGE.1
     );
-    round(Workload::TcpConnectAccept, false); // warm the caches of the machine, not of portmon
+    round(Workload::TcpConnectAccept, false, 0); // warm the caches of the machine, not of portmon
     println!(
         "\n{:<26} {:<5} {:>14} {:>14} {:>8} {:>14} {:>8} {:>9}",
         "workload", "maps", "without ops/s", "hooks only", "ratio", "with ops/s", "ratio", "change"
@@ -221,8 +266,8 @@ fn main() {
     for workload in Workload::ALL {
         for warm in [true, false] {
             let (mut without, mut floor, mut with) = (Vec::new(), Vec::new(), Vec::new());
-            for _ in 0..ROUNDS {
-                let (a, b, c) = round(workload, warm);
+            for r in 0..ROUNDS {
+                let [a, b, c] = round(workload, warm, r);
                 without.push(a);
                 floor.push(b);
                 with.push(c);
