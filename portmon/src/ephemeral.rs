@@ -220,7 +220,7 @@ struct NetnsPorts<'a> {
 pub fn assess(
     sockets: &[NsSocket],
     pools: &HashMap<u64, PoolSettings>,
-    exclusive: &HashSet<u64>,
+    exclusive: &HashSet<u64, impl std::hash::BuildHasher>,
     top: usize,
 ) -> EphemeralReport {
     let mut namespaces: FastMap<u64, NetnsPorts<'_>> = pools
