@@ -288,12 +288,17 @@ pub fn assess(
             .or_default() += 1;
     }
 
+    // What connect() has left in each namespace, counted once (a count
+    // walks the whole set).
+    let connectable: FastMap<u64, u32> = namespaces
+        .iter()
+        .map(|(&netns, ns)| (netns, ns.pool.len() - ns.tcp_bound.len()))
+        .collect();
     // The limit is per local address too; a destination reached from
     // several shows its busiest.
     let mut destinations: FastMap<(u64, SocketAddr), DestinationUsage> = FastMap::default();
     for ((netns, _, remote), connections) in per_destination {
-        let ns = &namespaces[&netns];
-        let ratio = ratio(connections, ns.pool.len() - ns.tcp_bound.len());
+        let ratio = ratio(connections, connectable[&netns]);
         let entry = destinations.entry((netns, remote)).or_insert(DestinationUsage {
             netns,
             proto: Proto::Tcp,
