@@ -189,6 +189,7 @@ fn metrics(state: &crate::daemon::State) -> crate::http::Response {
         ephemeral: &ephemeral,
         ephemeral_seconds,
         bind_before_connect: &bind_before_connect,
+        inventory_errors: &snapshot.dump_errors,
     };
     let body = crate::exporter::render(&input, started.elapsed().as_secs_f64());
     crate::http::Response {

@@ -65,6 +65,8 @@ pub struct ScrapeInput<'a> {
     pub ephemeral_seconds: f64,
     /// Connects from sockets bound to port 0 first, by command.
     pub bind_before_connect: &'a [(String, u64)],
+    /// sock_diag dumps that failed after every attempt, since start.
+    pub inventory_errors: &'a BTreeMap<(Proto, Family), u64>,
 }
 
 /// The series a port's numbers are added to.
@@ -431,6 +433,24 @@ impl<'a> Families<'a> {
                 source.entries as f64,
             )]),
         );
+        let inventory_errors = Proto::ALL
+            .iter()
+            .flat_map(|&proto| Family::ALL.iter().map(move |&family| (proto, family)))
+            .map(|(proto, family)| {
+                let n = input.inventory_errors.get(&(proto, family)).copied().unwrap_or(0);
+                let labels = vec![
+                    ("proto", proto.label().to_owned()),
+                    ("family", family.label().to_owned()),
+                ];
+                (labels, n as f64)
+            })
+            .collect();
+        self.add_all(
+            "portmon_inventory_errors_total",
+            "sock_diag dumps that failed after every retry (their sockets were missing from that scrape), by the protocol and family they were to cover.",
+            MetricType::COUNTER,
+            inventory_errors,
+        );
         self.add_all(
             "portmon_port_series_folded",
             "Ports folded into their range class because the per-port series limit was reached.",
@@ -577,6 +597,7 @@ mod tests {
             ephemeral: &EphemeralReport::default(),
             ephemeral_seconds: 0.0,
             bind_before_connect: &[],
+            inventory_errors: &BTreeMap::new(),
         };
         render(&input, 0.001)
     }
