@@ -6,7 +6,9 @@
 //! opens its sockets in each namespace (inside it, once) and dumps through
 //! them from any thread afterwards. The kernel walks its socket tables once
 //! per dump and namespace, visiting every socket of the host: `netlink`
-//! asks for TCP's two families in one walk, `parse` reads the answers.
+//! asks for TCP's two families in one walk, `parse` reads the answers,
+//! `split` has two cores fill a big namespace's dump, and `lanes` runs the
+//! dumps side by side.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -22,24 +24,16 @@ use crate::{
     netns::{self, Namespaces, Netns},
 };
 
+mod lanes;
 mod netlink;
 mod parse;
+mod split;
 
 pub use netlink::DumpError;
 
-use netlink::{Dump, SockDiag};
-
-/// Every TCP state as `ss -a` asks (`SS_ALL`, bits 0–12), and bit 13,
-/// `TCP_BOUND_INACTIVE` (include/net/tcp_states.h): sockets bound and
-/// neither listening nor connected, which hold a port all the same. Linux
-/// dumps them since 6.7 (as CLOSE); older kernels ignore the bit.
-const ALL_STATES: u32 = (1 << 14) - 1;
-/// The dumps of one namespace: TCP of both families at once, UDP by family.
-const DUMPS: [Dump; 3] = [
-    Dump::Tcp { states: ALL_STATES },
-    Dump::Udp(Family::Inet),
-    Dump::Udp(Family::Inet6),
-];
+use lanes::{Job, Lane};
+use netlink::SockDiag;
+use split::{Cut, Histogram};
 
 /// A TCP state, or for UDP the two `ss` shows (`UNCONN` is CLOSE,
 /// a connected UDP socket is ESTABLISHED).
@@ -160,22 +154,29 @@ pub struct Snapshot {
 /// from any thread afterwards.
 #[derive(Debug)]
 struct NetnsHandles {
-    diag: SockDiag,
+    lanes: [Lane; 2],
     sysctls: Option<PoolSysctls>,
+    /// Where the last snapshot says to cut its TCP dump in two.
+    cut: Option<Cut>,
 }
 
 impl NetnsHandles {
     /// Opens them in the calling thread's namespace.
     fn open() -> Result<Self, InventoryError> {
-        let diag = SockDiag::open().map_err(InventoryError::Open)?;
+        let lane = || SockDiag::open().map(Lane::new).map_err(InventoryError::Open);
+        let lanes = [lane()?, lane()?];
         let sysctls = PoolSysctls::open()
             .inspect_err(|err| tracing::debug!("no ephemeral port sysctls: {err}"))
             .ok();
-        Ok(Self { diag, sysctls })
+        Ok(Self {
+            lanes,
+            sysctls,
+            cut: None,
+        })
     }
 }
 
-/// Keeps a sock_diag socket in every namespace and takes snapshots through
+/// Keeps sock_diag sockets in every namespace and takes snapshots through
 /// them. Sockets of namespaces that disappear are closed at the next scan,
 /// so portmon does not keep a dead namespace alive.
 #[derive(Debug, Default)]
@@ -245,19 +246,46 @@ impl Inventory {
                 None => {}
             }
         }
-        let mut failed = Vec::new();
-        for (&cookie, handles) in &mut self.open {
-            for dump in DUMPS {
-                if let Err(err) = handles.diag.dump(dump, cookie, &mut snapshot.sockets) {
-                    failed.push((dump, cookie, err));
-                }
+        let jobs = self
+            .open
+            .iter_mut()
+            .flat_map(|(&netns, handles)| {
+                let dumps = lanes::plan(handles.cut);
+                handles
+                    .lanes
+                    .iter_mut()
+                    .zip(dumps)
+                    .map(move |(lane, dumps)| Job::new(netns, lane, dumps))
+            })
+            .collect();
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        let mut outcomes = lanes::run(jobs, threads);
+        // The largest lane's buffer takes the others: one copy fewer.
+        outcomes.sort_by_key(|outcome| std::cmp::Reverse(outcome.sockets.len()));
+        let total: usize = outcomes.iter().map(|o| o.sockets.len()).sum();
+        let mut histograms: HashMap<u64, Histogram> = HashMap::new();
+        for mut outcome in outcomes {
+            if snapshot.sockets.is_empty() {
+                snapshot.sockets = outcome.sockets;
+                snapshot.sockets.reserve(total - snapshot.sockets.len());
+            } else {
+                snapshot.sockets.append(&mut outcome.sockets);
             }
+            for (dump, err) in outcome.failed {
+                self.count_failure(dump, outcome.netns, &err);
+                snapshot
+                    .errors
+                    .push((outcome.netns.to_string(), crate::loader::error_line(&err)));
+            }
+            histograms
+                .entry(outcome.netns)
+                .or_default()
+                .merge(&outcome.histogram);
         }
-        for (dump, netns, err) in failed {
-            self.count_failure(dump, netns, &err);
-            snapshot
-                .errors
-                .push((netns.to_string(), crate::loader::error_line(&err)));
+        for (netns, histogram) in histograms {
+            if let Some(handles) = self.open.get_mut(&netns) {
+                handles.cut = histogram.cut();
+            }
         }
         snapshot.dump_errors.clone_from(&self.dump_errors);
         snapshot

@@ -21,6 +21,7 @@ use portmon_common::{Family, Proto};
 
 use super::{
     parse::{Progress, Reader, SOCK_DIAG_BY_FAMILY, TCPDIAG_GETSOCK},
+    split::Ports,
     NsSocket,
 };
 
@@ -33,8 +34,8 @@ pub(super) const ATTEMPTS: usize = 3;
 /// One dump request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Dump {
-    /// TCP sockets of both families in the states given.
-    Tcp { states: u32 },
+    /// TCP sockets of both families in the states given, on the ports given.
+    Tcp { states: u32, ports: Ports },
     /// UDP sockets of one family.
     Udp(Family),
 }
@@ -58,14 +59,16 @@ impl Dump {
 
     /// The request: `nlmsghdr`, then `inet_diag_req` for TCP or
     /// `inet_diag_req_v2` for UDP, with no extension asked for
-    /// (`idiag_ext = 0`) and every address and port a wildcard.
+    /// (`idiag_ext = 0`) and every address and port a wildcard; for TCP on
+    /// some ports, the filter that keeps them.
     fn request(self, seq: u32) -> Vec<u8> {
         let (kind, body) = match self {
             // family (ignored), src_len, dst_len, ext; inet_diag_sockid
             // (48 bytes); states; dbs.
-            Dump::Tcp { states } => {
+            Dump::Tcp { states, ports } => {
                 let mut body = vec![0u8; 60];
                 body[52..56].copy_from_slice(&states.to_ne_bytes());
+                body.extend(ports.attribute().iter().flatten());
                 (TCPDIAG_GETSOCK, body)
             }
             // family, protocol, ext, pad; states; inet_diag_sockid.
@@ -237,12 +240,17 @@ mod tests {
     use super::*;
     use crate::inventory::{
         parse::tests::{diag_msg, done, message},
+        split::End,
         Socket, SocketState,
     };
 
     #[test]
     fn requests_have_the_kernels_layouts() {
-        let tcp = Dump::Tcp { states: 0x1fff }.request(7);
+        let tcp = Dump::Tcp {
+            states: 0x1fff,
+            ports: Ports::All,
+        }
+        .request(7);
         // nlmsghdr + inet_diag_req: the compat handler wants at least that
         // much (`inet_diag_rcv_msg_compat`).
         assert_eq!(tcp.len(), 16 + 60);
@@ -254,6 +262,16 @@ mod tests {
             u32::from_ne_bytes(tcp[16 + 52..16 + 56].try_into().unwrap()),
             0x1fff
         );
+
+        // A filter follows the request as its attribute.
+        let half = Dump::Tcp {
+            states: 0x1fff,
+            ports: Ports::AtMost(End::Local, 1000),
+        }
+        .request(9);
+        assert_eq!(half.len(), 16 + 60 + 12);
+        assert_eq!(u32::from_ne_bytes(half[..4].try_into().unwrap()), 88);
+        assert_eq!(half[76..], Ports::AtMost(End::Local, 1000).attribute().unwrap());
 
         let udp = Dump::Udp(Family::Inet6).request(8);
         assert_eq!(udp.len(), 16 + 56);
@@ -295,7 +313,10 @@ mod tests {
         })
     }
 
-    const TCP: Dump = Dump::Tcp { states: 0x1fff };
+    const TCP: Dump = Dump::Tcp {
+        states: 0x1fff,
+        ports: Ports::All,
+    };
     const MULTI: u16 = 2;
     const INTR: u16 = MULTI | 0x10;
 
