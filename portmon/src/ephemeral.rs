@@ -150,9 +150,9 @@ impl PoolSysctls {
     }
 }
 
-/// A sysctl file's whole content, read from offset 0 (sysctl files answer
-/// each read from the offset given, so the file need not be reopened).
-fn read_from_start(file: &File) -> io::Result<String> {
+/// A sysctl or procfs file's whole content, read from offset 0 (such files
+/// answer each read from the offset given, so the file need not be reopened).
+pub(crate) fn read_from_start(file: &File) -> io::Result<String> {
     let mut content = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {

@@ -26,9 +26,9 @@ const TCP_STATES: u32 = (1 << 13) - 1;
 const TCP_BOUND_INACTIVE: u32 = 1 << 13;
 
 /// The dumps of one namespace's two lanes: its TCP connections (or their
-/// lower half, cut by port), and the rest — the bound and idle sockets,
-/// the upper half, UDP.
-pub(super) fn plan(cut: Option<Cut>) -> [Vec<Dump>; 2] {
+/// lower half, cut by port), and the rest — the bound and idle sockets
+/// when there may be any, the upper half, UDP.
+pub(super) fn plan(cut: Option<Cut>, bound_idle: bool) -> [Vec<Dump>; 2] {
     let tcp = |ports| Dump::Tcp {
         states: TCP_STATES,
         ports,
@@ -37,11 +37,11 @@ pub(super) fn plan(cut: Option<Cut>) -> [Vec<Dump>; 2] {
         Some(cut) => cut.halves().map(Some),
         None => [Some(Ports::All), None],
     };
-    let bound = Dump::Tcp {
+    let bound = bound_idle.then_some(Dump::Tcp {
         states: TCP_BOUND_INACTIVE,
         ports: Ports::All,
-    };
-    let rest = [bound]
+    });
+    let rest = bound
         .into_iter()
         .chain(upper.map(tcp))
         .chain([Dump::Udp(Family::Inet), Dump::Udp(Family::Inet6)])
@@ -174,7 +174,8 @@ mod tests {
             states: TCP_BOUND_INACTIVE,
             ports: Ports::All,
         };
-        assert_eq!(plan(None), [vec![all], [&[bound][..], &udp].concat()]);
+        assert_eq!(plan(None, false), [vec![all], udp.to_vec()]);
+        assert_eq!(plan(None, true), [vec![all], [&[bound][..], &udp].concat()]);
         let cut = Cut {
             end: End::Remote,
             port: 32_767,
@@ -183,6 +184,9 @@ mod tests {
             states: TCP_STATES,
             ports,
         });
-        assert_eq!(plan(Some(cut)), [vec![low], [&[bound, high][..], &udp].concat()]);
+        assert_eq!(
+            plan(Some(cut), true),
+            [vec![low], [&[bound, high][..], &udp].concat()]
+        );
     }
 }

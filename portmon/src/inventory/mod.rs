@@ -6,9 +6,9 @@
 //! opens its sockets in each namespace (inside it, once) and dumps through
 //! them from any thread afterwards. The kernel walks its socket tables once
 //! per dump and namespace, visiting every socket of the host: `netlink`
-//! asks for TCP's two families in one walk, `parse` reads the answers,
-//! `split` has two cores fill a big namespace's dump, and `lanes` runs the
-//! dumps side by side.
+//! asks for both families in one walk, `sockstat` leaves out the walk for
+//! bound and idle sockets when there can be none, `split` has two cores
+//! fill a big namespace's dump, and `lanes` runs the dumps side by side.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -27,12 +27,14 @@ use crate::{
 mod lanes;
 mod netlink;
 mod parse;
+mod sockstat;
 mod split;
 
 pub use netlink::DumpError;
 
 use lanes::{Job, Lane};
 use netlink::SockDiag;
+use sockstat::Sockstat;
 use split::{Cut, Histogram};
 
 /// A TCP state, or for UDP the two `ss` shows (`UNCONN` is CLOSE,
@@ -156,6 +158,7 @@ pub struct Snapshot {
 struct NetnsHandles {
     lanes: [Lane; 2],
     sysctls: Option<PoolSysctls>,
+    sockstat: Option<Sockstat>,
     /// Where the last snapshot says to cut its TCP dump in two.
     cut: Option<Cut>,
 }
@@ -168,9 +171,13 @@ impl NetnsHandles {
         let sysctls = PoolSysctls::open()
             .inspect_err(|err| tracing::debug!("no ephemeral port sysctls: {err}"))
             .ok();
+        let sockstat = Sockstat::open()
+            .inspect_err(|err| tracing::debug!("no socket counters: {err}"))
+            .ok();
         Ok(Self {
             lanes,
             sysctls,
+            sockstat,
             cut: None,
         })
     }
@@ -246,11 +253,16 @@ impl Inventory {
                 None => {}
             }
         }
+        let bound_idle = sockstat::bound_idle_possible(
+            self.open
+                .values()
+                .map(|handles| handles.sockstat.as_ref().and_then(|s| s.read().ok())),
+        );
         let jobs = self
             .open
             .iter_mut()
             .flat_map(|(&netns, handles)| {
-                let dumps = lanes::plan(handles.cut);
+                let dumps = lanes::plan(handles.cut, bound_idle);
                 handles
                     .lanes
                     .iter_mut()
