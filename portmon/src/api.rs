@@ -166,14 +166,26 @@ pub fn route(state: &crate::daemon::State, req: &crate::http::Request) -> crate:
 
 fn metrics(state: &crate::daemon::State) -> crate::http::Response {
     let started = std::time::Instant::now();
-    let ports = state.ports();
-    let failures = state.failure_counts();
-    let (snapshot, names) = state.snapshot();
+    // The sock_diag dumps take most of a scrape, on every core: the kernel
+    // maps are read beside them.
+    let ((ports, failures, bind_before_connect, maps), (snapshot, names)) = std::thread::scope(|scope| {
+        let kernel = scope.spawn(|| {
+            (
+                state.ports(),
+                state.failure_counts(),
+                state.bind_before_connect(),
+                state.map_usage(),
+            )
+        });
+        let inventory = state.snapshot();
+        let kernel = kernel
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (kernel, inventory)
+    });
     let assessing = std::time::Instant::now();
     let ephemeral = state.ephemeral(&snapshot);
     let ephemeral_seconds = assessing.elapsed().as_secs_f64();
-    let bind_before_connect = state.bind_before_connect();
-    let maps = state.map_usage();
     let settings = state.settings();
     let input = crate::exporter::ScrapeInput {
         ports: &ports,
