@@ -25,15 +25,18 @@ const TCP_STATES: u32 = (1 << 13) - 1;
 /// socket of the host (`inet_diag_dump_icsk`); older kernels ignore the bit.
 const TCP_BOUND_INACTIVE: u32 = 1 << 13;
 
-/// The dumps of one namespace's two lanes: its TCP connections (or their
-/// lower half, cut by port), and the rest — the bound and idle sockets
-/// when there may be any, the upper half, UDP.
+/// The dumps of one namespace's two lanes: its TCP connections, and the
+/// rest — the bound and idle sockets when there may be any, UDP. When there
+/// can be none, and the last snapshot says where, the connections are cut
+/// in two by port, the upper half on the second lane. Not otherwise: that
+/// walk already keeps a second core busy, and a cut costs a walk more (at
+/// 100,000 sockets the scrape took 104-108 ms with the cut, 94-95 without).
 pub(super) fn plan(cut: Option<Cut>, bound_idle: bool) -> [Vec<Dump>; 2] {
     let tcp = |ports| Dump::Tcp {
         states: TCP_STATES,
         ports,
     };
-    let [first, upper] = match cut {
+    let [first, upper] = match cut.filter(|_| !bound_idle) {
         Some(cut) => cut.halves().map(Some),
         None => [Some(Ports::All), None],
     };
@@ -184,9 +187,8 @@ mod tests {
             states: TCP_STATES,
             ports,
         });
-        assert_eq!(
-            plan(Some(cut), true),
-            [vec![low], [&[bound, high][..], &udp].concat()]
-        );
+        assert_eq!(plan(Some(cut), false), [vec![low], [&[high][..], &udp].concat()]);
+        // With the bind table walked, no cut.
+        assert_eq!(plan(Some(cut), true), plan(None, true));
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! The kernel fills a dump in the thread that reads it, one socket at a
 //! time, and each dump walks every socket of the host whatever it asks for.
-//! A namespace with many sockets is dumped as two halves by port, each
-//! half asked with a filter (`INET_DIAG_REQ_BYTECODE`, checked by
+//! A namespace with many sockets is dumped as two halves by port (when no
+//! walk of the bind table already keeps the second core busy), each half
+//! asked with a filter (`INET_DIAG_REQ_BYTECODE`, checked by
 //! `inet_diag_bc_run` in net/ipv4/inet_diag.c) on a socket of its own: the
 //! walk is done twice, the filling once. The halves are cut where the last
 //! snapshot's ports cut the namespace's sockets in two, by local port (a
