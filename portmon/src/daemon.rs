@@ -3,7 +3,7 @@
 //! answer signals (SIGHUP reloads) → detach with a deadline ([`serve`]).
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     net::SocketAddr,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -24,6 +24,7 @@ use crate::{
     ephemeral::EphemeralReport,
     exporter::{ExporterError, MapUsage, Metrics, NetnsLabel},
     failures::{Failure, FailureKey, FailureLog, FailureReader},
+    fnv::FastSet,
     http,
     inventory::{Inventory, Snapshot},
     loader::{Kernel, KernelMaps, LoadError, LoadOptions},
@@ -180,7 +181,7 @@ impl State {
     }
 
     /// Cookies of the sockets that hold their port by bind() or listen().
-    pub fn exclusive_sockets(&self) -> HashSet<u64> {
+    pub fn exclusive_sockets(&self) -> FastSet<u64> {
         let maps = lock(&self.maps);
         maps.sockets
             .read()

@@ -150,9 +150,9 @@ impl PoolSysctls {
     }
 }
 
-/// A sysctl file's whole content, read from offset 0 (sysctl files answer
-/// each read from the offset given, so the file need not be reopened).
-fn read_from_start(file: &File) -> io::Result<String> {
+/// A sysctl or procfs file's whole content, read from offset 0 (such files
+/// answer each read from the offset given, so the file need not be reopened).
+pub(crate) fn read_from_start(file: &File) -> io::Result<String> {
     let mut content = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -220,7 +220,7 @@ struct NetnsPorts<'a> {
 pub fn assess(
     sockets: &[NsSocket],
     pools: &HashMap<u64, PoolSettings>,
-    exclusive: &HashSet<u64>,
+    exclusive: &HashSet<u64, impl std::hash::BuildHasher>,
     top: usize,
 ) -> EphemeralReport {
     let mut namespaces: FastMap<u64, NetnsPorts<'_>> = pools
@@ -288,12 +288,17 @@ pub fn assess(
             .or_default() += 1;
     }
 
+    // What connect() has left in each namespace, counted once (a count
+    // walks the whole set).
+    let connectable: FastMap<u64, u32> = namespaces
+        .iter()
+        .map(|(&netns, ns)| (netns, ns.pool.len() - ns.tcp_bound.len()))
+        .collect();
     // The limit is per local address too; a destination reached from
     // several shows its busiest.
     let mut destinations: FastMap<(u64, SocketAddr), DestinationUsage> = FastMap::default();
     for ((netns, _, remote), connections) in per_destination {
-        let ns = &namespaces[&netns];
-        let ratio = ratio(connections, ns.pool.len() - ns.tcp_bound.len());
+        let ratio = ratio(connections, connectable[&netns]);
         let entry = destinations.entry((netns, remote)).or_insert(DestinationUsage {
             netns,
             proto: Proto::Tcp,

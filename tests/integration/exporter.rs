@@ -8,7 +8,7 @@ use std::{
 };
 
 use portmon::port_class::PortClass;
-use portmon_tests::{http_get, serial, ss_counts, Daemon, NamedNetns, Prometheus};
+use portmon_tests::{http_get, metric_value, serial, ss_counts, Daemon, NamedNetns, Prometheus};
 
 const DAEMON: &str = "127.0.0.1:17460";
 const PROMETHEUS: &str = "127.0.0.1:19091";
@@ -102,6 +102,14 @@ fn inventory_and_metrics_match_ss_for_sockets_older_and_newer_than_the_daemon() 
     let before = ns.enter(|| workload(18_001, 3, 2, 18_051));
     let daemon = Daemon::start(DAEMON.parse().unwrap(), NO_FOLDING);
     let after = ns.enter(|| workload(18_002, 2, 1, 18_052));
+    // IPv6 too: one TCP dump answers for both families.
+    let v6 = ns.enter(|| {
+        let listener = TcpListener::bind("[::1]:18004").expect("listen on ::1");
+        let client = TcpStream::connect("[::1]:18004").expect("connect to ::1");
+        let server = listener.accept().expect("accept").0;
+        let udp = UdpSocket::bind("[::1]:18054").expect("udp bind ::1");
+        (listener, client, server, udp)
+    });
 
     let ss = ss_counts(&ns.exec("ss", &["-tuanH"]));
     assert!(
@@ -122,7 +130,19 @@ fn inventory_and_metrics_match_ss_for_sockets_older_and_newer_than_the_daemon() 
         ss,
         "portmon_sockets against ss -tuan"
     );
-    drop((before, after));
+    let body = daemon.scrape();
+    for (proto, family) in [("tcp", "ipv4"), ("tcp", "ipv6"), ("udp", "ipv4"), ("udp", "ipv6")] {
+        assert_eq!(
+            metric_value(
+                &body,
+                "portmon_inventory_errors_total",
+                &[("proto", proto), ("family", family)]
+            ),
+            Some(0.0),
+            "no failed sock_diag dump, and the counter is there from the start"
+        );
+    }
+    drop((before, after, v6));
 }
 
 #[test]

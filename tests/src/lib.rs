@@ -262,6 +262,19 @@ pub fn portmon_bin() -> PathBuf {
         let release = profile_dir.file_name().is_some_and(|n| n == "release");
         let mut cargo = Command::new(env!("CARGO"));
         cargo.args(["build", "--package", "portmon", "--bin", "portmon"]);
+        // What cargo set for this binary (the package's name, version and
+        // directory) must not reach the build: build scripts that watch
+        // these variables (ring's) would run again, and the crates after
+        // them be built again, at every test run.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if key.starts_with("CARGO_PKG_")
+                || key.starts_with("CARGO_MANIFEST_")
+                || key == "CARGO_CRATE_NAME"
+            {
+                cargo.env_remove(&*key);
+            }
+        }
         if release {
             cargo.arg("--release");
         }

@@ -118,6 +118,11 @@ pub const REGISTRY_ENTRIES: Definition = gauge(
     "Records in the port registry portmon loaded, by source format.",
     &["source"],
 );
+pub const INVENTORY_ERRORS: Definition = counter(
+    "portmon_inventory_errors_total",
+    "sock_diag dumps that failed after every retry (their sockets were missing from that scrape), by the protocol and family they were to cover.",
+    &["proto", "family"],
+);
 pub const PORT_SERIES_FOLDED: Definition = gauge(
     "portmon_port_series_folded",
     "Ports folded into their range class because the per-port series limit was reached.",
@@ -195,6 +200,7 @@ pub const ALL: &[Definition] = &[
     MAP_CAPACITY,
     PROGRAM_ATTACHED,
     REGISTRY_ENTRIES,
+    INVENTORY_ERRORS,
     PORT_SERIES_FOLDED,
     PORT_SERIES_LIMIT,
     SCRAPE_DURATION,

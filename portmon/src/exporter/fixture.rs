@@ -125,6 +125,7 @@ impl ScrapeSource for Fixture {
             ephemeral: &EphemeralReport::default(),
             ephemeral_seconds: 0.0,
             bind_before_connect: &[],
+            inventory_errors: &BTreeMap::new(),
         })
     }
 }

@@ -1,7 +1,8 @@
 //! portmon's own health: dropped events, full maps, attached programs, the
-//! registry, the series limit and how long the scrape took.
+//! registry, failed inventory dumps, the series limit and how long the
+//! scrape took.
 
-use portmon_common::map;
+use portmon_common::{map, Family, Proto};
 
 use super::{definitions as def, families::Families, ScrapeInput};
 
@@ -44,6 +45,18 @@ pub fn add(input: &ScrapeInput<'_>, folded: usize, scrape_seconds: f64, families
     families.add(
         &def::REGISTRY_ENTRIES,
         [(vec![source.format.label().to_owned()], source.entries as f64)],
+    );
+    families.add(
+        &def::INVENTORY_ERRORS,
+        Proto::ALL.iter().flat_map(|&proto| {
+            Family::ALL.iter().map(move |&family| {
+                let n = input.inventory_errors.get(&(proto, family)).copied().unwrap_or(0);
+                (
+                    vec![proto.label().to_owned(), family.label().to_owned()],
+                    n as f64,
+                )
+            })
+        }),
     );
     families.add_one(&def::PORT_SERIES_FOLDED, folded as f64);
     families.add_one(&def::PORT_SERIES_LIMIT, input.port_series_limit as f64);

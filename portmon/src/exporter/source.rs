@@ -3,6 +3,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use portmon_common::{Family, Proto};
+
 use super::{MapUsage, NetnsLabel};
 use crate::{
     counters::{Health, PortCount},
@@ -33,6 +35,8 @@ pub struct ScrapeInput<'a> {
     pub ephemeral_seconds: f64,
     /// Connects from sockets bound to port 0 first, by command.
     pub bind_before_connect: &'a [(String, u64)],
+    /// sock_diag dumps that failed after every attempt, since start.
+    pub inventory_errors: &'a BTreeMap<(Proto, Family), u64>,
 }
 
 /// Where a collector reads its numbers from at each scrape.
@@ -43,14 +47,26 @@ pub trait ScrapeSource: Send + Sync + 'static {
 
 impl ScrapeSource for State {
     fn scrape<R>(&self, build: impl FnOnce(&ScrapeInput<'_>) -> R) -> R {
-        let ports = self.ports();
-        let failures = self.failure_counts();
-        let (snapshot, names) = self.snapshot();
+        // The sock_diag dumps take most of a scrape, on every core: the
+        // kernel maps are read beside them.
+        let ((ports, failures, bind_before_connect, maps), (snapshot, names)) = std::thread::scope(|scope| {
+            let kernel = scope.spawn(|| {
+                (
+                    self.ports(),
+                    self.failure_counts(),
+                    self.bind_before_connect(),
+                    self.map_usage(),
+                )
+            });
+            let inventory = self.snapshot();
+            let kernel = kernel
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (kernel, inventory)
+        });
         let assessing = std::time::Instant::now();
         let ephemeral = self.ephemeral(&snapshot);
         let ephemeral_seconds = assessing.elapsed().as_secs_f64();
-        let bind_before_connect = self.bind_before_connect();
-        let maps = self.map_usage();
         let settings = self.settings();
         build(&ScrapeInput {
             ports: &ports,
@@ -66,6 +82,7 @@ impl ScrapeSource for State {
             ephemeral: &ephemeral,
             ephemeral_seconds,
             bind_before_connect: &bind_before_connect,
+            inventory_errors: &snapshot.dump_errors,
         })
     }
 }
