@@ -8,7 +8,9 @@ use std::{
 };
 
 use portmon::port_class::PortClass;
-use portmon_tests::{http_get, metric_value, serial, ss_counts, Daemon, NamedNetns, Prometheus};
+use portmon_tests::{
+    http_get, metric_value, portmon_ports, serial, ss_counts, Daemon, NamedNetns, Prometheus,
+};
 
 const DAEMON: &str = "127.0.0.1:17460";
 const PROMETHEUS: &str = "127.0.0.1:19091";
@@ -279,24 +281,8 @@ fn ports_command_answers_with_a_daemon_and_without_one() {
     let ns = NamedNetns::create("ports");
     let work = ns.enter(|| workload(18_005, 1, 0, 18_055));
     let ports = |daemon: &str| {
-        let out = std::process::Command::new(portmon_tests::portmon_bin())
-            .args([
-                "ports",
-                "--listening",
-                "--netns",
-                &ns.name,
-                "--daemon",
-                daemon,
-                "--json",
-            ])
-            .output()
-            .expect("portmon ports");
-        assert!(
-            out.status.success(),
-            "portmon ports: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let entries: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("JSON");
+        let out = portmon_ports(&["--listening", "--netns", &ns.name, "--daemon", daemon, "--json"]);
+        let entries: Vec<serde_json::Value> = serde_json::from_str(&out).expect("JSON");
         let mut seen: Vec<(String, u64, String)> = entries
             .iter()
             .map(|e| {

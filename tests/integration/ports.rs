@@ -12,7 +12,7 @@ use std::{
 };
 
 use portmon::port_class::PortClass;
-use portmon_tests::{cgroup_root, portmon_bin, serial, Daemon, NamedNetns};
+use portmon_tests::{cgroup_root, portmon_ports, serial, Daemon, NamedNetns};
 use serde_json::Value;
 
 const DAEMON: &str = "127.0.0.1:17466";
@@ -103,22 +103,6 @@ fn make_sockets() -> Made {
     keep.push(Box::new(connected));
     rows.sort();
     Made { _keep: keep, rows }
-}
-
-/// `portmon ports ARGS`'s standard output; it must succeed.
-fn portmon_ports(args: &[&str]) -> String {
-    let out = Command::new(portmon_bin())
-        .arg("ports")
-        .args(args)
-        .env_remove("PORTMON_CONFIG")
-        .output()
-        .expect("run portmon ports");
-    assert!(
-        out.status.success(),
-        "portmon ports {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("UTF-8")
 }
 
 /// The table's rows, each as header → cell. Cells are left-aligned under

@@ -288,6 +288,23 @@ pub fn portmon_bin() -> PathBuf {
     .clone()
 }
 
+/// `portmon ports ARGS`'s standard output; it must succeed. No config from
+/// the environment: the test says where the daemon is.
+pub fn portmon_ports(args: &[&str]) -> String {
+    let out = Command::new(portmon_bin())
+        .arg("ports")
+        .args(args)
+        .env_remove("PORTMON_CONFIG")
+        .output()
+        .expect("run portmon ports");
+    assert!(
+        out.status.success(),
+        "portmon ports {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8")
+}
+
 /// Polls `cond` every 20 ms until it holds or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
