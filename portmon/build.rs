@@ -54,6 +54,10 @@ fn main() -> Result<()> {
         format!("--cfg=bpf_target_arch=\"{arch}\""),
         "-Cdebuginfo=2".into(),
         "-Clink-arg=--btf".into(),
+        // BPF ISA v3 (Linux 5.1; portmon needs 5.7 for its links): 32-bit
+        // ALU and jumps, and atomic fetch-and-add, with which a kernel
+        // program hands out map entries.
+        "-Ctarget-cpu=v3".into(),
     ];
     // The outer cargo's settings (clippy's wrapper, host rustflags, its
     // target dir and toolchain) must not leak into the BPF build.

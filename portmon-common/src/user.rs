@@ -3,12 +3,15 @@
 use core::fmt;
 
 use crate::{
-    family, kind, op, proto, FailureEvent, KernelLayout, PortBlock, PortBlockKey, SockSlot, SocketGroup,
+    family, kind, op, proto, FailureEvent, KernelLayout, PortBlock, PortTable, PortTableKey, SockSlot,
+    SocketGroup,
 };
 
 // SAFETY: each type is `#[repr(C)]`, made of integers and byte arrays, with
 // explicit padding fields, so every bit pattern is a valid value.
-unsafe impl aya::Pod for PortBlockKey {}
+unsafe impl aya::Pod for PortTableKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for PortTable {}
 // SAFETY: as above.
 unsafe impl aya::Pod for PortBlock {}
 // SAFETY: as above.

@@ -1,21 +1,41 @@
 //! The counters every program shares: per-port blocks, portmon's health,
 //! bind-before-connect by command, and the failure ring buffer.
 
-use core::intrinsics::{atomic_xadd, AtomicOrdering};
+use core::intrinsics::{atomic_cxchg, atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_F_MMAPABLE, BPF_NOEXIST},
     macros::map,
-    maps::{Array, HashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
-use portmon_common::{capacity, slot, PortBlock, PortBlockKey, PORTS_PER_BLOCK};
+use portmon_common::{capacity, slot, PortBlock, PortTable, PortTableKey, PORTS_PER_BLOCK};
 
 // Preallocated: an insert takes an element from a per-CPU free list instead
-// of allocating. Blocks of neighbouring ports, because a connect's ephemeral
-// port neighbours the last one's: the block's bucket and counters are still
-// in the cache, where one entry per port would miss on each new port.
+// of allocating. Looked up only when the per-CPU cache misses.
 #[map]
-static PORT_STATS: HashMap<PortBlockKey, PortBlock> = HashMap::with_max_entries(capacity::PORT_STATS, 0);
+static PORT_TABLE_INDEX: HashMap<PortTableKey, u32> =
+    HashMap::with_max_entries(capacity::PORT_STATS / capacity::BLOCKS_PER_TABLE_ENTRY, 0);
+
+#[map]
+static PORT_TABLES: Array<PortTable> = Array::with_max_entries(
+    capacity::PORT_STATS / capacity::BLOCKS_PER_TABLE_ENTRY,
+    BPF_F_MMAPABLE,
+);
+
+/// The `PORT_TABLES` entry each CPU last used for each kind of counter: a
+/// workload counts the same few tables over and over.
+#[map]
+static LAST_TABLE: PerCpuArray<u32> = PerCpuArray::with_max_entries(KINDS, 0);
+
+/// Kinds of counter (`kind::*`).
+const KINDS: u32 = 4;
+
+// Blocks of neighbouring ports, because a connect's ephemeral port
+// neighbours the last one's: the block's counters are still in the cache,
+// where one entry per port would miss on each new port. Entry 0 is never
+// handed out: it marks a block not yet taken in `PortTable`.
+#[map]
+static PORT_STATS: Array<PortBlock> = Array::with_max_entries(capacity::PORT_STATS, BPF_F_MMAPABLE);
 
 #[map]
 static BIND_BEFORE_CONNECT: HashMap<[u8; 16], u64> =
@@ -26,12 +46,6 @@ pub static FAILURES: RingBuf = RingBuf::with_byte_size(capacity::FAILURES_BYTES,
 
 #[map]
 static HEALTH: Array<u64> = Array::with_max_entries(slot::COUNT, 0);
-
-// A static, not a const: the insert's value must not be copied to the
-// 512-byte stack.
-static EMPTY_BLOCK: PortBlock = PortBlock {
-    counts: [0; PORTS_PER_BLOCK],
-};
 
 /// Adds one to a health counter.
 #[inline(always)]
@@ -46,34 +60,120 @@ pub fn count_health(slot: u32) {
 /// Adds one to the `kind::*` counter of a port; a full map is counted.
 #[inline(always)]
 pub fn count(netns: u64, proto: u8, family: u8, kind: u8, port: u16) {
-    let key = PortBlockKey {
+    let key = PortTableKey {
         netns,
-        block: port / PORTS_PER_BLOCK as u16,
         proto,
         family,
         kind,
-        _pad: [0; 3],
+        _pad: [0; 5],
     };
-    let block = match PORT_STATS.get_ptr_mut(key) {
-        Some(block) => block,
-        None => {
-            // Another CPU may insert the same key first: NOEXIST then fails
-            // and the second lookup finds its entry.
-            #[expect(
-                clippy::needless_borrows_for_generic_args,
-                reason = "by value, the 512-byte block would be copied to the 512-byte stack"
-            )]
-            let _ = PORT_STATS.insert(key, &EMPTY_BLOCK, u64::from(BPF_NOEXIST));
-            match PORT_STATS.get_ptr_mut(key) {
-                Some(block) => block,
-                None => return count_health(slot::PORT_STATS_OVERFLOW),
-            }
-        }
+    let Some(table) = table(&key) else {
+        return count_health(slot::PORT_TABLES_OVERFLOW);
     };
-    let index = usize::from(port) % PORTS_PER_BLOCK;
-    // SAFETY: a map value pointer, valid for this run; `index` is below
+    // SAFETY: port / PORTS_PER_BLOCK is below BLOCKS_PER_TABLE; a map value
+    // pointer, 4-byte aligned, valid for this run.
+    let entry = unsafe {
+        (&raw mut (*table).blocks)
+            .cast::<u32>()
+            .add(usize::from(port) / PORTS_PER_BLOCK)
+    };
+    // SAFETY: as above; other CPUs may write it, once, from 0.
+    let mut index = unsafe { core::ptr::read_volatile(entry) };
+    if index == 0 {
+        index = match take(slot::PORT_BLOCKS_TAKEN, |i| PORT_STATS.get_ptr_mut(i).is_some()) {
+            // SAFETY: the entry pointer, 4-byte aligned, into a map value.
+            Some(taken) => unsafe { put_once(entry, taken) },
+            None => return count_health(slot::PORT_STATS_OVERFLOW),
+        };
+    }
+    let Some(block) = PORT_STATS.get_ptr_mut(index) else {
+        return count_health(slot::PORT_STATS_OVERFLOW);
+    };
+    let i = usize::from(port) % PORTS_PER_BLOCK;
+    // SAFETY: a map value pointer, valid for this run; `i` is below
     // PORTS_PER_BLOCK and each counter is 8-byte aligned.
-    unsafe { xadd((&raw mut (*block).counts).cast::<u64>().add(index), 1) };
+    unsafe { xadd((&raw mut (*block).counts).cast::<u64>().add(i), 1) };
+}
+
+/// The table of `key`, taken now if it has none; `None` when the tables are
+/// all taken.
+#[inline(always)]
+fn table(key: &PortTableKey) -> Option<*mut PortTable> {
+    let last = LAST_TABLE.get_ptr_mut(u32::from(key.kind) % KINDS)?;
+    // SAFETY: a per-CPU map value pointer, valid for this run. A program
+    // that interrupts this one on this CPU may change it, to another valid
+    // index: the key check below is what makes any index safe to use.
+    let cached = unsafe { core::ptr::read_volatile(last) };
+    if let Some(table) = PORT_TABLES.get_ptr_mut(cached) {
+        // SAFETY: a map value pointer; a table's key is written before its
+        // index is published and never changes.
+        if unsafe { (*table).key } == *key {
+            return Some(table);
+        }
+    }
+    let index = match PORT_TABLE_INDEX.get_ptr(key) {
+        // SAFETY: a map value pointer, valid for this run.
+        Some(index) => unsafe { *index },
+        None => claim_table(key)?,
+    };
+    let table = PORT_TABLES.get_ptr_mut(index)?;
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(last, index) };
+    Some(table)
+}
+
+/// Hands out a table for `key` and publishes it in `PORT_TABLE_INDEX`;
+/// when another CPU published one first, that one is the key's (and the
+/// entry taken here stays unused, its key zero).
+#[inline(always)]
+fn claim_table(key: &PortTableKey) -> Option<u32> {
+    let index = take(slot::PORT_TABLES_TAKEN, |i| PORT_TABLES.get_ptr_mut(i).is_some())?;
+    let table = PORT_TABLES.get_ptr_mut(index)?;
+    // SAFETY: a map value pointer; nobody else knows this index yet.
+    unsafe { (*table).key = *key };
+    if PORT_TABLE_INDEX
+        .insert(key, index, u64::from(BPF_NOEXIST))
+        .is_ok()
+    {
+        return Some(index);
+    }
+    // SAFETY: as above: an entry nobody will use.
+    unsafe { (*table).key = PortTableKey::default() };
+    // SAFETY: a map value pointer, valid for this run.
+    PORT_TABLE_INDEX.get_ptr(key).map(|index| unsafe { *index })
+}
+
+/// The next entry of an array whose handed-out count is the health counter
+/// `taken`, if `exists` says the array has it. Entries are never given back.
+#[inline(always)]
+fn take(taken: u32, exists: impl Fn(u32) -> bool) -> Option<u32> {
+    let taken = HEALTH.get_ptr_mut(taken)?;
+    // Not Relaxed: LLVM's BPF backend lowers a relaxed add to the add that
+    // returns nothing (BPF_ADD without BPF_FETCH), whatever uses its result.
+    // SAFETY: an array map value pointer, 8-byte aligned.
+    let before = unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(taken, 1) };
+    // Past the array's end once it is full: `exists` is then false.
+    let index = u32::try_from(before + 1).ok()?;
+    exists(index).then_some(index)
+}
+
+/// Puts `index` in a table entry that was 0, and returns what the entry
+/// holds: `index`, or what another CPU put there first (`index` then stays
+/// unused).
+///
+/// # Safety
+/// `entry` must be valid and 4-byte aligned.
+#[inline(always)]
+unsafe fn put_once(entry: *mut u32, index: u32) -> u32 {
+    // SAFETY: upheld by the caller.
+    let (held, put) = unsafe {
+        atomic_cxchg::<u32, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(entry, 0, index)
+    };
+    if put {
+        index
+    } else {
+        held
+    }
 }
 
 /// Counts a connect from a socket bound to port 0, by the caller's command.

@@ -117,8 +117,12 @@ fn on_bind(ctx: &SockAddrContext, family: u8) {
     if bound_port != 0 {
         return;
     }
-    let cookie = cookie(ctx);
-    let Some(mut tracked) = find_or_claim(cookie, netns(ctx), family, req.proto, Comm::Record) else {
+    // A fixed port is a service's, kept for long: its command is recorded
+    // now. Port 0 is a client's, usually gone soon; the helper would cost
+    // as much as the rest of the claim, and user space names the pid of a
+    // socket that lives.
+    let comm = if req.port == 0 { Comm::Skip } else { Comm::Record };
+    let Some(mut tracked) = find_or_claim(cookie(ctx), netns(ctx), family, req.proto, comm) else {
         return;
     };
     if tracked.slot.pending != pending::NONE {

@@ -159,26 +159,25 @@ pub fn find_or_claim(cookie: u64, netns: u64, family: u8, proto: u8, comm: Comm)
             }
         }
     }?;
-    let pid_tgid = bpf_get_current_pid_tgid();
-    *tracked.slot = SockSlot {
-        netns,
-        // SAFETY: the helper takes no arguments and cannot fail.
-        cgroup: unsafe { bpf_get_current_cgroup_id() },
-        comm: match comm {
-            Comm::Record => bpf_get_current_comm().unwrap_or([0; 16]),
-            Comm::Skip => [0; 16],
-        },
-        pending_addr: [0; 16],
-        pid: (pid_tgid >> 32) as u32,
-        local_port: 0,
-        remote_port: 0,
-        pending_port: 0,
-        family,
-        proto,
-        flags: 0,
-        pending: pending::NONE,
-        _pad: [0; 2],
+    // Field by field: a whole `SockSlot` would be built on the stack and
+    // copied (a memset and a memcpy per claim). `pending_addr` is written by
+    // whoever opens an operation, before anything reads it.
+    let st = &mut *tracked.slot;
+    st.netns = netns;
+    // SAFETY: the helper takes no arguments and cannot fail.
+    st.cgroup = unsafe { bpf_get_current_cgroup_id() };
+    st.comm = match comm {
+        Comm::Record => bpf_get_current_comm().unwrap_or([0; 16]),
+        Comm::Skip => [0; 16],
     };
+    st.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    st.local_port = 0;
+    st.remote_port = 0;
+    st.pending_port = 0;
+    st.family = family;
+    st.proto = proto;
+    st.flags = 0;
+    st.pending = pending::NONE;
     Some(tracked)
 }
 

@@ -1,12 +1,81 @@
-//! Reads the kernel's counters: per-port activity (`PORT_STATS` blocks, and
-//! the live sockets of the socket table) and portmon's own health.
+//! Reads the kernel's counters: per-port activity (`PORT_STATS` blocks
+//! found through `PORT_TABLES`, and the live sockets of the socket table)
+//! and portmon's own health.
 
 use std::collections::BTreeMap;
 
-use aya::maps::{Array, HashMap, MapData};
-use portmon_common::{kind, slot, Family, PortBlock, PortBlockKey, PortStats, Proto, Role, PORTS_PER_BLOCK};
+use aya::maps::{Array, MapData};
+use portmon_common::{
+    kind, map, slot, Family, PortBlock, PortStats, PortTable, PortTableKey, Proto, Role, PORTS_PER_BLOCK,
+};
 
-use crate::socket_table::Followed;
+use crate::{
+    mapped_array::{MappedArray, MappedArrayError},
+    socket_table::Followed,
+};
+
+/// The kernel's per-port counters: the tables and the blocks they point
+/// to, both mapped.
+#[derive(Debug)]
+pub struct PortCounters {
+    tables: MappedArray,
+    blocks: MappedArray,
+}
+
+impl PortCounters {
+    pub fn new(tables: MapData, blocks: MapData) -> Result<Self, MappedArrayError> {
+        Ok(Self {
+            tables: MappedArray::new(tables, map::PORT_TABLES, size_of::<PortTable>())?,
+            blocks: MappedArray::new(blocks, map::PORT_STATS, size_of::<PortBlock>())?,
+        })
+    }
+
+    /// Every table handed out, with its key. Entry 0 is never handed out;
+    /// one lost to a race between CPUs has a zero key.
+    fn tables(&self) -> impl Iterator<Item = PortTable> + '_ {
+        (1..self.tables.entries() as usize)
+            .filter_map(|i| self.tables.get::<PortTable>(i))
+            .filter(|table| table.key != PortTableKey::default())
+    }
+
+    /// Tables in use.
+    pub fn tables_in_use(&self) -> usize {
+        self.tables().count()
+    }
+
+    /// Blocks the tables point to.
+    pub fn blocks_in_use(&self) -> usize {
+        self.tables()
+            .map(|table| table.blocks.iter().filter(|&&b| b != 0).count())
+            .sum()
+    }
+
+    /// Every port's nonzero counter of each kind: (key, port, count).
+    fn counts(&self) -> impl Iterator<Item = (PortTableKey, u16, u64)> + '_ {
+        self.tables().flat_map(move |table| {
+            let key = table.key;
+            table
+                .blocks
+                .into_iter()
+                .enumerate()
+                .filter(|&(_, index)| index != 0)
+                .filter_map(move |(first, index)| {
+                    Some((first, self.blocks.get::<PortBlock>(index as usize)?))
+                })
+                .flat_map(move |(first, block)| {
+                    block
+                        .counts
+                        .into_iter()
+                        .enumerate()
+                        .filter(|&(_, n)| n != 0)
+                        .filter_map(move |(i, n)| {
+                            let port = u16::try_from(first * PORTS_PER_BLOCK + i).ok()?;
+                            Some((key, port, n))
+                        })
+                })
+        })
+    }
+}
 
 /// The counters of one port in one namespace, from one end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,8 +94,10 @@ pub struct PortCount {
 pub struct Health {
     /// Failure events the ring buffer had no room for.
     pub events_dropped: u64,
-    /// Counter increments lost to a full `PORT_STATS`.
+    /// Counter increments lost because `PORT_STATS` had no block left.
     pub port_stats_overflow: u64,
+    /// Counter increments lost to a full `PORT_TABLES`.
+    pub port_tables_overflow: u64,
     /// Sockets not followed because their slots in `SOCKETS` were taken.
     pub sockets_overflow: u64,
     /// Failures the kernel side detected, delivered or not.
@@ -38,11 +109,11 @@ pub struct Health {
 type PortId = (u64, Proto, Family, Role, u16);
 
 /// Every port's counters: the blocks' counters, and the live sockets of
-/// `followed` on each port. Blocks with values portmon does not know are
+/// `followed` on each port. Tables with keys portmon does not know are
 /// skipped.
-pub fn read_ports(map: &HashMap<MapData, PortBlockKey, PortBlock>, followed: &[Followed]) -> Vec<PortCount> {
+pub fn read_ports(counters: &PortCounters, followed: &[Followed]) -> Vec<PortCount> {
     let mut ports: BTreeMap<PortId, PortStats> = BTreeMap::new();
-    for (key, block) in crate::map_batch::read_all(map) {
+    for (key, port, n) in counters.counts() {
         let (Ok(proto), Ok(family), Ok(role)) = (
             Proto::try_from(key.proto),
             Family::try_from(key.family),
@@ -50,15 +121,11 @@ pub fn read_ports(map: &HashMap<MapData, PortBlockKey, PortBlock>, followed: &[F
         ) else {
             continue;
         };
-        for (i, &n) in block.counts.iter().enumerate().filter(|(_, n)| **n != 0) {
-            let port = key.block as usize * PORTS_PER_BLOCK + i;
-            let Ok(port) = u16::try_from(port) else { continue };
-            let stats = ports.entry((key.netns, proto, family, role, port)).or_default();
-            match key.kind {
-                kind::BINDS => stats.binds = n,
-                kind::LISTENS => stats.listens = n,
-                _ => stats.connects = n,
-            }
+        let stats = ports.entry((key.netns, proto, family, role, port)).or_default();
+        match key.kind {
+            kind::BINDS => stats.binds = n,
+            kind::LISTENS => stats.listens = n,
+            _ => stats.connects = n,
         }
     }
     for f in followed {
@@ -94,6 +161,7 @@ pub fn read_health(map: &Array<MapData, u64>) -> Health {
     Health {
         events_dropped: get(slot::EVENTS_DROPPED),
         port_stats_overflow: get(slot::PORT_STATS_OVERFLOW),
+        port_tables_overflow: get(slot::PORT_TABLES_OVERFLOW),
         sockets_overflow: get(slot::SOCKETS_OVERFLOW),
         failures_seen: get(slot::FAILURES_SEEN),
         bind_before_connect_overflow: get(slot::BIND_BEFORE_CONNECT_OVERFLOW),

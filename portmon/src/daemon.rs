@@ -14,13 +14,13 @@ use std::{
 
 use aya::maps::RingBuf;
 use aya::maps::{Array, HashMap as BpfHashMap, MapData};
-use portmon_common::{map, Owner, PortBlock, PortBlockKey};
+use portmon_common::{map, Owner};
 use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
     cgroups::CgroupPaths,
     config::Config,
-    counters::{self, Health, PortCount},
+    counters::{self, Health, PortCount, PortCounters},
     ephemeral::EphemeralReport,
     exporter::{ExporterError, MapUsage, Metrics, NetnsLabel},
     failures::{Failure, FailureKey, FailureLog, FailureReader},
@@ -78,7 +78,7 @@ pub enum DaemonError {
 
 /// The kernel maps the daemon reads.
 struct Maps {
-    port_stats: BpfHashMap<MapData, PortBlockKey, PortBlock>,
+    ports: PortCounters,
     sockets: SocketTable,
     bind_before_connect: BpfHashMap<MapData, [u8; 16], u64>,
     health: Array<MapData, u64>,
@@ -149,7 +149,7 @@ impl State {
     /// Every port's counters.
     pub fn ports(&self) -> Vec<PortCount> {
         let maps = lock(&self.maps);
-        counters::read_ports(&maps.port_stats, &maps.sockets.read())
+        counters::read_ports(&maps.ports, &maps.sockets.read())
     }
 
     /// portmon's own health counters.
@@ -208,8 +208,13 @@ impl State {
         vec![
             MapUsage {
                 name: map::PORT_STATS,
-                entries: read_all(&maps.port_stats).len() as u64,
+                entries: maps.ports.blocks_in_use() as u64,
                 capacity: o.port_stats.into(),
+            },
+            MapUsage {
+                name: map::PORT_TABLES,
+                entries: maps.ports.tables_in_use() as u64,
+                capacity: crate::loader::port_tables(o.port_stats).into(),
             },
             MapUsage {
                 name: map::SOCKETS,
@@ -296,7 +301,7 @@ pub fn start(config: Config) -> Result<Started, DaemonError> {
     };
     let (kernel, maps) = Kernel::load(&env.cgroup_root, options)?;
     let KernelMaps {
-        port_stats,
+        ports,
         sockets,
         bind_before_connect,
         health,
@@ -327,7 +332,7 @@ pub fn start(config: Config) -> Result<Started, DaemonError> {
 
     let state = Arc::new(State {
         maps: Mutex::new(Maps {
-            port_stats,
+            ports,
             sockets,
             bind_before_connect,
             health,

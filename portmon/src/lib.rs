@@ -20,6 +20,7 @@ pub mod http;
 pub mod inventory;
 pub mod loader;
 pub mod map_batch;
+pub mod mapped_array;
 pub mod mounts;
 pub mod netns;
 pub mod port_class;

@@ -10,10 +10,12 @@ use aya::{
     programs::{CgroupAttachMode, Program, ProgramError},
     Ebpf, EbpfError, EbpfLoader,
 };
-use portmon_common::{global, map, program, PortBlock, PortBlockKey, SLOTS_PER_GROUP};
+use portmon_common::{capacity, global, map, program, SLOTS_PER_GROUP};
 
 use crate::{
     btf::{Btf, BtfError},
+    counters::PortCounters,
+    mapped_array::MappedArrayError,
     socket_table::{SocketTable, SocketTableError},
 };
 
@@ -51,7 +53,8 @@ pub const PROGRAMS: &[(&str, Hook)] = &[
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoadOptions {
     /// Entries of `PORT_STATS`: blocks of 64 ports, per namespace,
-    /// protocol, family and kind of counter.
+    /// protocol, family and kind of counter. `PORT_TABLES` is sized from it
+    /// (`port_tables`).
     pub port_stats: u32,
     /// Slots of `SOCKETS`: sockets followed at once (bound, listening,
     /// connected outbound). Rounded up to a power of two.
@@ -64,8 +67,8 @@ pub struct LoadOptions {
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
-            port_stats: portmon_common::capacity::PORT_STATS,
-            sockets: portmon_common::capacity::SOCKETS,
+            port_stats: capacity::PORT_STATS,
+            sockets: capacity::SOCKETS,
             hooks_only: false,
         }
     }
@@ -77,6 +80,8 @@ pub enum LoadError {
     Btf(#[from] BtfError),
     #[error(transparent)]
     SocketTable(#[from] SocketTableError),
+    #[error(transparent)]
+    MappedArray(#[from] MappedArrayError),
     #[error("the kernel refused portmon's maps or object")]
     Object(#[source] EbpfError),
     #[error("the kernel object has no program {program}")]
@@ -125,7 +130,7 @@ pub struct Kernel {
 /// Handles on the kernel maps, for the readers.
 pub struct KernelMaps {
     /// Per-port counters, in blocks of 64 ports.
-    pub port_stats: HashMap<MapData, PortBlockKey, PortBlock>,
+    pub ports: PortCounters,
     /// The sockets the programs follow, with their owners and ports.
     pub sockets: SocketTable,
     /// TCP connects from sockets bound to port 0, by command name.
@@ -210,8 +215,9 @@ impl KernelMaps {
             None => Err(LoadError::MissingMap { map: name }),
         };
         let sockets = SocketTable::new(array(map::SOCKET_COOKIES)?, array(map::SOCKETS)?)?;
+        let ports = PortCounters::new(array(map::PORT_TABLES)?, array(map::PORT_STATS)?)?;
         Ok(Self {
-            port_stats: take(ebpf, map::PORT_STATS)?,
+            ports,
             sockets,
             bind_before_connect: take(ebpf, map::BIND_BEFORE_CONNECT)?,
             health: take(ebpf, map::HEALTH)?,
@@ -227,7 +233,10 @@ fn open_object(options: LoadOptions) -> Result<Ebpf, LoadError> {
     let slots = socket_slots(options.sockets);
     let groups = slots / SLOTS_PER_GROUP as u32;
     EbpfLoader::new()
-        .map_max_entries(map::PORT_STATS, options.port_stats)
+        // Entry 0 marks a block not yet taken: it is never handed out.
+        .map_max_entries(map::PORT_STATS, options.port_stats.saturating_add(1))
+        .map_max_entries(map::PORT_TABLES, port_tables(options.port_stats) + 1)
+        .map_max_entries(map::PORT_TABLE_INDEX, port_tables(options.port_stats))
         .map_max_entries(map::SOCKETS, slots)
         .map_max_entries(map::SOCKET_COOKIES, groups)
         .override_global(global::HOOKS_ONLY, &hooks_only, true)
@@ -235,6 +244,11 @@ fn open_object(options: LoadOptions) -> Result<Ebpf, LoadError> {
         .override_global(global::KERNEL_LAYOUT, &layout, true)
         .load(OBJECT)
         .map_err(LoadError::Object)
+}
+
+/// Entries of `PORT_TABLES` for `blocks` blocks of `PORT_STATS`.
+pub fn port_tables(blocks: u32) -> u32 {
+    (blocks / capacity::BLOCKS_PER_TABLE_ENTRY).max(capacity::MIN_PORT_TABLES)
 }
 
 /// Slots of the socket table for a wanted capacity: a power of two, whole

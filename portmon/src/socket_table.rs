@@ -3,109 +3,26 @@
 //! into this process: reading it is a memory copy, with no system call per
 //! entry and none per read.
 
-use std::{
-    collections::HashMap,
-    io,
-    os::fd::{AsFd, AsRawFd},
-    ptr::NonNull,
-};
+use std::collections::HashMap;
 
 use aya::maps::MapData;
 use portmon_common::{sock_flag, Owner, SockSlot, SocketGroup, SLOTS_PER_GROUP, SOCKETS_PER_GROUP};
 
+use crate::mapped_array::{MappedArray, MappedArrayError};
+
 #[derive(Debug, thiserror::Error)]
 pub enum SocketTableError {
-    #[error("cannot read the kernel's socket table {map}")]
-    Info {
-        map: &'static str,
-        #[source]
-        source: aya::maps::MapError,
-    },
-    #[error("cannot map the kernel's socket table {map} into memory (BPF_F_MMAPABLE, Linux 5.5)")]
-    Map {
-        map: &'static str,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Mapped(#[from] MappedArrayError),
     #[error("the kernel's socket tables disagree: {groups} groups of cookies for {slots} slots")]
     Sizes { groups: u32, slots: u32 },
-}
-
-/// A read-only mapping of one array map's values.
-#[derive(Debug)]
-struct Mapping {
-    base: NonNull<u8>,
-    len: usize,
-    /// Keeps the map alive as long as the mapping.
-    _map: MapData,
-}
-
-// SAFETY: the mapping is read-only memory shared with the kernel, read with
-// volatile loads; nothing in it is tied to a thread.
-unsafe impl Send for Mapping {}
-// SAFETY: as above.
-unsafe impl Sync for Mapping {}
-
-impl Mapping {
-    fn new(map: MapData, name: &'static str, value_size: usize) -> Result<(Self, u32), SocketTableError> {
-        let info = map
-            .info()
-            .map_err(|source| SocketTableError::Info { map: name, source })?;
-        let entries = info.max_entries();
-        let page = 4096;
-        let len = (entries as usize * value_size).div_ceil(page) * page;
-        let fd = map.fd().as_fd().as_raw_fd();
-        // SAFETY: a fresh shared read-only mapping of the map's values, which
-        // the kernel allows for BPF_F_MMAPABLE arrays; checked for failure.
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if addr == libc::MAP_FAILED {
-            return Err(SocketTableError::Map {
-                map: name,
-                source: io::Error::last_os_error(),
-            });
-        }
-        let base = NonNull::new(addr.cast::<u8>()).ok_or(SocketTableError::Map {
-            map: name,
-            source: io::Error::other("mmap returned null"),
-        })?;
-        Ok((Self { base, len, _map: map }, entries))
-    }
-
-    /// The `index`th value of type `T`, read as the kernel may be writing it.
-    fn read<T: Copy>(&self, index: usize) -> T {
-        let at = index * size_of::<T>();
-        assert!(
-            at + size_of::<T>() <= self.len,
-            "index {index} outside the mapping"
-        );
-        // SAFETY: inside the mapping (checked above), which lives as long as
-        // self; values are 8-byte aligned in an array map and any bit pattern
-        // is a valid T (plain integers).
-        unsafe { std::ptr::read_volatile(self.base.as_ptr().add(at).cast::<T>()) }
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly what `new` mapped.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
-    }
 }
 
 /// The socket table, mapped.
 #[derive(Debug)]
 pub struct SocketTable {
-    cookies: Mapping,
-    slots: Mapping,
+    cookies: MappedArray,
+    slots: MappedArray,
     capacity: u32,
 }
 
@@ -139,12 +56,13 @@ impl Followed {
 impl SocketTable {
     /// Maps the two arrays the loader took from the kernel object.
     pub fn new(cookies: MapData, slots: MapData) -> Result<Self, SocketTableError> {
-        let (cookies, groups) = Mapping::new(
+        let cookies = MappedArray::new(
             cookies,
             portmon_common::map::SOCKET_COOKIES,
             size_of::<SocketGroup>(),
         )?;
-        let (slots, capacity) = Mapping::new(slots, portmon_common::map::SOCKETS, size_of::<SockSlot>())?;
+        let slots = MappedArray::new(slots, portmon_common::map::SOCKETS, size_of::<SockSlot>())?;
+        let (groups, capacity) = (cookies.entries(), slots.entries());
         if groups as usize * SLOTS_PER_GROUP != capacity as usize {
             return Err(SocketTableError::Sizes {
                 groups,
@@ -169,12 +87,14 @@ impl SocketTable {
         let mut out = Vec::new();
         // A group's last word counts displaced sockets: it is no cookie.
         for index in (0..self.capacity as usize).filter(|i| i % SLOTS_PER_GROUP < SOCKETS_PER_GROUP) {
-            let cookie: u64 = self.cookies.read(index);
+            let cookie = self.cookies.get::<u64>(index).unwrap_or(0);
             if cookie == 0 {
                 continue;
             }
-            let slot: SockSlot = self.slots.read(index);
-            if self.cookies.read::<u64>(index) == cookie {
+            let Some(slot) = self.slots.get::<SockSlot>(index) else {
+                continue;
+            };
+            if self.cookies.get::<u64>(index) == Some(cookie) {
                 out.push(Followed { cookie, slot });
             }
         }

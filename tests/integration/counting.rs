@@ -2,6 +2,7 @@
 
 use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 
+use portmon::loader::LoadOptions;
 use portmon_common::{Family, Proto, Role};
 use portmon_tests::{in_fresh_netns, serial, Monitor};
 
@@ -239,4 +240,49 @@ pub fn local_port(fd: i32) -> u16 {
         assert_eq!(libc::getsockname(fd, (&raw mut ss).cast(), &mut len), 0);
         u16::from_be((*(&raw const ss).cast::<libc::sockaddr_in>()).sin_port)
     }
+}
+
+#[test]
+fn counts_that_find_no_room_are_counted_as_lost() {
+    let _serial = serial();
+    let blocks = 2;
+    let monitor = Monitor::attach_with(LoadOptions {
+        port_stats: blocks,
+        ..LoadOptions::default()
+    });
+    let before = monitor.health().port_stats_overflow;
+    in_fresh_netns(|ns| {
+        // Ports in four blocks of 64, made in this order: the first two
+        // blocks take the room there is, unless a process elsewhere on the
+        // host took some of it first.
+        let made = [(20_000, 3), (20_064, 1), (20_128, 2), (20_192, 1)];
+        for (port, n) in made {
+            for _ in 0..n {
+                drop(UdpSocket::bind(("127.0.0.1", port)).expect("bind"));
+            }
+        }
+        let mut held = 0;
+        let mut lost = 0;
+        for (port, n) in made {
+            let counted = monitor
+                .stats(ns.cookie, Proto::Udp, Family::Inet, Role::Local, port)
+                .binds;
+            assert!(
+                counted == n || counted == 0,
+                "port {port}: {counted} of {n} binds counted"
+            );
+            if counted == 0 {
+                lost += n;
+            } else {
+                held += 1;
+            }
+        }
+        let overflow = monitor.health().port_stats_overflow - before;
+        assert!(held <= blocks, "{held} blocks counted in room for {blocks}");
+        assert!(lost >= 3, "the last two blocks' binds were counted");
+        assert!(
+            overflow >= lost,
+            "{lost} binds not counted, {overflow} counted as lost"
+        );
+    });
 }

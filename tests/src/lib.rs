@@ -117,8 +117,7 @@ pub struct Monitor {
 }
 
 struct KernelMapsForTests {
-    port_stats:
-        aya::maps::HashMap<aya::maps::MapData, portmon_common::PortBlockKey, portmon_common::PortBlock>,
+    ports: portmon::counters::PortCounters,
     sockets: portmon::socket_table::SocketTable,
     health: aya::maps::Array<aya::maps::MapData, u64>,
     reader: FailureReader,
@@ -143,7 +142,7 @@ impl Monitor {
         portmon::preflight::check().expect("preflight (tests need root)");
         let (kernel, maps) = Kernel::load(&cgroup_root(), options).expect("load kernel programs");
         let KernelMaps {
-            port_stats,
+            ports,
             sockets,
             health,
             failures,
@@ -152,7 +151,7 @@ impl Monitor {
         Self {
             kernel: Some(kernel),
             maps: KernelMapsForTests {
-                port_stats,
+                ports,
                 sockets,
                 health,
                 reader: FailureReader::new(failures),
@@ -178,7 +177,7 @@ impl Monitor {
     }
 
     fn ports(&self) -> Vec<counters::PortCount> {
-        counters::read_ports(&self.maps.port_stats, &self.maps.sockets.read())
+        counters::read_ports(&self.maps.ports, &self.maps.sockets.read())
     }
 
     pub fn health(&self) -> Health {

@@ -15,6 +15,7 @@ pub fn add(input: &ScrapeInput<'_>, folded: usize, scrape_seconds: f64, families
         &def::MAP_OVERFLOWS,
         [
             (map::PORT_STATS, h.port_stats_overflow),
+            (map::PORT_TABLES, h.port_tables_overflow),
             (map::SOCKETS, h.sockets_overflow),
             (map::BIND_BEFORE_CONNECT, h.bind_before_connect_overflow),
         ]

@@ -1,0 +1,113 @@
+//! An array map's values mapped read-only into this process
+//! (`BPF_F_MMAPABLE`, Linux 5.5): reading them is a memory copy, with no
+//! system call per entry and none per read.
+
+use std::{
+    io,
+    os::fd::{AsFd, AsRawFd},
+    ptr::NonNull,
+};
+
+use aya::maps::MapData;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MappedArrayError {
+    #[error("cannot read the kernel map {map}")]
+    Info {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("cannot map the kernel map {map} into memory (BPF_F_MMAPABLE, Linux 5.5)")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A read-only mapping of one array map's values.
+#[derive(Debug)]
+pub struct MappedArray {
+    base: NonNull<u8>,
+    len: usize,
+    entries: u32,
+    value_size: usize,
+    /// Keeps the map alive as long as the mapping.
+    _map: MapData,
+}
+
+// SAFETY: the mapping is read-only memory shared with the kernel, read with
+// volatile loads; nothing in it is tied to a thread.
+unsafe impl Send for MappedArray {}
+// SAFETY: as above.
+unsafe impl Sync for MappedArray {}
+
+impl MappedArray {
+    /// Maps the values of `map`, an array of `value_size`-byte values.
+    pub fn new(map: MapData, name: &'static str, value_size: usize) -> Result<Self, MappedArrayError> {
+        let info = map
+            .info()
+            .map_err(|source| MappedArrayError::Info { map: name, source })?;
+        let entries = info.max_entries();
+        let page = 4096;
+        let len = (entries as usize * value_size).div_ceil(page) * page;
+        let fd = map.fd().as_fd().as_raw_fd();
+        // SAFETY: a fresh shared read-only mapping of the map's values, which
+        // the kernel allows for BPF_F_MMAPABLE arrays; checked for failure.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(MappedArrayError::Map {
+                map: name,
+                source: io::Error::last_os_error(),
+            });
+        }
+        let base = NonNull::new(addr.cast::<u8>()).ok_or(MappedArrayError::Map {
+            map: name,
+            source: io::Error::other("mmap returned null"),
+        })?;
+        Ok(Self {
+            base,
+            len,
+            entries,
+            value_size,
+            _map: map,
+        })
+    }
+
+    /// Entries of the array.
+    pub fn entries(&self) -> u32 {
+        self.entries
+    }
+
+    /// The `index`th `T` of the array's memory (its values, or words of
+    /// them), read as the kernel may be writing it; `None` past the end.
+    pub fn get<T: Copy>(&self, index: usize) -> Option<T> {
+        let at = index.checked_mul(size_of::<T>())?;
+        if at + size_of::<T>() > self.entries as usize * self.value_size {
+            return None;
+        }
+        debug_assert!(at + size_of::<T>() <= self.len);
+        // SAFETY: inside the values (checked above), which the mapping
+        // covers for as long as self lives; array map values are 8-byte
+        // aligned, T's are read at multiples of their size, and any bit
+        // pattern is a valid T (plain integers).
+        Some(unsafe { std::ptr::read_volatile(self.base.as_ptr().add(at).cast::<T>()) })
+    }
+}
+
+impl Drop for MappedArray {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `new` mapped.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
