@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 
 use aya::maps::{Array, MapData};
 use portmon_common::{
-    kind, map, slot, Family, PortBlock, PortStats, PortTable, PortTableKey, Proto, Role, PORTS_PER_BLOCK,
+    kind, map, slot, Family, PortBlock, PortStats, PortTable, PortTableKey, Proto, Role, BLOCKS_PER_TABLE,
+    PORTS_PER_BLOCK,
 };
 
 use crate::{
@@ -14,8 +15,11 @@ use crate::{
     socket_table::Followed,
 };
 
+/// Where a `PortTable`'s blocks start.
+const TABLE_BLOCKS: usize = std::mem::offset_of!(PortTable, blocks);
+
 /// The kernel's per-port counters: the tables and the blocks they point
-/// to, both mapped.
+/// to, both mapped, read a word at a time.
 #[derive(Debug)]
 pub struct PortCounters {
     tables: MappedArray,
@@ -30,12 +34,32 @@ impl PortCounters {
         })
     }
 
-    /// Every table handed out, with its key. Entry 0 is never handed out;
-    /// one lost to a race between CPUs has a zero key.
-    fn tables(&self) -> impl Iterator<Item = PortTable> + '_ {
-        (1..self.tables.entries() as usize)
-            .filter_map(|i| self.tables.get::<PortTable>(i))
-            .filter(|table| table.key != PortTableKey::default())
+    /// Every table handed out, with its key: (entry, key). Entry 0 is
+    /// never handed out; one lost to a race between CPUs has a zero key.
+    fn tables(&self) -> impl Iterator<Item = (usize, PortTableKey)> + '_ {
+        (1..self.tables.entries() as usize).filter_map(|i| {
+            let (netns, rest) = (self.tables.field::<u64>(i, 0)?, self.tables.field::<u64>(i, 8)?);
+            let [proto, family, kind, ..] = rest.to_ne_bytes();
+            let key = PortTableKey {
+                netns,
+                proto,
+                family,
+                kind,
+                _pad: [0; 5],
+            };
+            (key != PortTableKey::default()).then_some((i, key))
+        })
+    }
+
+    /// The blocks of table `entry` that are taken: (first port / 64, index
+    /// in `PORT_STATS`).
+    fn blocks_of(&self, entry: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
+        (0..BLOCKS_PER_TABLE).filter_map(move |b| {
+            let index = self
+                .tables
+                .field::<u32>(entry, TABLE_BLOCKS + b * size_of::<u32>())?;
+            (index != 0).then_some((b, index as usize))
+        })
     }
 
     /// Tables in use.
@@ -46,33 +70,20 @@ impl PortCounters {
     /// Blocks the tables point to.
     pub fn blocks_in_use(&self) -> usize {
         self.tables()
-            .map(|table| table.blocks.iter().filter(|&&b| b != 0).count())
+            .map(|(entry, _)| self.blocks_of(entry).count())
             .sum()
     }
 
     /// Every port's nonzero counter of each kind: (key, port, count).
     fn counts(&self) -> impl Iterator<Item = (PortTableKey, u16, u64)> + '_ {
-        self.tables().flat_map(move |table| {
-            let key = table.key;
-            table
-                .blocks
-                .into_iter()
-                .enumerate()
-                .filter(|&(_, index)| index != 0)
-                .filter_map(move |(first, index)| {
-                    Some((first, self.blocks.get::<PortBlock>(index as usize)?))
+        self.tables().flat_map(move |(entry, key)| {
+            self.blocks_of(entry).flat_map(move |(b, index)| {
+                (0..PORTS_PER_BLOCK).filter_map(move |i| {
+                    let n = self.blocks.field::<u64>(index, i * size_of::<u64>())?;
+                    let port = u16::try_from(b * PORTS_PER_BLOCK + i).ok()?;
+                    (n != 0).then_some((key, port, n))
                 })
-                .flat_map(move |(first, block)| {
-                    block
-                        .counts
-                        .into_iter()
-                        .enumerate()
-                        .filter(|&(_, n)| n != 0)
-                        .filter_map(move |(i, n)| {
-                            let port = u16::try_from(first * PORTS_PER_BLOCK + i).ok()?;
-                            Some((key, port, n))
-                        })
-                })
+            })
         })
     }
 }

@@ -89,21 +89,56 @@ impl MappedArray {
         self.entries
     }
 
-    /// The `index`th `T` of the array's memory (its values, or words of
-    /// them), read as the kernel may be writing it; `None` past the end.
-    pub fn get<T: Copy>(&self, index: usize) -> Option<T> {
+    /// The `index`th `T` of the array's memory (words of its values), read
+    /// in one load as the kernel may be writing it; `None` past the end.
+    /// Values are read a word at a time: a larger copy may be made byte by
+    /// byte, and tear a counter the kernel is adding to.
+    pub fn get<T: Word>(&self, index: usize) -> Option<T> {
         let at = index.checked_mul(size_of::<T>())?;
-        if at + size_of::<T>() > self.entries as usize * self.value_size {
+        self.at(at)
+    }
+
+    /// The `T` at byte `offset` of entry `entry`, as `get` reads it; `None`
+    /// past the end or off `T`'s alignment.
+    pub fn field<T: Word>(&self, entry: usize, offset: usize) -> Option<T> {
+        if !offset.is_multiple_of(size_of::<T>()) || offset + size_of::<T>() > self.value_size {
+            return None;
+        }
+        self.at(entry.checked_mul(self.value_size)?.checked_add(offset)?)
+    }
+
+    /// The whole `index`th value, copied as the compiler sees fit: for
+    /// values whose reader can tell a torn copy (the socket table re-reads
+    /// the slot's cookie), not for counters.
+    pub fn value<T: Copy>(&self, index: usize) -> Option<T> {
+        if size_of::<T>() != self.value_size || index >= self.entries as usize {
+            return None;
+        }
+        // SAFETY: a whole value inside the mapping (checked above), aligned
+        // as array map values are (8 bytes); any bit pattern is a valid T
+        // (plain integers and byte arrays).
+        Some(unsafe { std::ptr::read_volatile(self.base.as_ptr().add(index * self.value_size).cast::<T>()) })
+    }
+
+    fn at<T: Word>(&self, at: usize) -> Option<T> {
+        if !at.is_multiple_of(size_of::<T>()) || at + size_of::<T>() > self.entries as usize * self.value_size
+        {
             return None;
         }
         debug_assert!(at + size_of::<T>() <= self.len);
         // SAFETY: inside the values (checked above), which the mapping
-        // covers for as long as self lives; array map values are 8-byte
-        // aligned, T's are read at multiples of their size, and any bit
-        // pattern is a valid T (plain integers).
+        // covers for as long as self lives; the mapping is page aligned and
+        // `at` a multiple of T's size, so T is aligned; any bit pattern is a
+        // valid T (a plain integer).
         Some(unsafe { std::ptr::read_volatile(self.base.as_ptr().add(at).cast::<T>()) })
     }
 }
+
+/// An integer the CPU loads in one instruction.
+pub trait Word: Copy {}
+impl Word for u16 {}
+impl Word for u32 {}
+impl Word for u64 {}
 
 impl Drop for MappedArray {
     fn drop(&mut self) {

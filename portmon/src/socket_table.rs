@@ -91,7 +91,7 @@ impl SocketTable {
             if cookie == 0 {
                 continue;
             }
-            let Some(slot) = self.slots.get::<SockSlot>(index) else {
+            let Some(slot) = self.slots.value::<SockSlot>(index) else {
                 continue;
             };
             if self.cookies.get::<u64>(index) == Some(cookie) {
