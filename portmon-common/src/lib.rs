@@ -250,9 +250,10 @@ pub struct SockSlot {
     pub netns: u64,
     /// cgroup v2 id of the process that first bound or connected it.
     pub cgroup: u64,
-    /// Command name of that process, NUL padded; recorded at bind() only,
-    /// all zero for a socket first seen at connect() (the helper costs as
-    /// much as the rest of the connect hook; user space names the pid).
+    /// Command name of that process, NUL padded; recorded at a bind() to a
+    /// fixed port only (a service's), all zero for a socket first seen at
+    /// bind(0) or connect() (a client's: the helper costs as much as the
+    /// rest of the hook, and user space names the pid).
     pub comm: [u8; 16],
     /// Address asked for by the pending operation (IPv4 in the first four
     /// bytes, network order).
