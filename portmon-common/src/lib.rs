@@ -170,6 +170,18 @@ pub struct PortTableKey {
 }
 const _: () = assert!(core::mem::size_of::<PortTableKey>() == 16);
 
+impl PortTableKey {
+    pub const fn new(netns: u64, proto: u8, family: u8, kind: u8) -> Self {
+        Self {
+            netns,
+            proto,
+            family,
+            kind,
+            _pad: [0; 5],
+        }
+    }
+}
+
 /// Entry of `PORT_TABLES`: for each block of `PORTS_PER_BLOCK` ports (port
 /// / `PORTS_PER_BLOCK`), its index in `PORT_STATS`, 0 if none yet.
 ///

@@ -60,13 +60,7 @@ pub fn count_health(slot: u32) {
 /// Adds one to the `kind::*` counter of a port; a full map is counted.
 #[inline(always)]
 pub fn count(netns: u64, proto: u8, family: u8, kind: u8, port: u16) {
-    let key = PortTableKey {
-        netns,
-        proto,
-        family,
-        kind,
-        _pad: [0; 5],
-    };
+    let key = PortTableKey::new(netns, proto, family, kind);
     let Some(table) = table(&key) else {
         return count_health(slot::PORT_TABLES_OVERFLOW);
     };

@@ -17,6 +17,10 @@ use crate::{
 
 /// Where a `PortTable`'s blocks start.
 const TABLE_BLOCKS: usize = std::mem::offset_of!(PortTable, blocks);
+/// Where its key's namespace is, and the word holding protocol, family and
+/// kind.
+const KEY_NETNS: usize = std::mem::offset_of!(PortTable, key) + std::mem::offset_of!(PortTableKey, netns);
+const KEY_REST: usize = std::mem::offset_of!(PortTable, key) + std::mem::offset_of!(PortTableKey, proto);
 
 /// The kernel's per-port counters: the tables and the blocks they point
 /// to, both mapped, read a word at a time.
@@ -38,15 +42,12 @@ impl PortCounters {
     /// never handed out; one lost to a race between CPUs has a zero key.
     fn tables(&self) -> impl Iterator<Item = (usize, PortTableKey)> + '_ {
         (1..self.tables.entries() as usize).filter_map(|i| {
-            let (netns, rest) = (self.tables.field::<u64>(i, 0)?, self.tables.field::<u64>(i, 8)?);
+            let (netns, rest) = (
+                self.tables.field::<u64>(i, KEY_NETNS)?,
+                self.tables.field::<u64>(i, KEY_REST)?,
+            );
             let [proto, family, kind, ..] = rest.to_ne_bytes();
-            let key = PortTableKey {
-                netns,
-                proto,
-                family,
-                kind,
-                _pad: [0; 5],
-            };
+            let key = PortTableKey::new(netns, proto, family, kind);
             (key != PortTableKey::default()).then_some((i, key))
         })
     }

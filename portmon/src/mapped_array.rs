@@ -136,7 +136,6 @@ impl MappedArray {
 
 /// An integer the CPU loads in one instruction.
 pub trait Word: Copy {}
-impl Word for u16 {}
 impl Word for u32 {}
 impl Word for u64 {}
 
