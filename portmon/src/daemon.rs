@@ -214,7 +214,7 @@ impl State {
             MapUsage {
                 name: map::PORT_TABLES,
                 entries: maps.ports.tables_in_use() as u64,
-                capacity: crate::loader::port_tables(o.port_stats).into(),
+                capacity: o.port_tables.into(),
             },
             MapUsage {
                 name: map::SOCKETS,
@@ -296,6 +296,7 @@ pub fn start(config: Config) -> Result<Started, DaemonError> {
 
     let options = LoadOptions {
         port_stats: config.port_stats_capacity,
+        port_tables: crate::loader::port_tables(config.port_stats_capacity),
         sockets: config.sockets_capacity,
         hooks_only: false,
     };

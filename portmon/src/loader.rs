@@ -53,9 +53,12 @@ pub const PROGRAMS: &[(&str, Hook)] = &[
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoadOptions {
     /// Entries of `PORT_STATS`: blocks of 64 ports, per namespace,
-    /// protocol, family and kind of counter. `PORT_TABLES` is sized from it
-    /// (`port_tables`).
+    /// protocol, family and kind of counter.
     pub port_stats: u32,
+    /// Entries of `PORT_TABLES`: one per namespace, protocol, family and
+    /// kind of counter in use; `port_tables(port_stats)` unless a test
+    /// wants them few.
+    pub port_tables: u32,
     /// Slots of `SOCKETS`: sockets followed at once (bound, listening,
     /// connected outbound). Rounded up to a power of two.
     pub sockets: u32,
@@ -68,6 +71,7 @@ impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             port_stats: capacity::PORT_STATS,
+            port_tables: port_tables(capacity::PORT_STATS),
             sockets: capacity::SOCKETS,
             hooks_only: false,
         }
@@ -235,8 +239,9 @@ fn open_object(options: LoadOptions) -> Result<Ebpf, LoadError> {
     EbpfLoader::new()
         // Entry 0 marks a block not yet taken: it is never handed out.
         .map_max_entries(map::PORT_STATS, options.port_stats.saturating_add(1))
-        .map_max_entries(map::PORT_TABLES, port_tables(options.port_stats) + 1)
-        .map_max_entries(map::PORT_TABLE_INDEX, port_tables(options.port_stats))
+        // Entry 0 again: a cached index that no table has.
+        .map_max_entries(map::PORT_TABLES, options.port_tables.saturating_add(1))
+        .map_max_entries(map::PORT_TABLE_INDEX, options.port_tables.max(1))
         .map_max_entries(map::SOCKETS, slots)
         .map_max_entries(map::SOCKET_COOKIES, groups)
         .override_global(global::HOOKS_ONLY, &hooks_only, true)

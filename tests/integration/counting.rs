@@ -286,3 +286,52 @@ fn counts_that_find_no_room_are_counted_as_lost() {
         );
     });
 }
+
+#[test]
+fn counts_that_find_no_table_are_counted_as_lost() {
+    let _serial = serial();
+    let monitor = Monitor::attach_with(LoadOptions {
+        port_tables: 1,
+        ..LoadOptions::default()
+    });
+    let before = monitor.health().port_tables_overflow;
+    in_fresh_netns(|ns| {
+        // Three tables wanted (binds of UDP over IPv4, over IPv6, and of
+        // TCP), one there: the first takes it, unless a process elsewhere on
+        // the host took it first.
+        let made = [
+            (Proto::Udp, Family::Inet, 21_000, 2),
+            (Proto::Udp, Family::Inet6, 21_001, 3),
+            (Proto::Tcp, Family::Inet, 21_002, 1),
+        ];
+        for (proto, family, port, n) in made {
+            let addr: SocketAddr = match family {
+                Family::Inet => ([127, 0, 0, 1], port).into(),
+                Family::Inet6 => (Ipv6Addr::LOCALHOST, port).into(),
+            };
+            for _ in 0..n {
+                match proto {
+                    Proto::Udp => drop(UdpSocket::bind(addr).expect("bind")),
+                    Proto::Tcp => drop(std::net::TcpListener::bind(addr).expect("bind")),
+                }
+            }
+        }
+        let mut lost = 0;
+        for (proto, family, port, n) in made {
+            let counted = monitor.stats(ns.cookie, proto, family, Role::Local, port).binds;
+            assert!(
+                counted == n || counted == 0,
+                "{proto:?} {family:?} port {port}: {counted} of {n} binds counted"
+            );
+            if counted == 0 {
+                lost += n;
+            }
+        }
+        let overflow = monitor.health().port_tables_overflow - before;
+        assert!(lost >= 3, "binds counted in more tables than there are");
+        assert!(
+            overflow >= lost,
+            "{lost} binds not counted, {overflow} counted as lost"
+        );
+    });
+}
