@@ -63,18 +63,6 @@ impl PortCounters {
         })
     }
 
-    /// Tables in use.
-    pub fn tables_in_use(&self) -> usize {
-        self.tables().count()
-    }
-
-    /// Blocks the tables point to.
-    pub fn blocks_in_use(&self) -> usize {
-        self.tables()
-            .map(|(entry, _)| self.blocks_of(entry).count())
-            .sum()
-    }
-
     /// Every port's nonzero counter of each kind: (key, port, count).
     fn counts(&self) -> impl Iterator<Item = (PortTableKey, u16, u64)> + '_ {
         self.tables().flat_map(move |(entry, key)| {
@@ -110,6 +98,11 @@ pub struct Health {
     pub port_stats_overflow: u64,
     /// Counter increments lost to a full `PORT_TABLES`.
     pub port_tables_overflow: u64,
+    /// Entries of `PORT_STATS` handed out, used or lost to a race between
+    /// CPUs; past the capacity once it is full.
+    pub port_blocks_taken: u64,
+    /// Entries of `PORT_TABLES` handed out, as above.
+    pub port_tables_taken: u64,
     /// Sockets not followed because their slots in `SOCKETS` were taken.
     pub sockets_overflow: u64,
     /// Failures the kernel side detected, delivered or not.
@@ -174,6 +167,8 @@ pub fn read_health(map: &Array<MapData, u64>) -> Health {
         events_dropped: get(slot::EVENTS_DROPPED),
         port_stats_overflow: get(slot::PORT_STATS_OVERFLOW),
         port_tables_overflow: get(slot::PORT_TABLES_OVERFLOW),
+        port_blocks_taken: get(slot::PORT_BLOCKS_TAKEN),
+        port_tables_taken: get(slot::PORT_TABLES_TAKEN),
         sockets_overflow: get(slot::SOCKETS_OVERFLOW),
         failures_seen: get(slot::FAILURES_SEEN),
         bind_before_connect_overflow: get(slot::BIND_BEFORE_CONNECT_OVERFLOW),

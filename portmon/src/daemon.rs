@@ -205,15 +205,18 @@ impl State {
     pub fn map_usage(&self) -> Vec<MapUsage> {
         let maps = lock(&self.maps);
         let o = self.options;
+        let health = counters::read_health(&maps.health);
         vec![
+            // The kernel's own count of entries handed out: every one taken,
+            // in use or lost to a race, stops the map short of its capacity.
             MapUsage {
                 name: map::PORT_STATS,
-                entries: maps.ports.blocks_in_use() as u64,
+                entries: health.port_blocks_taken.min(o.port_stats.into()),
                 capacity: o.port_stats.into(),
             },
             MapUsage {
                 name: map::PORT_TABLES,
-                entries: maps.ports.tables_in_use() as u64,
+                entries: health.port_tables_taken.min(o.port_tables.into()),
                 capacity: o.port_tables.into(),
             },
             MapUsage {
