@@ -7,7 +7,10 @@ use std::{fs::File, io, path::PathBuf};
 
 use aya::{
     maps::{Array, HashMap, Map, MapData, MapError, RingBuf},
-    programs::{CgroupAttachMode, Program, ProgramError},
+    programs::{
+        cgroup_sock::CgroupSockLink, cgroup_sock_addr::CgroupSockAddrLink,
+        raw_trace_point::RawTracePointLink, CgroupAttachMode, Program, ProgramError,
+    },
     Ebpf, EbpfError, EbpfLoader,
 };
 use portmon_common::{capacity, global, map, program, SLOTS_PER_GROUP};
@@ -127,8 +130,21 @@ pub type ProbeOutcome = (&'static str, Result<String, LoadError>);
 /// The loaded, attached kernel programs.
 #[derive(Debug)]
 pub struct Kernel {
+    // Before `ebpf`: links go first on drop, as on `detach`.
+    links: Vec<Attachment>,
     ebpf: Ebpf,
     attached: Vec<&'static str>,
+    cgroup: File,
+    cgroup_root: PathBuf,
+}
+
+/// One program's link to its hook; dropping it detaches the program.
+#[derive(Debug)]
+#[expect(dead_code, reason = "a link is held for its drop, which detaches")]
+enum Attachment {
+    SockAddr(CgroupSockAddrLink),
+    Sock(CgroupSockLink),
+    RawTracepoint(RawTracePointLink),
 }
 
 /// Handles on the kernel maps, for the readers.
@@ -153,18 +169,20 @@ impl Kernel {
         options: LoadOptions,
     ) -> Result<(Self, KernelMaps), LoadError> {
         let mut ebpf = open_object(options)?;
-        let cgroup = File::open(cgroup_root).map_err(|source| LoadError::Cgroup {
-            path: cgroup_root.to_owned(),
-            source,
-        })?;
-        let mut attached = Vec::with_capacity(PROGRAMS.len());
-        for &(name, hook) in PROGRAMS {
-            let target = attach(&mut ebpf, name, hook, &cgroup, cgroup_root)?;
-            tracing::info!(program = name, target, "attached");
-            attached.push(name);
+        let cgroup = open_cgroup(cgroup_root)?;
+        for &(name, _) in PROGRAMS {
+            load(&mut ebpf, name)?;
         }
         let maps = KernelMaps::take(&mut ebpf)?;
-        Ok((Self { ebpf, attached }, maps))
+        let mut kernel = Self {
+            links: Vec::with_capacity(PROGRAMS.len()),
+            ebpf,
+            attached: Vec::with_capacity(PROGRAMS.len()),
+            cgroup,
+            cgroup_root: cgroup_root.to_owned(),
+        };
+        kernel.resume()?;
+        Ok((kernel, maps))
     }
 
     /// Tries each program on its own and reports, per program, whether it
@@ -172,13 +190,15 @@ impl Kernel {
     /// return.
     pub fn probe(cgroup_root: &std::path::Path) -> Result<Vec<ProbeOutcome>, LoadError> {
         let mut ebpf = open_object(LoadOptions::default())?;
-        let cgroup = File::open(cgroup_root).map_err(|source| LoadError::Cgroup {
-            path: cgroup_root.to_owned(),
-            source,
-        })?;
+        let cgroup = open_cgroup(cgroup_root)?;
         Ok(PROGRAMS
             .iter()
-            .map(|&(name, hook)| (name, attach(&mut ebpf, name, hook, &cgroup, cgroup_root)))
+            .map(|&(name, hook)| {
+                let outcome = load(&mut ebpf, name)
+                    .and_then(|()| attach(&mut ebpf, name, hook, &cgroup, cgroup_root))
+                    .map(|_link| target(hook, cgroup_root));
+                (name, outcome)
+            })
             .collect())
     }
 
@@ -187,9 +207,41 @@ impl Kernel {
         &self.attached
     }
 
+    /// Detaches every program but keeps them loaded, their maps as they
+    /// are, until `resume`. The overhead bench switches portmon off and on
+    /// this way, several times a second, where loading takes ~100 ms.
+    pub fn suspend(&mut self) {
+        self.links.clear();
+        self.attached.clear();
+    }
+
+    /// Attaches every program not attached.
+    pub fn resume(&mut self) -> Result<(), LoadError> {
+        for &(name, hook) in PROGRAMS {
+            if self.attached.contains(&name) {
+                continue;
+            }
+            let link = attach(&mut self.ebpf, name, hook, &self.cgroup, &self.cgroup_root)?;
+            tracing::info!(
+                program = name,
+                target = target(hook, &self.cgroup_root),
+                "attached"
+            );
+            self.links.push(link);
+            self.attached.push(name);
+        }
+        Ok(())
+    }
+
     /// Detaches every program (the same happens on drop).
     pub fn detach(self) {
-        let Self { ebpf, attached } = self;
+        let Self {
+            links,
+            ebpf,
+            attached,
+            ..
+        } = self;
+        drop(links);
         drop(ebpf);
         tracing::info!(programs = attached.len(), "detached");
     }
@@ -278,27 +330,52 @@ fn raise_memlock_limit() {
     }
 }
 
+fn open_cgroup(cgroup_root: &std::path::Path) -> Result<File, LoadError> {
+    File::open(cgroup_root).map_err(|source| LoadError::Cgroup {
+        path: cgroup_root.to_owned(),
+        source,
+    })
+}
+
+/// Where `hook` is, for people.
+fn target(hook: Hook, cgroup_root: &std::path::Path) -> String {
+    match hook {
+        Hook::CgroupRoot => cgroup_root.display().to_string(),
+        Hook::RawTracepoint { name } => format!("raw tracepoint {name}"),
+    }
+}
+
+/// Hands the program to the kernel's verifier.
+fn load(ebpf: &mut Ebpf, name: &'static str) -> Result<(), LoadError> {
+    let program = ebpf
+        .program_mut(name)
+        .ok_or(LoadError::MissingProgram { program: name })?;
+    match program {
+        Program::CgroupSockAddr(p) => p.load(),
+        Program::CgroupSock(p) => p.load(),
+        Program::RawTracePoint(p) => p.load(),
+        _ => return Err(LoadError::WrongProgramType { program: name }),
+    }
+    .map_err(|source| LoadError::Load {
+        program: name,
+        source,
+    })
+}
+
+/// Attaches a loaded program to its hook.
 fn attach(
     ebpf: &mut Ebpf,
     name: &'static str,
     hook: Hook,
     cgroup: &File,
     cgroup_root: &std::path::Path,
-) -> Result<String, LoadError> {
+) -> Result<Attachment, LoadError> {
     let program = ebpf
         .program_mut(name)
         .ok_or(LoadError::MissingProgram { program: name })?;
-    let load = |source| LoadError::Load {
-        program: name,
-        source,
-    };
-    let target = match hook {
-        Hook::CgroupRoot => cgroup_root.display().to_string(),
-        Hook::RawTracepoint { name } => format!("raw tracepoint {name}"),
-    };
     let attach_err = |source| LoadError::Attach {
         program: name,
-        target: target.clone(),
+        target: target(hook, cgroup_root),
         source,
     };
     // aya attaches through bpf links on every kernel portmon supports (5.7+), and a
@@ -306,22 +383,23 @@ fn attach(
     // kernel/bpf/cgroup.c, passes BPF_F_ALLOW_MULTI itself); 6.18 refuses the flag
     // from user space, so the mode passed here must be the flag-less one.
     let mode = CgroupAttachMode::Single;
-    match (program, hook) {
+    // Each link is taken from aya, so that dropping it alone detaches.
+    let link = match (program, hook) {
         (Program::CgroupSockAddr(p), Hook::CgroupRoot) => {
-            p.load().map_err(load)?;
-            p.attach(cgroup, mode).map_err(attach_err)?;
+            let id = p.attach(cgroup, mode).map_err(attach_err)?;
+            Attachment::SockAddr(p.take_link(id).map_err(attach_err)?)
         }
         (Program::CgroupSock(p), Hook::CgroupRoot) => {
-            p.load().map_err(load)?;
-            p.attach(cgroup, mode).map_err(attach_err)?;
+            let id = p.attach(cgroup, mode).map_err(attach_err)?;
+            Attachment::Sock(p.take_link(id).map_err(attach_err)?)
         }
         (Program::RawTracePoint(p), Hook::RawTracepoint { name: tp }) => {
-            p.load().map_err(load)?;
-            p.attach(tp).map_err(attach_err)?;
+            let id = p.attach(tp).map_err(attach_err)?;
+            Attachment::RawTracepoint(p.take_link(id).map_err(attach_err)?)
         }
         _ => return Err(LoadError::WrongProgramType { program: name }),
-    }
-    Ok(target)
+    };
+    Ok(link)
 }
 
 /// An error with its sources, on one line.

@@ -335,3 +335,37 @@ fn counts_that_find_no_table_are_counted_as_lost() {
         );
     });
 }
+
+#[test]
+fn suspended_programs_count_nothing_and_keep_what_they_counted() {
+    let _serial = serial();
+    let mut monitor = Monitor::attach();
+    let port = PORT + 40;
+    in_fresh_netns(|ns| {
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("listen");
+        let connect = || {
+            let client = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            drop(listener.accept().expect("accept"));
+            drop(client);
+        };
+        let bind = || drop(UdpSocket::bind(("127.0.0.1", port)).expect("bind"));
+        let counted = |monitor: &Monitor| {
+            let remote = monitor.stats(ns.cookie, Proto::Tcp, Family::Inet, Role::Remote, port);
+            let udp = monitor.stats(ns.cookie, Proto::Udp, Family::Inet, Role::Local, port);
+            (remote.connects, udp.binds)
+        };
+        connect();
+        bind();
+        assert_eq!(counted(&monitor), (1, 1), "attached");
+        // Connects reach the state tracepoint and binds the cgroup hooks:
+        // both kinds of link must be gone.
+        monitor.suspend();
+        connect();
+        bind();
+        assert_eq!(counted(&monitor), (1, 1), "suspended");
+        monitor.resume();
+        connect();
+        bind();
+        assert_eq!(counted(&monitor), (2, 2), "resumed");
+    });
+}

@@ -212,6 +212,21 @@ impl Monitor {
         }
     }
 
+    /// Detaches every program, keeping them loaded and their counts, until
+    /// `resume`.
+    pub fn suspend(&mut self) {
+        if let Some(kernel) = &mut self.kernel {
+            kernel.suspend();
+        }
+    }
+
+    /// Attaches again what `suspend` detached.
+    pub fn resume(&mut self) {
+        if let Some(kernel) = &mut self.kernel {
+            kernel.resume().expect("attach kernel programs again");
+        }
+    }
+
     /// Detaches everything now.
     pub fn detach(&mut self) {
         if let Some(kernel) = self.kernel.take() {
