@@ -13,13 +13,22 @@ use std::{
 use portmon::loader::LoadOptions;
 use portmon_tests::{in_fresh_netns, write_sysctl, Monitor};
 
-/// Rounds per workload: a VM's neighbours move a single run by several
-/// percent, more than the effect measured.
+/// Rounds of the kernel's own account of BPF time, and operations in each.
 const ROUNDS: usize = 15;
+const BPF_TIME_OPS: usize = 10_000;
+/// Short runs, switching setup between each: measured here, a loop's rate
+/// drifts by 20–40% over seconds on this VM, with the neighbours' load,
+/// which only setups measured within a fraction of a second of each other
+/// cancel. Loading the programs takes ~100 ms, so they are loaded once and
+/// their links switched instead.
+const SLICES: usize = 75;
 /// Ephemeral range of the bench namespaces: small enough for a warm-up pass
 /// to meet every port once, as a host that has run portmon a while has.
 const PORT_RANGE: (u16, u16) = (40_000, 44_999);
 const WARM_UP_OPS: usize = 15_000;
+/// Pause before each measured slice, for the work a switch of setup
+/// leaves behind (programs and sockets freed after an RCU grace period).
+const SETTLE: Duration = Duration::from_millis(10);
 
 /// Each loop closes what it opened.
 #[derive(Clone, Copy)]
@@ -36,12 +45,13 @@ impl Workload {
         Workload::UdpConnect,
     ];
 
-    /// Operations per measured run: about a tenth of a second each, long
-    /// enough that a scheduler hiccup on a busy VM is a small part of it.
+    /// Operations per measured slice: 130–170 ms each on this VM, long
+    /// enough to average over the stalls of a few ms that a VM's
+    /// neighbours cause, short enough to share its mood with the next.
     fn ops(self) -> usize {
         match self {
-            Workload::TcpConnectAccept => 10_000,
-            Workload::BindPortZero | Workload::UdpConnect => 40_000,
+            Workload::TcpConnectAccept => 5_000,
+            Workload::BindPortZero | Workload::UdpConnect => 16_000,
         }
     }
 
@@ -104,7 +114,7 @@ fn in_bench_netns<T: Send>(work: impl FnOnce() -> T + Send) -> T {
     })
 }
 
-/// What a run is measured under.
+/// What a slice is measured under.
 #[derive(Clone, Copy)]
 enum Setup {
     Without,
@@ -118,40 +128,45 @@ impl Setup {
     const ALL: [Setup; 3] = [Setup::Without, Setup::HooksOnly, Setup::Portmon];
 }
 
-/// One run of `workload` under `setup`, in the calling thread's namespace.
-/// `warm`: a first pass meets every port of the range once, so that under
-/// portmon the measured pass only updates counters (a host's steady state);
-/// the other setups make the same pass, so that every measured run follows
-/// the same work (sockets closed just before are still being freed).
-/// Otherwise every port is new to portmon's maps.
-fn measure(workload: Workload, setup: Setup, warm: bool) -> f64 {
-    let attached = match setup {
-        Setup::Without => None,
-        Setup::HooksOnly => Some(Monitor::attach_with(LoadOptions {
+/// Operations per second of `workload` under each setup (in `Setup::ALL`
+/// order), one slice each per round, in an order that turns with the round
+/// so that none always runs first or last. Portmon's maps persist over the
+/// rounds, and a first pass under each setup meets every port of the range
+/// once: the steady state of a host that has run portmon a while.
+fn rates(workload: Workload) -> [Vec<f64>; 3] {
+    in_bench_netns(|| {
+        let mut floor = Monitor::attach_with(LoadOptions {
             hooks_only: true,
             ..LoadOptions::default()
-        })),
-        Setup::Portmon => Some(Monitor::attach()),
-    };
-    if warm {
-        workload.run_here(WARM_UP_OPS);
-    }
-    let rate = workload.run_here(workload.ops());
-    if let Some(mut monitor) = attached {
-        monitor.detach();
-    }
-    rate
-}
-
-/// One round in one namespace: the three setups, in an order that turns
-/// with `round`, so that no setup always runs first or last (a drift over
-/// the round would otherwise favour one).
-fn round(workload: Workload, warm: bool, round: usize) -> [f64; 3] {
-    in_bench_netns(|| {
-        let mut rates = [0.0; 3];
-        for k in 0..Setup::ALL.len() {
-            let at = (k + round) % Setup::ALL.len();
-            rates[at] = measure(workload, Setup::ALL[at], warm);
+        });
+        floor.suspend();
+        let mut portmon = Monitor::attach();
+        portmon.suspend();
+        let mut run = |setup: Setup, ops: usize| {
+            let mut monitor = match setup {
+                Setup::Without => None,
+                Setup::HooksOnly => Some(&mut floor),
+                Setup::Portmon => Some(&mut portmon),
+            };
+            if let Some(m) = monitor.as_deref_mut() {
+                m.resume();
+            }
+            std::thread::sleep(SETTLE);
+            let rate = workload.run_here(ops);
+            if let Some(m) = monitor {
+                m.suspend();
+            }
+            rate
+        };
+        for setup in Setup::ALL {
+            run(setup, WARM_UP_OPS);
+        }
+        let mut rates: [Vec<f64>; 3] = Default::default();
+        for r in 0..SLICES {
+            for k in 0..Setup::ALL.len() {
+                let at = (k + r) % Setup::ALL.len();
+                rates[at].push(run(Setup::ALL[at], workload.ops()));
+            }
         }
         rates
     })
@@ -220,10 +235,15 @@ fn set_linger_zero(stream: &TcpStream) {
     };
 }
 
-/// The first and third quartiles.
-fn quartiles(mut values: Vec<f64>) -> (f64, f64) {
+/// The 95% confidence interval of the median, from order statistics (no
+/// assumption on how the values spread): how well the rounds pin it.
+fn median_interval(mut values: Vec<f64>) -> (f64, f64) {
     values.sort_by(|a, b| a.total_cmp(b));
-    (values[values.len() / 4], values[values.len() * 3 / 4])
+    let n = values.len() as f64;
+    let half_width = 0.98 * n.sqrt();
+    let low = ((n / 2.0 - half_width).floor() as usize).saturating_sub(1);
+    let high = ((n / 2.0 + half_width + 1.0).ceil() as usize).saturating_sub(1);
+    (values[low], values[high.min(values.len() - 1)])
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -258,7 +278,7 @@ fn bpf_time(workload: Workload, hooks_only: bool) -> (f64, Vec<String>) {
         });
         workload.run_here(WARM_UP_OPS);
         let before = program_stats();
-        workload.run_here(workload.ops());
+        workload.run_here(BPF_TIME_OPS);
         let after = program_stats();
         monitor.detach();
         let mut total = Duration::ZERO;
@@ -270,67 +290,62 @@ fn bpf_time(workload: Workload, hooks_only: bool) -> (f64, Vec<String>) {
                 detail.push(format!(
                     "{name} {:.0} ns x {:.1}",
                     time.as_nanos() as f64 / runs as f64,
-                    runs as f64 / workload.ops() as f64
+                    runs as f64 / BPF_TIME_OPS as f64
                 ));
             }
         }
-        (total.as_nanos() as f64 / workload.ops() as f64, detail)
+        (total.as_nanos() as f64 / BPF_TIME_OPS as f64, detail)
     })
 }
 
 fn main() {
     println!(
-        "portmon overhead: {ROUNDS} rounds per workload of {} TCP / {} bind / {} UDP operations, without and with \
-         portmon in the same namespace, the order turning each round (ephemeral range {}-{}); rates are medians, \
-         ratios the medians of each round's own ratios (runs side by side share the machine's mood), with the \
-         middle half of portmon's in brackets",
+        "portmon overhead: {SLICES} rounds per workload of one slice of {} TCP / {} bind / {} UDP operations under \
+         each setup, in the same namespace, the order turning each round (ephemeral range {}-{}); portmon's programs \
+         stay loaded, their maps warm, and are attached only for their slices. Rates are medians, ratios the \
+         medians of each round's own ratios (slices side by side share the machine's mood), each with the 95% \
+         confidence interval of that median",
         Workload::TcpConnectAccept.ops(),
         Workload::BindPortZero.ops(),
         Workload::UdpConnect.ops(),
         PORT_RANGE.0,
         PORT_RANGE.1
     );
-    round(Workload::TcpConnectAccept, false, 0); // warm the caches of the machine, not of portmon
     println!(
-        "\n{:<26} {:<5} {:>14} {:>14} {:>8} {:>14} {:>8} {:>9} {:>15}",
+        "\n{:<26} {:>13} {:>11} {:>7} {:>15} {:>11} {:>7} {:>7} {:>15}",
         "workload",
-        "maps",
         "without ops/s",
         "hooks only",
         "ratio",
+        "95% interval",
         "with ops/s",
         "ratio",
         "change",
-        "middle half"
+        "95% interval"
     );
     let workloads = Workload::chosen();
     for &workload in &workloads {
-        for warm in [true, false] {
-            let (mut without, mut floor, mut with) = (Vec::new(), Vec::new(), Vec::new());
-            let (mut floor_ratios, mut ratios) = (Vec::new(), Vec::new());
-            for r in 0..ROUNDS {
-                let [a, b, c] = round(workload, warm, r);
-                without.push(a);
-                floor.push(b);
-                with.push(c);
-                floor_ratios.push(b / a);
-                ratios.push(c / a);
-            }
-            let ratio = median(ratios.clone());
-            let (low, high) = quartiles(ratios);
-            println!(
-                "{:<26} {:<5} {:>14.0} {:>14.0} {:>8.3} {:>14.0} {:>8.3} {:>+8.1}% {:>15}",
-                workload.name(),
-                if warm { "warm" } else { "cold" },
-                median(without),
-                median(floor),
-                median(floor_ratios),
-                median(with),
-                ratio,
-                (ratio - 1.0) * 100.0,
-                format!("[{low:.3}, {high:.3}]")
-            );
-        }
+        let [without, floor, with] = rates(workload);
+        // Each slice against the "without" slice of its round.
+        let ratios = |setup: &[f64]| -> (f64, String) {
+            let ratios: Vec<f64> = setup.iter().zip(&without).map(|(s, w)| s / w).collect();
+            let (low, high) = median_interval(ratios.clone());
+            (median(ratios), format!("[{low:.3}, {high:.3}]"))
+        };
+        let (floor_ratio, floor_interval) = ratios(&floor);
+        let (ratio, interval) = ratios(&with);
+        println!(
+            "{:<26} {:>13.0} {:>11.0} {:>7.3} {:>15} {:>11.0} {:>7.3} {:>+6.1}% {:>15}",
+            workload.name(),
+            median(without.clone()),
+            median(floor),
+            floor_ratio,
+            floor_interval,
+            median(with),
+            ratio,
+            (ratio - 1.0) * 100.0,
+            interval
+        );
     }
 
     // The kernel's own account, with stats collection on only for this part
