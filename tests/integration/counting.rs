@@ -267,23 +267,15 @@ fn counts_that_find_no_room_are_counted_as_lost() {
             let counted = monitor
                 .stats(ns.cookie, Proto::Udp, Family::Inet, Role::Local, port)
                 .binds;
-            assert!(
-                counted == n || counted == 0,
-                "port {port}: {counted} of {n} binds counted"
-            );
-            if counted == 0 {
-                lost += n;
-            } else {
+            let missed = all_or_nothing(counted, n, &format!("port {port}"));
+            lost += missed;
+            if missed == 0 {
                 held += 1;
             }
         }
-        let overflow = monitor.health().port_stats_overflow - before;
         assert!(held <= blocks, "{held} blocks counted in room for {blocks}");
         assert!(lost >= 3, "the last two blocks' binds were counted");
-        assert!(
-            overflow >= lost,
-            "{lost} binds not counted, {overflow} counted as lost"
-        );
+        assert_lost_are_counted(lost, monitor.health().port_stats_overflow - before);
     });
 }
 
@@ -319,21 +311,33 @@ fn counts_that_find_no_table_are_counted_as_lost() {
         let mut lost = 0;
         for (proto, family, port, n) in made {
             let counted = monitor.stats(ns.cookie, proto, family, Role::Local, port).binds;
-            assert!(
-                counted == n || counted == 0,
-                "{proto:?} {family:?} port {port}: {counted} of {n} binds counted"
-            );
-            if counted == 0 {
-                lost += n;
-            }
+            lost += all_or_nothing(counted, n, &format!("{proto:?} {family:?} port {port}"));
         }
-        let overflow = monitor.health().port_tables_overflow - before;
         assert!(lost >= 3, "binds counted in more tables than there are");
-        assert!(
-            overflow >= lost,
-            "{lost} binds not counted, {overflow} counted as lost"
-        );
+        assert_lost_are_counted(lost, monitor.health().port_tables_overflow - before);
     });
+}
+
+/// A full map counts a port's binds exactly or not at all: the binds of
+/// `what` it missed (`n` or none).
+fn all_or_nothing(counted: u64, n: u64, what: &str) -> u64 {
+    assert!(
+        counted == n || counted == 0,
+        "{what}: {counted} of {n} binds counted"
+    );
+    if counted == 0 {
+        n
+    } else {
+        0
+    }
+}
+
+/// Every bind a full map did not count shows in its overflow counter.
+fn assert_lost_are_counted(lost: u64, overflow: u64) {
+    assert!(
+        overflow >= lost,
+        "{lost} binds not counted, {overflow} counted as lost"
+    );
 }
 
 #[test]
