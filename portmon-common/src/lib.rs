@@ -130,6 +130,23 @@ pub mod kind {
     pub const CONNECTS_TO: u8 = 3;
 }
 
+/// TCP states as the kernel numbers them (`TCP_*`, include/net/tcp_states.h),
+/// in `struct sock_common`'s `skc_state` and the state tracepoint's arguments.
+pub mod tcp_state {
+    pub const ESTABLISHED: u8 = 1;
+    pub const SYN_SENT: u8 = 2;
+    pub const SYN_RECV: u8 = 3;
+    pub const FIN_WAIT1: u8 = 4;
+    pub const FIN_WAIT2: u8 = 5;
+    pub const TIME_WAIT: u8 = 6;
+    pub const CLOSE: u8 = 7;
+    pub const CLOSE_WAIT: u8 = 8;
+    pub const LAST_ACK: u8 = 9;
+    pub const LISTEN: u8 = 10;
+    pub const CLOSING: u8 = 11;
+    pub const NEW_SYN_RECV: u8 = 12;
+}
+
 /// Operations a failure belongs to.
 pub mod op {
     pub const BIND: u8 = 1;

@@ -1,9 +1,7 @@
 //! User-space view of the shared types: `aya::Pod` and typed conversions.
 
-use core::fmt;
-
 use crate::{
-    family, kind, op, proto, FailureEvent, KernelLayout, PortBlock, PortTable, PortTableKey, SockSlot,
+    errno, family, kind, op, proto, FailureEvent, KernelLayout, PortBlock, PortTable, PortTableKey, SockSlot,
     SocketGroup,
 };
 
@@ -117,15 +115,24 @@ macro_rules! kernel_enum {
             }
         }
 
-        impl serde::Serialize for $name {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(self.label())
+        $crate::label_text!($name);
+    };
+}
+
+/// `Display` and `Serialize` for a type with a `label(self) -> &'static str`:
+/// the same word in logs, metrics, the CLI and JSON.
+#[macro_export]
+macro_rules! label_text {
+    ($name:ty) => {
+        impl ::core::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                f.write_str(self.label())
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.label())
+        impl ::serde::Serialize for $name {
+            fn serialize<S: ::serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.label())
             }
         }
     };
@@ -154,6 +161,47 @@ kernel_enum!(
     /// The operation a failure belongs to.
     Op, "operation", { Bind = op::BIND => "bind", Connect = op::CONNECT => "connect" }
 );
+
+/// The errno of a failed bind or connect, as far as portmon can name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Errno {
+    /// A port conflict, or no free port for an exclusive bind.
+    AddrInUse,
+    /// No local port left for a TCP connect, or a non-local address.
+    AddrNotAvail,
+    /// A privileged port without CAP_NET_BIND_SERVICE.
+    Access,
+    /// No local port left for a UDP connect's auto-bind.
+    Again,
+}
+
+impl Errno {
+    /// Every errno, in label order.
+    pub const ALL: &'static [Errno] = &[Errno::Access, Errno::AddrInUse, Errno::AddrNotAvail, Errno::Again];
+
+    /// The C name, used as a metric label.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Errno::AddrInUse => "EADDRINUSE",
+            Errno::AddrNotAvail => "EADDRNOTAVAIL",
+            Errno::Access => "EACCES",
+            Errno::Again => "EAGAIN",
+        }
+    }
+
+    /// The errno the kernel side recorded, if it named one (`errno::*`).
+    pub const fn from_kernel(raw: u32) -> Option<Self> {
+        match raw {
+            errno::EADDRINUSE => Some(Errno::AddrInUse),
+            errno::EADDRNOTAVAIL => Some(Errno::AddrNotAvail),
+            errno::EACCES => Some(Errno::Access),
+            errno::EAGAIN => Some(Errno::Again),
+            _ => None,
+        }
+    }
+}
+
+label_text!(Errno);
 
 #[cfg(test)]
 mod tests {

@@ -6,7 +6,7 @@ use aya_ebpf::{
     programs::SockContext,
     EbpfContext,
 };
-use portmon_common::{kind, pending, proto, sock_flag};
+use portmon_common::{kind, pending, proto, sock_flag, tcp_state};
 
 use crate::{
     layout,
@@ -15,10 +15,10 @@ use crate::{
     ALLOW,
 };
 
-/// `TCP_*` states (include/net/tcp_states.h).
-const TCP_SYN_SENT: u32 = 2;
-const TCP_CLOSE: u32 = 7;
-const TCP_LISTEN: u32 = 10;
+// `struct bpf_sock`'s `state` is a `__u32`.
+const TCP_SYN_SENT: u32 = tcp_state::SYN_SENT as u32;
+const TCP_CLOSE: u32 = tcp_state::CLOSE as u32;
+const TCP_LISTEN: u32 = tcp_state::LISTEN as u32;
 
 #[cgroup_sock(post_bind4)]
 pub fn post_bind4(ctx: SockContext) -> i32 {

@@ -7,7 +7,7 @@
 //! two states in its arguments before it reads anything.
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
-use portmon_common::{errno, family, kind, op, proto, sock_flag};
+use portmon_common::{errno, family, kind, op, proto, sock_flag, tcp_state};
 
 use crate::{
     layout::{self, Head},
@@ -15,11 +15,11 @@ use crate::{
     sockets::{current_failure, find, free, send_failure},
 };
 
-/// `TCP_*` states (include/net/tcp_states.h).
-const TCP_ESTABLISHED: u64 = 1;
-const TCP_SYN_SENT: u64 = 2;
-const TCP_CLOSE: u64 = 7;
-const TCP_LISTEN: u64 = 10;
+// The tracepoint passes states as `int`s, read here as whole registers.
+const TCP_ESTABLISHED: u64 = tcp_state::ESTABLISHED as u64;
+const TCP_SYN_SENT: u64 = tcp_state::SYN_SENT as u64;
+const TCP_CLOSE: u64 = tcp_state::CLOSE as u64;
+const TCP_LISTEN: u64 = tcp_state::LISTEN as u64;
 
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {

@@ -6,7 +6,21 @@ use std::collections::HashMap;
 use portmon_common::{Owner, Proto};
 use serde::{Deserialize, Serialize};
 
-use crate::{exporter::is_listening, inventory::NsSocket, port_class::PortClass, registry::Registry};
+use crate::{
+    exhaustion::{DestinationUsage, EphemeralReport, PoolUsage},
+    exporter::Metrics,
+    http::{Request, Response},
+    kernel::{
+        bpf::counters::PortCount,
+        procfs::comm_text,
+        sock_diag::{is_listening, NsSocket},
+    },
+    namespaces::display_name,
+    port_class::PortClass,
+    registry::Registry,
+    report::error_line,
+    state::State,
+};
 
 /// One socket as the API and `portmon ports` show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,10 +108,7 @@ pub fn port_entries(
     let mut entries: Vec<PortEntry> = sockets
         .iter()
         .filter_map(|s| {
-            let netns = netns_names
-                .get(&s.netns)
-                .cloned()
-                .unwrap_or_else(|| format!("cookie:{}", s.netns));
+            let netns = display_name(netns_names, s.netns);
             if !filter.keeps(s, &netns) {
                 return None;
             }
@@ -119,7 +130,7 @@ pub fn port_entries(
                 cookie: s.socket.cookie,
                 owner: owners.get(&s.socket.cookie).map(|o| OwnerEntry {
                     pid: o.pid,
-                    comm: comm(&o.comm),
+                    comm: comm_text(&o.comm),
                     cgroup: o.cgroup,
                     unit: units.get(&o.cgroup).cloned(),
                 }),
@@ -131,19 +142,8 @@ pub fn port_entries(
     entries
 }
 
-/// A NUL-padded command name as text.
-pub fn comm(raw: &[u8; 16]) -> String {
-    let len = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-    String::from_utf8_lossy(&raw[..len]).into_owned()
-}
-
 /// Answers one HTTP request; `/metrics` through `metrics`, the rest from `state`.
-pub fn route(
-    state: &crate::daemon::State,
-    metrics: &crate::exporter::Metrics,
-    req: &crate::http::Request,
-) -> crate::http::Response {
-    use crate::http::Response;
+pub fn route(state: &State, metrics: &Metrics, req: &Request) -> Response {
     match req.path.as_str() {
         "/healthz" => Response::text(200, "ok\n"),
         "/metrics" => scrape(metrics),
@@ -179,16 +179,16 @@ pub fn route(
     }
 }
 
-fn scrape(metrics: &crate::exporter::Metrics) -> crate::http::Response {
+fn scrape(metrics: &Metrics) -> Response {
     match metrics.render() {
-        Ok(body) => crate::http::Response {
+        Ok(body) => Response {
             status: 200,
             content_type: "text/plain; version=0.0.4; charset=utf-8",
             body: body.into_bytes(),
         },
         Err(err) => {
-            tracing::error!("scrape failed: {}", crate::loader::error_line(&err));
-            crate::http::Response::text(500, "scrape failed: see portmon's log\n")
+            tracing::error!("scrape failed: {}", error_line(&err));
+            Response::text(500, "scrape failed: see portmon's log\n")
         }
     }
 }
@@ -207,7 +207,7 @@ pub struct CounterEntry {
     pub live: i64,
 }
 
-fn counter_entries(ports: &[crate::counters::PortCount]) -> Vec<CounterEntry> {
+fn counter_entries(ports: &[PortCount]) -> Vec<CounterEntry> {
     ports
         .iter()
         .map(|p| CounterEntry {
@@ -227,8 +227,8 @@ fn counter_entries(ports: &[crate::counters::PortCount]) -> Vec<CounterEntry> {
 /// The exhaustion report as JSON, namespaces by name.
 #[derive(Debug, Serialize)]
 pub struct EphemeralView {
-    pub pools: Vec<Named<crate::ephemeral::PoolUsage>>,
-    pub destinations: Vec<Named<crate::ephemeral::DestinationUsage>>,
+    pub pools: Vec<Named<PoolUsage>>,
+    pub destinations: Vec<Named<DestinationUsage>>,
 }
 
 /// A record with its namespace's name beside the cookie.
@@ -240,13 +240,8 @@ pub struct Named<T> {
 }
 
 impl EphemeralView {
-    fn new(report: crate::ephemeral::EphemeralReport, names: &HashMap<u64, String>) -> Self {
-        let name = |netns: u64| {
-            names
-                .get(&netns)
-                .cloned()
-                .unwrap_or_else(|| format!("cookie:{netns}"))
-        };
+    fn new(report: EphemeralReport, names: &HashMap<u64, String>) -> Self {
+        let name = |netns: u64| display_name(names, netns);
         Self {
             pools: report
                 .pools

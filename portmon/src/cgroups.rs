@@ -1,6 +1,7 @@
-//! cgroup v2 ids, as the kernel programs record an owner's
-//! (`bpf_get_current_cgroup_id`), to the cgroup's path and the systemd unit
-//! that path names.
+//! cgroups to the names people know: a cgroup v2 id, as the kernel
+//! programs record an owner's (`bpf_get_current_cgroup_id`), to its path
+//! and the systemd unit that path names; a process to the workload
+//! (container or unit) that names its network namespace.
 //!
 //! A cgroup's id is its directory's inode number in the cgroup v2 mount
 //! (kernfs uses the node id as inode number on 64-bit hosts, `kernfs_ino`
@@ -10,7 +11,7 @@
 use std::{
     collections::HashMap,
     os::unix::fs::DirEntryExt as _,
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -90,9 +91,84 @@ pub fn systemd_unit(path: &str) -> Option<&str> {
         .find(|c| UNIT_SUFFIXES.iter().any(|s| c.len() > s.len() && c.ends_with(s)))
 }
 
+/// The workload (container or systemd unit) a process runs in, as the
+/// name of its network namespace, from its cgroup v2
+/// path (`0::/system.slice/docker-<id>.scope` → `docker-<id12>`), or from
+/// systemd's v1 hierarchy on hybrid hosts; `None` in the root cgroup.
+pub fn workload_of(proc_pid: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(proc_pid.join("cgroup")).ok()?;
+    let path_of = |prefix: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(prefix))
+            .filter(|path| *path != "/")
+    };
+    let path = path_of("0::").or_else(|| {
+        text.lines()
+            .find_map(|line| line.split_once(":name=systemd:").map(|(_, path)| path))
+            .filter(|path| *path != "/")
+    })?;
+    workload_name(path)
+}
+
+/// The last component of a cgroup path, with a container id shortened to
+/// the 12 characters `docker ps` shows.
+fn workload_name(cgroup_path: &str) -> Option<String> {
+    let last = cgroup_path.rsplit('/').find(|c| !c.is_empty())?;
+    // Bytes, not characters: a cgroup name may hold any UTF-8, and an index
+    // inside a character would panic on a `str` slice.
+    let hex_run = |from: usize| {
+        last.as_bytes()[from..]
+            .iter()
+            .take_while(|b| b.is_ascii_hexdigit())
+            .count()
+    };
+    let id_start = (0..last.len())
+        .find(|&i| (i == 0 || !last.as_bytes()[i - 1].is_ascii_hexdigit()) && hex_run(i) >= 64);
+    Some(match id_start {
+        // `start` and `start + 12` fall on ASCII hex digits: char boundaries.
+        Some(start) => {
+            let prefix = &last[..start];
+            format!("{prefix}{}", &last[start..start + 12])
+        }
+        None => last.to_owned(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn workloads_are_named_as_people_know_them() {
+        let id = "3f2a1b".repeat(10) + "abcd";
+        assert_eq!(
+            workload_name(&format!("/system.slice/docker-{id}.scope")).as_deref(),
+            Some("docker-3f2a1b3f2a1b")
+        );
+        assert_eq!(
+            workload_name(&format!(
+                "/kubepods.slice/kubepods-pod1.slice/cri-containerd-{id}.scope"
+            ))
+            .as_deref(),
+            Some("cri-containerd-3f2a1b3f2a1b")
+        );
+        assert_eq!(workload_name(&format!("/{id}")).as_deref(), Some("3f2a1b3f2a1b"));
+        assert_eq!(
+            workload_name("/system.slice/nginx.service").as_deref(),
+            Some("nginx.service")
+        );
+        assert_eq!(workload_name("/"), None);
+    }
+
+    #[test]
+    fn names_with_any_utf8_do_not_panic() {
+        assert_eq!(workload_name("/tést-ünit-é").as_deref(), Some("tést-ünit-é"));
+        let id = "ab".repeat(32);
+        assert_eq!(
+            workload_name(&format!("/é{id}ü")).as_deref(),
+            Some(&*format!("é{}", &id[..12]))
+        );
+    }
 
     #[test]
     fn units_come_from_the_innermost_unit_in_the_path() {

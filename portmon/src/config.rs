@@ -41,7 +41,7 @@ pub struct Config {
     /// `auto`: a `netns` label once more than one network namespace has
     /// had sockets or events (then until restart); `always`: on every
     /// per-port series.
-    pub netns_label: crate::exporter::NetnsLabel,
+    pub netns_label: crate::settings::NetnsLabel,
     /// How many of the busiest destinations get their own
     /// `portmon_ephemeral_destination_utilization_ratio` series.
     pub ephemeral_destinations: usize,
@@ -64,9 +64,9 @@ impl Default for Config {
             // Enough for every listener of a busy host; Prometheus copes with it.
             port_series_limit: 1000,
             // A single-namespace host keeps its series free of a label that says nothing.
-            netns_label: crate::exporter::NetnsLabel::Auto,
+            netns_label: crate::settings::NetnsLabel::Auto,
             // Enough to name the culprit; every destination would be unbounded.
-            ephemeral_destinations: crate::ephemeral::DEFAULT_TOP_DESTINATIONS,
+            ephemeral_destinations: crate::exhaustion::DEFAULT_TOP_DESTINATIONS,
         }
     }
 }
@@ -106,6 +106,16 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The part a reload can change, with its registry loaded.
+    pub fn settings(&self, registry: crate::registry::Registry) -> crate::settings::Settings {
+        crate::settings::Settings {
+            registry,
+            port_series_limit: self.port_series_limit,
+            netns_label: self.netns_label,
+            ephemeral_destinations: self.ephemeral_destinations,
+        }
+    }
+
     /// Reads a config file; a missing default file is not an error.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let (path, required) = match path {

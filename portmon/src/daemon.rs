@@ -2,52 +2,35 @@
 //! capabilities ([`start`], before any thread exists) → serve → ready →
 //! answer signals (SIGHUP reloads) → detach with a deadline ([`serve`]).
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::SocketAddr,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex, MutexGuard, RwLock,
-    },
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use aya::maps::RingBuf;
-use aya::maps::{Array, HashMap as BpfHashMap, MapData};
-use portmon_common::{map, Owner};
 use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
-    cgroups::CgroupPaths,
     config::Config,
-    counters::{self, Health, PortCount, PortCounters},
-    ephemeral::EphemeralReport,
-    exporter::{ExporterError, MapUsage, Metrics, NetnsLabel},
-    failures::{Failure, FailureKey, FailureLog, FailureReader},
-    fnv::FastSet,
+    exporter::{ExporterError, Metrics},
+    failures::{self, ReaderProgress},
     http,
-    inventory::{Inventory, Snapshot},
-    loader::{Kernel, KernelMaps, LoadError, LoadOptions},
-    map_batch::read_all,
-    preflight::{self, PreflightError},
-    registry::{Registry, RegistryError},
-    service::{
+    kernel::{
+        bpf::{FailureEvents, Kernel, LoadError, LoadOptions},
         capabilities::{self, CapabilityError},
+        netns,
+        preflight::{self, PreflightError},
+    },
+    registry::{Registry, RegistryError},
+    report::error_line,
+    service::{
         notify::{self, Notifier, NotifyError},
         reload::{self, ConfigSource},
         signals::{Request, Signals},
-        watchdog::{self, Heartbeat},
+        watchdog,
     },
-    socket_table::SocketTable,
+    state::State,
 };
 
 /// How long detaching may take before portmon exits anyway (the links go
 /// with the process regardless).
 const DETACH_DEADLINE: Duration = Duration::from_secs(5);
-/// How often the failure reader wakes when nothing arrives, to notice shutdown.
-const FAILURE_POLL: Duration = Duration::from_millis(200);
-/// How old the list of namespaces may be when a snapshot is taken.
-const NAMESPACE_RESCAN: Duration = Duration::from_secs(2);
 /// How often namespaces are looked for between scrapes, so that one that
 /// lives a short while is entered (and its sockets seen) while it exists.
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(10);
@@ -76,202 +59,11 @@ pub enum DaemonError {
     Exporter(#[from] ExporterError),
 }
 
-/// The kernel maps the daemon reads.
-struct Maps {
-    ports: PortCounters,
-    sockets: SocketTable,
-    bind_before_connect: BpfHashMap<MapData, [u8; 16], u64>,
-    health: Array<MapData, u64>,
-}
-
-/// What the HTTP handlers read.
-pub struct State {
-    maps: Mutex<Maps>,
-    failures: Mutex<FailureLog>,
-    inventory: Mutex<(Inventory, Instant)>,
-    cgroups: Mutex<CgroupPaths>,
-    settings: RwLock<Arc<Settings>>,
-    pub programs: Vec<&'static str>,
-    pub options: LoadOptions,
-}
-
-/// What a reload can change while the programs stay attached.
-#[derive(Debug)]
-pub struct Settings {
-    pub registry: Registry,
-    pub port_series_limit: usize,
-    pub netns_label: NetnsLabel,
-    pub ephemeral_destinations: usize,
-}
-
-impl Settings {
-    /// The reloadable part of `config`, with its registry loaded.
-    pub fn new(config: &Config, registry: Registry) -> Self {
-        Self {
-            registry,
-            port_series_limit: config.port_series_limit,
-            netns_label: config.netns_label,
-            ephemeral_destinations: config.ephemeral_destinations,
-        }
-    }
-}
-
-impl std::fmt::Debug for State {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("State")
-            .field("programs", &self.programs)
-            .finish_non_exhaustive()
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding a lock leaves plain data behind; keep serving it.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-impl State {
-    /// The settings in force.
-    pub fn settings(&self) -> Arc<Settings> {
-        self.settings
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Puts new settings in force; scrapes under way finish with the old.
-    pub fn replace_settings(&self, settings: Settings) {
-        *self
-            .settings
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(settings);
-    }
-
-    /// Every port's counters.
-    pub fn ports(&self) -> Vec<PortCount> {
-        let maps = lock(&self.maps);
-        counters::read_ports(&maps.ports, &maps.sockets.read())
-    }
-
-    /// portmon's own health counters.
-    pub fn health(&self) -> Health {
-        counters::read_health(&lock(&self.maps).health)
-    }
-
-    /// Who bound, listened on or connected each socket the kernel side
-    /// follows, by cookie.
-    pub fn owners(&self) -> HashMap<u64, Owner> {
-        lock(&self.maps).sockets.owners()
-    }
-
-    /// The systemd units of the cgroups `ids`, for those whose path names one.
-    pub fn units(&self, ids: impl IntoIterator<Item = u64>) -> HashMap<u64, String> {
-        let mut cgroups = lock(&self.cgroups);
-        ids.into_iter()
-            .filter_map(|id| cgroups.unit(id).map(|unit| (id, unit)))
-            .collect()
-    }
-
-    /// TCP connects from sockets bound to port 0, by command.
-    pub fn bind_before_connect(&self) -> Vec<(String, u64)> {
-        let maps = lock(&self.maps);
-        read_all(&maps.bind_before_connect)
-            .into_iter()
-            .map(|(c, n)| (crate::api::comm(&c), n))
-            .collect()
-    }
-
-    /// Cookies of the sockets that hold their port by bind() or listen().
-    pub fn exclusive_sockets(&self) -> FastSet<u64> {
-        let maps = lock(&self.maps);
-        maps.sockets
-            .read()
-            .into_iter()
-            .filter(|f| f.holds_exclusively())
-            .map(|f| f.cookie)
-            .collect()
-    }
-
-    /// How full each namespace's ephemeral pool is, as of `snapshot`.
-    pub fn ephemeral(&self, snapshot: &Snapshot) -> EphemeralReport {
-        crate::ephemeral::assess(
-            &snapshot.sockets,
-            &snapshot.pools,
-            &self.exclusive_sockets(),
-            self.settings().ephemeral_destinations,
-        )
-    }
-
-    /// Entries and capacity of each kernel map.
-    pub fn map_usage(&self) -> Vec<MapUsage> {
-        let maps = lock(&self.maps);
-        let o = self.options;
-        let health = counters::read_health(&maps.health);
-        vec![
-            // The kernel's own count of entries handed out: every one taken,
-            // in use or lost to a race, stops the map short of its capacity.
-            MapUsage {
-                name: map::PORT_STATS,
-                entries: health.port_blocks_taken.min(o.port_stats.into()),
-                capacity: o.port_stats.into(),
-            },
-            MapUsage {
-                name: map::PORT_TABLES,
-                entries: health.port_tables_taken.min(o.port_tables.into()),
-                capacity: o.port_tables.into(),
-            },
-            MapUsage {
-                name: map::SOCKETS,
-                entries: maps.sockets.read().len() as u64,
-                capacity: maps.sockets.capacity().into(),
-            },
-            MapUsage {
-                name: map::BIND_BEFORE_CONNECT,
-                entries: read_all(&maps.bind_before_connect).len() as u64,
-                capacity: portmon_common::capacity::BIND_BEFORE_CONNECT.into(),
-            },
-        ]
-    }
-
-    /// Failure counts since start.
-    pub fn failure_counts(&self) -> BTreeMap<FailureKey, u64> {
-        lock(&self.failures).counts().clone()
-    }
-
-    /// The most recent failures, newest first.
-    pub fn recent_failures(&self, limit: usize) -> Vec<Failure> {
-        lock(&self.failures).recent().rev().take(limit).cloned().collect()
-    }
-
-    /// Finds new namespaces and opens their sockets; lets gone ones go.
-    pub fn rescan_namespaces(&self) {
-        let mut guard = lock(&self.inventory);
-        guard.0.rescan();
-        guard.1 = Instant::now();
-    }
-
-    /// A fresh inventory of every namespace, and their names by cookie.
-    pub fn snapshot(&self) -> (Snapshot, HashMap<u64, String>) {
-        let mut guard = lock(&self.inventory);
-        let (inventory, scanned) = &mut *guard;
-        if scanned.elapsed() > NAMESPACE_RESCAN {
-            inventory.rescan();
-            *scanned = Instant::now();
-        }
-        let snapshot = inventory.snapshot();
-        let names = inventory
-            .namespaces()
-            .iter()
-            .map(|n| (n.cookie, n.name.clone()))
-            .collect();
-        (snapshot, names)
-    }
-}
-
 /// What [`start`] set up with privileges, for [`serve`].
 pub struct Started {
     kernel: Kernel,
     state: Arc<State>,
-    failures: RingBuf<MapData>,
+    failures: FailureEvents,
     listener: std::net::TcpListener,
     config: Config,
 }
@@ -299,18 +91,11 @@ pub fn start(config: Config) -> Result<Started, DaemonError> {
 
     let options = LoadOptions {
         port_stats: config.port_stats_capacity,
-        port_tables: crate::loader::port_tables(config.port_stats_capacity),
+        port_tables: crate::kernel::bpf::loader::port_tables(config.port_stats_capacity),
         sockets: config.sockets_capacity,
         hooks_only: false,
     };
-    let (kernel, maps) = Kernel::load(&env.cgroup_root, options)?;
-    let KernelMaps {
-        ports,
-        sockets,
-        bind_before_connect,
-        health,
-        failures,
-    } = maps;
+    let (kernel, maps, failures) = Kernel::load(&env.cgroup_root, options)?;
     let listener = std::net::TcpListener::bind(config.listen)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .map_err(|source| DaemonError::Listen {
@@ -325,7 +110,7 @@ pub fn start(config: Config) -> Result<Started, DaemonError> {
         kept = %capabilities::names(dropped.after),
         "capabilities given up after attach"
     );
-    if !crate::netns::can_enter_others() {
+    if !netns::can_enter_others() {
         tracing::warn!(
             "without CAP_SYS_ADMIN portmon cannot enter other network namespaces: the socket \
              inventory (portmon_sockets, portmon_listening_ports, portmon_ports_in_use, \
@@ -334,20 +119,12 @@ pub fn start(config: Config) -> Result<Started, DaemonError> {
         );
     }
 
-    let state = Arc::new(State {
-        maps: Mutex::new(Maps {
-            ports,
-            sockets,
-            bind_before_connect,
-            health,
-        }),
-        failures: Mutex::new(FailureLog::default()),
-        inventory: Mutex::new((Inventory::scan(), Instant::now())),
-        cgroups: Mutex::new(CgroupPaths::new(env.cgroup_root.clone())),
-        settings: RwLock::new(Arc::new(Settings::new(&config, registry))),
-        programs: kernel.attached().to_vec(),
-        options,
-    });
+    let state = Arc::new(State::new(
+        maps,
+        env.cgroup_root.clone(),
+        config.settings(registry),
+        kernel.attached().to_vec(),
+    ));
     Ok(Started {
         kernel,
         state,
@@ -368,14 +145,8 @@ pub async fn serve(started: Started, source: ConfigSource) -> Result<(), DaemonE
         mut config,
     } = started;
     let notifier = Arc::new(Notifier::from_env()?);
-    let stop = Arc::new(AtomicBool::new(false));
-    let heartbeat = Arc::new(Heartbeat::default());
-    let reader = spawn_failure_reader(
-        FailureReader::new(failures),
-        state.clone(),
-        stop.clone(),
-        heartbeat.clone(),
-    );
+    let progress = Arc::new(ReaderProgress::default());
+    let reader = tokio::spawn(read_failures(failures, state.clone(), progress.clone()));
 
     let listener = TcpListener::from_std(listener).map_err(|source| DaemonError::Listen {
         addr: config.listen,
@@ -390,7 +161,7 @@ pub async fn serve(started: Started, source: ConfigSource) -> Result<(), DaemonE
     let server = tokio::spawn(http::serve(listener, handler, shutdown_rx));
     let watchdog = notify::watchdog_interval().map(|interval| {
         let probe_state = state.clone();
-        watchdog::spawn(notifier.clone(), interval, heartbeat, move || {
+        watchdog::spawn(notifier.clone(), interval, progress, move || {
             probe_state.health();
         })
     });
@@ -411,7 +182,7 @@ pub async fn serve(started: Started, source: ConfigSource) -> Result<(), DaemonE
                     Ok(applied) => config = applied,
                     Err(err) => tracing::error!(
                         "reload failed, the running configuration stays: {}",
-                        crate::loader::error_line(&err)
+                        error_line(&err)
                     ),
                 }
                 notifier.ready(&status);
@@ -429,12 +200,9 @@ pub async fn serve(started: Started, source: ConfigSource) -> Result<(), DaemonE
     }
     let _ = shutdown_tx.send(true);
     reconciler.abort();
+    reader.abort();
     let _ = server.await;
-    stop.store(true, Ordering::Relaxed);
-    let detach = tokio::task::spawn_blocking(move || {
-        kernel.detach();
-        let _ = reader.join();
-    });
+    let detach = tokio::task::spawn_blocking(move || kernel.detach());
     if tokio::time::timeout(DETACH_DEADLINE, detach).await.is_err() {
         tracing::warn!("detaching took longer than {DETACH_DEADLINE:?}; exiting, the kernel drops the links");
     }
@@ -452,32 +220,11 @@ async fn reconcile(state: Arc<State>) {
     }
 }
 
-/// A thread that waits on the ring buffer and files failures as they come.
-fn spawn_failure_reader(
-    mut reader: FailureReader,
-    state: Arc<State>,
-    stop: Arc<AtomicBool>,
-    heartbeat: Arc<Heartbeat>,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let timeout_ms = FAILURE_POLL.as_millis() as libc::c_int;
-        while !stop.load(Ordering::Relaxed) {
-            heartbeat.beat();
-            let mut fds = libc::pollfd {
-                fd: reader.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            unsafe { libc::poll(&mut fds, 1, timeout_ms) };
-            let mut log = FailureLog::default();
-            if reader.drain_into(&mut log) > 0 || log.undecodable > 0 {
-                let mut shared = lock(&state.failures);
-                shared.undecodable += log.undecodable;
-                for failure in log.recent() {
-                    shared.record(failure.clone());
-                }
-            }
-        }
-    })
+/// Files failures as they come; a reader that cannot wait on the ring
+/// buffer says so once, and the watchdog, seeing no progress, still pings
+/// (the reader is idle, not stuck): the counters go on.
+async fn read_failures(events: FailureEvents, state: Arc<State>, progress: Arc<ReaderProgress>) {
+    if let Err(err) = failures::follow(events, state.failure_log(), progress).await {
+        tracing::error!("failure events are no longer read: {}", error_line(&err));
+    }
 }

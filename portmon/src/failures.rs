@@ -1,61 +1,31 @@
-//! Failed binds and connects, from the kernel's ring buffer: decoded, their
-//! errno settled where only user space can tell, counted and kept for the
-//! API and the log.
+//! Failed binds and connects, from the kernel's ring buffer: settled (their
+//! namespace found, their errno inferred where only user space can tell),
+//! counted and kept for the API and the log.
 
 use std::{
     collections::{BTreeMap, VecDeque},
+    io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
-    time::SystemTime,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, PoisonError,
+    },
+    time::{Duration, Instant, SystemTime},
 };
 
-use aya::maps::{MapData, RingBuf};
-use portmon_common::{errno, FailureEvent, Family, Op, Proto};
+pub use portmon_common::Errno;
+use portmon_common::{FailureEvent, Family, Op, Proto};
 use serde::Serialize;
 
-use crate::netns::{self, Namespaces};
-
-/// The errno of a failure, as far as portmon can name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub enum Errno {
-    /// A port conflict, or no free port for an exclusive bind.
-    #[serde(rename = "EADDRINUSE")]
-    AddrInUse,
-    /// No local port left for a TCP connect, or a non-local address.
-    #[serde(rename = "EADDRNOTAVAIL")]
-    AddrNotAvail,
-    /// A privileged port without CAP_NET_BIND_SERVICE.
-    #[serde(rename = "EACCES")]
-    Access,
-    /// No local port left for a UDP connect's auto-bind.
-    #[serde(rename = "EAGAIN")]
-    Again,
-}
-
-impl Errno {
-    /// Every errno, in label order.
-    pub const ALL: &'static [Errno] = &[Errno::Access, Errno::AddrInUse, Errno::AddrNotAvail, Errno::Again];
-
-    /// The C name, used as a metric label.
-    pub const fn label(self) -> &'static str {
-        match self {
-            Errno::AddrInUse => "EADDRINUSE",
-            Errno::AddrNotAvail => "EADDRNOTAVAIL",
-            Errno::Access => "EACCES",
-            Errno::Again => "EAGAIN",
-        }
-    }
-
-    fn from_kernel(raw: u32) -> Option<Self> {
-        match raw {
-            errno::EADDRINUSE => Some(Errno::AddrInUse),
-            errno::EADDRNOTAVAIL => Some(Errno::AddrNotAvail),
-            errno::EACCES => Some(Errno::Access),
-            errno::EAGAIN => Some(Errno::Again),
-            _ => None,
-        }
-    }
-}
+use crate::{
+    exhaustion,
+    kernel::{
+        bpf::events::{AsyncFailureEvents, Drained, FailureEvents},
+        netns, procfs,
+    },
+    namespaces::Namespaces,
+};
 
 /// One failed bind or connect.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -149,44 +119,27 @@ impl FailureLog {
     }
 }
 
-/// Reads the ring buffer and turns events into `Failure`s.
-pub struct FailureReader {
-    ring: RingBuf<MapData>,
+/// Turns failure events into [`Failure`]s: finds each one's namespace and,
+/// for a failed bind, infers the errno the kernel could not report.
+#[derive(Debug, Default)]
+pub struct Settler {
     namespaces: Namespaces,
 }
 
-impl std::fmt::Debug for FailureReader {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FailureReader").finish_non_exhaustive()
-    }
-}
-
-impl FailureReader {
-    pub fn new(ring: RingBuf<MapData>) -> Self {
-        Self {
-            ring,
-            namespaces: Namespaces::default(),
-        }
-    }
-
-    /// The ring buffer's file descriptor, to wait on.
-    pub fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        use std::os::fd::AsRawFd as _;
-        self.ring.as_raw_fd()
-    }
-
-    /// Takes every event waiting now into `log`; returns how many.
-    pub fn drain_into(&mut self, log: &mut FailureLog) -> usize {
-        let mut events = Vec::new();
-        while let Some(item) = self.ring.next() {
-            match decode(&item) {
-                Some(event) => events.push(event),
-                None => log.undecodable += 1,
-            }
-        }
+impl Settler {
+    /// Settles every event of `drained` into `log`, beating `progress` after
+    /// each; returns how many became failures.
+    pub fn settle_into(
+        &mut self,
+        drained: Drained,
+        log: &mut FailureLog,
+        progress: &ReaderProgress,
+    ) -> usize {
+        log.undecodable += drained.undecodable;
         let mut taken = 0;
-        for event in events {
-            match self.settle(&event) {
+        for event in &drained.events {
+            progress.beat();
+            match self.settle(event) {
                 Some(failure) => {
                     let what = match failure.exhaustion {
                         Some(_) => "failed: no ephemeral port left",
@@ -217,11 +170,6 @@ impl FailureReader {
             Some(errno) => (errno, false),
             None => (self.infer_bind_errno(event, addr), true),
         };
-        let comm_len = event
-            .comm
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(event.comm.len());
         Some(Failure {
             time: SystemTime::now(),
             op,
@@ -231,11 +179,11 @@ impl FailureReader {
             family,
             addr,
             port: event.port,
-            exhaustion: crate::ephemeral::exhausted(op, proto, errno, event.port),
+            exhaustion: exhaustion::exhausted(op, proto, errno, event.port),
             netns,
             pid: event.pid,
             uid: event.uid,
-            comm: String::from_utf8_lossy(&event.comm[..comm_len]).into_owned(),
+            comm: procfs::comm_text(&event.comm),
             cgroup: event.cgroup,
             socket_cookie: event.socket_cookie,
         })
@@ -260,7 +208,9 @@ impl FailureReader {
         if event.port != 0 {
             let unprivileged_start = ns_path
                 .as_deref()
-                .and_then(|p| netns::run_in(p, || read_sysctl("net/ipv4/ip_unprivileged_port_start")).ok())
+                .and_then(|p| {
+                    netns::run_in(p, || procfs::sysctl_u32("net/ipv4/ip_unprivileged_port_start")).ok()
+                })
                 .flatten()
                 .unwrap_or(1024);
             if u32::from(event.port) < unprivileged_start && !may_bind_privileged(event) {
@@ -299,27 +249,110 @@ impl FailureReader {
     }
 }
 
-/// Whether the process had CAP_NET_BIND_SERVICE; if it is gone, whether it was root.
-fn may_bind_privileged(event: &FailureEvent) -> bool {
-    const CAP_NET_BIND_SERVICE: u32 = 10;
-    let status = std::fs::read_to_string(format!("/proc/{}/status", event.pid));
-    let cap_eff = status.ok().and_then(|s| {
-        s.lines()
-            .find_map(|l| l.strip_prefix("CapEff:"))
-            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-    });
-    match cap_eff {
-        Some(caps) => caps & (1 << CAP_NET_BIND_SERVICE) != 0,
-        None => event.uid == 0,
+/// Reads the ring buffer and settles what it finds, in the calling thread:
+/// for tests and tools that poll. The daemon [`follow`]s it instead.
+#[derive(Debug)]
+pub struct FailureReader {
+    events: FailureEvents,
+    settler: Settler,
+}
+
+impl FailureReader {
+    pub fn new(events: FailureEvents) -> Self {
+        Self {
+            events,
+            settler: Settler::default(),
+        }
+    }
+
+    /// Takes every event waiting now into `log`; returns how many.
+    pub fn drain_into(&mut self, log: &mut FailureLog) -> usize {
+        let drained = self.events.drain();
+        self.settler.settle_into(drained, log, &ReaderProgress::default())
     }
 }
 
-fn read_sysctl(name: &str) -> Option<u32> {
-    std::fs::read_to_string(format!("/proc/sys/{name}"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+/// Waits on the ring buffer and files failures into `log` as they come,
+/// until the task is dropped. Settling may enter a namespace or read
+/// `/proc`, so it runs on the blocking pool, one batch at a time.
+pub async fn follow(
+    events: FailureEvents,
+    log: Arc<Mutex<FailureLog>>,
+    progress: Arc<ReaderProgress>,
+) -> io::Result<()> {
+    let mut ring = AsyncFailureEvents::new(events)?;
+    let mut settler = Settler::default();
+    loop {
+        let drained = ring.next_batch().await?;
+        if drained.is_empty() {
+            continue;
+        }
+        progress.beat();
+        let (log, batch_progress) = (log.clone(), progress.clone());
+        settler = tokio::task::spawn_blocking(move || {
+            let mut batch = FailureLog::default();
+            settler.settle_into(drained, &mut batch, &batch_progress);
+            let mut shared = log.lock().unwrap_or_else(PoisonError::into_inner);
+            shared.undecodable += batch.undecodable;
+            for failure in batch.recent {
+                shared.record(failure);
+            }
+            settler
+        })
+        .await
+        .map_err(io::Error::other)?;
+        progress.idle();
+    }
+}
+
+/// Whether the failure reader moves: when it last made progress on the
+/// batch it is working on. A reader waiting for events is idle, not stuck.
+#[derive(Debug)]
+pub struct ReaderProgress {
+    origin: Instant,
+    /// Milliseconds since `origin` of the last progress, plus one; 0 when idle.
+    busy_ms: AtomicU64,
+}
+
+impl Default for ReaderProgress {
+    fn default() -> Self {
+        Self {
+            origin: Instant::now(),
+            busy_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl ReaderProgress {
+    /// Records progress now.
+    pub fn beat(&self) {
+        let now = self.origin.elapsed().as_millis() as u64 + 1;
+        self.busy_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// Records that the reader waits for events.
+    pub fn idle(&self) {
+        self.busy_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// How long the reader has been busy without progress (zero when idle).
+    pub fn stalled_for(&self) -> Duration {
+        match self.busy_ms.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            busy => {
+                let now = self.origin.elapsed().as_millis() as u64 + 1;
+                Duration::from_millis(now.saturating_sub(busy))
+            }
+        }
+    }
+}
+
+/// Whether the process had CAP_NET_BIND_SERVICE; if it is gone, whether it was root.
+fn may_bind_privileged(event: &FailureEvent) -> bool {
+    match procfs::effective_capabilities(&event.pid.to_string()) {
+        Ok(caps) => caps & (1 << procfs::CAP_NET_BIND_SERVICE) != 0,
+        Err(_) => event.uid == 0,
+    }
 }
 
 /// A v4-mapped IPv6 address compares as the IPv4 address it carries.
@@ -337,26 +370,9 @@ fn address(family: Family, bytes: [u8; 16]) -> IpAddr {
     }
 }
 
-/// A ring buffer record as a `FailureEvent`, if it is one.
-fn decode(bytes: &[u8]) -> Option<FailureEvent> {
-    if bytes.len() < std::mem::size_of::<FailureEvent>() {
-        return None;
-    }
-    // SAFETY: the length is checked; FailureEvent is plain old data (any bit
-    // pattern is valid) and read_unaligned copes with any alignment.
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<FailureEvent>()) })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn decode_rejects_short_records() {
-        assert!(decode(&[0u8; 10]).is_none());
-        let event = decode(&[0u8; std::mem::size_of::<FailureEvent>()]);
-        assert_eq!(event.map(|e| e.port), Some(0));
-    }
 
     #[test]
     fn addresses() {

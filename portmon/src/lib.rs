@@ -1,31 +1,59 @@
 //! portmon: live port monitoring for Linux through eBPF.
 //!
-//! The layout follows the data: `loader` owns the kernel programs,
-//! `counters` and `failures` read what they collect, `registry` and
-//! `port_class` say what a port means, `daemon` runs it all, `cli` is the
-//! command line.
+//! # Two worlds of sockets
+//!
+//! portmon joins two views of the host's sockets by socket cookie, the
+//! number both the kernel programs and `sock_diag` report:
+//!
+//! - **The kernel programs' table** (`kernel::bpf`): the sockets portmon saw
+//!   bind, listen or connect while it ran, with their owner (pid, command,
+//!   cgroup) and the ports they hold, in memory-mapped arrays; and counters
+//!   per (namespace, protocol, family, port, kind), counted in the kernel.
+//! - **The inventory** (`inventory`, through `kernel::sock_diag`): every
+//!   TCP and UDP socket of every namespace, as `ss` sees it, taken fresh at
+//!   each scrape — sockets older than portmon and TIME_WAIT ones included.
+//!
+//! # The path of a number
+//!
+//! event (a hook in `portmon-ebpf`) → map (`PORT_STATS`, `SOCKETS`, or the
+//! `FAILURES` ring buffer for rare failures) → reader (`kernel::bpf`:
+//! `counters`, `socket_table`, `events`, settled by `failures`) → `state`
+//! (what every reader shares) → collector (`exporter`, at each scrape, with
+//! `inventory`, `exhaustion` and `registry`) → exposition (`/metrics`,
+//! served by `http`; the JSON `api` reads the same state).
+//!
+//! # Layers, bottom up
+//!
+//! Imports flow downward only:
+//!
+//! 1. `kernel`: everything that talks to the kernel; the only `unsafe`.
+//! 2. `report`, `port_class`, `port_set`: vocabulary.
+//! 3. `registry` (what a port is called), `exhaustion` (the ephemeral pool
+//!    by the kernel's rules), `cgroups` and `namespaces` (the names people
+//!    know), `settings`.
+//! 4. `inventory` (sock_diag snapshots) and `failures` (failed binds and
+//!    connects, settled).
+//! 5. `state`: the daemon's shared state.
+//! 6. `exporter`, `api`, `http`, `config`, `service`: the readers and the
+//!    service manager's view.
+//! 7. `daemon` (start-up and serving, wiring only) and `cli`.
 
 pub mod api;
-pub mod btf;
 pub mod cgroups;
 pub mod cli;
 pub mod config;
-pub mod counters;
 pub mod daemon;
-pub mod ephemeral;
+pub mod exhaustion;
 pub mod exporter;
 pub mod failures;
-pub mod fnv;
 pub mod http;
 pub mod inventory;
-pub mod loader;
-pub mod map_batch;
-pub mod mapped_array;
-pub mod mounts;
-pub mod netns;
+pub mod kernel;
+pub mod namespaces;
 pub mod port_class;
 pub mod port_set;
-pub mod preflight;
 pub mod registry;
+pub mod report;
 pub mod service;
-pub mod socket_table;
+pub mod settings;
+pub mod state;

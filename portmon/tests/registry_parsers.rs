@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use portmon::{
-    port_class::{LocalPortRange, ReservedPorts},
+    exhaustion::{LocalPortRange, ReservedPorts},
     registry::{Registry, Transport},
 };
 use proptest::prelude::*;

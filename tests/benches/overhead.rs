@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use portmon::loader::LoadOptions;
+use portmon::kernel::bpf::LoadOptions;
 use portmon_tests::{in_fresh_netns, write_sysctl, Monitor};
 
 /// Rounds of the kernel's own account of BPF time, and operations in each.
@@ -253,7 +253,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// Per-program (run count, run time) of portmon's loaded programs.
 fn program_stats() -> Vec<(String, u64, Duration)> {
-    let names: Vec<&str> = portmon::loader::PROGRAMS.iter().map(|(n, _)| *n).collect();
+    let names: Vec<&str> = portmon::kernel::bpf::PROGRAMS.iter().map(|(n, _)| *n).collect();
     let mut stats: Vec<(String, u64, Duration)> = aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .filter_map(|p| {

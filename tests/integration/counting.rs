@@ -2,7 +2,7 @@
 
 use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 
-use portmon::loader::LoadOptions;
+use portmon::kernel::bpf::LoadOptions;
 use portmon_common::{Family, Proto, Role};
 use portmon_tests::{in_fresh_netns, serial, Monitor};
 

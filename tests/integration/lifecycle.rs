@@ -7,7 +7,7 @@ use portmon_tests::{
     loaded_portmon_programs, portmon_bin, serial, settled_portmon_programs, wait_until, Daemon,
 };
 
-const PROGRAMS: usize = portmon::loader::PROGRAMS.len();
+const PROGRAMS: usize = portmon::kernel::bpf::PROGRAMS.len();
 
 #[test]
 fn sigterm_detaches_every_program_and_exits_cleanly() {
@@ -90,7 +90,7 @@ fn check_reports_every_hook() {
         "portmon check failed:\n{stdout}{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    for (program, _) in portmon::loader::PROGRAMS {
+    for (program, _) in portmon::kernel::bpf::PROGRAMS {
         assert!(
             stdout.lines().any(|l| l.starts_with("ok") && l.contains(program)),
             "{program} missing:\n{stdout}"

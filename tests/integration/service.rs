@@ -12,7 +12,7 @@ use portmon_tests::{
     wait_until,
 };
 
-const PROGRAMS: usize = portmon::loader::PROGRAMS.len();
+const PROGRAMS: usize = portmon::kernel::bpf::PROGRAMS.len();
 
 /// The capabilities the unit grants.
 fn unit_capabilities() -> Vec<String> {
@@ -63,7 +63,7 @@ fn unit_capabilities_suffice_ready_comes_after_attach_and_they_are_given_up() {
         ready.contains(&format!("STATUS={PROGRAMS} programs attached")),
         "{ready}"
     );
-    for (program, _) in portmon::loader::PROGRAMS {
+    for (program, _) in portmon::kernel::bpf::PROGRAMS {
         assert_eq!(
             metric(
                 addr,

@@ -16,10 +16,15 @@ use std::{
 };
 
 use portmon::{
-    counters::{self, Health},
     failures::{Failure, FailureLog, FailureReader},
-    loader::{Kernel, KernelMaps, LoadOptions},
-    mounts::Mounts,
+    kernel::{
+        bpf::{
+            counters::{Health, PortCount},
+            socket_table::Followed,
+            Kernel, KernelMaps, LoadOptions,
+        },
+        mounts::Mounts,
+    },
 };
 use portmon_common::{Family, PortStats, Proto, Role};
 
@@ -56,7 +61,7 @@ pub fn in_fresh_netns<T: Send>(work: impl FnOnce(&TestNetns) -> T + Send) -> T {
                     io::Error::last_os_error()
                 );
                 set_link_up("lo");
-                let cookie = portmon::netns::current_cookie().expect("netns cookie");
+                let cookie = portmon::kernel::netns::current_cookie().expect("netns cookie");
                 work(&TestNetns { cookie })
             })
             .expect("spawn netns thread")
@@ -112,15 +117,10 @@ pub fn cgroup_root() -> PathBuf {
 /// portmon's kernel programs, loaded and attached in this process.
 pub struct Monitor {
     kernel: Option<Kernel>,
-    maps: KernelMapsForTests,
-    pub failures: FailureLog,
-}
-
-struct KernelMapsForTests {
-    ports: portmon::counters::PortCounters,
-    sockets: portmon::socket_table::SocketTable,
-    health: aya::maps::Array<aya::maps::MapData, u64>,
+    /// The same bundle the daemon's state reads.
+    maps: KernelMaps,
     reader: FailureReader,
+    pub failures: FailureLog,
 }
 
 impl std::fmt::Debug for Monitor {
@@ -139,23 +139,12 @@ impl Monitor {
 
     /// Loads and attaches every program, with options.
     pub fn attach_with(options: LoadOptions) -> Self {
-        portmon::preflight::check().expect("preflight (tests need root)");
-        let (kernel, maps) = Kernel::load(&cgroup_root(), options).expect("load kernel programs");
-        let KernelMaps {
-            ports,
-            sockets,
-            health,
-            failures,
-            ..
-        } = maps;
+        portmon::kernel::preflight::check().expect("preflight (tests need root)");
+        let (kernel, maps, events) = Kernel::load(&cgroup_root(), options).expect("load kernel programs");
         Self {
             kernel: Some(kernel),
-            maps: KernelMapsForTests {
-                ports,
-                sockets,
-                health,
-                reader: FailureReader::new(failures),
-            },
+            maps,
+            reader: FailureReader::new(events),
             failures: FailureLog::default(),
         }
     }
@@ -172,33 +161,33 @@ impl Monitor {
     }
 
     /// Every port with counters in one namespace.
-    pub fn ports_in(&self, netns: u64) -> Vec<counters::PortCount> {
+    pub fn ports_in(&self, netns: u64) -> Vec<PortCount> {
         self.ports().into_iter().filter(|c| c.netns == netns).collect()
     }
 
-    fn ports(&self) -> Vec<counters::PortCount> {
-        counters::read_ports(&self.maps.ports, &self.maps.sockets.read())
+    fn ports(&self) -> Vec<PortCount> {
+        self.maps.ports()
     }
 
     pub fn health(&self) -> Health {
-        counters::read_health(&self.maps.health)
+        self.maps.health()
     }
 
     /// The owners the kernel programs recorded, by socket cookie.
     pub fn owners(&self) -> std::collections::HashMap<u64, portmon_common::Owner> {
-        self.maps.sockets.owners()
+        self.maps.owners()
     }
 
     /// The sockets the kernel programs follow now.
-    pub fn followed(&self) -> Vec<portmon::socket_table::Followed> {
-        self.maps.sockets.read()
+    pub fn followed(&self) -> Vec<Followed> {
+        self.maps.followed()
     }
 
     /// Failures in one namespace, waiting up to a second for `want` of them.
     pub fn failures_in(&mut self, netns: u64, want: usize) -> Vec<Failure> {
         let deadline = Instant::now() + Duration::from_secs(1);
         loop {
-            self.maps.reader.drain_into(&mut self.failures);
+            self.reader.drain_into(&mut self.failures);
             let found: Vec<Failure> = self
                 .failures
                 .recent()
@@ -237,7 +226,10 @@ impl Monitor {
 
 /// How many of portmon's programs the kernel has loaded right now.
 pub fn loaded_portmon_programs() -> usize {
-    let names: Vec<&str> = portmon::loader::PROGRAMS.iter().map(|(name, _)| *name).collect();
+    let names: Vec<&str> = portmon::kernel::bpf::PROGRAMS
+        .iter()
+        .map(|(name, _)| *name)
+        .collect();
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .filter(|p| {
@@ -357,7 +349,7 @@ impl Home {
     fn run<T: Send>(&self, work: impl FnOnce() -> T + Send) -> T {
         use std::os::fd::AsRawFd as _;
         let path = PathBuf::from(format!("/proc/self/fd/{}", self.0.as_raw_fd()));
-        portmon::netns::run_in(&path, work).expect("enter the test's own netns")
+        portmon::kernel::netns::run_in(&path, work).expect("enter the test's own netns")
     }
 }
 
@@ -448,7 +440,7 @@ impl NamedNetns {
     /// Runs `work` on a thread inside the namespace.
     pub fn enter<T: Send>(&self, work: impl FnOnce() -> T + Send) -> T {
         let path = PathBuf::from(format!("/run/netns/{}", self.name));
-        portmon::netns::run_in(&path, work).expect("enter named netns")
+        portmon::kernel::netns::run_in(&path, work).expect("enter named netns")
     }
 
     /// Runs a command inside the namespace and returns its output.

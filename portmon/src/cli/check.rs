@@ -6,8 +6,8 @@ use clap::Args;
 
 use super::{init_logging, LogFormat};
 use crate::{
-    loader::{error_line, Kernel},
-    preflight,
+    kernel::{bpf::Kernel, preflight},
+    report::error_line,
 };
 
 #[derive(Debug, Args)]

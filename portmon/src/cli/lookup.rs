@@ -13,7 +13,6 @@
 use std::{
     collections::BTreeSet,
     io::{self, Write as _},
-    path::Path,
     process::ExitCode,
 };
 
@@ -23,7 +22,8 @@ use serde::Serialize;
 
 use super::{RegistryArgs, EXIT_USAGE};
 use crate::{
-    port_class::{EphemeralPool, PortClass, PROC_SYS_NET_IPV4},
+    exhaustion::{EphemeralPool, PoolSysctls},
+    port_class::PortClass,
     registry::{PortRange, Registry, ServiceEntry, Source, Transport},
 };
 
@@ -174,8 +174,8 @@ pub fn run(args: LookupArgs) -> anyhow::Result<ExitCode> {
     };
     let registry = Registry::load(args.registry.registry.as_deref())
         .context("cannot load the port registry (pass --registry PATH to use another file)")?;
-    let pool = match EphemeralPool::read(Path::new(PROC_SYS_NET_IPV4)) {
-        Ok(pool) => Some(pool),
+    let pool = match PoolSysctls::open().and_then(|sysctls| sysctls.read()) {
+        Ok(settings) => Some(settings.pool),
         Err(err) => {
             eprintln!("portmon: warning: {:#}", anyhow::Error::from(err));
             None
@@ -385,7 +385,7 @@ fn one_line(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::port_class::{LocalPortRange, ReservedPorts};
+    use crate::exhaustion::{LocalPortRange, ReservedPorts};
 
     #[test]
     fn parse_query_table() {
@@ -432,7 +432,7 @@ x11-1 6001/udp
 postgresql 5432/tcp postgres # PostgreSQL
 postgresql 5432/sctp
 ";
-        Registry::parse(text, Path::new("/test/services")).unwrap()
+        Registry::parse(text, std::path::Path::new("/test/services")).unwrap()
     }
 
     fn pool() -> EphemeralPool {

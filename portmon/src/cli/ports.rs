@@ -148,7 +148,7 @@ fn ask_daemon(addr: SocketAddr, filter: &PortFilter) -> Option<anyhow::Result<Ve
 fn snapshot_here(registry: Option<&std::path::Path>, filter: &PortFilter) -> anyhow::Result<Vec<PortEntry>> {
     let registry = Registry::load(registry)?;
     // Other namespaces need privileges; without them, this one is what ss would show.
-    let mut inventory = if is_root() {
+    let mut inventory = if crate::kernel::capabilities::is_root() {
         Inventory::scan()
     } else {
         Inventory::current()?
@@ -160,7 +160,7 @@ fn snapshot_here(registry: Option<&std::path::Path>, filter: &PortFilter) -> any
         .map(|n| (n.cookie, n.name.clone()))
         .collect();
     if names.is_empty() {
-        if let Ok(cookie) = crate::netns::current_cookie() {
+        if let Ok(cookie) = crate::kernel::netns::current_cookie() {
             names.insert(cookie, "host".to_owned());
         }
     }
@@ -172,11 +172,6 @@ fn snapshot_here(registry: Option<&std::path::Path>, filter: &PortFilter) -> any
         &names,
         filter,
     ))
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() == 0 }
 }
 
 fn print_table(out: &mut impl std::io::Write, entries: &[PortEntry]) -> std::io::Result<()> {

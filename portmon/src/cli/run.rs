@@ -8,8 +8,8 @@ use clap::Args;
 use super::{init_logging, LogFormat, RegistryArgs, EXIT_USAGE};
 use crate::{
     config::{Config, ConfigError},
-    exporter::NetnsLabel,
     service::reload::ConfigSource,
+    settings::NetnsLabel,
 };
 
 /// Flags: every key of the configuration file, by the same name; a flag
@@ -143,7 +143,7 @@ mod tests {
                 .unwrap();
         args.apply(&mut config);
         assert_eq!(config.port_series_limit, 7);
-        assert_eq!(config.netns_label, crate::exporter::NetnsLabel::Always);
+        assert_eq!(config.netns_label, crate::settings::NetnsLabel::Always);
         assert_eq!(config.sockets_capacity, 9);
     }
 }

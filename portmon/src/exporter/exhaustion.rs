@@ -6,14 +6,14 @@ use portmon_common::{Op, Proto};
 use super::{
     definitions as def,
     families::{Families, Series},
-    netns_name, ScrapeInput,
+    ScrapeInput,
 };
-use crate::ephemeral;
+use crate::{exhaustion as ephemeral, namespaces::display_name};
 
 /// Adds the exhaustion families.
 pub fn add(input: &ScrapeInput<'_>, families: &mut Families) {
     let report = input.ephemeral;
-    let name = |netns: u64| netns_name(input.netns_names, netns);
+    let name = |netns: u64| display_name(input.netns_names, netns);
     let mut pool_ports = Series::new();
     let mut in_use = Series::new();
     let mut bound = Series::new();

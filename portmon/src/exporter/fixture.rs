@@ -11,10 +11,12 @@ use portmon_common::{Family, Op, PortStats, Proto, Role};
 
 use super::{NetnsLabel, ScrapeInput, ScrapeSource};
 use crate::{
-    counters::{Health, PortCount},
-    ephemeral::EphemeralReport,
+    exhaustion::EphemeralReport,
     failures::{Errno, FailureKey},
-    inventory::{NsSocket, Socket, SocketState},
+    kernel::{
+        bpf::counters::{Health, PortCount},
+        sock_diag::{NsSocket, Socket, SocketState},
+    },
     registry::Registry,
 };
 

@@ -37,7 +37,7 @@ pub fn add(input: &ScrapeInput<'_>, folded: usize, scrape_seconds: f64, families
     );
     families.add(
         &def::PROGRAM_ATTACHED,
-        crate::loader::PROGRAMS.iter().map(|(name, _)| {
+        crate::kernel::bpf::PROGRAMS.iter().map(|(name, _)| {
             let attached = input.programs.contains(name);
             (vec![(*name).to_owned()], f64::from(u8::from(attached)))
         }),

@@ -7,9 +7,8 @@
 //! and `portmon_port_series_folded` says how many did. Which ports fold,
 //! and why a counter's choice is made once, is in `port_series`.
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
-use portmon_common::Proto;
 use prometheus::TextEncoder;
 
 mod collector;
@@ -26,26 +25,7 @@ mod source;
 pub use collector::PortmonCollector;
 pub use source::{ScrapeInput, ScrapeSource};
 
-use crate::inventory::SocketState;
-
-/// Whether per-port series carry a `netns` label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum NetnsLabel {
-    /// Once more than one network namespace has had sockets or events
-    /// (and from then on, until portmon restarts).
-    Auto,
-    /// Always.
-    Always,
-}
-
-/// Usage of one kernel map.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MapUsage {
-    pub name: &'static str,
-    pub entries: u64,
-    pub capacity: u64,
-}
+use crate::{kernel::bpf::MapUsage, settings::NetnsLabel};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExporterError {
@@ -85,22 +65,6 @@ impl Metrics {
     }
 }
 
-/// What `ss -l` counts as listening.
-pub fn is_listening(state: SocketState, proto: Proto) -> bool {
-    match proto {
-        Proto::Tcp => state == SocketState::Listen,
-        Proto::Udp => state == SocketState::Close,
-    }
-}
-
-/// The name people know a namespace by, or its cookie if it has none.
-fn netns_name(names: &HashMap<u64, String>, cookie: u64) -> String {
-    names
-        .get(&cookie)
-        .cloned()
-        .unwrap_or_else(|| format!("cookie:{cookie}"))
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -109,6 +73,7 @@ mod tests {
         fixture::{Fixture, Host},
         *,
     };
+    use crate::kernel::sock_diag::SocketState;
 
     const HOST: u64 = 1;
     const BLUE: u64 = 2;

@@ -7,11 +7,21 @@ use portmon_common::{Op, Proto, Role};
 use super::{
     definitions::{self as def, Definition},
     families::{Families, Series},
-    is_listening, netns_name,
-    port_series::{busiest, Activity, FastSet, PortId, SeriesKey, SeriesMemory},
+    port_series::{busiest, Activity, PortId, SeriesKey, SeriesMemory},
     ScrapeInput,
 };
-use crate::{counters::PortCount, failures::Errno, fnv::FastMap, port_class::PortClass, port_set::PortSet};
+use foldhash::{HashMap as FastMap, HashSet as FastSet};
+
+use crate::{
+    failures::Errno,
+    kernel::{
+        bpf::counters::PortCount,
+        sock_diag::{is_listening, NsSocket},
+    },
+    namespaces::display_name,
+    port_class::PortClass,
+    port_set::PortSet,
+};
 
 /// Adds every per-port family to `families`; returns how many ports have
 /// their numbers folded into a class series in at least one family.
@@ -154,7 +164,7 @@ fn ports_in_use(input: &ScrapeInput<'_>, labels: &Labels<'_>, families: &mut Fam
             if labels.with_netns {
                 for &netns in &namespaces {
                     let mut values = values.clone();
-                    values.push(netns_name(input.netns_names, netns));
+                    values.push(display_name(input.netns_names, netns));
                     series.insert(values, count(Some(netns)));
                 }
             } else {
@@ -205,7 +215,7 @@ impl Labels<'_> {
             service,
         ];
         if self.with_netns {
-            values.push(netns_name(self.input.netns_names, netns));
+            values.push(display_name(self.input.netns_names, netns));
         }
         values
     }
@@ -230,7 +240,7 @@ fn port_id(p: &PortCount) -> PortId {
     }
 }
 
-fn socket_port(s: &crate::inventory::NsSocket) -> PortId {
+fn socket_port(s: &NsSocket) -> PortId {
     PortId {
         netns: s.netns,
         proto: s.socket.proto,

@@ -13,18 +13,11 @@
 //! Gauges are ranked again at every scrape (listeners first, then the most
 //! sockets): a gauge has no history to break.
 
-use std::collections::HashSet;
-
+use foldhash::{HashMap as FastMap, HashSet as FastSet};
 use portmon_common::{Family, Proto};
 
 use super::NetnsLabel;
-use crate::{
-    failures::Errno,
-    fnv::{FastMap, Fnv},
-    port_class::PortClass,
-};
-
-pub type FastSet<T> = HashSet<T, std::hash::BuildHasherDefault<Fnv>>;
+use crate::{failures::Errno, port_class::PortClass};
 
 /// One port of one namespace: what a per-port series stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -7,12 +7,14 @@ use portmon_common::{Family, Proto};
 
 use super::{MapUsage, NetnsLabel};
 use crate::{
-    counters::{Health, PortCount},
-    daemon::State,
-    ephemeral::EphemeralReport,
+    exhaustion::EphemeralReport,
     failures::FailureKey,
-    inventory::NsSocket,
+    kernel::{
+        bpf::counters::{Health, PortCount},
+        sock_diag::NsSocket,
+    },
     registry::Registry,
+    state::State,
 };
 
 /// Everything one scrape reads.

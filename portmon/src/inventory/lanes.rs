@@ -11,11 +11,8 @@ use std::{
 
 use portmon_common::Family;
 
-use super::{
-    netlink::{Dump, DumpError, SockDiag},
-    split::{Cut, Histogram, Ports},
-    NsSocket,
-};
+use super::split::{Cut, Histogram};
+use crate::kernel::sock_diag::{Dump, DumpError, NsSocket, Ports, SockDiag};
 
 /// Every TCP state as `ss -a` asks (`SS_ALL`, bits 0–12).
 const TCP_STATES: u32 = (1 << 13) - 1;
@@ -29,8 +26,8 @@ const TCP_BOUND_INACTIVE: u32 = 1 << 13;
 /// rest — the bound and idle sockets when there may be any, UDP. When there
 /// can be none, and the last snapshot says where, the connections are cut
 /// in two by port, the upper half on the second lane. Not otherwise: that
-/// walk already keeps a second core busy, and a cut costs a walk more (at
-/// 100,000 sockets the scrape took 104-108 ms with the cut, 94-95 without).
+/// walk already keeps a second core busy, and a cut costs a walk more,
+/// which made the scrape slower than no cut (docs/performance.md).
 pub(super) fn plan(cut: Option<Cut>, bound_idle: bool) -> [Vec<Dump>; 2] {
     let tcp = |ports| Dump::Tcp {
         states: TCP_STATES,
@@ -164,7 +161,7 @@ pub(super) fn run(mut jobs: Vec<Job<'_>>, threads: usize) -> Vec<Outcome> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inventory::split::End;
+    use crate::kernel::sock_diag::End;
 
     #[test]
     fn the_second_lane_takes_what_the_first_does_not() {

@@ -5,138 +5,38 @@
 //! A netlink socket belongs to the namespace it was created in, so portmon
 //! opens its sockets in each namespace (inside it, once) and dumps through
 //! them from any thread afterwards. The kernel walks its socket tables once
-//! per dump and namespace, visiting every socket of the host: `netlink`
-//! asks for both families in one walk, `sockstat` leaves out the walk for
-//! bound and idle sockets when there can be none, `split` has two cores
-//! fill a big namespace's dump, and `lanes` runs the dumps side by side.
+//! per dump and namespace, visiting every socket of the host:
+//! `kernel::sock_diag` asks for both families in one walk, `sockstat`
+//! leaves out the walk for bound and idle sockets when there can be none,
+//! `split` has two cores fill a big namespace's dump, and `lanes` runs the
+//! dumps side by side.
 
 use std::{
     collections::{BTreeMap, HashMap},
     io,
-    net::SocketAddr,
 };
 
 use portmon_common::{Family, Proto};
-use serde::Serialize;
 
 use crate::{
-    ephemeral::{PoolSettings, PoolSysctls},
-    netns::{self, Namespaces, Netns},
+    exhaustion::{PoolSettings, PoolSysctls},
+    kernel::{
+        netns,
+        sock_diag::{self, SockDiag},
+    },
+    namespaces::{Namespaces, Netns},
+    report::error_line,
 };
 
 mod lanes;
-mod netlink;
-mod parse;
 mod sockstat;
 mod split;
 
-pub use netlink::DumpError;
+pub use crate::kernel::sock_diag::{DumpError, NsSocket, Socket, SocketState};
 
 use lanes::{Job, Lane};
-use netlink::SockDiag;
 use sockstat::Sockstat;
 use split::{Cut, Histogram};
-
-/// A TCP state, or for UDP the two `ss` shows (`UNCONN` is CLOSE,
-/// a connected UDP socket is ESTABLISHED).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SocketState {
-    Established,
-    SynSent,
-    SynRecv,
-    FinWait1,
-    FinWait2,
-    TimeWait,
-    Close,
-    CloseWait,
-    LastAck,
-    Listen,
-    Closing,
-    NewSynRecv,
-    /// TCP only: bound, neither listening nor connected.
-    Bound,
-}
-
-impl SocketState {
-    /// Every state, in label order.
-    pub const ALL: &'static [SocketState] = &[
-        SocketState::Bound,
-        SocketState::Close,
-        SocketState::CloseWait,
-        SocketState::Closing,
-        SocketState::Established,
-        SocketState::FinWait1,
-        SocketState::FinWait2,
-        SocketState::LastAck,
-        SocketState::Listen,
-        SocketState::NewSynRecv,
-        SocketState::SynRecv,
-        SocketState::SynSent,
-        SocketState::TimeWait,
-    ];
-
-    /// The kernel's number (include/net/tcp_states.h).
-    pub fn from_kernel(state: u8) -> Option<Self> {
-        Some(match state {
-            1 => SocketState::Established,
-            2 => SocketState::SynSent,
-            3 => SocketState::SynRecv,
-            4 => SocketState::FinWait1,
-            5 => SocketState::FinWait2,
-            6 => SocketState::TimeWait,
-            7 => SocketState::Close,
-            8 => SocketState::CloseWait,
-            9 => SocketState::LastAck,
-            10 => SocketState::Listen,
-            11 => SocketState::Closing,
-            12 => SocketState::NewSynRecv,
-            _ => return None,
-        })
-    }
-
-    /// The label used in metrics and JSON.
-    pub const fn label(self) -> &'static str {
-        match self {
-            SocketState::Established => "established",
-            SocketState::SynSent => "syn_sent",
-            SocketState::SynRecv => "syn_recv",
-            SocketState::FinWait1 => "fin_wait1",
-            SocketState::FinWait2 => "fin_wait2",
-            SocketState::TimeWait => "time_wait",
-            SocketState::Close => "close",
-            SocketState::CloseWait => "close_wait",
-            SocketState::LastAck => "last_ack",
-            SocketState::Listen => "listen",
-            SocketState::Closing => "closing",
-            SocketState::NewSynRecv => "new_syn_recv",
-            SocketState::Bound => "bound",
-        }
-    }
-}
-
-/// One socket holding (or having held, in TIME_WAIT) a local port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Socket {
-    pub proto: Proto,
-    pub family: Family,
-    pub state: SocketState,
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
-    /// Socket cookie: the same number the kernel programs see.
-    pub cookie: u64,
-    pub uid: u32,
-    pub inode: u32,
-}
-
-/// A socket and the namespace it lives in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct NsSocket {
-    /// Network namespace cookie.
-    pub netns: u64,
-    #[serde(flatten)]
-    pub socket: Socket,
-}
 
 /// Every socket of every namespace on the host, as of one moment, and
 /// each namespace's ephemeral port settings.
@@ -247,9 +147,7 @@ impl Inventory {
                 Some(Ok(settings)) => {
                     snapshot.pools.insert(cookie, settings);
                 }
-                Some(Err(err)) => snapshot
-                    .errors
-                    .push((cookie.to_string(), crate::loader::error_line(&err))),
+                Some(Err(err)) => snapshot.errors.push((cookie.to_string(), error_line(&err))),
                 None => {}
             }
         }
@@ -287,7 +185,7 @@ impl Inventory {
                 self.count_failure(dump, outcome.netns, &err);
                 snapshot
                     .errors
-                    .push((outcome.netns.to_string(), crate::loader::error_line(&err)));
+                    .push((outcome.netns.to_string(), error_line(&err)));
             }
             histograms
                 .entry(outcome.netns)
@@ -303,28 +201,17 @@ impl Inventory {
         snapshot
     }
 
-    fn count_failure(&mut self, dump: netlink::Dump, netns: u64, err: &DumpError) {
+    fn count_failure(&mut self, dump: sock_diag::Dump, netns: u64, err: &DumpError) {
         let name = self.namespaces.get(netns).map_or("", |n| n.name.as_str());
         tracing::warn!(
             netns = name,
             proto = %dump.proto(),
-            attempts = netlink::ATTEMPTS,
+            attempts = sock_diag::ATTEMPTS,
             "sock_diag dump failed, its sockets are missing from this scrape: {}",
-            crate::loader::error_line(err)
+            error_line(err)
         );
         for &family in dump.families() {
             *self.dump_errors.entry((dump.proto(), family)).or_default() += 1;
-        }
-    }
-}
-
-impl Socket {
-    /// The state as `ss` names it: `unconn` for an unconnected UDP socket,
-    /// the TCP state's name otherwise.
-    pub fn state_label(&self) -> &'static str {
-        match (self.proto, self.state) {
-            (Proto::Udp, SocketState::Close) => "unconn",
-            (_, state) => state.label(),
         }
     }
 }

@@ -15,18 +15,18 @@
 //! yet bound, one closing, a namespace portmon does not see — keeps the
 //! walk.
 
-use std::{fs::File, io, path::Path};
+use std::io;
 
-use crate::ephemeral::read_from_start;
+use crate::kernel::procfs::{ProcError, ProcFile};
 
-/// The TCP counters of one namespace, opened inside it: like a sysctl
-/// file, a `/proc/thread-self/net` file shows the namespace of the thread
-/// that opened it, from any thread afterwards.
+/// The TCP counters of one namespace, opened inside it (a
+/// `/proc/thread-self/net` file shows the namespace of the thread that
+/// opened it, from any thread afterwards).
 #[derive(Debug)]
 pub(super) struct Sockstat {
-    v4: File,
+    v4: ProcFile,
     /// Absent without IPv6.
-    v6: Option<File>,
+    v6: Option<ProcFile>,
 }
 
 /// What one namespace's files say.
@@ -40,21 +40,23 @@ pub(super) struct TcpCounts {
 
 impl Sockstat {
     /// Opens the calling thread's namespace's files.
-    pub fn open() -> io::Result<Self> {
-        let dir = Path::new("/proc/thread-self/net");
+    pub fn open() -> Result<Self, ProcError> {
         Ok(Self {
-            v4: File::open(dir.join("sockstat"))?,
-            v6: File::open(dir.join("sockstat6")).ok(),
+            v4: ProcFile::open("/proc/thread-self/net/sockstat")?,
+            v6: ProcFile::open("/proc/thread-self/net/sockstat6").ok(),
         })
     }
 
-    pub fn read(&self) -> io::Result<TcpCounts> {
-        let v4 = read_from_start(&self.v4)?;
+    pub fn read(&self) -> Result<TcpCounts, ProcError> {
+        let v4 = self.v4.read()?;
         let v6 = match &self.v6 {
-            Some(file) => read_from_start(file)?,
+            Some(file) => file.read()?,
             None => String::new(),
         };
-        parse(&v4, &v6).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no TCP line in sockstat"))
+        parse(&v4, &v6).ok_or_else(|| ProcError {
+            path: self.v4.path().to_owned(),
+            source: io::Error::new(io::ErrorKind::InvalidData, "no TCP line in sockstat"),
+        })
     }
 }
 

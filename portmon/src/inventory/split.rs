@@ -11,7 +11,7 @@
 //! host of clients) or by remote port (a host of servers: accepted
 //! connections share the listener's port but not their peers').
 
-use super::NsSocket;
+use crate::kernel::sock_diag::{End, NsSocket, Ports};
 
 /// Below this many TCP sockets a second walk costs more than it saves.
 const SPLIT_FROM: u32 = 10_000;
@@ -20,58 +20,6 @@ const WORST_SHARE: f64 = 0.7;
 /// Ports per histogram bucket: cuts fall on multiples of it.
 const BUCKET: usize = 64;
 const BUCKETS: usize = 65_536 / BUCKET;
-
-/// Which end of a connection a port filter looks at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum End {
-    Local,
-    Remote,
-}
-
-/// The TCP sockets a dump asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Ports {
-    All,
-    /// Port at the end given `<= port`.
-    AtMost(End, u16),
-    /// Port at the end given `> port`.
-    Above(End, u16),
-}
-
-/// Codes of `enum inet_diag_bc_op` (include/uapi/linux/inet_diag.h).
-const INET_DIAG_BC_S_GE: u8 = 2;
-const INET_DIAG_BC_S_LE: u8 = 3;
-const INET_DIAG_BC_D_GE: u8 = 4;
-const INET_DIAG_BC_D_LE: u8 = 5;
-/// `INET_DIAG_REQ_BYTECODE`: the request attribute carrying a filter.
-const INET_DIAG_REQ_BYTECODE: u16 = 1;
-
-impl Ports {
-    /// The request attribute that asks for these sockets, if any: one
-    /// comparison (`struct inet_diag_bc_op`, then the port in the `no`
-    /// field of a second op). A socket that passes jumps `yes` = 8 bytes,
-    /// to the end of the program, and is kept; one that fails jumps
-    /// `no` = 12, past the end, and is not (`inet_diag_bc_run` keeps a
-    /// socket whose jumps end exactly at the end).
-    pub fn attribute(self) -> Option<[u8; 12]> {
-        let (code, port) = match self {
-            Ports::All => return None,
-            Ports::AtMost(End::Local, port) => (INET_DIAG_BC_S_LE, port),
-            Ports::AtMost(End::Remote, port) => (INET_DIAG_BC_D_LE, port),
-            // A cut never falls on the last port (see `Histogram::cut`).
-            Ports::Above(End::Local, port) => (INET_DIAG_BC_S_GE, port.saturating_add(1)),
-            Ports::Above(End::Remote, port) => (INET_DIAG_BC_D_GE, port.saturating_add(1)),
-        };
-        let mut attribute = [0u8; 12];
-        attribute[0..2].copy_from_slice(&12u16.to_ne_bytes());
-        attribute[2..4].copy_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
-        attribute[4] = code;
-        attribute[5] = 8;
-        attribute[6..8].copy_from_slice(&12u16.to_ne_bytes());
-        attribute[10..12].copy_from_slice(&port.to_ne_bytes());
-        Some(attribute)
-    }
-}
 
 /// Where to cut a namespace's TCP sockets: the halves are
 /// `AtMost(end, port)` and `Above(end, port)`.
@@ -160,7 +108,10 @@ mod tests {
     use portmon_common::{Family, Proto};
 
     use super::*;
-    use crate::inventory::{Socket, SocketState};
+    use crate::kernel::sock_diag::{
+        filter::{INET_DIAG_BC_D_GE, INET_DIAG_BC_S_GE, INET_DIAG_BC_S_LE},
+        Socket, SocketState,
+    };
 
     fn tcp(local: u16, remote: u16) -> NsSocket {
         NsSocket {

@@ -79,17 +79,7 @@ impl FromStr for Transport {
     }
 }
 
-impl fmt::Display for Transport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.label())
-    }
-}
-
-impl serde::Serialize for Transport {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.label())
-    }
-}
+portmon_common::label_text!(Transport);
 
 /// An inclusive range of ports, as the registry writes them (`6000-6063`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

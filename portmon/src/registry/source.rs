@@ -1,7 +1,6 @@
 //! Which registry file to read, and in which format.
 
 use std::{
-    fmt,
     fs::File,
     io::{self, Read as _},
     path::{Path, PathBuf},
@@ -41,17 +40,7 @@ impl Format {
     }
 }
 
-impl fmt::Display for Format {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.label())
-    }
-}
-
-impl serde::Serialize for Format {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.label())
-    }
-}
+portmon_common::label_text!(Format);
 
 /// Where a loaded registry came from.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

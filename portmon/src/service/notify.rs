@@ -8,6 +8,8 @@ use std::{
     time::Duration,
 };
 
+use crate::kernel::clock;
+
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
     #[error("NOTIFY_SOCKET={value:?} is not a unix socket address")]
@@ -66,7 +68,10 @@ impl Notifier {
 
     /// A reload began; `ready` ends it.
     pub fn reloading(&self) {
-        self.send(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
+        self.send(&format!(
+            "RELOADING=1\nMONOTONIC_USEC={}",
+            clock::monotonic_usec()
+        ));
     }
 
     /// Shutdown began.
@@ -105,16 +110,6 @@ pub fn watchdog_interval() -> Option<Duration> {
         }
     }
     (usec > 0).then(|| Duration::from_micros(usec))
-}
-
-fn monotonic_usec() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to fill; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    (now.tv_sec as u64) * 1_000_000 + (now.tv_nsec as u64) / 1_000
 }
 
 #[cfg(test)]

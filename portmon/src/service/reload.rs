@@ -7,8 +7,8 @@ use std::{path::PathBuf, sync::Arc};
 
 use crate::{
     config::{Config, ConfigError, DEFAULT_PATH},
-    daemon::{Settings, State},
     registry::{Registry, RegistryError},
+    state::State,
 };
 
 /// What the command line sets over the file; applied again at each reload
@@ -87,7 +87,7 @@ pub fn reload(state: &State, running: &Config, source: &ConfigSource) -> Result<
     wanted.sockets_capacity = running.sockets_capacity;
     wanted.port_stats_capacity = running.port_stats_capacity;
     let entries = registry.source().entries;
-    state.replace_settings(Settings::new(&wanted, registry));
+    state.replace_settings(wanted.settings(registry));
     tracing::info!(
         config = %source.shown(),
         port_series_limit = wanted.port_series_limit,

@@ -1,54 +1,20 @@
 //! An honest watchdog: the ping goes out only while the parts that can
-//! wedge still move — the async runtime (the ping runs on it), the thread
-//! that drains failures from the ring buffer (its heartbeat), and the kernel
+//! wedge still move — the async runtime (the ping runs on it), the task
+//! that settles failures from the ring buffer (its progress), and the kernel
 //! maps (a read must finish, so no scrape holds their lock forever).
 
-use std::{
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
 use super::notify::Notifier;
+use crate::failures::ReaderProgress;
 
-/// When a thread last showed it runs, in milliseconds since it was made.
-#[derive(Debug)]
-pub struct Heartbeat {
-    origin: Instant,
-    last_ms: AtomicU64,
-}
-
-impl Default for Heartbeat {
-    fn default() -> Self {
-        Self {
-            origin: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        }
-    }
-}
-
-impl Heartbeat {
-    /// Records that the thread is alive now.
-    pub fn beat(&self) {
-        self.last_ms
-            .store(self.origin.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    /// How long ago the last beat was.
-    pub fn age(&self) -> Duration {
-        let now = self.origin.elapsed().as_millis() as u64;
-        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
-    }
-}
-
-/// Pings the service manager every half `interval` while `reader` beats
-/// within `interval / 2` and `probe` (a kernel map read) returns in time.
+/// Pings the service manager every half `interval` while the failure
+/// `reader` is idle or makes progress within `interval / 2`, and `probe` (a
+/// kernel map read) returns in time.
 pub fn spawn(
     notifier: Arc<Notifier>,
     interval: Duration,
-    reader: Arc<Heartbeat>,
+    reader: Arc<ReaderProgress>,
     probe: impl Fn() + Send + Sync + 'static,
 ) -> tokio::task::JoinHandle<()> {
     let period = interval / 2;
@@ -60,11 +26,11 @@ pub fn spawn(
             ticks.tick().await;
             let probe = probe.clone();
             let maps = tokio::time::timeout(period, tokio::task::spawn_blocking(move || probe())).await;
-            let reader_age = reader.age();
+            let stalled = reader.stalled_for();
             match maps {
-                Ok(Ok(())) if reader_age < period => notifier.watchdog(),
+                Ok(Ok(())) if stalled < period => notifier.watchdog(),
                 Ok(Ok(())) => {
-                    tracing::warn!(age = ?reader_age, "failure reader is stuck: no watchdog ping");
+                    tracing::warn!(stalled = ?stalled, "failure reader is stuck: no watchdog ping");
                 }
                 _ => tracing::warn!("kernel maps did not answer in {period:?}: no watchdog ping"),
             }

@@ -96,6 +96,12 @@ pub fn drop_after_attach() -> Result<Dropped, CapabilityError> {
     Ok(Dropped { before, after })
 }
 
+/// Whether this process runs as root (effective uid 0).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// Names of the capabilities in a mask, for logs (`CAP_BPF CAP_NET_ADMIN`).
 pub fn names(mask: u64) -> String {
     const NAMES: &[(u32, &str)] = &[

@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use aya::maps::MapData;
 use portmon_common::{sock_flag, Owner, SockSlot, SocketGroup, SLOTS_PER_GROUP, SOCKETS_PER_GROUP};
 
-use crate::mapped_array::{MappedArray, MappedArrayError};
+use super::mapped_array::{MappedArray, MappedArrayError};
+use crate::kernel::procfs;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SocketTableError {
@@ -111,22 +112,12 @@ impl SocketTable {
             .filter_map(|f| {
                 let mut owner = f.slot.owner()?;
                 if owner.comm == [0; 16] {
-                    owner.comm = *commands.entry(owner.pid).or_insert_with(|| command_of(owner.pid));
+                    owner.comm = *commands
+                        .entry(owner.pid)
+                        .or_insert_with(|| procfs::command_of(owner.pid));
                 }
                 Some((f.cookie, owner))
             })
             .collect()
     }
-}
-
-/// A process's command name as the kernel keeps it (`/proc/PID/comm`,
-/// 15 bytes at most), NUL padded; all zero if the process is gone.
-fn command_of(pid: u32) -> [u8; 16] {
-    let mut comm = [0; 16];
-    if let Ok(text) = std::fs::read(format!("/proc/{pid}/comm")) {
-        let name = text.strip_suffix(b"\n").unwrap_or(&text);
-        let len = name.len().min(15);
-        comm[..len].copy_from_slice(&name[..len]);
-    }
-    comm
 }

@@ -1,4 +1,5 @@
-//! A `NETLINK_SOCK_DIAG` socket and the dumps portmon asks of it.
+//! A `NETLINK_SOCK_DIAG` socket and the dumps portmon asks of it: the
+//! sockets of the namespace the socket was opened in.
 //!
 //! TCP is asked with the legacy request (`TCPDIAG_GETSOCK`, `struct
 //! inet_diag_req`): the kernel answers it for both families in one walk of
@@ -19,21 +20,24 @@ use std::{
 
 use portmon_common::{Family, Proto};
 
-use super::{
-    parse::{Progress, Reader, SOCK_DIAG_BY_FAMILY, TCPDIAG_GETSOCK},
-    split::Ports,
-    NsSocket,
-};
+pub mod filter;
+mod parse;
+mod socket;
+
+pub use filter::{End, Ports};
+pub use socket::{is_listening, NsSocket, Socket, SocketState};
+
+use parse::{Progress, Reader, SOCK_DIAG_BY_FAMILY, TCPDIAG_GETSOCK};
 
 const NETLINK_SOCK_DIAG: libc::c_int = 4;
 /// What one `recv` can return (see the module comment).
 const RECV_BUFFER: usize = 32 * 1024;
 /// How often a dump is asked for before it counts as failed.
-pub(super) const ATTEMPTS: usize = 3;
+pub const ATTEMPTS: usize = 3;
 
 /// One dump request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Dump {
+pub enum Dump {
     /// TCP sockets of both families in the states given, on the ports given.
     Tcp { states: u32, ports: Ports },
     /// UDP sockets of one family.
@@ -105,7 +109,7 @@ pub enum DumpError {
 }
 
 /// What a dump needs of a socket; the tests script one.
-pub(super) trait Transport {
+pub trait Transport {
     fn send(&mut self, request: &[u8]) -> io::Result<()>;
     /// One datagram into `buffer`; its length.
     fn recv(&mut self, buffer: &mut [u8]) -> io::Result<usize>;
@@ -113,7 +117,7 @@ pub(super) trait Transport {
 
 /// A `NETLINK_SOCK_DIAG` socket.
 #[derive(Debug)]
-pub(super) struct Netlink(OwnedFd);
+pub struct Netlink(OwnedFd);
 
 impl Transport for Netlink {
     fn send(&mut self, request: &[u8]) -> io::Result<()> {
@@ -153,7 +157,7 @@ impl Transport for Netlink {
 
 /// A sock_diag socket bound to the namespace it was opened in.
 #[derive(Debug)]
-pub(super) struct SockDiag<T = Netlink> {
+pub struct SockDiag<T = Netlink> {
     transport: T,
     seq: u32,
     buffer: Vec<u8>,
@@ -237,12 +241,8 @@ impl<T: Transport> SockDiag<T> {
 
 #[cfg(test)]
 mod tests {
+    use super::parse::tests::{diag_msg, done, message};
     use super::*;
-    use crate::inventory::{
-        parse::tests::{diag_msg, done, message},
-        split::End,
-        Socket, SocketState,
-    };
 
     #[test]
     fn requests_have_the_kernels_layouts() {

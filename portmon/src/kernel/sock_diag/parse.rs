@@ -143,7 +143,7 @@ pub(super) mod tests {
     const AF_INET: u8 = libc::AF_INET as u8;
     const AF_INET6: u8 = libc::AF_INET6 as u8;
 
-    pub(in crate::inventory) fn message(seq: u32, kind: u16, flags: u16, body: &[u8]) -> Vec<u8> {
+    pub(in crate::kernel::sock_diag) fn message(seq: u32, kind: u16, flags: u16, body: &[u8]) -> Vec<u8> {
         let mut m = Vec::new();
         m.extend_from_slice(&((HEADER + body.len()) as u32).to_ne_bytes());
         m.extend_from_slice(&kind.to_ne_bytes());
@@ -156,7 +156,7 @@ pub(super) mod tests {
         m
     }
 
-    pub(in crate::inventory) fn diag_msg(
+    pub(in crate::kernel::sock_diag) fn diag_msg(
         family: u8,
         state: u8,
         sport: u16,
@@ -180,7 +180,7 @@ pub(super) mod tests {
         b
     }
 
-    pub(in crate::inventory) fn done(seq: u32, flags: u16, errno: i32) -> Vec<u8> {
+    pub(in crate::kernel::sock_diag) fn done(seq: u32, flags: u16, errno: i32) -> Vec<u8> {
         message(seq, libc::NLMSG_DONE as u16, flags, &(-errno).to_ne_bytes())
     }
 

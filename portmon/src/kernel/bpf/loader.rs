@@ -6,7 +6,7 @@
 use std::{fs::File, io, path::PathBuf};
 
 use aya::{
-    maps::{Array, HashMap, Map, MapData, MapError, RingBuf},
+    maps::MapError,
     programs::{
         cgroup_sock::CgroupSockLink, cgroup_sock_addr::CgroupSockAddrLink,
         raw_trace_point::RawTracePointLink, CgroupAttachMode, Program, ProgramError,
@@ -15,11 +15,12 @@ use aya::{
 };
 use portmon_common::{capacity, global, map, program, SLOTS_PER_GROUP};
 
-use crate::{
+use super::{
     btf::{Btf, BtfError},
-    counters::PortCounters,
+    events::FailureEvents,
     mapped_array::MappedArrayError,
-    socket_table::{SocketTable, SocketTableError},
+    maps::KernelMaps,
+    socket_table::SocketTableError,
 };
 
 /// The kernel programs, built by build.rs from `portmon-ebpf`.
@@ -128,6 +129,9 @@ pub enum LoadError {
 pub type ProbeOutcome = (&'static str, Result<String, LoadError>);
 
 /// The loaded, attached kernel programs.
+///
+/// Loading and attaching are separate steps so that [`suspend`](Self::suspend)
+/// and [`resume`](Self::resume) can switch the links alone.
 #[derive(Debug)]
 pub struct Kernel {
     // Before `ebpf`: links go first on drop, as on `detach`.
@@ -147,33 +151,20 @@ enum Attachment {
     RawTracepoint(RawTracePointLink),
 }
 
-/// Handles on the kernel maps, for the readers.
-pub struct KernelMaps {
-    /// Per-port counters, in blocks of 64 ports.
-    pub ports: PortCounters,
-    /// The sockets the programs follow, with their owners and ports.
-    pub sockets: SocketTable,
-    /// TCP connects from sockets bound to port 0, by command name.
-    pub bind_before_connect: HashMap<MapData, [u8; 16], u64>,
-    /// portmon's own health counters.
-    pub health: Array<MapData, u64>,
-    /// Failure events.
-    pub failures: RingBuf<MapData>,
-}
-
 impl Kernel {
     /// Loads the object and attaches every program, attaching cgroup
-    /// programs to `cgroup_root`.
+    /// programs to `cgroup_root`; hands out the maps the readers use and
+    /// the ring buffer failures arrive on.
     pub fn load(
         cgroup_root: &std::path::Path,
         options: LoadOptions,
-    ) -> Result<(Self, KernelMaps), LoadError> {
+    ) -> Result<(Self, KernelMaps, FailureEvents), LoadError> {
         let mut ebpf = open_object(options)?;
         let cgroup = open_cgroup(cgroup_root)?;
         for &(name, _) in PROGRAMS {
             load(&mut ebpf, name)?;
         }
-        let maps = KernelMaps::take(&mut ebpf)?;
+        let (maps, events) = KernelMaps::take(&mut ebpf, options)?;
         let mut kernel = Self {
             links: Vec::with_capacity(PROGRAMS.len()),
             ebpf,
@@ -182,7 +173,7 @@ impl Kernel {
             cgroup_root: cgroup_root.to_owned(),
         };
         kernel.resume()?;
-        Ok((kernel, maps))
+        Ok((kernel, maps, events))
     }
 
     /// Tries each program on its own and reports, per program, whether it
@@ -209,7 +200,8 @@ impl Kernel {
 
     /// Detaches every program but keeps them loaded, their maps as they
     /// are, until `resume`. The overhead bench switches portmon off and on
-    /// this way, several times a second, where loading takes ~100 ms.
+    /// this way, several times a second: loading takes longer than a slice
+    /// (figures in docs/performance.md).
     pub fn suspend(&mut self) {
         self.links.clear();
         self.attached.clear();
@@ -244,41 +236,6 @@ impl Kernel {
         drop(links);
         drop(ebpf);
         tracing::info!(programs = attached.len(), "detached");
-    }
-}
-
-impl std::fmt::Debug for KernelMaps {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KernelMaps").finish_non_exhaustive()
-    }
-}
-
-impl KernelMaps {
-    fn take(ebpf: &mut Ebpf) -> Result<Self, LoadError> {
-        fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
-        where
-            T: TryFrom<aya::maps::Map, Error = MapError>,
-        {
-            let map = ebpf.take_map(name).ok_or(LoadError::MissingMap { map: name })?;
-            T::try_from(map).map_err(|source| LoadError::MapLayout { map: name, source })
-        }
-        let mut array = |name: &'static str| match ebpf.take_map(name) {
-            Some(Map::Array(data)) => Ok(data),
-            Some(_) => Err(LoadError::MapLayout {
-                map: name,
-                source: MapError::InvalidMapType { map_type: 0 },
-            }),
-            None => Err(LoadError::MissingMap { map: name }),
-        };
-        let sockets = SocketTable::new(array(map::SOCKET_COOKIES)?, array(map::SOCKETS)?)?;
-        let ports = PortCounters::new(array(map::PORT_TABLES)?, array(map::PORT_STATS)?)?;
-        Ok(Self {
-            ports,
-            sockets,
-            bind_before_connect: take(ebpf, map::BIND_BEFORE_CONNECT)?,
-            health: take(ebpf, map::HEALTH)?,
-            failures: take(ebpf, map::FAILURES)?,
-        })
     }
 }
 
@@ -400,18 +357,4 @@ fn attach(
         _ => return Err(LoadError::WrongProgramType { program: name }),
     };
     Ok(link)
-}
-
-/// An error with its sources, on one line.
-pub fn error_line(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut line = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        // The verifier's log can be thousands of lines; its first line says enough here.
-        line.push_str(": ");
-        line.push_str(text.lines().next().unwrap_or(""));
-        source = s.source();
-    }
-    line
 }

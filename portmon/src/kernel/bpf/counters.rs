@@ -10,7 +10,7 @@ use portmon_common::{
     PORTS_PER_BLOCK,
 };
 
-use crate::{
+use super::{
     mapped_array::{MappedArray, MappedArrayError},
     socket_table::Followed,
 };
@@ -111,13 +111,14 @@ pub struct Health {
     pub bind_before_connect_overflow: u64,
 }
 
-type PortId = (u64, Proto, Family, Role, u16);
+/// What a port's counters are gathered under: (netns, proto, family, role, port).
+type CounterKey = (u64, Proto, Family, Role, u16);
 
 /// Every port's counters: the blocks' counters, and the live sockets of
 /// `followed` on each port. Tables with keys portmon does not know are
 /// skipped.
 pub fn read_ports(counters: &PortCounters, followed: &[Followed]) -> Vec<PortCount> {
-    let mut ports: BTreeMap<PortId, PortStats> = BTreeMap::new();
+    let mut ports: BTreeMap<CounterKey, PortStats> = BTreeMap::new();
     for (key, port, n) in counters.counts() {
         let (Ok(proto), Ok(family), Ok(role)) = (
             Proto::try_from(key.proto),

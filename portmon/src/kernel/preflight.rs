@@ -2,9 +2,9 @@
 //! version, the kernel's BTF, and a cgroup v2 mount. Each failure is one line that says what
 //! to do. (tracefs is not needed: the one tracepoint is a raw one.)
 
-use std::{fs, io, path::PathBuf};
+use std::{io, path::PathBuf};
 
-use crate::mounts::Mounts;
+use super::{bpf::btf::VMLINUX, mounts::Mounts, procfs};
 
 /// Capability numbers (include/uapi/linux/capability.h).
 const CAP_NET_ADMIN: u32 = 12;
@@ -47,7 +47,7 @@ pub enum PreflightError {
          `mount -t cgroup2 none /sys/fs/cgroup/unified`"
     )]
     NoCgroup2,
-    #[error("{} is missing: portmon needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (most distribution kernels are)", crate::btf::VMLINUX)]
+    #[error("{} is missing: portmon needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (most distribution kernels are)", VMLINUX)]
     NoBtf,
     #[error("kernel {found} is too old: portmon needs Linux {}.{} or later", MIN_KERNEL.0, MIN_KERNEL.1)]
     KernelTooOld { found: String },
@@ -62,7 +62,7 @@ pub fn check() -> Result<Environment, PreflightError> {
             found: kernel_release,
         });
     }
-    if !std::path::Path::new(crate::btf::VMLINUX).exists() {
+    if !std::path::Path::new(VMLINUX).exists() {
         return Err(PreflightError::NoBtf);
     }
     let read_mounts = || {
@@ -86,15 +86,10 @@ pub fn check() -> Result<Environment, PreflightError> {
 
 /// The effective capability set, as a bit mask.
 fn effective_capabilities() -> Result<u64, PreflightError> {
-    let status = fs::read_to_string("/proc/self/status").map_err(|source| PreflightError::Read {
+    procfs::effective_capabilities("self").map_err(|err| PreflightError::Read {
         path: "/proc/self/status",
-        source,
-    })?;
-    Ok(status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .unwrap_or(0))
+        source: err.source,
+    })
 }
 
 /// The capabilities portmon lacks, by name; empty when it has them all.
@@ -128,11 +123,11 @@ fn check_capabilities() -> Result<(), PreflightError> {
 }
 
 fn kernel_release() -> Result<String, PreflightError> {
-    fs::read_to_string("/proc/sys/kernel/osrelease")
+    procfs::read("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_owned())
-        .map_err(|source| PreflightError::Read {
+        .map_err(|err| PreflightError::Read {
             path: "/proc/sys/kernel/osrelease",
-            source,
+            source: err.source,
         })
 }
 

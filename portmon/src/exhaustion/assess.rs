@@ -1,169 +1,23 @@
-//! Ephemeral-port exhaustion, by the kernel's own rules (Linux 6.x).
-//!
-//! The pool of one network namespace is `ip_local_port_range` minus
-//! `ip_local_reserved_ports`. Two kinds of operations draw on it, with
-//! different limits:
-//!
-//! - **Exclusive**: `bind()` to port 0, `listen()` without `bind()`,
-//!   bind-before-connect, and UDP auto-bind take a port no socket of any
-//!   kind holds (`inet_csk_find_open_port` in net/ipv4/inet_connection_sock.c,
-//!   `udp_lib_get_port` in net/ipv4/udp.c). Their limit is the pool minus
-//!   every port in use, TIME_WAIT included: `op="bind"`.
-//! - **Shared**: `connect()` on an unbound TCP socket needs only a unique
-//!   4-tuple, so one local port serves many destinations
-//!   (`__inet_hash_connect` in net/ipv4/inet_hashtables.c). It skips every
-//!   port whose bind bucket was made by `bind()` (`tb->fastreuse >= 0`), so
-//!   its limit per (local address, remote address, remote port) is the pool
-//!   minus the ports held by bound sockets: `op="connect"`.
-//!
-//! A TIME_WAIT socket keeps its 4-tuple until it expires, unless
-//! `tcp_tw_reuse` lets `connect()` take it over (`tcp_twsk_unique` in
-//! net/ipv4/tcp_ipv4.c: `1` always, `2` when either end is a loopback
-//! address). The kernel also wants the TIME_WAIT socket to be older than a
-//! second and to have seen TCP timestamps; portmon counts every such socket
-//! as reusable, erring on the side of the pool having room.
-//!
-//! When the pool runs out, TCP `connect()` fails with EADDRNOTAVAIL, UDP
-//! `connect()` with EAGAIN (`inet_autobind` in `inet_dgram_connect`,
-//! net/ipv4/af_inet.c), and `bind()` to port 0 with EADDRINUSE
-//! (`inet_csk_get_port`). The integration tests check each on the running
-//! kernel.
+//! How full each namespace's ephemeral pool is, measured against its
+//! sockets by the kernel's rules (see the `exhaustion` module).
 
 use std::{
     collections::{HashMap, HashSet},
-    fs::File,
-    io,
     net::{IpAddr, SocketAddr},
-    os::unix::fs::FileExt,
-    path::Path,
 };
 
-use portmon_common::{Op, Proto};
+use foldhash::HashMap as FastMap;
+use portmon_common::Proto;
 use serde::Serialize;
 
+use super::pool::PoolSettings;
 use crate::{
-    failures::Errno,
-    fnv::FastMap,
-    inventory::{NsSocket, SocketState},
-    port_class::{
-        parse_value, EphemeralPool, PortClassError, LOCAL_PORT_RANGE_FILE, PROC_SYS_NET_IPV4,
-        RESERVED_PORTS_FILE,
-    },
+    kernel::sock_diag::{NsSocket, SocketState},
     port_set::PortSet,
 };
 
 /// How many of the busiest destinations get a series of their own.
 pub const DEFAULT_TOP_DESTINATIONS: usize = 10;
-
-const TW_REUSE_FILE: &str = "tcp_tw_reuse";
-
-/// `net.ipv4.tcp_tw_reuse`: may `connect()` take over a TIME_WAIT socket's 4-tuple?
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TwReuse {
-    /// `0`.
-    Off,
-    /// `1`.
-    On,
-    /// `2`, the default: only when either end is a loopback address.
-    Loopback,
-}
-
-impl TwReuse {
-    fn from_sysctl(value: u8) -> Self {
-        match value {
-            0 => TwReuse::Off,
-            1 => TwReuse::On,
-            _ => TwReuse::Loopback,
-        }
-    }
-
-    /// Whether a TIME_WAIT socket between these ends is free for `connect()`.
-    fn frees(self, local: IpAddr, remote: IpAddr) -> bool {
-        match self {
-            TwReuse::Off => false,
-            TwReuse::On => true,
-            TwReuse::Loopback => is_loopback(local) || is_loopback(remote),
-        }
-    }
-}
-
-fn is_loopback(addr: IpAddr) -> bool {
-    match addr {
-        IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
-    }
-}
-
-/// What decides one namespace's pool.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PoolSettings {
-    pub pool: EphemeralPool,
-    pub tw_reuse: TwReuse,
-}
-
-/// The sysctl files of one namespace, opened inside it. A file under
-/// `/proc/sys/net` shows the namespace of the thread that opened it (its
-/// `ctl_table` points into that `struct net`), so once open it reads that
-/// namespace from any thread: no `setns` per scrape, and no privilege
-/// needed after start. Reading it each scrape follows every change.
-#[derive(Debug)]
-pub struct PoolSysctls {
-    range: File,
-    reserved: File,
-    tw_reuse: File,
-}
-
-impl PoolSysctls {
-    /// Opens the calling thread's namespace's files.
-    pub fn open() -> io::Result<Self> {
-        let dir = Path::new(PROC_SYS_NET_IPV4);
-        Ok(Self {
-            range: File::open(dir.join(LOCAL_PORT_RANGE_FILE))?,
-            reserved: File::open(dir.join(RESERVED_PORTS_FILE))?,
-            tw_reuse: File::open(dir.join(TW_REUSE_FILE))?,
-        })
-    }
-
-    /// The namespace's settings as of now.
-    pub fn read(&self) -> Result<PoolSettings, PortClassError> {
-        let dir = Path::new(PROC_SYS_NET_IPV4);
-        let read = |file: &File, name: &str| {
-            let path = dir.join(name);
-            read_from_start(file).map_err(|source| PortClassError::Read {
-                path: path.clone(),
-                source,
-            })
-        };
-        let range_path = dir.join(LOCAL_PORT_RANGE_FILE);
-        let reserved_path = dir.join(RESERVED_PORTS_FILE);
-        let pool = EphemeralPool {
-            range: parse_value(&range_path, &read(&self.range, LOCAL_PORT_RANGE_FILE)?)?,
-            reserved: parse_value(&reserved_path, &read(&self.reserved, RESERVED_PORTS_FILE)?)?,
-        };
-        // Absent from kernels before 4.x's value 2 or unreadable: the default.
-        let tw_reuse = read(&self.tw_reuse, TW_REUSE_FILE)
-            .ok()
-            .and_then(|text| text.trim().parse().ok())
-            .map_or(TwReuse::Loopback, TwReuse::from_sysctl);
-        Ok(PoolSettings { pool, tw_reuse })
-    }
-}
-
-/// A sysctl or procfs file's whole content, read from offset 0 (such files
-/// answer each read from the offset given, so the file need not be reopened).
-pub(crate) fn read_from_start(file: &File) -> io::Result<String> {
-    let mut content = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = file.read_at(&mut chunk, content.len() as u64)?;
-        if n == 0 {
-            break;
-        }
-        content.extend_from_slice(&chunk[..n]);
-    }
-    String::from_utf8(content).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-}
 
 /// How full one namespace's pool is for one protocol.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -393,27 +247,15 @@ fn ratio(used: u32, available: u32) -> f64 {
     }
 }
 
-/// Which pool a failure says ran out, if it says one did: a TCP connect
-/// with EADDRNOTAVAIL, a UDP connect with EAGAIN, a bind to port 0 with
-/// EADDRINUSE.
-pub fn exhausted(op: Op, proto: Proto, errno: Errno, port: u16) -> Option<Op> {
-    match (op, proto, errno) {
-        (Op::Connect, Proto::Tcp, Errno::AddrNotAvail) | (Op::Connect, Proto::Udp, Errno::Again) => {
-            Some(Op::Connect)
-        }
-        (Op::Bind, _, Errno::AddrInUse) if port == 0 => Some(Op::Bind),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use portmon_common::Family;
 
     use super::*;
+    use crate::exhaustion::pool::TwReuse;
     use crate::{
-        inventory::Socket,
-        port_class::{LocalPortRange, ReservedPorts},
+        exhaustion::pool::{EphemeralPool, LocalPortRange, ReservedPorts},
+        kernel::sock_diag::Socket,
     };
 
     const NS: u64 = 7;
@@ -602,27 +444,5 @@ mod tests {
         for p in &report.pools {
             assert_eq!((p.pool, p.bind_ratio, p.connect_ratio), (0, 1.0, 1.0));
         }
-    }
-
-    #[test]
-    fn which_failures_are_exhaustion() {
-        assert_eq!(
-            exhausted(Op::Connect, Proto::Tcp, Errno::AddrNotAvail, 80),
-            Some(Op::Connect)
-        );
-        assert_eq!(
-            exhausted(Op::Connect, Proto::Udp, Errno::Again, 53),
-            Some(Op::Connect)
-        );
-        assert_eq!(
-            exhausted(Op::Bind, Proto::Tcp, Errno::AddrInUse, 0),
-            Some(Op::Bind)
-        );
-        assert_eq!(
-            exhausted(Op::Bind, Proto::Tcp, Errno::AddrInUse, 8080),
-            None,
-            "a conflict"
-        );
-        assert_eq!(exhausted(Op::Bind, Proto::Tcp, Errno::AddrNotAvail, 0), None);
     }
 }

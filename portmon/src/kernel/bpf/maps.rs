@@ -1,0 +1,150 @@
+//! The kernel maps user space reads, as one bundle: what the daemon's
+//! state holds and the integration tests read, through the same methods.
+
+use std::collections::{HashMap, HashSet};
+
+use aya::{
+    maps::{Array, HashMap as BpfHashMap, Map, MapData, MapError, RingBuf},
+    Ebpf,
+};
+use portmon_common::{capacity, map, Owner};
+
+use super::{
+    counters::{self, Health, PortCount, PortCounters},
+    events::FailureEvents,
+    loader::{LoadError, LoadOptions},
+    map_batch::read_all,
+    socket_table::{Followed, SocketTable},
+};
+use crate::kernel::procfs;
+
+/// Handles on the kernel maps the readers use.
+pub struct KernelMaps {
+    /// Per-port counters, in blocks of 64 ports.
+    pub ports: PortCounters,
+    /// The sockets the programs follow, with their owners and ports.
+    pub sockets: SocketTable,
+    /// TCP connects from sockets bound to port 0, by command name.
+    pub bind_before_connect: BpfHashMap<MapData, [u8; 16], u64>,
+    /// portmon's own health counters.
+    pub health: Array<MapData, u64>,
+    /// The sizes the maps were made with.
+    pub options: LoadOptions,
+}
+
+/// Entries in use and capacity of one kernel map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapUsage {
+    pub name: &'static str,
+    pub entries: u64,
+    pub capacity: u64,
+}
+
+impl std::fmt::Debug for KernelMaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KernelMaps")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KernelMaps {
+    /// Takes the maps out of a loaded object: the readers' bundle, and the
+    /// ring buffer failures arrive on.
+    pub(super) fn take(ebpf: &mut Ebpf, options: LoadOptions) -> Result<(Self, FailureEvents), LoadError> {
+        fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
+        where
+            T: TryFrom<Map, Error = MapError>,
+        {
+            let map = ebpf.take_map(name).ok_or(LoadError::MissingMap { map: name })?;
+            T::try_from(map).map_err(|source| LoadError::MapLayout { map: name, source })
+        }
+        let mut array = |name: &'static str| match ebpf.take_map(name) {
+            Some(Map::Array(data)) => Ok(data),
+            Some(_) => Err(LoadError::MapLayout {
+                map: name,
+                source: MapError::InvalidMapType { map_type: 0 },
+            }),
+            None => Err(LoadError::MissingMap { map: name }),
+        };
+        let sockets = SocketTable::new(array(map::SOCKET_COOKIES)?, array(map::SOCKETS)?)?;
+        let ports = PortCounters::new(array(map::PORT_TABLES)?, array(map::PORT_STATS)?)?;
+        let maps = Self {
+            ports,
+            sockets,
+            bind_before_connect: take(ebpf, map::BIND_BEFORE_CONNECT)?,
+            health: take(ebpf, map::HEALTH)?,
+            options,
+        };
+        let events = FailureEvents::new(take::<RingBuf<MapData>>(ebpf, map::FAILURES)?);
+        Ok((maps, events))
+    }
+
+    /// Every port's counters.
+    pub fn ports(&self) -> Vec<PortCount> {
+        counters::read_ports(&self.ports, &self.sockets.read())
+    }
+
+    /// portmon's own health counters.
+    pub fn health(&self) -> Health {
+        counters::read_health(&self.health)
+    }
+
+    /// Every socket followed now.
+    pub fn followed(&self) -> Vec<Followed> {
+        self.sockets.read()
+    }
+
+    /// Who bound, listened on or connected each followed socket, by cookie.
+    pub fn owners(&self) -> HashMap<u64, Owner> {
+        self.sockets.owners()
+    }
+
+    /// TCP connects from sockets bound to port 0, by command.
+    pub fn bind_before_connect(&self) -> Vec<(String, u64)> {
+        read_all(&self.bind_before_connect)
+            .into_iter()
+            .map(|(comm, n)| (procfs::comm_text(&comm), n))
+            .collect()
+    }
+
+    /// Cookies of the sockets that hold their port by bind() or listen().
+    pub fn exclusive_sockets(&self) -> HashSet<u64, foldhash::fast::FixedState> {
+        self.sockets
+            .read()
+            .into_iter()
+            .filter(Followed::holds_exclusively)
+            .map(|f| f.cookie)
+            .collect()
+    }
+
+    /// Entries and capacity of each map that can fill up.
+    pub fn usage(&self) -> Vec<MapUsage> {
+        let o = self.options;
+        let health = self.health();
+        vec![
+            // The kernel's own count of entries handed out: every one taken,
+            // in use or lost to a race, stops the map short of its capacity.
+            MapUsage {
+                name: map::PORT_STATS,
+                entries: health.port_blocks_taken.min(o.port_stats.into()),
+                capacity: o.port_stats.into(),
+            },
+            MapUsage {
+                name: map::PORT_TABLES,
+                entries: health.port_tables_taken.min(o.port_tables.into()),
+                capacity: o.port_tables.into(),
+            },
+            MapUsage {
+                name: map::SOCKETS,
+                entries: self.sockets.read().len() as u64,
+                capacity: self.sockets.capacity().into(),
+            },
+            MapUsage {
+                name: map::BIND_BEFORE_CONNECT,
+                entries: read_all(&self.bind_before_connect).len() as u64,
+                capacity: capacity::BIND_BEFORE_CONNECT.into(),
+            },
+        ]
+    }
+}

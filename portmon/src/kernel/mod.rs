@@ -1,0 +1,24 @@
+//! The kernel-facing layer: everything that talks to the kernel, and the
+//! only place in user space with `unsafe` code.
+//!
+//! - [`bpf`]: the kernel programs and their maps — loading and attaching
+//!   them, struct offsets from the kernel's BTF, the counters, the socket
+//!   table and the failure events they fill.
+//! - [`sock_diag`]: `NETLINK_SOCK_DIAG` dumps of a namespace's sockets
+//!   (what `ss` reads).
+//! - [`netns`]: entering a network namespace, and its cookie.
+//! - [`procfs`]: the one reader of procfs and sysctl files.
+//! - [`mounts`], [`preflight`], [`capabilities`], [`clock`]: where the
+//!   kernel's file systems are, whether portmon can run here, the
+//!   privileges it holds, and the clock systemd reads.
+//!
+//! Above this layer the code is safe Rust over plain data.
+
+pub mod bpf;
+pub mod capabilities;
+pub mod clock;
+pub mod mounts;
+pub mod netns;
+pub mod preflight;
+pub mod procfs;
+pub mod sock_diag;

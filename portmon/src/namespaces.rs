@@ -1,0 +1,141 @@
+//! The network namespaces of the host and the names people know them by:
+//! the kernel programs name a namespace by cookie; people know it as
+//! `host`, a name under `/run/netns`, the unit or container of a process
+//! inside it, or its inode.
+
+use std::{collections::HashMap, fs, os::unix::fs::MetadataExt, path::PathBuf};
+
+use crate::{
+    cgroups,
+    kernel::netns::{cookie_of, INIT_NET_COOKIE, INIT_NET_INODE},
+};
+
+/// One network namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Netns {
+    /// Cookie, as the kernel programs report it.
+    pub cookie: u64,
+    /// Inode of the namespace file (`ip netns identify`, `lsns`).
+    pub inode: u64,
+    /// A path that opens it (`/proc/PID/ns/net` or `/run/netns/NAME`).
+    pub path: PathBuf,
+    /// The name people know it by: `host`, the `/run/netns` name, or `net:[INODE]`.
+    pub name: String,
+}
+
+/// Every network namespace the host has a process or a `/run/netns` name in.
+#[derive(Debug, Default)]
+pub struct Namespaces {
+    by_cookie: HashMap<u64, Netns>,
+}
+
+impl Namespaces {
+    /// Scans `/proc/*/ns/net` and `/run/netns`.
+    pub fn scan() -> Self {
+        let mut found = Self::default();
+        found.rescan();
+        found
+    }
+
+    /// Scans again, keeping what is still there.
+    pub fn rescan(&mut self) {
+        let host_inode = fs::metadata("/proc/1/ns/net").map(|m| m.ino()).ok();
+        let mut by_inode: HashMap<u64, (PathBuf, String)> = HashMap::new();
+        if let Ok(entries) = fs::read_dir("/run/netns") {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if let Ok(meta) = fs::metadata(&path) {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    by_inode.entry(meta.ino()).or_insert((path, name));
+                }
+            }
+        }
+        if let Ok(entries) = fs::read_dir("/proc") {
+            for entry in entries.flatten() {
+                if !entry
+                    .file_name()
+                    .to_string_lossy()
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+                {
+                    continue;
+                }
+                let path = entry.path().join("ns/net");
+                if let Ok(meta) = fs::metadata(&path) {
+                    by_inode.entry(meta.ino()).or_insert_with(|| {
+                        let name = cgroups::workload_of(&entry.path())
+                            .unwrap_or_else(|| format!("net:[{}]", meta.ino()));
+                        (path, name)
+                    });
+                }
+            }
+        }
+        // Two namespaces may come from one unit; a name stays unique.
+        let mut seen: HashMap<String, u64> = HashMap::new();
+        let mut by_inode: Vec<(u64, (PathBuf, String))> = by_inode.into_iter().collect();
+        by_inode.sort_unstable_by_key(|(inode, _)| *inode);
+        for (inode, (_, name)) in &mut by_inode {
+            if *seen.entry(name.clone()).or_insert(*inode) != *inode {
+                *name = format!("{name}/net:[{inode}]");
+            }
+        }
+        let known: HashMap<u64, u64> = self.by_cookie.values().map(|n| (n.inode, n.cookie)).collect();
+        let mut by_cookie = HashMap::with_capacity(by_inode.len());
+        for (inode, (path, name)) in by_inode {
+            let cookie = match known.get(&inode) {
+                Some(&cookie) => cookie,
+                None => match cookie_of(&path) {
+                    Ok(cookie) => cookie,
+                    Err(err) => {
+                        tracing::debug!(path = %path.display(), "skipping namespace: {err}");
+                        continue;
+                    }
+                },
+            };
+            // init_net is the first namespace the kernel makes, cookie 1
+            // (net/core/net_namespace.c); /proc/1 may be out of reach.
+            let name = if Some(inode) == host_inode || inode == INIT_NET_INODE || cookie == INIT_NET_COOKIE {
+                "host".to_owned()
+            } else {
+                name
+            };
+            by_cookie.insert(
+                cookie,
+                Netns {
+                    cookie,
+                    inode,
+                    path,
+                    name,
+                },
+            );
+        }
+        self.by_cookie = by_cookie;
+    }
+
+    /// The namespace with this cookie, scanning again once if it is new.
+    pub fn resolve(&mut self, cookie: u64) -> Option<&Netns> {
+        if !self.by_cookie.contains_key(&cookie) {
+            self.rescan();
+        }
+        self.by_cookie.get(&cookie)
+    }
+
+    /// The namespace with this cookie, as last scanned.
+    pub fn get(&self, cookie: u64) -> Option<&Netns> {
+        self.by_cookie.get(&cookie)
+    }
+
+    /// All namespaces, as last scanned.
+    pub fn iter(&self) -> impl Iterator<Item = &Netns> {
+        self.by_cookie.values()
+    }
+}
+
+/// The name of namespace `cookie` in `names`, or `cookie:N` for one portmon
+/// has not named (gone, or out of reach).
+pub fn display_name(names: &HashMap<u64, String>, cookie: u64) -> String {
+    names
+        .get(&cookie)
+        .cloned()
+        .unwrap_or_else(|| format!("cookie:{cookie}"))
+}

@@ -1,0 +1,171 @@
+//! The daemon's shared state, built once the programs are attached and
+//! read by every reader above it: the exporter's collector, the JSON API,
+//! reload and the watchdog. Nothing here calls up into them.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    sync::{Arc, Mutex, MutexGuard, RwLock},
+    time::{Duration, Instant},
+};
+
+use portmon_common::Owner;
+
+use crate::{
+    cgroups::CgroupPaths,
+    exhaustion::{self, EphemeralReport},
+    failures::{Failure, FailureKey, FailureLog},
+    inventory::{Inventory, Snapshot},
+    kernel::bpf::{
+        counters::{Health, PortCount},
+        KernelMaps, MapUsage,
+    },
+    settings::Settings,
+};
+
+/// How old the list of namespaces may be when a snapshot is taken.
+const NAMESPACE_RESCAN: Duration = Duration::from_secs(2);
+
+/// What the readers (exporter, API, reload, watchdog) share: the kernel
+/// maps, the failure log, the inventory, cgroup names and the settings in
+/// force. The daemon builds it once the programs are attached.
+pub struct State {
+    maps: Mutex<KernelMaps>,
+    failures: Arc<Mutex<FailureLog>>,
+    inventory: Mutex<(Inventory, Instant)>,
+    cgroups: Mutex<CgroupPaths>,
+    settings: RwLock<Arc<Settings>>,
+    /// The programs attached.
+    pub programs: Vec<&'static str>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("programs", &self.programs)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a lock leaves plain data behind; keep serving it.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl State {
+    /// The state of a daemon whose programs `programs` fill `maps`.
+    pub fn new(
+        maps: KernelMaps,
+        cgroup_root: PathBuf,
+        settings: Settings,
+        programs: Vec<&'static str>,
+    ) -> Self {
+        Self {
+            maps: Mutex::new(maps),
+            failures: Arc::default(),
+            inventory: Mutex::new((Inventory::scan(), Instant::now())),
+            cgroups: Mutex::new(CgroupPaths::new(cgroup_root)),
+            settings: RwLock::new(Arc::new(settings)),
+            programs,
+        }
+    }
+
+    /// The failure log, for the reader that fills it.
+    pub fn failure_log(&self) -> Arc<Mutex<FailureLog>> {
+        self.failures.clone()
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Puts new settings in force; scrapes under way finish with the old.
+    pub fn replace_settings(&self, settings: Settings) {
+        *self
+            .settings
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(settings);
+    }
+
+    /// Every port's counters.
+    pub fn ports(&self) -> Vec<PortCount> {
+        lock(&self.maps).ports()
+    }
+
+    /// portmon's own health counters.
+    pub fn health(&self) -> Health {
+        lock(&self.maps).health()
+    }
+
+    /// Who bound, listened on or connected each socket the kernel side
+    /// follows, by cookie.
+    pub fn owners(&self) -> HashMap<u64, Owner> {
+        lock(&self.maps).owners()
+    }
+
+    /// The systemd units of the cgroups `ids`, for those whose path names one.
+    pub fn units(&self, ids: impl IntoIterator<Item = u64>) -> HashMap<u64, String> {
+        let mut cgroups = lock(&self.cgroups);
+        ids.into_iter()
+            .filter_map(|id| cgroups.unit(id).map(|unit| (id, unit)))
+            .collect()
+    }
+
+    /// TCP connects from sockets bound to port 0, by command.
+    pub fn bind_before_connect(&self) -> Vec<(String, u64)> {
+        lock(&self.maps).bind_before_connect()
+    }
+
+    /// How full each namespace's ephemeral pool is, as of `snapshot`.
+    pub fn ephemeral(&self, snapshot: &Snapshot) -> EphemeralReport {
+        exhaustion::assess(
+            &snapshot.sockets,
+            &snapshot.pools,
+            &lock(&self.maps).exclusive_sockets(),
+            self.settings().ephemeral_destinations,
+        )
+    }
+
+    /// Entries and capacity of each kernel map.
+    pub fn map_usage(&self) -> Vec<MapUsage> {
+        lock(&self.maps).usage()
+    }
+
+    /// Failure counts since start.
+    pub fn failure_counts(&self) -> BTreeMap<FailureKey, u64> {
+        lock(&self.failures).counts().clone()
+    }
+
+    /// The most recent failures, newest first.
+    pub fn recent_failures(&self, limit: usize) -> Vec<Failure> {
+        lock(&self.failures).recent().rev().take(limit).cloned().collect()
+    }
+
+    /// Finds new namespaces and opens their sockets; lets gone ones go.
+    pub fn rescan_namespaces(&self) {
+        let mut guard = lock(&self.inventory);
+        guard.0.rescan();
+        guard.1 = Instant::now();
+    }
+
+    /// A fresh inventory of every namespace, and their names by cookie.
+    pub fn snapshot(&self) -> (Snapshot, HashMap<u64, String>) {
+        let mut guard = lock(&self.inventory);
+        let (inventory, scanned) = &mut *guard;
+        if scanned.elapsed() > NAMESPACE_RESCAN {
+            inventory.rescan();
+            *scanned = Instant::now();
+        }
+        let snapshot = inventory.snapshot();
+        let names = inventory
+            .namespaces()
+            .iter()
+            .map(|n| (n.cookie, n.name.clone()))
+            .collect();
+        (snapshot, names)
+    }
+}
