@@ -6,7 +6,7 @@
 use std::{fs::File, io, path::PathBuf};
 
 use aya::{
-    maps::MapError,
+    maps::{Map, MapData, MapError, RingBuf},
     programs::{
         cgroup_sock::CgroupSockLink, cgroup_sock_addr::CgroupSockAddrLink,
         raw_trace_point::RawTracePointLink, CgroupAttachMode, Program, ProgramError,
@@ -17,10 +17,11 @@ use portmon_common::{capacity, global, map, program, SLOTS_PER_GROUP};
 
 use super::{
     btf::{Btf, BtfError},
+    counters::PortCounters,
     events::FailureEvents,
     mapped_array::MappedArrayError,
-    maps::KernelMaps,
-    socket_table::SocketTableError,
+    maps::{Capacities, KernelMaps},
+    socket_table::{SocketTable, SocketTableError},
 };
 
 /// The kernel programs, built by build.rs from `portmon-ebpf`.
@@ -164,7 +165,7 @@ impl Kernel {
         for &(name, _) in PROGRAMS {
             load(&mut ebpf, name)?;
         }
-        let (maps, events) = KernelMaps::take(&mut ebpf, options)?;
+        let (maps, events) = take_maps(&mut ebpf, options)?;
         let mut kernel = Self {
             links: Vec::with_capacity(PROGRAMS.len()),
             ebpf,
@@ -237,6 +238,40 @@ impl Kernel {
         drop(ebpf);
         tracing::info!(programs = attached.len(), "detached");
     }
+}
+
+/// Takes the maps out of a loaded object: the readers' bundle, and the
+/// ring buffer failures arrive on.
+fn take_maps(ebpf: &mut Ebpf, options: LoadOptions) -> Result<(KernelMaps, FailureEvents), LoadError> {
+    fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
+    where
+        T: TryFrom<Map, Error = MapError>,
+    {
+        let map = ebpf.take_map(name).ok_or(LoadError::MissingMap { map: name })?;
+        T::try_from(map).map_err(|source| LoadError::MapLayout { map: name, source })
+    }
+    let mut array = |name: &'static str| match ebpf.take_map(name) {
+        Some(Map::Array(data)) => Ok(data),
+        Some(_) => Err(LoadError::MapLayout {
+            map: name,
+            source: MapError::InvalidMapType { map_type: 0 },
+        }),
+        None => Err(LoadError::MissingMap { map: name }),
+    };
+    let sockets = SocketTable::new(array(map::SOCKET_COOKIES)?, array(map::SOCKETS)?)?;
+    let ports = PortCounters::new(array(map::PORT_TABLES)?, array(map::PORT_STATS)?)?;
+    let maps = KernelMaps {
+        ports,
+        sockets,
+        bind_before_connect: take(ebpf, map::BIND_BEFORE_CONNECT)?,
+        health: take(ebpf, map::HEALTH)?,
+        capacities: Capacities {
+            port_stats: options.port_stats,
+            port_tables: options.port_tables,
+        },
+    };
+    let events = FailureEvents::new(take::<RingBuf<MapData>>(ebpf, map::FAILURES)?);
+    Ok((maps, events))
 }
 
 fn open_object(options: LoadOptions) -> Result<Ebpf, LoadError> {

@@ -3,16 +3,11 @@
 
 use std::collections::{HashMap, HashSet};
 
-use aya::{
-    maps::{Array, HashMap as BpfHashMap, Map, MapData, MapError, RingBuf},
-    Ebpf,
-};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 use portmon_common::{capacity, map, Owner};
 
 use super::{
     counters::{self, Health, PortCount, PortCounters},
-    events::FailureEvents,
-    loader::{LoadError, LoadOptions},
     map_batch::read_all,
     socket_table::{Followed, SocketTable},
 };
@@ -28,8 +23,16 @@ pub struct KernelMaps {
     pub bind_before_connect: BpfHashMap<MapData, [u8; 16], u64>,
     /// portmon's own health counters.
     pub health: Array<MapData, u64>,
-    /// The sizes the maps were made with.
-    pub options: LoadOptions,
+    /// The sizes `PORT_STATS` and `PORT_TABLES` were made with (the kernel
+    /// side keeps one entry of each out of use).
+    pub capacities: Capacities,
+}
+
+/// Entries of the maps whose use the kernel side counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacities {
+    pub port_stats: u32,
+    pub port_tables: u32,
 }
 
 /// Entries in use and capacity of one kernel map.
@@ -43,43 +46,12 @@ pub struct MapUsage {
 impl std::fmt::Debug for KernelMaps {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KernelMaps")
-            .field("options", &self.options)
+            .field("capacities", &self.capacities)
             .finish_non_exhaustive()
     }
 }
 
 impl KernelMaps {
-    /// Takes the maps out of a loaded object: the readers' bundle, and the
-    /// ring buffer failures arrive on.
-    pub(super) fn take(ebpf: &mut Ebpf, options: LoadOptions) -> Result<(Self, FailureEvents), LoadError> {
-        fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
-        where
-            T: TryFrom<Map, Error = MapError>,
-        {
-            let map = ebpf.take_map(name).ok_or(LoadError::MissingMap { map: name })?;
-            T::try_from(map).map_err(|source| LoadError::MapLayout { map: name, source })
-        }
-        let mut array = |name: &'static str| match ebpf.take_map(name) {
-            Some(Map::Array(data)) => Ok(data),
-            Some(_) => Err(LoadError::MapLayout {
-                map: name,
-                source: MapError::InvalidMapType { map_type: 0 },
-            }),
-            None => Err(LoadError::MissingMap { map: name }),
-        };
-        let sockets = SocketTable::new(array(map::SOCKET_COOKIES)?, array(map::SOCKETS)?)?;
-        let ports = PortCounters::new(array(map::PORT_TABLES)?, array(map::PORT_STATS)?)?;
-        let maps = Self {
-            ports,
-            sockets,
-            bind_before_connect: take(ebpf, map::BIND_BEFORE_CONNECT)?,
-            health: take(ebpf, map::HEALTH)?,
-            options,
-        };
-        let events = FailureEvents::new(take::<RingBuf<MapData>>(ebpf, map::FAILURES)?);
-        Ok((maps, events))
-    }
-
     /// Every port's counters.
     pub fn ports(&self) -> Vec<PortCount> {
         counters::read_ports(&self.ports, &self.sockets.read())
@@ -120,7 +92,7 @@ impl KernelMaps {
 
     /// Entries and capacity of each map that can fill up.
     pub fn usage(&self) -> Vec<MapUsage> {
-        let o = self.options;
+        let o = self.capacities;
         let health = self.health();
         vec![
             // The kernel's own count of entries handed out: every one taken,
