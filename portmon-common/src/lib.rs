@@ -205,8 +205,9 @@ impl PortTableKey {
 /// A count finds its table through a per-CPU cache of the last table used
 /// for each kind, checked against the table's own key, and then goes
 /// straight to the block: no hash lookup on the hot path. A hash lookup
-/// per count cost ~65 ns with its keys in the cache, and ~280 ns when it
-/// was one per port block, on ports picked at random (bind(0), UDP).
+/// per count costs more than the rest of a program's work, the most on
+/// ports picked at random (bind(0), UDP), whose buckets are out of the
+/// cache (figures in docs/performance.md).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PortTable {

@@ -5,9 +5,9 @@
 //! the operation on every path: portmon watches, it never decides.
 //!
 //! The hot path touches arrays only, with hash lookups when a CPU first
-//! meets a port table: measured here, a hash lookup costs ~65 ns with its
-//! bucket in the cache and 150–350 ns once it is out, more than everything
-//! else a program does.
+//! meets a port table: a hash lookup, above all one whose bucket is out of
+//! the cache, costs more than everything else a program does (the figures
+//! are in docs/performance.md).
 #![no_std]
 #![no_main]
 // 64-bit atomic add and compare-and-exchange on map values (see maps::xadd).

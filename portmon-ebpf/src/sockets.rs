@@ -7,9 +7,10 @@
 //! slot is in the group its cookie indexes, or else in a hashed second
 //! group, which its first group then counts. Cookies are handed out in
 //! sequence, so a socket's first group is the last socket's, still in the
-//! cache, and one line answers for a socket portmon does not follow.
-//! Measured here, a hash map insert and delete cost ~300 ns each, and socket
-//! local storage ~1.8 µs to create. User space maps both arrays read-only.
+//! cache, and one line answers for a socket portmon does not follow. A hash
+//! map insert or delete, let alone creating socket local storage, costs more
+//! than a whole program run otherwise does (figures in docs/performance.md).
+//! User space maps both arrays read-only.
 
 use core::intrinsics::{atomic_cxchg, AtomicOrdering};
 

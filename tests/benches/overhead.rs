@@ -16,11 +16,11 @@ use portmon_tests::{in_fresh_netns, write_sysctl, Monitor};
 /// Rounds of the kernel's own account of BPF time, and operations in each.
 const ROUNDS: usize = 15;
 const BPF_TIME_OPS: usize = 10_000;
-/// Short runs, switching setup between each: measured here, a loop's rate
-/// drifts by 20–40% over seconds on this VM, with the neighbours' load,
-/// which only setups measured within a fraction of a second of each other
-/// cancel. Loading the programs takes ~100 ms, so they are loaded once and
-/// their links switched instead.
+/// Short runs, switching setup between each: on a shared VM a loop's rate
+/// drifts over seconds with the neighbours' load (docs/performance.md says
+/// by how much), which only setups measured within a fraction of a second
+/// of each other cancel. Loading the programs takes longer than a slice,
+/// so they are loaded once and their links switched instead.
 const SLICES: usize = 75;
 /// Ephemeral range of the bench namespaces: small enough for a warm-up pass
 /// to meet every port once, as a host that has run portmon a while has.
@@ -45,9 +45,10 @@ impl Workload {
         Workload::UdpConnect,
     ];
 
-    /// Operations per measured slice: 130–170 ms each on this VM, long
-    /// enough to average over the stalls of a few ms that a VM's
-    /// neighbours cause, short enough to share its mood with the next.
+    /// Operations per measured slice, sized for slices of a little over a
+    /// tenth of a second: long enough to average over the stalls of a few
+    /// ms that a VM's neighbours cause, short enough to share its mood with
+    /// the next.
     fn ops(self) -> usize {
         match self {
             Workload::TcpConnectAccept => 5_000,
