@@ -1,7 +1,5 @@
 //! `cargo xtask test`: every check CI runs.
 
-use std::process::Command;
-
 use anyhow::Result;
 
 use crate::{setup, shell};
@@ -21,30 +19,19 @@ pub fn run() -> Result<()> {
         "-D",
         "warnings",
     ])?;
-    let toolchain = setup::ebpf_toolchain()?;
-    let mut ebpf_clippy = Command::new("rustup");
-    ebpf_clippy
-        .args([
-            "run",
-            &toolchain,
-            "cargo",
-            "clippy",
-            "--locked",
-            "--package",
-            "portmon-ebpf",
-            "--release",
-        ])
-        .args([
-            "--target",
-            "bpfel-unknown-none",
-            "-Z",
-            "build-std=core",
-            "--",
-            "-D",
-            "warnings",
-        ])
-        .env_remove("RUSTUP_TOOLCHAIN")
-        .env_remove("CARGO");
+    // In portmon-ebpf/, with its pinned toolchain and the target and flags
+    // its build uses (portmon-ebpf/.cargo/config.toml).
+    let mut ebpf_clippy = shell::in_ebpf_crate("cargo");
+    ebpf_clippy.args([
+        "clippy",
+        "--locked",
+        "--package",
+        "portmon-ebpf",
+        "--release",
+        "--",
+        "-D",
+        "warnings",
+    ]);
     shell::run(ebpf_clippy)?;
     // Unit tests: no root needed.
     shell::cargo(&[
