@@ -2,13 +2,17 @@
 //! Debian packages (LLVM 22 for bpf-linker, Prometheus and promtool for the
 //! exporter tests, iproute2's `ss`), the nightly pinned for the kernel
 //! crate, `bpf-linker`, the Kubernetes manifest validator (a Python venv in the
-//! target directory), and the tracefs and bpffs mounts.
+//! target directory), and the tracefs and bpffs mounts; for the tests and
+//! benches, IANA's full registry.
 
-use std::{path::Path, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::shell;
+use crate::{iana, shell};
 
 /// Debian packages, each with a file that shows it is installed.
 const PACKAGES: &[(&str, &str)] = &[
@@ -29,6 +33,7 @@ const PACKAGES: &[(&str, &str)] = &[
 /// The bpf-linker release this project builds with, against LLVM 22.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// What building and running portmon need (`run`, `dist`).
 pub fn ensure() -> Result<()> {
     ensure_packages()?;
     ensure_toolchain()?;
@@ -36,6 +41,18 @@ pub fn ensure() -> Result<()> {
     ensure_k8s_validator()?;
     ensure_mounts()?;
     Ok(())
+}
+
+/// All of [`ensure`], and IANA's full registry for the tests and benches
+/// (`setup`, `test`, `bench`); returns the registry's path. A registry that
+/// can be neither found nor downloaded stops it before anything is
+/// installed or built.
+pub fn ensure_for_tests() -> Result<PathBuf> {
+    let registry = iana::locate()?;
+    ensure()?;
+    let path = iana::provide(registry)?;
+    println!("xtask: the tests read IANA's registry at {}", path.display());
+    Ok(path)
 }
 
 fn is_root() -> bool {

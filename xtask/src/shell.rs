@@ -32,9 +32,14 @@ pub fn run(mut command: Command) -> Result<()> {
 
 /// Runs cargo with these arguments.
 pub fn cargo(args: &[&str]) -> Result<()> {
+    run(cargo_command(args))
+}
+
+/// Cargo with these arguments, to be given more before [`run`].
+pub fn cargo_command(args: &[&str]) -> Command {
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     command.args(args);
-    run(command)
+    command
 }
 
 /// `program` (rustup's `cargo` or `rustup` itself) as run in `portmon-ebpf/`,

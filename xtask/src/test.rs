@@ -2,10 +2,10 @@
 
 use anyhow::Result;
 
-use crate::{setup, shell};
+use crate::{iana, setup, shell};
 
 pub fn run() -> Result<()> {
-    setup::ensure()?;
+    let iana = setup::ensure_for_tests()?;
     shell::cargo(&["fmt", "--all", "--", "--check"])?;
     // The kernel crate only builds for the BPF target: it is linted there.
     shell::cargo(&[
@@ -34,7 +34,7 @@ pub fn run() -> Result<()> {
     ]);
     shell::run(ebpf_clippy)?;
     // Unit tests: no root needed.
-    shell::cargo(&[
+    let mut unit = shell::cargo_command(&[
         "test",
         "--locked",
         "--workspace",
@@ -42,7 +42,9 @@ pub fn run() -> Result<()> {
         "portmon-ebpf",
         "--exclude",
         "portmon-tests",
-    ])?;
+    ]);
+    unit.env(iana::VAR, &iana);
+    shell::run(unit)?;
     // Integration tests: real programs, as root; one at a time (they count
     // what is attached to the cgroup root).
     shell::cargo(&[
