@@ -1,12 +1,10 @@
-//! Builds the kernel programs (`portmon-ebpf`) for the BPF target with the
-//! toolchain pinned in `portmon-ebpf/rust-toolchain.toml`, so that the
-//! daemon embeds them and nobody runs a separate step.
+//! Builds the kernel programs (`portmon-ebpf`) for the BPF target, so that
+//! the daemon embeds them and nobody runs a separate step. Cargo is run in
+//! `portmon-ebpf/`, where rustup finds the pinned toolchain
+//! (`rust-toolchain.toml`) and cargo the target and flags
+//! (`.cargo/config.toml`).
 
-use std::{
-    env, fs,
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{env, fs, path::PathBuf, process::Command};
 
 use anyhow::{bail, Context as _, Result};
 
@@ -14,7 +12,6 @@ fn main() -> Result<()> {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
     let root = manifest_dir.parent().context("portmon/ has no parent")?;
     let ebpf_dir = root.join("portmon-ebpf");
-    let toolchain = pinned_toolchain(&ebpf_dir.join("rust-toolchain.toml"))?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     let target_dir = out_dir.join("ebpf-target");
 
@@ -22,45 +19,23 @@ fn main() -> Result<()> {
         "portmon-ebpf/src",
         "portmon-ebpf/Cargo.toml",
         "portmon-ebpf/rust-toolchain.toml",
+        "portmon-ebpf/.cargo/config.toml",
         "portmon-common/src",
         "Cargo.lock",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
 
-    let mut cargo = Command::new("rustup");
+    // The rustup proxy on PATH, not `$CARGO`: only the proxy reads the
+    // directory's rust-toolchain.toml.
+    let mut cargo = Command::new("cargo");
     cargo
-        .args([
-            "run",
-            &toolchain,
-            "cargo",
-            "build",
-            "--package",
-            "portmon-ebpf",
-            "--release",
-        ])
-        .args([
-            "--target",
-            "bpfel-unknown-none",
-            "-Z",
-            "build-std=core",
-            "--target-dir",
-        ])
+        .args(["build", "--package", "portmon-ebpf", "--release", "--target-dir"])
         .arg(&target_dir)
         .current_dir(&ebpf_dir);
-    // BTF in the object: socket storage maps need their value type described.
-    let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_else(|_| "x86_64".into());
-    let rustflags = [
-        format!("--cfg=bpf_target_arch=\"{arch}\""),
-        "-Cdebuginfo=2".into(),
-        "-Clink-arg=--btf".into(),
-        // BPF ISA v3 (Linux 5.1; portmon needs 5.7 for its links): 32-bit
-        // ALU and jumps, and atomic fetch-and-add, with which a kernel
-        // program hands out map entries.
-        "-Ctarget-cpu=v3".into(),
-    ];
     // The outer cargo's settings (clippy's wrapper, host rustflags, its
-    // target dir and toolchain) must not leak into the BPF build.
+    // target dir and toolchain) must not leak into the BPF build; any
+    // RUSTFLAGS would also replace the config file's.
     for (key, _) in env::vars_os() {
         let Some(key) = key.to_str() else { continue };
         if (key.starts_with("CARGO_") && key != "CARGO_HOME")
@@ -70,29 +45,23 @@ fn main() -> Result<()> {
             cargo.env_remove(key);
         }
     }
-    cargo.env("CARGO_ENCODED_RUSTFLAGS", rustflags.join("\x1f"));
+    // aya-ebpf's build script picks its architecture-specific bindings for
+    // the host it is built on; the kernel the object runs under is the one
+    // portmon is built for, which differs when cross-compiling.
+    if let Ok(arch) = env::var("CARGO_CFG_TARGET_ARCH") {
+        cargo.env("AYA_BPF_TARGET_ARCH", arch);
+    }
     let status = cargo
         .status()
-        .context("could not run rustup: is rustup on PATH?")?;
+        .context("could not run cargo: is rustup's cargo on PATH?")?;
     if !status.success() {
         bail!(
-            "building the kernel programs failed ({status}); `cargo xtask run` or `cargo xtask test` \
-             installs what they need (toolchain {toolchain} with rust-src, bpf-linker)"
+            "building the kernel programs failed ({status}); `cargo xtask setup` installs what \
+             they need (the toolchain pinned in portmon-ebpf/rust-toolchain.toml, bpf-linker)"
         );
     }
     let object = target_dir.join("bpfel-unknown-none/release/portmon");
     fs::copy(&object, out_dir.join("portmon.bpf.o"))
         .with_context(|| format!("kernel object missing at {}", object.display()))?;
     Ok(())
-}
-
-/// The `channel` of a rust-toolchain.toml.
-fn pinned_toolchain(path: &Path) -> Result<String> {
-    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    text.lines()
-        .filter_map(|line| line.trim().strip_prefix("channel"))
-        .filter_map(|rest| rest.trim().strip_prefix('='))
-        .map(|value| value.trim().trim_matches('"').to_owned())
-        .next()
-        .with_context(|| format!("no channel in {}", path.display()))
 }

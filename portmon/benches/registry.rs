@@ -2,21 +2,19 @@
 //! protocol) lookups, and the memory it holds, each printed beside a
 //! baseline measured in the same run and the target it must meet.
 //!
-//! Run with `cargo bench -p portmon --bench registry` (release profile).
+//! Run with `cargo bench -p portmon --bench registry` (release profile);
+//! the registry is found as the tests find it (`tests/support/iana.rs`).
 
 use std::{
     collections::HashMap,
     hint::black_box,
-    path::Path,
     time::{Duration, Instant},
 };
 
 use portmon::registry::{Registry, Transport};
 
-const IANA_CSV: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/data/iana/service-names-port-numbers.csv"
-);
+#[path = "../tests/support/iana.rs"]
+mod source;
 
 const LOAD_RUNS: usize = 11;
 const LOOKUPS: usize = 1_000_000;
@@ -123,10 +121,14 @@ fn random_keys(n: usize) -> Vec<(u16, Transport)> {
 }
 
 fn main() {
-    let path = Path::new(IANA_CSV);
+    let path = source::locate_for_this_binary().unwrap_or_else(|missing| {
+        eprintln!("registry bench: {missing}");
+        std::process::exit(1)
+    });
+    let path = path.as_path();
     let file_bytes = std::fs::metadata(path)
         .map(|m| m.len())
-        .unwrap_or_else(|e| panic!("{IANA_CSV}: {e}"));
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 
     let read = time(LOAD_RUNS, || {
         std::fs::read_to_string(path).expect("read the registry")

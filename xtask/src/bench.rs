@@ -3,10 +3,14 @@
 
 use anyhow::Result;
 
-use crate::{setup, shell};
+use crate::{iana, setup, shell};
 
 pub fn run() -> Result<()> {
-    setup::ensure()?;
+    let iana = setup::ensure_for_tests()?;
+    let mut registry =
+        shell::cargo_command(&["bench", "--locked", "--package", "portmon", "--bench", "registry"]);
+    registry.env(iana::VAR, &iana);
+    shell::run(registry)?;
     for bench in ["overhead", "scrape"] {
         shell::cargo(&[
             "bench",

@@ -3,11 +3,7 @@
 //! package (staged tree + `dpkg-deb --build`) and a tarball, in
 //! `<target dir>/dist/`.
 
-use std::{
-    fs,
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{fs, path::Path, process::Command};
 
 use anyhow::{bail, Context as _, Result};
 
@@ -71,7 +67,7 @@ pub fn run() -> Result<()> {
     setup::ensure()?;
     shell::cargo(&["build", "--release", "--locked", "--package", "portmon"])?;
     let root = shell::workspace_root();
-    let target = target_dir(&root);
+    let target = shell::target_dir();
     let binary = target.join("release/portmon");
     let dist = target.join("dist");
     let arch = shell::output("dpkg", &["--print-architecture"])
@@ -130,14 +126,6 @@ pub fn run() -> Result<()> {
         println!("xtask: built {} ({size} bytes)", artifact.display());
     }
     Ok(())
-}
-
-/// `CARGO_TARGET_DIR`, else the workspace's `target/`.
-pub fn target_dir(root: &Path) -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) if !dir.is_empty() => root.join(dir),
-        _ => root.join("target"),
-    }
 }
 
 fn place(source: &Path, dest: &Path, mode: u32) -> Result<()> {

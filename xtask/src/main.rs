@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod dist;
+mod iana;
 mod setup;
 mod shell;
 mod test;
@@ -31,7 +32,8 @@ enum Command {
     Test,
     /// Install what is missing, then run the benchmarks (needs root).
     Bench,
-    /// Install the build and test dependencies only.
+    /// Install the build and test dependencies only (IANA's registry for
+    /// the tests included).
     Setup,
     /// Build the Debian package and the tarball (binary, systemd unit,
     /// default config, dashboard, alert rules) into <target dir>/dist/.
@@ -44,7 +46,7 @@ fn main() -> ExitCode {
         Command::Run { args } => run(&args),
         Command::Test => test::run(),
         Command::Bench => bench::run(),
-        Command::Setup => setup::ensure(),
+        Command::Setup => setup::ensure_for_tests().map(drop),
         Command::Dist => dist::run(),
     };
     match outcome {

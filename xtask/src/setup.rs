@@ -1,14 +1,18 @@
 //! Installs what building and testing portmon need, when it is missing:
 //! Debian packages (LLVM 22 for bpf-linker, Prometheus and promtool for the
-//! exporter tests, iproute2's `ss`), `rust-src` for the pinned nightly,
-//! `bpf-linker`, the Kubernetes manifest validator (a Python venv in the
-//! target directory), and the tracefs and bpffs mounts.
+//! exporter tests, iproute2's `ss`), the nightly pinned for the kernel
+//! crate, `bpf-linker`, the Kubernetes manifest validator (a Python venv in the
+//! target directory), and the tracefs and bpffs mounts; for the tests and
+//! benches, IANA's full registry.
 
-use std::{path::Path, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::shell;
+use crate::{iana, shell};
 
 /// Debian packages, each with a file that shows it is installed.
 const PACKAGES: &[(&str, &str)] = &[
@@ -29,13 +33,26 @@ const PACKAGES: &[(&str, &str)] = &[
 /// The bpf-linker release this project builds with, against LLVM 22.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// What building and running portmon need (`run`, `dist`).
 pub fn ensure() -> Result<()> {
     ensure_packages()?;
-    ensure_rust_src()?;
+    ensure_toolchain()?;
     ensure_bpf_linker()?;
     ensure_k8s_validator()?;
     ensure_mounts()?;
     Ok(())
+}
+
+/// All of [`ensure`], and IANA's full registry for the tests and benches
+/// (`setup`, `test`, `bench`); returns the registry's path. A registry that
+/// can be neither found nor downloaded stops it before anything is
+/// installed or built.
+pub fn ensure_for_tests() -> Result<PathBuf> {
+    let registry = iana::locate()?;
+    ensure()?;
+    let path = iana::provide(registry)?;
+    println!("xtask: the tests read IANA's registry at {}", path.display());
+    Ok(path)
 }
 
 fn is_root() -> bool {
@@ -70,33 +87,27 @@ fn ensure_packages() -> Result<()> {
     shell::run(install)
 }
 
-/// The nightly channel pinned for the kernel crate.
-pub fn ebpf_toolchain() -> Result<String> {
-    let path = shell::workspace_root().join("portmon-ebpf/rust-toolchain.toml");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix("channel"))
-        .filter_map(|r| r.trim().strip_prefix('='))
-        .map(|v| v.trim().trim_matches('"').to_owned())
-        .next()
-        .with_context(|| format!("no channel in {}", path.display()))
-}
-
-fn ensure_rust_src() -> Result<()> {
-    let toolchain = ebpf_toolchain()?;
-    let installed = shell::output(
-        "rustup",
-        &["component", "list", "--installed", "--toolchain", &toolchain],
-    )
-    .with_context(|| {
-        format!("toolchain {toolchain} is not installed: run `rustup toolchain install {toolchain}`")
-    })?;
-    if installed.lines().any(|l| l.starts_with("rust-src")) {
+/// The kernel crate's nightly, as `portmon-ebpf/rust-toolchain.toml` pins
+/// it with its components: `rustup toolchain install` given no name
+/// installs the directory's toolchain file (rustup 1.28+), adds what is
+/// missing, and needs no network when nothing is. Its output is kept back:
+/// a failure is told in one line.
+fn ensure_toolchain() -> Result<()> {
+    let mut install = shell::in_ebpf_crate("rustup");
+    install.args(["toolchain", "install"]);
+    let out = install.output().context("cannot run rustup: is it on PATH?")?;
+    if out.status.success() {
         return Ok(());
     }
-    let mut add = Command::new("rustup");
-    add.args(["component", "add", "rust-src", "--toolchain", &toolchain]);
-    shell::run(add)
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let why = stderr.lines().find(|l| l.starts_with("error:")).map_or_else(
+        || format!("{}", out.status),
+        |l| l.trim_start_matches("error:").trim().to_owned(),
+    );
+    bail!(
+        "cannot install the nightly pinned in portmon-ebpf/rust-toolchain.toml ({why}): with \
+         network, run `rustup toolchain install` in portmon-ebpf/"
+    )
 }
 
 fn ensure_bpf_linker() -> Result<()> {
@@ -129,7 +140,7 @@ fn ensure_k8s_validator() -> Result<()> {
     let requirements = shell::workspace_root().join("tests/k8s/requirements.txt");
     let pins = std::fs::read_to_string(&requirements)
         .with_context(|| format!("reading {}", requirements.display()))?;
-    let venv = target_dir().join("k8s-validate");
+    let venv = shell::target_dir().join("k8s-validate");
     let stamp = venv.join("requirements.installed");
     if std::fs::read_to_string(&stamp).is_ok_and(|installed| installed == pins) {
         return Ok(());
@@ -151,14 +162,6 @@ fn ensure_k8s_validator() -> Result<()> {
         .arg(&requirements);
     shell::run(install).context("installing the manifest validator from PyPI")?;
     std::fs::write(&stamp, pins).with_context(|| format!("writing {}", stamp.display()))
-}
-
-/// Cargo's target directory: `CARGO_TARGET_DIR` or `target/` in the workspace.
-fn target_dir() -> std::path::PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => shell::workspace_root().join(dir),
-        None => shell::workspace_root().join("target"),
-    }
 }
 
 /// tracefs for the tracepoint, bpffs for operators who pin; both are

@@ -1,13 +1,11 @@
 //! `cargo xtask test`: every check CI runs.
 
-use std::process::Command;
-
 use anyhow::Result;
 
-use crate::{setup, shell};
+use crate::{iana, setup, shell};
 
 pub fn run() -> Result<()> {
-    setup::ensure()?;
+    let iana = setup::ensure_for_tests()?;
     shell::cargo(&["fmt", "--all", "--", "--check"])?;
     // The kernel crate only builds for the BPF target: it is linted there.
     shell::cargo(&[
@@ -21,33 +19,22 @@ pub fn run() -> Result<()> {
         "-D",
         "warnings",
     ])?;
-    let toolchain = setup::ebpf_toolchain()?;
-    let mut ebpf_clippy = Command::new("rustup");
-    ebpf_clippy
-        .args([
-            "run",
-            &toolchain,
-            "cargo",
-            "clippy",
-            "--locked",
-            "--package",
-            "portmon-ebpf",
-            "--release",
-        ])
-        .args([
-            "--target",
-            "bpfel-unknown-none",
-            "-Z",
-            "build-std=core",
-            "--",
-            "-D",
-            "warnings",
-        ])
-        .env_remove("RUSTUP_TOOLCHAIN")
-        .env_remove("CARGO");
+    // In portmon-ebpf/, with its pinned toolchain and the target and flags
+    // its build uses (portmon-ebpf/.cargo/config.toml).
+    let mut ebpf_clippy = shell::in_ebpf_crate("cargo");
+    ebpf_clippy.args([
+        "clippy",
+        "--locked",
+        "--package",
+        "portmon-ebpf",
+        "--release",
+        "--",
+        "-D",
+        "warnings",
+    ]);
     shell::run(ebpf_clippy)?;
     // Unit tests: no root needed.
-    shell::cargo(&[
+    let mut unit = shell::cargo_command(&[
         "test",
         "--locked",
         "--workspace",
@@ -55,7 +42,9 @@ pub fn run() -> Result<()> {
         "portmon-ebpf",
         "--exclude",
         "portmon-tests",
-    ])?;
+    ]);
+    unit.env(iana::VAR, &iana);
+    shell::run(unit)?;
     // Integration tests: real programs, as root; one at a time (they count
     // what is attached to the cgroup root).
     shell::cargo(&[
