@@ -8,6 +8,7 @@
 //! in fs/kernfs/kernfs-internal.h), so one walk of the hierarchy maps
 //! every live cgroup.
 
+use crate::kernel::procfs;
 use std::{
     collections::HashMap,
     os::unix::fs::DirEntryExt as _,
@@ -96,7 +97,7 @@ pub fn systemd_unit(path: &str) -> Option<&str> {
 /// path (`0::/system.slice/docker-<id>.scope` → `docker-<id12>`), or from
 /// systemd's v1 hierarchy on hybrid hosts; `None` in the root cgroup.
 pub fn workload_of(proc_pid: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(proc_pid.join("cgroup")).ok()?;
+    let text = procfs::read(proc_pid.join("cgroup")).ok()?;
     let path_of = |prefix: &str| {
         text.lines()
             .find_map(|line| line.strip_prefix(prefix))
