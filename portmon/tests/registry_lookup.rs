@@ -2,9 +2,13 @@
 //! for bad input or a registry it cannot use. (Its answers from the full
 //! IANA registry are tested in `registry_iana/lookup.rs`.)
 
-use std::{path::PathBuf, process::Command};
+use std::path::PathBuf;
 
 use tempfile::TempDir;
+
+#[path = "support/lookup.rs"]
+mod cli;
+use cli::lookup;
 
 /// A small IANA-format registry in a temporary directory.
 fn small_registry() -> (TempDir, PathBuf) {
@@ -18,19 +22,6 @@ fn small_registry() -> (TempDir, PathBuf) {
     )
     .expect("write a small registry");
     (dir, path)
-}
-
-fn lookup(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_portmon"))
-        .arg("lookup")
-        .args(args)
-        .output()
-        .expect("run portmon lookup");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
 }
 
 #[test]

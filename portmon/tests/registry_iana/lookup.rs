@@ -1,21 +1,6 @@
 //! `portmon lookup` as a user runs it, answering from the full registry.
 
-use std::process::Command;
-
-use crate::iana;
-
-fn lookup(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_portmon"))
-        .arg("lookup")
-        .args(args)
-        .output()
-        .expect("run portmon lookup");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
+use crate::{cli::lookup, iana};
 
 #[test]
 fn port_name_and_range_queries() {

@@ -15,6 +15,9 @@ mod update;
 #[path = "../support/iana.rs"]
 mod source;
 
+#[path = "../support/lookup.rs"]
+mod cli;
+
 /// The registry file, its bytes and what portmon makes of it.
 struct Iana {
     path: PathBuf,
