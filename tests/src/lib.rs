@@ -98,6 +98,50 @@ fn set_link_up(name: &str) {
     }
 }
 
+/// Says, in the test's output, which part of a test did not run and why:
+/// `cargo xtask vm-test` shows the harness's output of passing tests and
+/// lists these lines per kernel.
+pub fn skipped(why: &str) {
+    println!("portmon-tests: skipped: {why}");
+}
+
+/// Whether sock_diag dumps sockets that are bound and neither listening
+/// nor connected (`TCP_BOUND_INACTIVE`, Linux 6.7; older kernels ignore the
+/// state bit and answer nothing): tried on such a socket in a fresh
+/// namespace.
+pub fn dumps_bound_inactive() -> bool {
+    use portmon::kernel::sock_diag::{Dump, Ports, SockDiag, TCP_BOUND_INACTIVE};
+    in_fresh_netns(|ns| {
+        // SAFETY: a socket this closure owns, bound to a zeroed-then-filled
+        // sockaddr_in, and closed before returning.
+        let fd = unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            assert!(fd >= 0, "socket: {}", io::Error::last_os_error());
+            let mut addr: libc::sockaddr_in = std::mem::zeroed();
+            addr.sin_family = libc::AF_INET as libc::sa_family_t;
+            addr.sin_addr.s_addr = u32::from_be_bytes([127, 0, 0, 1]).to_be();
+            let rc = libc::bind(
+                fd,
+                std::ptr::addr_of!(addr).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            );
+            assert_eq!(rc, 0, "bind: {}", io::Error::last_os_error());
+            fd
+        };
+        let mut found = Vec::new();
+        let dump = Dump::Tcp {
+            states: TCP_BOUND_INACTIVE,
+            ports: Ports::All,
+        };
+        let answered = SockDiag::open()
+            .expect("sock_diag socket")
+            .dump(dump, ns.cookie, &mut found);
+        // SAFETY: the descriptor opened above.
+        unsafe { libc::close(fd) };
+        answered.is_ok() && !found.is_empty()
+    })
+}
+
 /// Writes a sysctl of the calling thread's network namespace.
 pub fn write_sysctl(name: &str, value: &str) {
     std::fs::write(format!("/proc/sys/{name}"), value)
@@ -254,10 +298,18 @@ pub fn settled_portmon_programs() -> usize {
     }
 }
 
-/// The `portmon` binary, built once per test run with the same profile.
+/// Names a prebuilt `portmon` binary for [`portmon_bin`]: a guest of
+/// `cargo xtask vm-test` has no cargo to build one.
+pub const BIN_VAR: &str = "PORTMON_BIN";
+
+/// The `portmon` binary: the one [`BIN_VAR`] names, else built once per test
+/// run with the same profile.
 pub fn portmon_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        if let Some(prebuilt) = std::env::var_os(BIN_VAR).filter(|v| !v.is_empty()) {
+            return PathBuf::from(prebuilt);
+        }
         let exe = std::env::current_exe().expect("test binary path");
         // target/<profile>/deps/integration-… → target/<profile>
         let profile_dir = exe
