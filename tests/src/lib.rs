@@ -106,40 +106,9 @@ pub fn skipped(why: &str) {
 }
 
 /// Whether sock_diag dumps sockets that are bound and neither listening
-/// nor connected (`TCP_BOUND_INACTIVE`, Linux 6.7; older kernels ignore the
-/// state bit and answer nothing): tried on such a socket in a fresh
-/// namespace.
+/// nor connected (Linux 6.7), tried in a fresh namespace.
 pub fn dumps_bound_inactive() -> bool {
-    use portmon::kernel::sock_diag::{Dump, Ports, SockDiag, TCP_BOUND_INACTIVE};
-    in_fresh_netns(|ns| {
-        // SAFETY: a socket this closure owns, bound to a zeroed-then-filled
-        // sockaddr_in, and closed before returning.
-        let fd = unsafe {
-            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-            assert!(fd >= 0, "socket: {}", io::Error::last_os_error());
-            let mut addr: libc::sockaddr_in = std::mem::zeroed();
-            addr.sin_family = libc::AF_INET as libc::sa_family_t;
-            addr.sin_addr.s_addr = u32::from_be_bytes([127, 0, 0, 1]).to_be();
-            let rc = libc::bind(
-                fd,
-                std::ptr::addr_of!(addr).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            );
-            assert_eq!(rc, 0, "bind: {}", io::Error::last_os_error());
-            fd
-        };
-        let mut found = Vec::new();
-        let dump = Dump::Tcp {
-            states: TCP_BOUND_INACTIVE,
-            ports: Ports::All,
-        };
-        let answered = SockDiag::open()
-            .expect("sock_diag socket")
-            .dump(dump, ns.cookie, &mut found);
-        // SAFETY: the descriptor opened above.
-        unsafe { libc::close(fd) };
-        answered.is_ok() && !found.is_empty()
-    })
+    in_fresh_netns(|_| portmon::kernel::features::dumps_bound_inactive())
 }
 
 /// Writes a sysctl of the calling thread's network namespace.
