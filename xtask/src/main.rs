@@ -58,8 +58,9 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Run { args } => run(&args),
         Command::Test => test::run(),
-        Command::VmTest { kernels, timeout } => setup::ensure_for_tests()
-            .and_then(|_| vm::run(&kernels, std::time::Duration::from_secs(timeout))),
+        Command::VmTest { kernels, timeout } => {
+            setup::ensure_for_tests().and_then(|_| vm::run(&kernels, std::time::Duration::from_secs(timeout)))
+        }
         Command::Bench => bench::run(),
         Command::Setup => setup::ensure_for_tests().map(drop),
         Command::Dist => dist::run(),

@@ -44,8 +44,8 @@ pub fn build_shared(contents: &Contents<'_>, dir: &Path) -> Result<PathBuf> {
     let _ = std::fs::remove_dir_all(dir);
     let root = dir.join("root");
     for sub in [
-        "bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "tmp", "run", "root",
-        "var", GUEST_DIR,
+        "bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "tmp", "run", "root", "var",
+        GUEST_DIR,
     ] {
         mkdir(&root.join(sub))?;
     }
@@ -58,7 +58,11 @@ pub fn build_shared(contents: &Contents<'_>, dir: &Path) -> Result<PathBuf> {
     let guest = root.join(GUEST_DIR);
     strip_into(contents.integration, &guest.join("integration"))?;
     strip_into(contents.portmon, &guest.join("portmon"))?;
-    write(&guest.join("harness-args"), &contents.harness_args.join("\n"), 0o644)?;
+    write(
+        &guest.join("harness-args"),
+        &contents.harness_args.join("\n"),
+        0o644,
+    )?;
 
     // busybox too, should a dynamic one stand in for busybox-static.
     let mut dynamic = vec![
@@ -73,7 +77,10 @@ pub fn build_shared(contents: &Contents<'_>, dir: &Path) -> Result<PathBuf> {
         dynamic.push(into);
     }
     for library in libraries(&dynamic)? {
-        copy(&library, &root.join(library.strip_prefix("/").unwrap_or(&library)))?;
+        copy(
+            &library,
+            &root.join(library.strip_prefix("/").unwrap_or(&library)),
+        )?;
     }
     mkdir(&root.join(contents.tests_dir.strip_prefix("/").unwrap_or(contents.tests_dir)))?;
     for file in contents.same_path {
@@ -87,11 +94,7 @@ pub fn build_shared(contents: &Contents<'_>, dir: &Path) -> Result<PathBuf> {
         "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
         0o644,
     )?;
-    write(
-        &root.join("etc/group"),
-        "root:x:0:\nnogroup:x:65534:\n",
-        0o644,
-    )?;
+    write(&root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n", 0o644)?;
     let archive = dir.with_extension("cpio");
     pack(&root, &archive)?;
     Ok(archive)

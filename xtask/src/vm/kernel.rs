@@ -178,7 +178,11 @@ fn unpack(deb: &Path, dir: &Path, release: &str) -> Result<()> {
     wanted.extend(DIAG_MODULES.iter().map(|(m, _)| format!("{modules}/{m}.ko*")));
     let script = format!(
         "dpkg-deb --fsys-tarfile \"$0\" | tar -x -C \"$1\" --wildcards {}",
-        wanted.iter().map(|w| format!("'{w}'")).collect::<Vec<_>>().join(" ")
+        wanted
+            .iter()
+            .map(|w| format!("'{w}'"))
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     let mut extract = Command::new("sh");
     extract.arg("-c").arg(script).arg(deb).arg(dir);

@@ -165,11 +165,9 @@ fn build() -> Result<(PathBuf, PathBuf)> {
 /// Writes the archives one after the other: the kernel unpacks each in
 /// turn.
 fn concatenate(parts: &[&Path], into: &Path) -> Result<()> {
-    let mut out =
-        std::fs::File::create(into).with_context(|| format!("creating {}", into.display()))?;
+    let mut out = std::fs::File::create(into).with_context(|| format!("creating {}", into.display()))?;
     for part in parts {
-        let mut input =
-            std::fs::File::open(part).with_context(|| format!("opening {}", part.display()))?;
+        let mut input = std::fs::File::open(part).with_context(|| format!("opening {}", part.display()))?;
         std::io::copy(&mut input, &mut out).with_context(|| format!("writing {}", into.display()))?;
     }
     Ok(())
@@ -199,8 +197,16 @@ fn report(release: &str, o: &qemu::Outcome) {
     }
     if let Some(trouble) = &o.trouble {
         println!("xtask: {release}: {trouble}");
-        println!("  last lines of {}:\n{}", o.result_log.display(), qemu::tail(&o.result_log, 15));
-        println!("  last lines of {}:\n{}", o.console_log.display(), qemu::tail(&o.console_log, 15));
+        println!(
+            "  last lines of {}:\n{}",
+            o.result_log.display(),
+            qemu::tail(&o.result_log, 15)
+        );
+        println!(
+            "  last lines of {}:\n{}",
+            o.console_log.display(),
+            qemu::tail(&o.console_log, 15)
+        );
     } else if !o.passed_all() {
         println!("  the harness's output: {}", o.result_log.display());
     }
@@ -211,4 +217,3 @@ fn report(release: &str, o: &qemu::Outcome) {
 pub fn run_default() -> Result<()> {
     run(&[], DEFAULT_TIMEOUT)
 }
-

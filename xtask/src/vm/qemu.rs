@@ -126,8 +126,7 @@ pub fn run(boot: &Boot<'_>) -> Result<Outcome> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(
-            std::fs::File::create(&qemu_log)
-                .with_context(|| format!("creating {}", qemu_log.display()))?,
+            std::fs::File::create(&qemu_log).with_context(|| format!("creating {}", qemu_log.display()))?,
         );
     let started = Instant::now();
     let mut child = qemu
