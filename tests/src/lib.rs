@@ -98,6 +98,19 @@ fn set_link_up(name: &str) {
     }
 }
 
+/// Says, in the test's output, which part of a test did not run and why:
+/// `cargo xtask vm-test` shows the harness's output of passing tests and
+/// lists these lines per kernel.
+pub fn skipped(why: &str) {
+    println!("portmon-tests: skipped: {why}");
+}
+
+/// Whether sock_diag dumps sockets that are bound and neither listening
+/// nor connected (Linux 6.7), tried in a fresh namespace.
+pub fn dumps_bound_inactive() -> bool {
+    in_fresh_netns(|_| portmon::kernel::features::dumps_bound_inactive())
+}
+
 /// Writes a sysctl of the calling thread's network namespace.
 pub fn write_sysctl(name: &str, value: &str) {
     std::fs::write(format!("/proc/sys/{name}"), value)
@@ -254,10 +267,18 @@ pub fn settled_portmon_programs() -> usize {
     }
 }
 
-/// The `portmon` binary, built once per test run with the same profile.
+/// Names a prebuilt `portmon` binary for [`portmon_bin`]: a guest of
+/// `cargo xtask vm-test` has no cargo to build one.
+pub const BIN_VAR: &str = "PORTMON_BIN";
+
+/// The `portmon` binary: the one [`BIN_VAR`] names, else built once per test
+/// run with the same profile.
 pub fn portmon_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        if let Some(prebuilt) = std::env::var_os(BIN_VAR).filter(|v| !v.is_empty()) {
+            return PathBuf::from(prebuilt);
+        }
         let exe = std::env::current_exe().expect("test binary path");
         // target/<profile>/deps/integration-… → target/<profile>
         let profile_dir = exe

@@ -11,6 +11,7 @@ mod iana;
 mod setup;
 mod shell;
 mod test;
+mod vm;
 
 #[derive(Debug, Parser)]
 #[command(name = "xtask")]
@@ -28,8 +29,20 @@ enum Command {
         args: Vec<String>,
     },
     /// Install what is missing, then run every check: fmt, clippy, unit and
-    /// integration tests (the latter need root).
+    /// integration tests (the latter need root), then `vm-test`.
     Test,
+    /// Install what is missing, then run the integration tests on Debian's
+    /// cloud kernels, each booted in QEMU (needs root for `apt-get`).
+    VmTest {
+        /// Kernels to boot: `6.1`, `6.12` (Debian's current ones of that
+        /// line), an exact version (`6.1.0-50`, `6.12.100`) or a package
+        /// name; by default Debian 12's 6.1 and bookworm-security's 6.12.
+        #[arg(long = "kernel", num_args = 1.., value_name = "VERSION")]
+        kernels: Vec<String>,
+        /// Seconds a guest gets, boot to power-off, before it is killed.
+        #[arg(long, default_value_t = vm::DEFAULT_TIMEOUT.as_secs())]
+        timeout: u64,
+    },
     /// Install what is missing, then run the benchmarks (needs root).
     Bench,
     /// Install the build and test dependencies only (IANA's registry for
@@ -45,6 +58,9 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Run { args } => run(&args),
         Command::Test => test::run(),
+        Command::VmTest { kernels, timeout } => {
+            setup::ensure_for_tests().and_then(|_| vm::run(&kernels, std::time::Duration::from_secs(timeout)))
+        }
         Command::Bench => bench::run(),
         Command::Setup => setup::ensure_for_tests().map(drop),
         Command::Dist => dist::run(),

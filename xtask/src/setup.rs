@@ -28,6 +28,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("strace", "/usr/bin/strace"),
     // For the venv of the Kubernetes manifest validator.
     ("python3-venv", "/usr/lib/python3.11/ensurepip/__init__.py"),
+    // `cargo xtask vm-test`: the guests, their init and their initramfs.
+    ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
+    ("busybox-static", "/bin/busybox"),
+    ("cpio", "/usr/bin/cpio"),
 ];
 
 /// The bpf-linker release this project builds with, against LLVM 22.

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 
-use crate::{iana, setup, shell};
+use crate::{iana, setup, shell, vm};
 
 pub fn run() -> Result<()> {
     let iana = setup::ensure_for_tests()?;
@@ -57,5 +57,6 @@ pub fn run() -> Result<()> {
         "--",
         "--test-threads=1",
     ])?;
-    Ok(())
+    // The same tests on the other kernels of the matrix, in QEMU.
+    vm::run_default()
 }

@@ -1,4 +1,5 @@
-//! `portmon check`: the preflight alone, then each hook tried on its own.
+//! `portmon check`: the preflight alone, then each hook tried on its own,
+//! then the kernel features the inventory uses.
 
 use std::process::ExitCode;
 
@@ -6,7 +7,11 @@ use clap::Args;
 
 use super::{init_logging, LogFormat};
 use crate::{
-    kernel::{bpf::Kernel, preflight},
+    kernel::{
+        bpf::Kernel,
+        features::{self, Found},
+        preflight,
+    },
     report::error_line,
 };
 
@@ -30,6 +35,16 @@ pub fn run(_args: CheckArgs, log: &str, log_format: LogFormat) -> anyhow::Result
                 failed += 1;
                 println!("FAILED      {program:<20} {}", error_line(&err));
                 tracing::debug!("{err:?}");
+            }
+        }
+    }
+    for (feature, found) in features::probe() {
+        match found {
+            Found::Present => println!("ok          {feature}"),
+            Found::Limited(why) => println!("limited     {feature:<20} {why}"),
+            Found::Missing(why) => {
+                failed += 1;
+                println!("FAILED      {feature:<20} {}", error_line(&why));
             }
         }
     }

@@ -12,15 +12,10 @@ use std::{
 use portmon_common::Family;
 
 use super::split::{Cut, Histogram};
-use crate::kernel::sock_diag::{Dump, DumpError, NsSocket, Ports, SockDiag};
+use crate::kernel::sock_diag::{Dump, DumpError, NsSocket, Ports, SockDiag, TCP_BOUND_INACTIVE};
 
 /// Every TCP state as `ss -a` asks (`SS_ALL`, bits 0–12).
 const TCP_STATES: u32 = (1 << 13) - 1;
-/// `TCP_BOUND_INACTIVE` (include/net/tcp_states.h): sockets bound and
-/// neither listening nor connected, which hold a port all the same. Linux
-/// dumps them since 6.7 (as CLOSE) from a walk of its own, over every bound
-/// socket of the host (`inet_diag_dump_icsk`); older kernels ignore the bit.
-const TCP_BOUND_INACTIVE: u32 = 1 << 13;
 
 /// The dumps of one namespace's two lanes: its TCP connections, and the
 /// rest — the bound and idle sockets when there may be any, UDP. When there

@@ -8,15 +8,17 @@
 //!   (what `ss` reads).
 //! - [`netns`]: entering a network namespace, and its cookie.
 //! - [`procfs`]: the one reader of procfs and sysctl files.
-//! - [`mounts`], [`preflight`], [`capabilities`], [`clock`]: where the
-//!   kernel's file systems are, whether portmon can run here, the
-//!   privileges it holds, and the clock systemd reads.
+//! - [`mounts`], [`preflight`], [`features`], [`capabilities`], [`clock`]:
+//!   where the kernel's file systems are, whether portmon can run here and
+//!   what it will miss, the privileges it holds, and the clock systemd
+//!   reads.
 //!
 //! Above this layer the code is safe Rust over plain data.
 
 pub mod bpf;
 pub mod capabilities;
 pub mod clock;
+pub mod features;
 pub mod mounts;
 pub mod netns;
 pub mod preflight;

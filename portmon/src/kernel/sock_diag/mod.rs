@@ -32,6 +32,12 @@ use parse::{Progress, Reader, SOCK_DIAG_BY_FAMILY, TCPDIAG_GETSOCK};
 const NETLINK_SOCK_DIAG: libc::c_int = 4;
 /// What one `recv` can return (see the module comment).
 const RECV_BUFFER: usize = 32 * 1024;
+/// The state bit of `TCP_BOUND_INACTIVE` (include/net/tcp_states.h):
+/// sockets bound and neither listening nor connected, which hold a port all
+/// the same. Linux dumps them since 6.7 (as CLOSE) from a walk of its own,
+/// over every bound socket of the host (`inet_diag_dump_icsk`); older
+/// kernels ignore the bit.
+pub const TCP_BOUND_INACTIVE: u32 = 1 << 13;
 /// How often a dump is asked for before it counts as failed.
 pub const ATTEMPTS: usize = 3;
 
