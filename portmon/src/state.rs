@@ -6,7 +6,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     path::PathBuf,
     sync::{Arc, Mutex, MutexGuard, RwLock},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use portmon_common::Owner;
@@ -26,6 +26,28 @@ use crate::{
 /// How old the list of namespaces may be when a snapshot is taken.
 const NAMESPACE_RESCAN: Duration = Duration::from_secs(2);
 
+/// How the last attempt to load the configuration went, as Prometheus
+/// reports its own (`*_config_last_reload_successful`,
+/// `*_config_last_reload_success_timestamp_seconds`): the load at start
+/// counts as the first success.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReloadStatus {
+    /// Whether the last load (at start or on SIGHUP) was applied.
+    pub last_successful: bool,
+    /// When a load was last applied.
+    pub last_success: SystemTime,
+}
+
+impl ReloadStatus {
+    /// A configuration applied now.
+    pub fn applied_now() -> Self {
+        Self {
+            last_successful: true,
+            last_success: SystemTime::now(),
+        }
+    }
+}
+
 /// What the readers (exporter, API, reload, watchdog) share: the kernel
 /// maps, the failure log, the inventory, cgroup names and the settings in
 /// force. The daemon builds it once the programs are attached.
@@ -35,6 +57,7 @@ pub struct State {
     inventory: Mutex<(Inventory, Instant)>,
     cgroups: Mutex<CgroupPaths>,
     settings: RwLock<Arc<Settings>>,
+    reload: Mutex<ReloadStatus>,
     /// The programs attached.
     pub programs: Vec<&'static str>,
 }
@@ -66,6 +89,7 @@ impl State {
             inventory: Mutex::new((Inventory::scan(), Instant::now())),
             cgroups: Mutex::new(CgroupPaths::new(cgroup_root)),
             settings: RwLock::new(Arc::new(settings)),
+            reload: Mutex::new(ReloadStatus::applied_now()),
             programs,
         }
     }
@@ -89,6 +113,21 @@ impl State {
             .settings
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(settings);
+    }
+
+    /// How the last load of the configuration went.
+    pub fn reload_status(&self) -> ReloadStatus {
+        *lock(&self.reload)
+    }
+
+    /// Records a reload: applied (now) or refused, the running settings kept.
+    pub fn record_reload(&self, applied: bool) {
+        let mut status = lock(&self.reload);
+        if applied {
+            *status = ReloadStatus::applied_now();
+        } else {
+            status.last_successful = false;
+        }
     }
 
     /// Every port's counters.

@@ -1,5 +1,7 @@
 //! The Debian package, for real: `cargo xtask dist`, `dpkg -i` on this
-//! machine, `systemd-analyze verify` and `security` on the installed unit,
+//! machine (then again, as an upgrade that must keep a unit the admin
+//! disabled disabled), `systemd-analyze verify` and `security` on the
+//! installed unit,
 //! the daemon started from the package as the unit starts it (its user, its
 //! capabilities through setpriv, its config file, a real NOTIFY_SOCKET),
 //! scraped, stopped, then `dpkg --purge` and nothing left behind.
@@ -89,6 +91,32 @@ fn build_deb() -> PathBuf {
     deb
 }
 
+/// `systemctl is-enabled portmon.service`: it reads the unit links, with or
+/// without a running systemd.
+fn unit_state() -> String {
+    succeeds("systemctl", &["is-enabled", "portmon.service"])
+        .1
+        .trim()
+        .to_owned()
+}
+
+/// A first install enables the unit; once the admin disables it, installing
+/// the package again (an upgrade: postinst sees the old version) leaves it
+/// disabled.
+fn keeps_the_admins_choice_on_upgrade(deb: &Path) {
+    assert_eq!(unit_state(), "enabled", "a first install enables the unit");
+    let (ok, out) = succeeds("systemctl", &["disable", "portmon.service"]);
+    assert!(ok, "systemctl disable: {out}");
+    assert_eq!(unit_state(), "disabled");
+    let (ok, out) = succeeds("dpkg", &["-i", deb.to_str().unwrap()]);
+    assert!(ok, "dpkg -i again (upgrade): {out}");
+    assert_eq!(
+        unit_state(),
+        "disabled",
+        "the upgrade enabled a unit the admin disabled"
+    );
+}
+
 #[test]
 fn deb_installs_runs_as_its_unit_and_purges_clean() {
     let _serial = serial();
@@ -114,6 +142,7 @@ fn deb_installs_runs_as_its_unit_and_purges_clean() {
     }
     let (ok, _) = succeeds("getent", &["passwd", "portmon"]);
     assert!(ok, "the package did not create user portmon");
+    keeps_the_admins_choice_on_upgrade(&deb);
 
     let (ok, out) = succeeds("systemd-analyze", &["verify", UNIT]);
     assert!(ok && out.trim().is_empty(), "systemd-analyze verify: {out}");
@@ -129,6 +158,11 @@ fn deb_installs_runs_as_its_unit_and_purges_clean() {
     // The operator's edit: a listen address this test owns.
     std::fs::write(CONFIG, "listen = \"127.0.0.1:17485\"\nport-series-limit = 200\n").expect("edit config");
     let unit = std::fs::read_to_string(UNIT).expect("read installed unit");
+    assert_eq!(
+        unit_values(&unit, "RestartPreventExitStatus"),
+        ["64"],
+        "a bad configuration (exit 64) must not restart forever"
+    );
     let user = unit_values(&unit, "User").pop().expect("User=");
     let caps = unit_values(&unit, "AmbientCapabilities");
     let exec = unit_values(&unit, "ExecStart");

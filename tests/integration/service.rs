@@ -152,11 +152,18 @@ fn sighup_reloads_without_losing_counters_and_a_bad_file_changes_nothing() {
         .map(str::to_owned)
         .to_vec();
     args.insert(0, "--log=info".into());
+    let started_at = unix_now();
     let mut daemon = Supervised::spawn("reload", &portmon_bin(), &args, &[]);
     daemon
         .wait_for("READY=1", Duration::from_secs(30))
         .expect("READY=1");
     assert_eq!(metric(addr, "portmon_port_series_limit"), Some(5.0));
+    let (ok, at_start) = last_reload(addr);
+    assert!(ok, "the load at start is a success");
+    assert!(
+        at_start >= started_at,
+        "success at {at_start}, started at {started_at}"
+    );
 
     let netns = bind_in_fresh_netns(4242, 3);
     assert!(
@@ -166,10 +173,17 @@ fn sighup_reloads_without_losing_counters_and_a_bad_file_changes_nothing() {
     );
 
     std::fs::write(&config, "port-series-limit = 7\nnetns-label = \"always\"\n").expect("rewrite config");
+    let signalled_at = unix_now();
     daemon.signal(libc::SIGHUP);
     assert!(daemon.wait_for("RELOADING=1", Duration::from_secs(5)).is_some());
     assert!(daemon.wait_for("READY=1", Duration::from_secs(5)).is_some());
     assert_eq!(metric(addr, "portmon_port_series_limit"), Some(7.0));
+    let (ok, after_good) = last_reload(addr);
+    assert!(ok, "a good reload reads as successful");
+    assert!(
+        after_good >= signalled_at && after_good > at_start,
+        "success at {after_good}: SIGHUP at {signalled_at}, start at {at_start}"
+    );
     assert_eq!(binds_of(addr, netns, 4242), 3, "counters after reload");
     let (_, body) = http_get(addr, "/metrics").expect("metrics");
     assert!(
@@ -185,6 +199,11 @@ fn sighup_reloads_without_losing_counters_and_a_bad_file_changes_nothing() {
         metric(addr, "portmon_port_series_limit"),
         Some(7.0),
         "bad file applied"
+    );
+    assert_eq!(
+        last_reload(addr),
+        (false, after_good),
+        "a refused reload reads 0 and keeps the time of the last success"
     );
     let log = daemon.log_text();
     let errors: Vec<&str> = log.lines().filter(|l| l.contains("reload failed")).collect();
@@ -210,6 +229,21 @@ fn sighup_reloads_without_losing_counters_and_a_bad_file_changes_nothing() {
     let status = daemon.wait_exit(Duration::from_secs(10)).expect("exit");
     assert!(status.success(), "{status}\n{}", daemon.log_text());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `portmon_config_last_reload_successful` (as a bool) and
+/// `portmon_config_last_reload_success_timestamp_seconds`.
+fn last_reload(addr: std::net::SocketAddr) -> (bool, f64) {
+    let ok = metric(addr, "portmon_config_last_reload_successful").expect("reload gauge");
+    let at = metric(addr, "portmon_config_last_reload_success_timestamp_seconds").expect("reload time");
+    (ok == 1.0, at)
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_secs_f64()
 }
 
 #[test]

@@ -140,8 +140,18 @@ pub const SCRAPE_DURATION: Definition = gauge(
 );
 pub const BUILD_INFO: Definition = gauge(
     "portmon_build_info",
-    "portmon's version, as a label; the value is always 1.",
-    &["version"],
+    "portmon's version, the git revision it was built from (\"unknown\" outside a git checkout) and the compiler's version, as labels; the value is always 1.",
+    &["version", "revision", "rustc_version"],
+);
+pub const CONFIG_LAST_RELOAD_SUCCESSFUL: Definition = gauge(
+    "portmon_config_last_reload_successful",
+    "Whether the last configuration load (at start or on SIGHUP) was applied (1) or refused, the running configuration kept (0).",
+    &[],
+);
+pub const CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP: Definition = gauge(
+    "portmon_config_last_reload_success_timestamp_seconds",
+    "When a configuration was last applied, at start or on SIGHUP, in seconds since the Unix epoch.",
+    &[],
 );
 
 pub const EPHEMERAL_POOL_PORTS: Definition = gauge(
@@ -205,6 +215,8 @@ pub const ALL: &[Definition] = &[
     PORT_SERIES_LIMIT,
     SCRAPE_DURATION,
     BUILD_INFO,
+    CONFIG_LAST_RELOAD_SUCCESSFUL,
+    CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP,
     EPHEMERAL_POOL_PORTS,
     EPHEMERAL_PORTS_IN_USE,
     EPHEMERAL_BOUND_PORTS,

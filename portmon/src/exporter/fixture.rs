@@ -18,6 +18,7 @@ use crate::{
         sock_diag::{NsSocket, Socket, SocketState},
     },
     registry::Registry,
+    state::ReloadStatus,
 };
 
 /// What the next scrape reads.
@@ -28,6 +29,7 @@ pub struct Host {
     pub sockets: Vec<NsSocket>,
     pub port_series_limit: usize,
     pub netns_label: NetnsLabel,
+    pub reload: ReloadStatus,
 }
 
 impl Default for Host {
@@ -38,6 +40,11 @@ impl Default for Host {
             sockets: Vec::new(),
             port_series_limit: 1000,
             netns_label: NetnsLabel::Auto,
+            reload: ReloadStatus {
+                last_successful: true,
+                last_success: std::time::SystemTime::UNIX_EPOCH
+                    + std::time::Duration::from_secs(1_700_000_000),
+            },
         }
     }
 }
@@ -128,6 +135,7 @@ impl ScrapeSource for Fixture {
             ephemeral_seconds: 0.0,
             bind_before_connect: &[],
             inventory_errors: &BTreeMap::new(),
+            reload: host.reload,
         })
     }
 }

@@ -1,6 +1,6 @@
 //! portmon's own health: dropped events, full maps, attached programs, the
-//! registry, failed inventory dumps, the series limit and how long the
-//! scrape took.
+//! registry, failed inventory dumps, the series limit, how long the
+//! scrape took, what was built and how the last reload went.
 
 use portmon_common::{map, Family, Proto};
 
@@ -62,8 +62,28 @@ pub fn add(input: &ScrapeInput<'_>, folded: usize, scrape_seconds: f64, families
     families.add_one(&def::PORT_SERIES_FOLDED, folded as f64);
     families.add_one(&def::PORT_SERIES_LIMIT, input.port_series_limit as f64);
     families.add_one(&def::SCRAPE_DURATION, scrape_seconds);
+    families.add_one(
+        &def::CONFIG_LAST_RELOAD_SUCCESSFUL,
+        f64::from(u8::from(input.reload.last_successful)),
+    );
+    // A clock set before 1970 reads as 0, which no dashboard mistakes for now.
+    let since_epoch = input
+        .reload
+        .last_success
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    families.add_one(&def::CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP, since_epoch);
     families.add(
         &def::BUILD_INFO,
-        [(vec![env!("CARGO_PKG_VERSION").to_owned()], 1.0)],
+        [(
+            [
+                env!("CARGO_PKG_VERSION"),
+                env!("PORTMON_REVISION"),
+                env!("PORTMON_RUSTC_VERSION"),
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+            1.0,
+        )],
     );
 }

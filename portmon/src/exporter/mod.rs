@@ -6,6 +6,11 @@
 //! limit; beyond it ports fold into their range class (with `port=""`),
 //! and `portmon_port_series_folded` says how many did. Which ports fold,
 //! and why a counter's choice is made once, is in `port_series`.
+//!
+//! Beside it, the `prometheus` crate's process collector exports the
+//! daemon's own `process_*` families (memory, CPU, open descriptors, start
+//! time), under the names every exporter uses, so the usual dashboards and
+//! restart annotations work on portmon as they are.
 
 use std::sync::Arc;
 
@@ -35,7 +40,7 @@ pub enum ExporterError {
         #[source]
         source: prometheus::Error,
     },
-    #[error("cannot register portmon's collector")]
+    #[error("cannot register a collector of /metrics")]
     Register(#[source] prometheus::Error),
     #[error("cannot encode the exposition")]
     Encode(#[source] prometheus::Error),
@@ -48,11 +53,17 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// A registry whose one collector reads `source` at each scrape.
+    /// A registry whose collectors read `source` and this process at each
+    /// scrape.
     pub fn new<S: ScrapeSource>(source: Arc<S>) -> Result<Self, ExporterError> {
         let registry = prometheus::Registry::new();
         registry
             .register(Box::new(PortmonCollector::new(source)?))
+            .map_err(ExporterError::Register)?;
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
             .map_err(ExporterError::Register)?;
         Ok(Self { registry })
     }
@@ -266,6 +277,58 @@ mod tests {
                 r#"portmon_listening_ports{proto="tcp",family="ipv4",port="3000",class="user",service=""}"#
             ),
             1.0
+        );
+    }
+
+    #[test]
+    fn the_process_families_are_exported_beside_portmons() {
+        let (_, metrics) = start(Host::default());
+        let all = series(&scrape(&metrics));
+        // A test process may not have used a whole clock tick of CPU yet.
+        for (name, least) in [
+            ("process_resident_memory_bytes", 1.0),
+            ("process_cpu_seconds_total", 0.0),
+            ("process_open_fds", 1.0),
+            ("process_start_time_seconds", 1.0),
+        ] {
+            assert!(all.get(name).is_some_and(|v| *v >= least), "{name}: {all:?}");
+        }
+    }
+
+    #[test]
+    fn build_info_names_the_revision_and_the_compiler() {
+        let (_, metrics) = start(Host::default());
+        let text = scrape(&metrics);
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("portmon_build_info{"))
+            .unwrap_or_else(|| panic!("no build info: {text}"));
+        assert!(line.ends_with(" 1"), "{line}");
+        for label in ["version", "revision", "rustc_version"] {
+            assert!(line.contains(&format!("{label}=\"")), "{label}: {line}");
+            assert!(!line.contains(&format!("{label}=\"\"")), "{label} empty: {line}");
+        }
+        assert!(
+            line.contains(&format!(r#"version="{}""#, env!("CARGO_PKG_VERSION"))),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn a_refused_reload_reads_0_and_keeps_the_time_of_the_last_success() {
+        let (fixture, metrics) = start(Host::default());
+        let all = series(&scrape(&metrics));
+        assert_eq!(all.get("portmon_config_last_reload_successful"), Some(&1.0));
+        assert_eq!(
+            all.get("portmon_config_last_reload_success_timestamp_seconds"),
+            Some(&1_700_000_000.0)
+        );
+        fixture.change(|host| host.reload.last_successful = false);
+        let all = series(&scrape(&metrics));
+        assert_eq!(all.get("portmon_config_last_reload_successful"), Some(&0.0));
+        assert_eq!(
+            all.get("portmon_config_last_reload_success_timestamp_seconds"),
+            Some(&1_700_000_000.0)
         );
     }
 

@@ -14,7 +14,7 @@ use crate::{
         sock_diag::NsSocket,
     },
     registry::Registry,
-    state::State,
+    state::{ReloadStatus, State},
 };
 
 /// Everything one scrape reads.
@@ -39,6 +39,8 @@ pub struct ScrapeInput<'a> {
     pub bind_before_connect: &'a [(String, u64)],
     /// sock_diag dumps that failed after every attempt, since start.
     pub inventory_errors: &'a BTreeMap<(Proto, Family), u64>,
+    /// How the last load of the configuration went.
+    pub reload: ReloadStatus,
 }
 
 /// Where a collector reads its numbers from at each scrape.
@@ -85,6 +87,7 @@ impl ScrapeSource for State {
             ephemeral_seconds,
             bind_before_connect: &bind_before_connect,
             inventory_errors: &snapshot.dump_errors,
+            reload: self.reload_status(),
         })
     }
 }

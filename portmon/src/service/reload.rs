@@ -57,8 +57,15 @@ pub enum ReloadError {
 }
 
 /// Reads the configuration again and applies it to `state`; returns the
-/// configuration now in force. On error nothing changes.
+/// configuration now in force. On error nothing changes but the record of
+/// the last reload, which `/metrics` exports.
 pub fn reload(state: &State, running: &Config, source: &ConfigSource) -> Result<Config, ReloadError> {
+    let outcome = apply(state, running, source);
+    state.record_reload(outcome.is_ok());
+    outcome
+}
+
+fn apply(state: &State, running: &Config, source: &ConfigSource) -> Result<Config, ReloadError> {
     let mut wanted = source.load()?;
     // Read again even when the path is the same: `portmon registry update`
     // replaces the file in place.

@@ -1,0 +1,228 @@
+//! The Kubernetes manifests, through a schema validator and house rules.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use serde_json::Value;
+
+use super::{deploy_dir, read};
+
+/// Validates manifests with the venv `cargo xtask setup` made; the parsed
+/// documents with their errors.
+fn validate_manifests(paths: &[PathBuf]) -> Vec<Value> {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/integration-… → target
+    let target = exe.ancestors().nth(3).expect("target dir");
+    let python = target.join("k8s-validate/bin/python");
+    assert!(
+        python.exists(),
+        "{} missing: run `cargo xtask setup` (it installs the validator)",
+        python.display()
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("k8s/validate.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .args(paths)
+        .output()
+        .expect("run the manifest validator");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "validator output is not JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn manifests() -> Vec<PathBuf> {
+    let dir = deploy_dir().join("kubernetes");
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("deploy/kubernetes")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    paths.sort();
+    paths
+}
+
+#[test]
+fn the_kubernetes_manifests_pass_the_schema_validator() {
+    let results = validate_manifests(&manifests());
+    let failed: Vec<String> = results
+        .iter()
+        .filter(|r| r["errors"].as_array().is_some_and(|e| !e.is_empty()))
+        .map(|r| format!("{} {} ({}): {}", r["kind"], r["name"], r["file"], r["errors"]))
+        .collect();
+    assert!(failed.is_empty(), "invalid manifests:\n{}", failed.join("\n"));
+    let by_kind: BTreeMap<&str, &Value> = results
+        .iter()
+        .map(|r| (r["kind"].as_str().unwrap_or_default(), &r["document"]))
+        .collect();
+    for kind in ["DaemonSet", "Service", "ServiceMonitor"] {
+        assert!(by_kind.contains_key(kind), "no {kind} among {:?}", by_kind.keys());
+    }
+    check_daemonset(by_kind["DaemonSet"]);
+    check_scrape_path(
+        by_kind["DaemonSet"],
+        by_kind["Service"],
+        by_kind["ServiceMonitor"],
+    );
+}
+
+fn check_daemonset(ds: &Value) {
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(
+        (&pod["hostNetwork"], &pod["hostPID"]),
+        (&Value::from(true), &Value::from(true)),
+        "DaemonSet: host network and PID namespaces"
+    );
+    let c = &pod["containers"][0];
+    let security = &c["securityContext"];
+    assert_ne!(security["privileged"], true, "DaemonSet: never privileged");
+    let added: BTreeSet<&str> = security["capabilities"]["add"]
+        .as_array()
+        .expect("capabilities.add")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        added,
+        BTreeSet::from(["BPF", "PERFMON", "NET_ADMIN"]),
+        "DaemonSet: the systemd unit's capabilities, no more"
+    );
+    assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        args.windows(2).any(|w| w == ["--listen", "0.0.0.0:7455"]),
+        "DaemonSet args: {args:?}"
+    );
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert_eq!(c[probe]["httpGet"]["path"], "/healthz", "DaemonSet {probe}");
+    }
+    for (kind, resource) in [
+        ("requests", "cpu"),
+        ("requests", "memory"),
+        ("limits", "cpu"),
+        ("limits", "memory"),
+    ] {
+        assert!(
+            c["resources"][kind][resource].is_string(),
+            "DaemonSet: resources.{kind}.{resource}"
+        );
+    }
+    let host_paths: BTreeSet<&str> = pod["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .filter_map(|v| v["hostPath"]["path"].as_str())
+        .collect();
+    for path in ["/sys/fs/bpf", "/sys/kernel/tracing", "/sys/fs/cgroup"] {
+        assert!(host_paths.contains(path), "DaemonSet: no hostPath {path}");
+    }
+}
+
+/// The ServiceMonitor selects the Service, which selects the pods, on the port named metrics.
+fn check_scrape_path(ds: &Value, service: &Value, monitor: &Value) {
+    let subset = |want: &Value, have: &Value| {
+        want.as_object()
+            .is_some_and(|w| !w.is_empty() && w.iter().all(|(k, v)| &have[k] == v))
+    };
+    let pod_labels = &ds["spec"]["template"]["metadata"]["labels"];
+    assert!(
+        subset(&service["spec"]["selector"], pod_labels),
+        "Service selects no portmon pod"
+    );
+    let port = &service["spec"]["ports"][0];
+    assert_eq!(
+        (&port["name"], &port["port"]),
+        (&Value::from("metrics"), &Value::from(7455))
+    );
+    let pod_port = &ds["spec"]["template"]["spec"]["containers"][0]["ports"][0];
+    assert!(
+        port["targetPort"] == pod_port["name"] || port["targetPort"] == pod_port["containerPort"],
+        "Service targetPort {} is not the pod's port {pod_port}",
+        port["targetPort"]
+    );
+    let spec = &monitor["spec"];
+    assert!(
+        subset(&spec["selector"]["matchLabels"], &service["metadata"]["labels"]),
+        "ServiceMonitor selects no portmon Service"
+    );
+    let namespaces = spec["namespaceSelector"]["matchNames"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        namespaces.contains(&service["metadata"]["namespace"]),
+        "ServiceMonitor looks in {namespaces:?}"
+    );
+    assert_eq!(
+        spec["endpoints"][0]["port"], "metrics",
+        "ServiceMonitor endpoint port"
+    );
+}
+
+#[test]
+fn the_manifest_validator_rejects_broken_manifests() {
+    let dir = std::env::temp_dir().join(format!("portmon-k8s-broken-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let source = deploy_dir().join("kubernetes");
+    let breakages = [
+        (
+            "daemonset.yaml",
+            "readOnlyRootFilesystem:",
+            "readOnlyRootFilesytem:",
+            "unknown field",
+        ),
+        ("service.yaml", "port: 7455", "port: seven-thousand", "wrong type"),
+        (
+            "servicemonitor.yaml",
+            "scheme: http",
+            "scheme: gopher",
+            "value outside the CRD's enum",
+        ),
+        (
+            "servicemonitor.yaml",
+            "interval: 30s",
+            "interval: 30 seconds",
+            "duration the CRD's pattern refuses",
+        ),
+        (
+            "servicemonitor.yaml",
+            "targetLabel:",
+            "targetLable:",
+            "field the CRD does not know",
+        ),
+        (
+            "servicemonitor.yaml",
+            "  endpoints:",
+            "  endpoint:",
+            "required field missing",
+        ),
+    ];
+    for (i, (file, from, to, what)) in breakages.iter().enumerate() {
+        let text = read(&source.join(file));
+        assert!(
+            text.contains(from),
+            "{file} no longer contains {from:?}: update this test"
+        );
+        let broken = dir.join(format!("{i}-{file}"));
+        std::fs::write(&broken, text.replacen(from, to, 1)).expect("write broken manifest");
+        let results = validate_manifests(std::slice::from_ref(&broken));
+        assert!(
+            results
+                .iter()
+                .any(|r| r["errors"].as_array().is_some_and(|e| !e.is_empty())),
+            "{file} with {to:?} ({what}) passed the validator"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
