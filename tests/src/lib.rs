@@ -11,7 +11,7 @@ use std::{
     io,
     path::PathBuf,
     process::Command,
-    sync::{Mutex, MutexGuard, OnceLock},
+    sync::{Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
@@ -28,7 +28,12 @@ use portmon::{
 };
 use portmon_common::{Family, PortStats, Proto, Role};
 
+mod daemon;
+mod prometheus;
 pub mod supervised;
+
+pub use daemon::{http_get, portmon_bin, portmon_ports, Daemon, BIN_VAR};
+pub use prometheus::{metric_value, Prometheus};
 
 /// Holds the lock that keeps tests from running at the same time.
 pub fn serial() -> MutexGuard<'static, ()> {
@@ -267,71 +272,6 @@ pub fn settled_portmon_programs() -> usize {
     }
 }
 
-/// Names a prebuilt `portmon` binary for [`portmon_bin`]: a guest of
-/// `cargo xtask vm-test` has no cargo to build one.
-pub const BIN_VAR: &str = "PORTMON_BIN";
-
-/// The `portmon` binary: the one [`BIN_VAR`] names, else built once per test
-/// run with the same profile.
-pub fn portmon_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(prebuilt) = std::env::var_os(BIN_VAR).filter(|v| !v.is_empty()) {
-            return PathBuf::from(prebuilt);
-        }
-        let exe = std::env::current_exe().expect("test binary path");
-        // target/<profile>/deps/integration-… → target/<profile>
-        let profile_dir = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .expect("target dir")
-            .to_owned();
-        let release = profile_dir.file_name().is_some_and(|n| n == "release");
-        let mut cargo = Command::new(env!("CARGO"));
-        cargo.args(["build", "--package", "portmon", "--bin", "portmon"]);
-        // What cargo set for this binary (the package's name, version and
-        // directory) must not reach the build: build scripts that watch
-        // these variables (ring's) would run again, and the crates after
-        // them be built again, at every test run.
-        for (key, _) in std::env::vars_os() {
-            let key = key.to_string_lossy();
-            if key.starts_with("CARGO_PKG_")
-                || key.starts_with("CARGO_MANIFEST_")
-                || key == "CARGO_CRATE_NAME"
-            {
-                cargo.env_remove(&*key);
-            }
-        }
-        if release {
-            cargo.arg("--release");
-        }
-        if let Some(target_dir) = profile_dir.parent() {
-            cargo.arg("--target-dir").arg(target_dir);
-        }
-        let status = cargo.status().expect("run cargo to build the portmon binary");
-        assert!(status.success(), "building the portmon binary failed");
-        profile_dir.join("portmon")
-    })
-    .clone()
-}
-
-/// `portmon ports ARGS`'s standard output; it must succeed. No config from
-/// the environment: the test says where the daemon is.
-pub fn portmon_ports(args: &[&str]) -> String {
-    let out = Command::new(portmon_bin())
-        .arg("ports")
-        .args(args)
-        .env_remove("PORTMON_CONFIG")
-        .output()
-        .expect("run portmon ports");
-    assert!(
-        out.status.success(),
-        "portmon ports {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("UTF-8")
-}
-
 /// Polls `cond` every 20 ms until it holds or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -342,91 +282,6 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     cond()
-}
-
-/// A GET over real HTTP: (status, body).
-pub fn http_get(addr: std::net::SocketAddr, path: &str) -> io::Result<(u16, String)> {
-    portmon::http::get(addr, path, Duration::from_secs(10))
-}
-
-/// A `portmon run` child process, stopped (SIGKILL) on drop if still running.
-#[derive(Debug)]
-pub struct Daemon {
-    pub child: std::process::Child,
-    pub addr: std::net::SocketAddr,
-    home: Home,
-}
-
-/// The network namespace a server was started from, so that a test thread
-/// that entered another one can still reach it.
-#[derive(Debug)]
-struct Home(std::fs::File);
-
-impl Home {
-    fn here() -> Self {
-        Self(std::fs::File::open("/proc/thread-self/ns/net").expect("own netns"))
-    }
-
-    fn run<T: Send>(&self, work: impl FnOnce() -> T + Send) -> T {
-        use std::os::fd::AsRawFd as _;
-        let path = PathBuf::from(format!("/proc/self/fd/{}", self.0.as_raw_fd()));
-        portmon::kernel::netns::run_in(&path, work).expect("enter the test's own netns")
-    }
-}
-
-impl Daemon {
-    /// Starts `portmon run` on `addr` with extra arguments, and waits for
-    /// `/healthz` to answer.
-    pub fn start(addr: std::net::SocketAddr, extra: &[&str]) -> Self {
-        let child = Command::new(portmon_bin())
-            .args(["run", "--listen", &addr.to_string()])
-            .args(extra)
-            .env("PORTMON_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn portmon run");
-        let mut daemon = Self {
-            child,
-            addr,
-            home: Home::here(),
-        };
-        let up = wait_until(Duration::from_secs(30), || {
-            if let Ok(Some(status)) = daemon.child.try_wait() {
-                panic!("portmon run exited early: {status}");
-            }
-            matches!(http_get(addr, "/healthz"), Ok((200, _)))
-        });
-        assert!(up, "portmon run did not answer /healthz on {addr}");
-        daemon
-    }
-
-    /// A GET from the daemon's namespace, whichever one the caller is in.
-    pub fn get(&self, path: &str) -> io::Result<(u16, String)> {
-        self.home.run(|| http_get(self.addr, path))
-    }
-
-    /// One scrape of `/metrics`, from the daemon's namespace.
-    pub fn scrape(&self) -> String {
-        let (status, body) = self.get("/metrics").expect("GET /metrics");
-        assert_eq!(status, 200, "{body}");
-        body
-    }
-
-    /// Sends a signal and waits for the exit status.
-    pub fn stop_with(mut self, signal: i32) -> std::process::ExitStatus {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, signal) };
-        self.child.wait().expect("wait for portmon")
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }
 
 /// A named network namespace (`ip netns add`), so the daemon finds it under
@@ -517,118 +372,4 @@ pub fn url_encode(value: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
-}
-
-/// A real Prometheus server (the Debian package) scraping `target` every
-/// second, with its data in a temporary directory; stopped on drop.
-#[derive(Debug)]
-pub struct Prometheus {
-    child: std::process::Child,
-    pub addr: std::net::SocketAddr,
-    dir: PathBuf,
-    home: Home,
-}
-
-impl Prometheus {
-    pub fn start(addr: std::net::SocketAddr, target: std::net::SocketAddr, rule_files: &[PathBuf]) -> Self {
-        Self::start_scraping(addr, &[target], rule_files)
-    }
-
-    /// Like `start`, with every target in the one `portmon` job.
-    pub fn start_scraping(
-        addr: std::net::SocketAddr,
-        targets: &[std::net::SocketAddr],
-        rule_files: &[PathBuf],
-    ) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "portmon-prometheus-{}-{}",
-            std::process::id(),
-            addr.port()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("prometheus dir");
-        let rules: Vec<String> = rule_files
-            .iter()
-            .map(|p| format!("  - {}\n", p.display()))
-            .collect();
-        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
-        let config = format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{}scrape_configs:\n  - job_name: portmon\n    static_configs:\n      - targets: [{}]\n",
-            if rules.is_empty() { "  []\n".to_owned() } else { rules.concat() },
-            targets.join(", ")
-        );
-        std::fs::write(dir.join("prometheus.yml"), config).expect("prometheus config");
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
-            .arg(format!("--web.listen-address={addr}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(dir.join("prometheus.log")).expect("log file"))
-            .spawn()
-            .expect("start prometheus (apt-get install prometheus; cargo xtask test installs it)");
-        let prometheus = Self {
-            child,
-            addr,
-            dir,
-            home: Home::here(),
-        };
-        let ready = wait_until(Duration::from_secs(60), || {
-            matches!(http_get(addr, "/-/ready"), Ok((200, _)))
-        });
-        assert!(ready, "prometheus not ready; log in {}", prometheus.dir.display());
-        prometheus
-    }
-
-    /// The value of an instant query's first result, if any.
-    pub fn query(&self, promql: &str) -> Option<f64> {
-        let path = format!("/api/v1/query?query={}", url_encode(promql));
-        let (status, body) = self.home.run(|| http_get(self.addr, &path)).ok()?;
-        assert_eq!(status, 200, "query {promql}: {body}");
-        let json: serde_json::Value = serde_json::from_str(&body).ok()?;
-        json["data"]["result"].get(0)?["value"][1].as_str()?.parse().ok()
-    }
-
-    /// The JSON answer of a GET on Prometheus' HTTP API (`/api/v1/...`).
-    pub fn api(&self, path_and_query: &str) -> serde_json::Value {
-        let (status, body) = self
-            .home
-            .run(|| http_get(self.addr, path_and_query))
-            .unwrap_or_else(|e| panic!("GET {path_and_query} from prometheus: {e}"));
-        serde_json::from_str(&body)
-            .unwrap_or_else(|e| panic!("GET {path_and_query}: status {status}, not JSON ({e}): {body}"))
-    }
-
-    /// Waits until `promql` returns `want`; returns the last value seen.
-    pub fn wait_for(&self, promql: &str, want: f64, timeout: Duration) -> Option<f64> {
-        let mut last = None;
-        wait_until(timeout, || {
-            last = self.query(promql);
-            last == Some(want)
-        });
-        last
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// The value of the series `name` whose labels include all of `labels`, in
-/// Prometheus text exposition; `None` if there is none.
-pub fn metric_value(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    exposition.lines().find_map(|line| {
-        let rest = line.strip_prefix(name)?;
-        let (label_text, value) = match rest.strip_prefix('{') {
-            Some(rest) => rest.rsplit_once("} ")?,
-            None => ("", rest.strip_prefix(' ')?),
-        };
-        let all = labels
-            .iter()
-            .all(|(k, v)| label_text.split(',').any(|pair| pair == format!("{k}=\"{v}\"")));
-        all.then(|| value.trim().parse().ok()).flatten()
-    })
 }
