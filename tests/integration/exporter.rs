@@ -10,6 +10,7 @@ use std::{
 use portmon::port_class::PortClass;
 use portmon_tests::{
     http_get, metric_value, portmon_ports, serial, ss_counts, Daemon, NamedNetns, Prometheus,
+    PROMETHEUS_PATIENCE,
 };
 
 const DAEMON: &str = "127.0.0.1:17460";
@@ -229,9 +230,8 @@ fn prometheus_scrapes_the_numbers_the_kernel_counted() {
         1 + established + time_wait,
         "clients share no port"
     );
-    let timeout = Duration::from_secs(30);
     for (query, want) in checks {
-        let got = prometheus.wait_for(&query, want, timeout);
+        let got = prometheus.wait_for(&query, want, PROMETHEUS_PATIENCE);
         assert_eq!(got, Some(want), "{query}");
     }
     drop(work);

@@ -33,7 +33,7 @@ mod prometheus;
 pub mod supervised;
 
 pub use daemon::{http_get, portmon_bin, portmon_ports, Daemon, BIN_VAR};
-pub use prometheus::{metric_value, Prometheus};
+pub use prometheus::{metric_value, Prometheus, PROMETHEUS_PATIENCE};
 
 /// Holds the lock that keeps tests from running at the same time.
 pub fn serial() -> MutexGuard<'static, ()> {

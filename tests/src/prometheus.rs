@@ -4,6 +4,11 @@ use std::{path::PathBuf, process::Command, time::Duration};
 
 use crate::{daemon::Home, http_get, url_encode, wait_until};
 
+/// How long a test waits for Prometheus to see what the daemon exports:
+/// long enough for a guest of `cargo xtask vm-test`, where Prometheus runs
+/// emulated; a wait ends as soon as the value is there.
+pub const PROMETHEUS_PATIENCE: Duration = Duration::from_secs(120);
+
 /// A real Prometheus server (the Debian package) scraping `target` every
 /// second, with its data in a temporary directory; stopped on drop.
 #[derive(Debug)]
