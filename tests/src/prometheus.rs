@@ -30,6 +30,11 @@ impl Prometheus {
         targets: &[std::net::SocketAddr],
         rule_files: &[PathBuf],
     ) -> Self {
+        // Prometheus reads `rule_files` as globs: a missing file would load
+        // no rules, silently, and an alert test could only time out.
+        for file in rule_files {
+            assert!(file.is_file(), "rule file {} is missing", file.display());
+        }
         let dir = std::env::temp_dir().join(format!(
             "portmon-prometheus-{}-{}",
             std::process::id(),

@@ -14,7 +14,9 @@ export NO_COLOR=1
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-mount -t tmpfs tmpfs /tmp
+# No tmpfs on /tmp: the initramfs is writable memory already, and the
+# files the tests open by their build-time path live under /tmp when the
+# checkout does; a mount there would hide them.
 mount -t tmpfs tmpfs /run
 # The tests and the daemon find it through /proc/self/mountinfo.
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
