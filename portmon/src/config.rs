@@ -35,7 +35,7 @@ pub struct Config {
     #[serde(deserialize_with = "port_stats_capacity")]
     pub port_stats_capacity: u32,
     /// Most ports with series of their own per metric in /metrics; past
-    /// it ports fold into their range class (`port=""`). Counters: first
+    /// it ports fold into their range class (`port="other"`). Counters: first
     /// come, first served, for the daemon's lifetime; gauges: the busiest.
     pub port_series_limit: usize,
     /// `auto`: a `netns` label once more than one network namespace has

@@ -27,7 +27,7 @@
 //! Imports flow downward only:
 //!
 //! 1. `kernel`: everything that talks to the kernel; the only `unsafe`.
-//! 2. `report`, `port_class`, `port_set`: vocabulary.
+//! 2. `report`, `port_class`, `port_set`, `address_scope`: vocabulary.
 //! 3. `registry` (what a port is called), `exhaustion` (the ephemeral pool
 //!    by the kernel's rules), `cgroups` and `namespaces` (the names people
 //!    know), `settings`.
@@ -38,6 +38,7 @@
 //!    service manager's view.
 //! 7. `daemon` (start-up and serving, wiring only) and `cli`.
 
+pub mod address_scope;
 pub mod api;
 pub mod cgroups;
 pub mod cli;

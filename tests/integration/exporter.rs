@@ -237,6 +237,102 @@ fn prometheus_scrapes_the_numbers_the_kernel_counted() {
     drop(work);
 }
 
+/// A TCP listener on `addr` with `SO_REUSEPORT`, so that several can share
+/// one port as a server's worker processes do.
+fn reuseport_listener(addr: std::net::SocketAddrV4) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: plain socket calls on a descriptor this function owns; the
+    // sockaddr is built in full before bind reads it.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let owned = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        let set = libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEPORT,
+            (&raw const one).cast(),
+            std::mem::size_of_val(&one) as libc::socklen_t,
+        );
+        assert_eq!(set, 0, "SO_REUSEPORT: {}", std::io::Error::last_os_error());
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: addr.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*addr.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let bound = libc::bind(
+            fd,
+            (&raw const sin).cast(),
+            std::mem::size_of_val(&sin) as libc::socklen_t,
+        );
+        assert_eq!(bound, 0, "bind {addr}: {}", std::io::Error::last_os_error());
+        assert_eq!(
+            libc::listen(fd, 16),
+            0,
+            "listen: {}",
+            std::io::Error::last_os_error()
+        );
+        owned
+    }
+}
+
+#[test]
+fn listening_ports_count_ports_by_address_scope_not_sockets() {
+    let _serial = serial();
+    let ns = NamedNetns::create("scope");
+    let daemon = Daemon::start(DAEMON.parse().unwrap(), NO_FOLDING);
+    let (wildcard, loopback) = (18_006, 18_007);
+    let listeners = ns.enter(|| {
+        let mut all: Vec<std::os::fd::OwnedFd> = (0..3)
+            .map(|_| {
+                reuseport_listener(std::net::SocketAddrV4::new(
+                    std::net::Ipv4Addr::UNSPECIFIED,
+                    wildcard,
+                ))
+            })
+            .collect();
+        all.push(reuseport_listener(std::net::SocketAddrV4::new(
+            std::net::Ipv4Addr::LOCALHOST,
+            loopback,
+        )));
+        all
+    });
+    let body = daemon.scrape();
+    let n = ns.name.as_str();
+    let ports = |port: u16, scope: &str| {
+        metric_value(
+            &body,
+            "portmon_listening_ports",
+            &[("netns", n), ("port", &port.to_string()), ("scope", scope)],
+        )
+    };
+    assert_eq!(
+        ports(wildcard, "wildcard"),
+        Some(1.0),
+        "three sockets, one port:\n{body}"
+    );
+    assert_eq!(ports(loopback, "loopback"), Some(1.0), "{body}");
+    assert_eq!(ports(loopback, "wildcard"), None, "{body}");
+    assert_eq!(
+        metric_value(
+            &body,
+            "portmon_sockets",
+            &[("netns", n), ("port", &wildcard.to_string()), ("state", "listen")]
+        ),
+        Some(3.0),
+        "the sockets are counted where sockets are"
+    );
+    assert!(
+        !body.contains(r#"port="""#),
+        "a series with an empty port label:\n{body}"
+    );
+    drop(listeners);
+}
+
 #[test]
 fn promtool_finds_nothing_wrong_with_the_exposition() {
     let _serial = serial();

@@ -59,6 +59,7 @@ const fn per_port(def: Definition) -> Definition {
 const PORT: &[&str] = &["proto", "family", "port", "class", "service", "netns"];
 const PORT_ERRNO: &[&str] = &["proto", "family", "port", "class", "service", "netns", "errno"];
 const PORT_STATE: &[&str] = &["proto", "family", "port", "class", "service", "netns", "state"];
+const PORT_SCOPE: &[&str] = &["proto", "family", "port", "class", "service", "netns", "scope"];
 
 pub const BINDS: Definition = per_port(counter(
     "portmon_binds_total",
@@ -87,8 +88,8 @@ pub const SOCKETS: Definition = per_port(gauge(
 ));
 pub const LISTENING_PORTS: Definition = per_port(gauge(
     "portmon_listening_ports",
-    "Listening sockets (TCP LISTEN, UDP bound and unconnected), by port.",
-    PORT,
+    "Listening ports (TCP LISTEN, UDP bound and unconnected), by port and the reach of the address listened on (scope: wildcard, loopback, specific); a port with many listening sockets (SO_REUSEPORT, one per address) counts once per scope. Folded series (port=\"other\") count the distinct ports of their class.",
+    PORT_SCOPE,
 ));
 pub const PORTS_IN_USE: Definition = per_port(gauge(
     "portmon_ports_in_use",

@@ -84,6 +84,16 @@ impl Host {
     pub fn socket(&mut self, netns: u64, port: u16, state: SocketState) {
         self.sockets.push(socket(netns, port, state));
     }
+
+    /// Adds a listening TCP socket on `local` in `netns`.
+    pub fn listener(&mut self, netns: u64, local: &str) {
+        let mut listener = socket(netns, 0, SocketState::Listen);
+        listener.socket.local = local.parse().expect("a socket address");
+        if listener.socket.local.is_ipv6() {
+            listener.socket.family = Family::Inet6;
+        }
+        self.sockets.push(listener);
+    }
 }
 
 /// A TCP socket on 127.0.0.1:`port`.

@@ -3,7 +3,7 @@
 //! every scrape, as the Prometheus guide to writing exporters asks.
 //!
 //! Per-port series exist only for ports in use or with events, up to a
-//! limit; beyond it ports fold into their range class (with `port=""`),
+//! limit; beyond it ports fold into their range class (with `port="other"`),
 //! and `portmon_port_series_folded` says how many did. Which ports fold,
 //! and why a counter's choice is made once, is in `port_series`.
 //!
@@ -133,14 +133,14 @@ mod tests {
         let text = scrape(&metrics);
         assert!(
             text.contains(
-                r#"portmon_listening_ports{proto="tcp",family="ipv4",port="80",class="system",service=""} 1"#
+                r#"portmon_listening_ports{proto="tcp",family="ipv4",port="80",class="system",service="",scope="loopback"} 1"#
             ),
             "{text}"
         );
         assert!(text.contains(r#"port="8080""#), "{text}");
         assert!(!text.contains(r#"port="50000""#), "{text}");
         assert!(
-            text.contains(r#"portmon_sockets{proto="tcp",family="ipv4",port="",class="dynamic",service="",state="established"} 3"#),
+            text.contains(r#"portmon_sockets{proto="tcp",family="ipv4",port="other",class="dynamic",service="",state="established"} 3"#),
             "{text}"
         );
         assert!(text.contains("portmon_port_series_folded 3"), "{text}");
@@ -180,7 +180,8 @@ mod tests {
         let (fixture, metrics) = start(host);
         let first = counters(&scrape(&metrics));
         assert!(first.keys().any(|s| s.contains(r#"port="1005""#)), "{first:?}");
-        assert!(first.keys().any(|s| s.contains(r#"port="""#)), "{first:?}");
+        assert!(first.keys().any(|s| s.contains(r#"port="other""#)), "{first:?}");
+        assert!(!first.keys().any(|s| s.contains(r#"port="""#)), "{first:?}");
 
         // The folded ports become the busiest, listeners appear on them, a
         // new port comes: none of it may move a counter between series.
@@ -265,19 +266,89 @@ mod tests {
             "3000 (binds) and 5000 (sockets)"
         );
         assert_eq!(
-            value(r#"portmon_binds_total{proto="tcp",family="ipv4",port="",class="user",service=""}"#),
+            value(r#"portmon_binds_total{proto="tcp",family="ipv4",port="other",class="user",service=""}"#),
             4.0
         );
         assert_eq!(
-            value(r#"portmon_listening_ports{proto="tcp",family="ipv4",port="",class="user",service=""}"#),
+            value(
+                r#"portmon_listening_ports{proto="tcp",family="ipv4",port="other",class="user",service="",scope="loopback"}"#
+            ),
             1.0
         );
         assert_eq!(
             value(
-                r#"portmon_listening_ports{proto="tcp",family="ipv4",port="3000",class="user",service=""}"#
+                r#"portmon_listening_ports{proto="tcp",family="ipv4",port="3000",class="user",service="",scope="loopback"}"#
             ),
             1.0
         );
+    }
+
+    #[test]
+    fn listening_ports_count_ports_by_scope_not_sockets() {
+        let mut host = Host {
+            port_series_limit: 2,
+            ..Host::default()
+        };
+        // An SO_REUSEPORT group of three on loopback, one wildcard socket on
+        // the same port, a specific address, and over the limit two folded
+        // ports of two sockets each.
+        for _ in 0..3 {
+            host.listener(HOST, "127.0.0.1:80");
+        }
+        host.listener(HOST, "0.0.0.0:80");
+        host.listener(HOST, "[::]:443");
+        host.listener(HOST, "10.0.0.1:8080");
+        for local in [
+            "10.0.0.1:9000",
+            "10.0.0.2:9000",
+            "[::ffff:10.0.0.3]:9001",
+            "10.0.0.4:9001",
+        ] {
+            host.listener(HOST, local);
+        }
+        let (_, metrics) = start(host);
+        let text = scrape(&metrics);
+        let all = series(&text);
+        let value = |name: &str| all.get(name).copied().unwrap_or_else(|| panic!("{name}: {text}"));
+        let listening = |family: &str, port: &str, class: &str, scope: &str| {
+            value(&format!(
+                r#"portmon_listening_ports{{proto="tcp",family="{family}",port="{port}",class="{class}",service="",scope="{scope}"}}"#
+            ))
+        };
+        assert_eq!(listening("ipv4", "80", "system", "loopback"), 1.0);
+        assert_eq!(listening("ipv4", "80", "system", "wildcard"), 1.0);
+        assert_eq!(
+            listening("ipv4", "9000", "user", "specific"),
+            1.0,
+            "two addresses, one port"
+        );
+        // Past the limit (80 and 9000 have the most listeners).
+        assert_eq!(listening("ipv6", "other", "system", "wildcard"), 1.0, "443");
+        assert_eq!(
+            listening("ipv4", "other", "user", "specific"),
+            2.0,
+            "8080 and 9001"
+        );
+        assert_eq!(
+            listening("ipv6", "other", "user", "specific"),
+            1.0,
+            "9001 over IPv6"
+        );
+        assert_eq!(
+            value(
+                r#"portmon_sockets{proto="tcp",family="ipv4",port="80",class="system",service="",state="listen"}"#
+            ),
+            4.0,
+            "the sockets are still there to count"
+        );
+        let wildcard: f64 = all
+            .iter()
+            .filter(|(name, _)| {
+                name.starts_with("portmon_listening_ports{") && name.contains(r#"scope="wildcard""#)
+            })
+            .map(|(_, v)| v)
+            .sum();
+        assert_eq!(wildcard, 2.0, "80 and 443 listen on every interface: {text}");
     }
 
     #[test]

@@ -7,12 +7,13 @@ use portmon_common::{Op, Proto, Role};
 use super::{
     definitions::{self as def, Definition},
     families::{Families, Series},
-    port_series::{busiest, Activity, PortId, SeriesKey, SeriesMemory},
+    port_series::{busiest, Activity, PortId, SeriesKey, SeriesMemory, FOLDED_PORT},
     ScrapeInput,
 };
 use foldhash::{HashMap as FastMap, HashSet as FastSet};
 
 use crate::{
+    address_scope::AddressScope,
     failures::Errno,
     kernel::{
         bpf::counters::PortCount,
@@ -116,7 +117,10 @@ fn gauges(input: &ScrapeInput<'_>, own: &FastSet<PortId>, labels: &Labels<'_>, f
     // Counted by compact keys first, labels built once per series (a busy
     // host has 100,000 sockets).
     let mut by_state: FastMap<(SeriesKey, &'static str), u64> = FastMap::default();
-    let mut by_listener: FastMap<SeriesKey, u64> = FastMap::default();
+    // Ports, not sockets: SO_REUSEPORT groups and one socket per address
+    // hold one port many times (`portmon_sockets{state="listen"}` counts
+    // the sockets).
+    let mut listeners: FastSet<(SeriesKey, AddressScope, u16)> = FastSet::default();
     for s in input.sockets {
         let id = socket_port(s);
         let key = if own.contains(&id) {
@@ -125,9 +129,13 @@ fn gauges(input: &ScrapeInput<'_>, own: &FastSet<PortId>, labels: &Labels<'_>, f
             SeriesKey::folded(id)
         };
         if is_listening(s.socket.state, s.socket.proto) {
-            *by_listener.entry(key).or_default() += 1;
+            listeners.insert((key, AddressScope::of(s.socket.local.ip()), id.port));
         }
         *by_state.entry((key, s.socket.state_label())).or_default() += 1;
+    }
+    let mut by_listener: FastMap<(SeriesKey, AddressScope), u64> = FastMap::default();
+    for (key, scope, _) in listeners {
+        *by_listener.entry((key, scope)).or_default() += 1;
     }
     let sockets = by_state.into_iter().map(|((key, state), n)| {
         let mut values = labels.of(key);
@@ -135,7 +143,11 @@ fn gauges(input: &ScrapeInput<'_>, own: &FastSet<PortId>, labels: &Labels<'_>, f
         (values, n as f64)
     });
     families.add(&def::SOCKETS, sockets);
-    let listening = by_listener.into_iter().map(|(key, n)| (labels.of(key), n as f64));
+    let listening = by_listener.into_iter().map(|((key, scope), n)| {
+        let mut values = labels.of(key);
+        values.push(scope.label().to_owned());
+        (values, n as f64)
+    });
     families.add(&def::LISTENING_PORTS, listening);
 }
 
@@ -205,7 +217,7 @@ impl Labels<'_> {
                 proto,
                 family,
                 class,
-            } => (netns, proto, family, String::new(), class, String::new()),
+            } => (netns, proto, family, FOLDED_PORT.to_owned(), class, String::new()),
         };
         let mut values = vec![
             proto.label().to_owned(),

@@ -1,5 +1,5 @@
 //! Which ports have series of their own and which fold into their range
-//! class (`port=""`), within `port-series-limit`.
+//! class (`port="other"`), within `port-series-limit`.
 //!
 //! Counters (`_total`): a port gets its own series the first time it has a
 //! counter to export, while fewer than the limit have one (first come,
@@ -18,6 +18,11 @@ use portmon_common::{Family, Proto};
 
 use super::NetnsLabel;
 use crate::{failures::Errno, port_class::PortClass};
+
+/// The `port` label of a class's folded series: a value no port number
+/// can take, so that a query tells it from a series without the label
+/// (`port=""` matches both).
+pub const FOLDED_PORT: &str = "other";
 
 /// One port of one namespace: what a per-port series stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
