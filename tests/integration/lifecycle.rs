@@ -96,4 +96,32 @@ fn check_reports_every_hook() {
             "{program} missing:\n{stdout}"
         );
     }
+
+    // --json: the same checks, one object, for configuration management.
+    let output = Command::new(portmon_bin())
+        .args(["check", "--json"])
+        .output()
+        .expect("run portmon check --json");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stdout)));
+    assert_eq!(report["failed"], 0, "{report:#}");
+    let checks = report["checks"].as_array().expect("checks");
+    for (program, _) in portmon::kernel::bpf::PROGRAMS {
+        assert!(
+            checks
+                .iter()
+                .any(|c| c["name"] == *program && c["kind"] == "program" && c["status"] == "ok"),
+            "{program} missing: {report:#}"
+        );
+    }
+    assert_eq!(
+        checks.len(),
+        stdout.lines().count() - 2,
+        "as many checks as lines past kernel and cgroup:\n{stdout}{report:#}"
+    );
 }

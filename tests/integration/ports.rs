@@ -209,7 +209,8 @@ fn ports_lists_the_sockets_made_in_a_namespace_with_every_filter() {
     for (filter, keeps) in filters {
         let want: Vec<Row> = made.rows.iter().filter(|r| keeps(r)).cloned().collect();
         assert!(!want.is_empty(), "{filter:?} keeps none of the sockets made");
-        let mut args = vec!["--daemon", DAEMON, "--netns", n];
+        // -p: the owners, as ss shows them.
+        let mut args = vec!["--daemon", DAEMON, "--netns", n, "-p"];
         args.extend(filter);
 
         let rows = table(&portmon_ports(&args));
@@ -378,11 +379,39 @@ fn ports_names_the_systemd_unit_of_the_owners_cgroup() {
     );
     assert_eq!(owner["unit"], cgroup.unit.as_str(), "{owner}");
 
-    let rows = table(&portmon_ports(&args));
+    let rows = table(&portmon_ports(&[&args[..], &["-p"]].concat()));
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0]["UNIT"], cgroup.unit, "{rows:?}");
     let comm = owner["comm"].as_str().expect("comm");
     assert_eq!(rows[0]["PROCESS"], format!("{comm}({})", service.pid), "{rows:?}");
+
+    // ss's habits: -tlnp is the same listener with its owner and no
+    // service names; --unit and --pid keep it, with or without `.service`,
+    // and drop every other socket of the namespace.
+    let netns = ["--daemon", DAEMON, "--netns", &ns.name];
+    let rows = table(&portmon_ports(&[&netns[..], &["-tlnp"]].concat()));
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["UNIT"], cgroup.unit, "{rows:?}");
+    assert!(!rows[0].contains_key("SERVICE"), "-n: {rows:?}");
+    let unit_name = cgroup.unit.trim_end_matches(".service");
+    let pid = service.pid.to_string();
+    for filter in [
+        ["--unit", cgroup.unit.as_str()],
+        ["--unit", unit_name],
+        ["--pid", pid.as_str()],
+    ] {
+        let kept = json(&portmon_ports(&[&netns[..], &filter, &["--json"]].concat()));
+        assert_eq!(kept.len(), 1, "{filter:?}: {kept:?}");
+        assert_eq!(kept[0]["port"], UNIT_PORT, "{filter:?}: {kept:?}");
+    }
+    let none = json(&portmon_ports(&[&netns[..], &["--pid", "1", "--json"]].concat()));
+    assert!(none.is_empty(), "--pid 1 owns nothing here: {none:?}");
+    let headless = portmon_ports(&[&netns[..], &["-tlH"]].concat());
+    assert_eq!(headless.lines().count(), 1, "-H: {headless}");
+    assert!(
+        headless.contains(&port) && !headless.contains("NETNS"),
+        "{headless}"
+    );
     drop((service, cgroup, daemon));
 }
 

@@ -5,10 +5,12 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::{Args, Parser, Subcommand};
 
 mod check;
+mod completions;
 mod lookup;
 mod ports;
 mod registry;
 mod run;
+mod table;
 
 /// Exit code for bad usage or configuration (sysexits EX_USAGE).
 pub const EXIT_USAGE: u8 = 64;
@@ -54,6 +56,11 @@ pub enum Command {
     /// Manage the IANA registry file.
     #[command(subcommand)]
     Registry(registry::RegistryCommand),
+    /// Print a shell completion script: `source <(portmon completions bash)`.
+    Completions(completions::CompletionsArgs),
+    /// Print the manual page portmon(1) as roff (the package installs it).
+    #[command(hide = true)]
+    Manpage,
 }
 
 /// Where the port registry comes from; shared by every command that uses it.
@@ -75,6 +82,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Lookup(args) => lookup::run(args),
         Command::Ports(args) => ports::run(args),
         Command::Registry(cmd) => registry::run(cmd),
+        Command::Completions(args) => completions::completions(args),
+        Command::Manpage => completions::manpage(),
     };
     match outcome {
         Ok(code) => code,

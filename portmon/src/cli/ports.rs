@@ -22,11 +22,29 @@ use crate::{
     registry::Registry,
 };
 
+/// `ss`'s habits carry over: `-l -t -u -p -n -H` mean what they mean there
+/// and combine (`portmon ports -tlnp`).
 #[derive(Debug, Args)]
 pub struct PortsArgs {
     /// Listening sockets only (TCP LISTEN, UDP unconnected).
-    #[arg(long)]
+    #[arg(short = 'l', long)]
     pub listening: bool,
+    /// TCP sockets (with -u: both; neither: both).
+    #[arg(short = 't', long, conflicts_with = "proto")]
+    pub tcp: bool,
+    /// UDP sockets (with -t: both; neither: both).
+    #[arg(short = 'u', long, conflicts_with = "proto")]
+    pub udp: bool,
+    /// Show the process and systemd unit that own each socket (PROCESS and
+    /// UNIT columns).
+    #[arg(short = 'p', long)]
+    pub processes: bool,
+    /// Numbers only: no SERVICE column of registry names.
+    #[arg(short = 'n', long)]
+    pub numeric: bool,
+    /// No header line.
+    #[arg(short = 'H', long)]
+    pub no_header: bool,
     /// Sockets on this local port only.
     #[arg(long)]
     pub port: Option<u16>,
@@ -36,7 +54,15 @@ pub struct PortsArgs {
     /// One network namespace only (`host`, a /run/netns name, or `net:[INODE]`).
     #[arg(long)]
     pub netns: Option<String>,
-    /// JSON instead of a table.
+    /// Sockets owned by this systemd unit only (`nginx.service`, or `nginx`
+    /// for `nginx.service`). Owners are known through the daemon only.
+    #[arg(long, value_name = "NAME")]
+    pub unit: Option<String>,
+    /// Sockets owned by this process only. Owners are known through the
+    /// daemon only.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+    /// JSON instead of a table (every entry with every key, whatever -p -n).
     #[arg(long)]
     pub json: bool,
     /// Address of the daemon to ask. Default: the `listen` address of the
@@ -52,14 +78,35 @@ pub struct PortsArgs {
     pub registry: RegistryArgs,
 }
 
+impl PortsArgs {
+    /// The one protocol asked for, by `--proto`, `-t` or `-u`.
+    fn proto(&self) -> Option<Proto> {
+        match (self.proto.as_deref(), self.tcp, self.udp) {
+            (Some("udp"), _, _) | (None, false, true) => Some(Proto::Udp),
+            (Some(_), _, _) | (None, true, false) => Some(Proto::Tcp),
+            (None, _, _) => None,
+        }
+    }
+
+    /// Whether an entry passes `--unit` and `--pid`, which only the
+    /// client applies: the API filters by what sockets are, not by owner.
+    fn owned_as_asked(&self, entry: &PortEntry) -> bool {
+        let owner = entry.owner.as_ref();
+        let pid = self.pid.is_none_or(|pid| owner.is_some_and(|o| o.pid == pid));
+        let unit = self.unit.as_deref().is_none_or(|want| {
+            owner
+                .and_then(|o| o.unit.as_deref())
+                .is_some_and(|unit| unit == want || unit.strip_suffix(".service") == Some(want))
+        });
+        pid && unit
+    }
+}
+
 pub fn run(args: PortsArgs) -> anyhow::Result<ExitCode> {
     let filter = PortFilter {
         listening: args.listening,
         port: args.port,
-        proto: args
-            .proto
-            .as_deref()
-            .map(|p| if p == "udp" { Proto::Udp } else { Proto::Tcp }),
+        proto: args.proto(),
         netns: args.netns.clone(),
     };
     let config = match daemon_config(args.config.as_deref()) {
@@ -71,20 +118,33 @@ pub fn run(args: PortsArgs) -> anyhow::Result<ExitCode> {
         Err(err) => return Err(err.into()),
     };
     let daemon = args.daemon.unwrap_or_else(|| reachable(config.listen));
-    let entries = match ask_daemon(daemon, &filter) {
+    let mut entries = match ask_daemon(daemon, &filter) {
         Some(entries) => entries?,
         None => {
+            if args.unit.is_some() || args.pid.is_some() {
+                eprintln!(
+                    "portmon: no daemon at {daemon}: only the daemon knows sockets' owners, so \
+                     --unit and --pid match nothing; start it (systemctl start portmon) or \
+                     name it with --daemon"
+                );
+            }
             let registry = args.registry.registry.as_deref().or(config.registry.as_deref());
             snapshot_here(registry, &filter)?
         }
     };
+    entries.retain(|e| args.owned_as_asked(e));
     let mut out = std::io::stdout().lock();
     let written = if args.json {
         serde_json::to_writer_pretty(&mut out, &entries)
             .map_err(std::io::Error::other)
             .and_then(|()| writeln!(out))
     } else {
-        print_table(&mut out, &entries)
+        let columns = Columns {
+            processes: args.processes,
+            services: !args.numeric,
+            header: !args.no_header,
+        };
+        print_table(&mut out, &entries, columns)
     };
     match written {
         // A reader that went away (`| head`) is not an error.
@@ -174,51 +234,56 @@ fn snapshot_here(registry: Option<&std::path::Path>, filter: &PortFilter) -> any
     ))
 }
 
-fn print_table(out: &mut impl std::io::Write, entries: &[PortEntry]) -> std::io::Result<()> {
-    let rows: Vec<[String; 9]> = entries
+/// Which optional parts of the table to print.
+#[derive(Debug, Clone, Copy)]
+struct Columns {
+    /// PROCESS and UNIT (`-p`).
+    processes: bool,
+    /// SERVICE (left out with `-n`).
+    services: bool,
+    /// The header line (left out with `-H`).
+    header: bool,
+}
+
+fn print_table(
+    out: &mut impl std::io::Write,
+    entries: &[PortEntry],
+    columns: Columns,
+) -> std::io::Result<()> {
+    let mut header = vec!["NETNS", "PROTO", "STATE", "LOCAL", "REMOTE", "CLASS"];
+    if columns.services {
+        header.push("SERVICE");
+    }
+    if columns.processes {
+        header.extend(["PROCESS", "UNIT"]);
+    }
+    let rows: Vec<Vec<String>> = entries
         .iter()
         .map(|e| {
-            [
+            let mut row = vec![
                 e.netns.clone(),
                 e.proto.clone(),
                 e.state.clone(),
                 e.local.clone(),
                 e.remote.clone(),
                 e.class.clone(),
-                e.service.clone(),
-                e.owner
-                    .as_ref()
-                    .map(|o| format!("{}({})", o.comm, o.pid))
-                    .unwrap_or_default(),
-                e.owner.as_ref().and_then(|o| o.unit.clone()).unwrap_or_default(),
-            ]
+            ];
+            if columns.services {
+                row.push(e.service.clone());
+            }
+            if columns.processes {
+                let owner = e.owner.as_ref();
+                row.push(
+                    owner
+                        .map(|o| format!("{}({})", o.comm, o.pid))
+                        .unwrap_or_default(),
+                );
+                row.push(owner.and_then(|o| o.unit.clone()).unwrap_or_default());
+            }
+            row
         })
         .collect();
-    let header = [
-        "NETNS", "PROTO", "STATE", "LOCAL", "REMOTE", "CLASS", "SERVICE", "PROCESS", "UNIT",
-    ];
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    let line = |cells: [&str; 9]| {
-        let mut s = String::new();
-        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
-            if i + 1 == cells.len() {
-                s.push_str(cell);
-            } else {
-                s.push_str(&format!("{cell:<w$}  "));
-            }
-        }
-        s.trim_end().to_owned()
-    };
-    writeln!(out, "{}", line(header))?;
-    for row in &rows {
-        writeln!(out, "{}", line(row.each_ref().map(String::as_str)))?;
-    }
-    Ok(())
+    super::table::write(out, &header, &rows, columns.header)
 }
 
 #[cfg(test)]
@@ -251,13 +316,101 @@ mod tests {
             cgroup: 7,
             unit: Some("nginx.service".into()),
         };
-        let mut out = Vec::new();
-        print_table(&mut out, &[entry(80, Some(nginx)), entry(81, None)]).unwrap();
-        let text = String::from_utf8(out).unwrap();
-        let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split_whitespace().collect()).collect();
-        assert_eq!(lines[0].last(), Some(&"UNIT"), "{text}");
-        assert_eq!(lines[1][7..], ["nginx(42)", "nginx.service"], "{text}");
-        assert_eq!(lines[2].len(), 7, "no owner, no unit: {text}");
+        let entries = [entry(80, Some(nginx)), entry(81, None)];
+        let text = |columns| {
+            let mut out = Vec::new();
+            print_table(&mut out, &entries, columns).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        let words = |text: &str| -> Vec<Vec<String>> {
+            text.lines()
+                .map(|l| l.split_whitespace().map(str::to_owned).collect())
+                .collect()
+        };
+        let all = Columns {
+            processes: true,
+            services: true,
+            header: true,
+        };
+        let lines = words(&text(all));
+        assert_eq!(lines[0].last().map(String::as_str), Some("UNIT"), "{lines:?}");
+        assert_eq!(lines[1][7..], ["nginx(42)", "nginx.service"], "{lines:?}");
+        assert_eq!(lines[2].len(), 7, "no owner, no unit: {lines:?}");
+
+        // ss's defaults: no processes without -p; -n drops the names, -H the header.
+        let plain = words(&text(Columns {
+            processes: false,
+            ..all
+        }));
+        assert_eq!(plain[0].last().map(String::as_str), Some("SERVICE"), "{plain:?}");
+        assert_eq!(plain[1].len(), 7, "{plain:?}");
+        let numeric = words(&text(Columns {
+            services: false,
+            header: false,
+            ..all
+        }));
+        assert_eq!(numeric.len(), 2, "no header: {numeric:?}");
+        assert_eq!(
+            numeric[0][5..],
+            ["system", "nginx(42)", "nginx.service"],
+            "{numeric:?}"
+        );
+    }
+
+    #[test]
+    fn short_flags_combine_as_in_ss() {
+        use clap::Parser as _;
+        let ports = |args: &[&str]| -> PortsArgs {
+            let cli = crate::cli::Cli::try_parse_from([&["portmon", "ports"], args].concat())
+                .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            match cli.command {
+                crate::cli::Command::Ports(ports) => ports,
+                other => panic!("{other:?}"),
+            }
+        };
+        let a = ports(&["-tlnp"]);
+        assert!(a.tcp && a.listening && a.numeric && a.processes && !a.udp && !a.no_header);
+        assert_eq!(a.proto(), Some(Proto::Tcp));
+        let b = ports(&["-ulH"]);
+        assert!(b.udp && b.listening && b.no_header);
+        assert_eq!(b.proto(), Some(Proto::Udp));
+        assert_eq!(ports(&["-tu"]).proto(), None, "both is all");
+        assert_eq!(ports(&[]).proto(), None);
+        assert_eq!(ports(&["--proto", "udp"]).proto(), Some(Proto::Udp));
+        assert!(
+            crate::cli::Cli::try_parse_from(["portmon", "ports", "-t", "--proto", "udp"]).is_err(),
+            "-t and --proto say the same thing twice"
+        );
+    }
+
+    #[test]
+    fn unit_and_pid_keep_the_sockets_of_that_owner() {
+        use clap::Parser as _;
+        let nginx = OwnerEntry {
+            pid: 42,
+            comm: "nginx".into(),
+            cgroup: 7,
+            unit: Some("nginx.service".into()),
+        };
+        let entries = [entry(80, Some(nginx)), entry(81, None)];
+        let kept = |args: &[&str]| -> Vec<u16> {
+            let cli = crate::cli::Cli::try_parse_from([&["portmon", "ports"], args].concat()).unwrap();
+            let crate::cli::Command::Ports(ports) = cli.command else {
+                panic!("not ports")
+            };
+            entries
+                .iter()
+                .filter(|e| ports.owned_as_asked(e))
+                .map(|e| e.port)
+                .collect()
+        };
+        assert_eq!(kept(&[]), [80, 81]);
+        assert_eq!(kept(&["--unit", "nginx.service"]), [80]);
+        assert_eq!(kept(&["--unit", "nginx"]), [80]);
+        assert_eq!(kept(&["--unit", "ngin"]), [0u16; 0]);
+        assert_eq!(kept(&["--pid", "42"]), [80]);
+        assert_eq!(kept(&["--pid", "43"]), [0u16; 0]);
+        assert_eq!(kept(&["--pid", "42", "--unit", "sshd"]), [0u16; 0]);
     }
 
     #[test]

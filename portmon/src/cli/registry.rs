@@ -22,7 +22,16 @@ pub enum RegistryCommand {
     /// copy atomically (the old copy stays if anything fails).
     Update(UpdateArgs),
     /// Show which registry file portmon reads, its format and size.
-    Show(RegistryArgs),
+    Show(ShowArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// One JSON object (`path`, `format`, `entries`) instead of a line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -50,14 +59,24 @@ pub fn run(cmd: RegistryCommand) -> anyhow::Result<ExitCode> {
         }
         RegistryCommand::Show(args) => {
             let registry =
-                Registry::load(args.registry.as_deref()).context("cannot load the port registry")?;
+                Registry::load(args.registry.registry.as_deref()).context("cannot load the port registry")?;
             let source = registry.source();
-            write_stdout(&format!(
-                "{} ({} format, {} entries)\n",
-                source.path.display(),
-                source.format,
-                source.entries
-            ))?;
+            let text = if args.json {
+                let object = serde_json::json!({
+                    "path": source.path,
+                    "format": source.format,
+                    "entries": source.entries,
+                });
+                format!("{object:#}\n")
+            } else {
+                format!(
+                    "{} ({} format, {} entries)\n",
+                    source.path.display(),
+                    source.format,
+                    source.entries
+                )
+            };
+            write_stdout(&text)?;
         }
     }
     Ok(ExitCode::SUCCESS)
