@@ -48,8 +48,9 @@ enum Command {
     /// Install the build and test dependencies only (IANA's registry for
     /// the tests included).
     Setup,
-    /// Build the Debian package and the tarball (binary, systemd unit,
-    /// default config, dashboard, alert rules) into <target dir>/dist/.
+    /// Build the Debian package (cargo-deb) and the tarball (binary, systemd
+    /// unit, default config, dashboard, alert rules, man page, completions)
+    /// into <target dir>/dist/.
     Dist,
 }
 

@@ -1,7 +1,8 @@
 //! Installs what building and testing portmon need, when it is missing:
 //! Debian packages (LLVM 22 for bpf-linker, Prometheus and promtool for the
-//! exporter tests, iproute2's `ss`), the nightly pinned for the kernel
-//! crate, `bpf-linker`, the Kubernetes manifest validator (a Python venv in the
+//! exporter tests, iproute2's `ss`, lintian and man-db for the package
+//! tests), the nightly pinned for the kernel crate, `bpf-linker`, `cargo-deb`,
+//! the Kubernetes manifest validator (a Python venv in the
 //! target directory), and the tracefs and bpffs mounts; for the tests and
 //! benches, IANA's full registry.
 
@@ -21,9 +22,13 @@ const PACKAGES: &[(&str, &str)] = &[
     ("prometheus", "/usr/bin/prometheus"),
     ("iproute2", "/usr/bin/ss"),
     ("util-linux", "/usr/bin/setpriv"),
-    // `cargo xtask dist` and its test: strip, systemd-analyze.
+    // `cargo xtask dist` and its test: strip, the library dependencies
+    // (dpkg-shlibdeps), systemd-analyze, lintian, and man to render the page.
     ("binutils", "/usr/bin/strip"),
+    ("dpkg-dev", "/usr/bin/dpkg-shlibdeps"),
     ("systemd", "/usr/bin/systemd-analyze"),
+    ("lintian", "/usr/bin/lintian"),
+    ("man-db", "/usr/bin/man"),
     // The unit's SystemCallFilter is checked against what the daemon calls.
     ("strace", "/usr/bin/strace"),
     // For the venv of the Kubernetes manifest validator.
@@ -37,11 +42,15 @@ const PACKAGES: &[(&str, &str)] = &[
 /// The bpf-linker release this project builds with, against LLVM 22.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// The cargo-deb release `cargo xtask dist` builds the .deb with.
+const CARGO_DEB_VERSION: &str = "3.8.0";
+
 /// What building and running portmon need (`run`, `dist`).
 pub fn ensure() -> Result<()> {
     ensure_packages()?;
     ensure_toolchain()?;
     ensure_bpf_linker()?;
+    ensure_cargo_deb()?;
     ensure_k8s_validator()?;
     ensure_mounts()?;
     Ok(())
@@ -135,6 +144,23 @@ fn ensure_bpf_linker() -> Result<()> {
         .args(["--no-default-features", "--features", "llvm-22"])
         .env("PATH", path);
     shell::run(install)
+}
+
+/// Without its default features: the package is compressed by the system's
+/// `xz` rather than a liblzma built from C, and no build id is read.
+fn ensure_cargo_deb() -> Result<()> {
+    let version = shell::output("cargo-deb", &["--version"]).unwrap_or_default();
+    if version.split_whitespace().any(|word| word == CARGO_DEB_VERSION) {
+        return Ok(());
+    }
+    shell::cargo(&[
+        "install",
+        "cargo-deb",
+        "--locked",
+        "--no-default-features",
+        "--version",
+        CARGO_DEB_VERSION,
+    ])
 }
 
 /// The pinned Python packages the manifest test validates with, from
