@@ -11,8 +11,8 @@
 //! sock_diag answers). The rest stays on the host, where `cargo xtask test`
 //! runs it: `deploy` checks files (dashboard, alert rules, Kubernetes
 //! manifests, with Python and promtool) whose kernel paths `exporter`
-//! already covers; `package` and `service` need dpkg and systemd, which a
-//! busybox guest has not. One test of `ports` stays on the host too: it runs
+//! already covers; `package` and `service` need dpkg and systemd, and `cli`
+//! bash and man, which a busybox guest has not. One test of `ports` stays on the host too: it runs
 //! a Python "service" to check the systemd unit named from its cgroup, a
 //! path portmon reads in user space; the kernel side of it (the owner's
 //! cgroup recorded at bind) is checked by `counting`.
