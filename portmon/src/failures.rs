@@ -161,12 +161,15 @@ impl Settler {
     }
 
     fn settle(&mut self, event: &FailureEvent) -> Option<Failure> {
-        let op = Op::try_from(event.op).ok()?;
-        let proto = Proto::try_from(event.proto).ok()?;
-        let family = Family::try_from(event.family).ok()?;
-        let addr = address(family, event.addr);
+        let Decoded {
+            op,
+            proto,
+            family,
+            addr,
+            errno,
+        } = Decoded::of(event)?;
         let netns = self.namespace_cookie(event);
-        let (errno, inferred) = match Errno::from_kernel(event.errno) {
+        let (errno, inferred) = match errno {
             Some(errno) => (errno, false),
             None => (self.infer_bind_errno(event, addr), true),
         };
@@ -348,6 +351,31 @@ impl ReaderProgress {
 }
 
 /// Whether the process had CAP_NET_BIND_SERVICE; if it is gone, whether it was root.
+/// An event's fields as portmon's types: what the kernel side wrote, read
+/// without trusting it (an unknown operation, protocol or family is no
+/// failure; an errno the programs could not see is `None`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Decoded {
+    pub op: Op,
+    pub proto: Proto,
+    pub family: Family,
+    pub addr: IpAddr,
+    pub errno: Option<Errno>,
+}
+
+impl Decoded {
+    pub(crate) fn of(event: &FailureEvent) -> Option<Self> {
+        let family = Family::try_from(event.family).ok()?;
+        Some(Self {
+            op: Op::try_from(event.op).ok()?,
+            proto: Proto::try_from(event.proto).ok()?,
+            family,
+            addr: address(family, event.addr),
+            errno: Errno::from_kernel(event.errno),
+        })
+    }
+}
+
 fn may_bind_privileged(event: &FailureEvent) -> bool {
     match procfs::effective_capabilities(&event.pid.to_string()) {
         Ok(caps) => caps & (1 << procfs::CAP_NET_BIND_SERVICE) != 0,

@@ -36,7 +36,8 @@
 //! 5. `state`: the daemon's shared state.
 //! 6. `exporter`, `api`, `http`, `config`, `service`: the readers and the
 //!    service manager's view.
-//! 7. `daemon` (start-up and serving, wiring only) and `cli`.
+//! 7. `daemon` (start-up and serving, wiring only) and `cli`; `fuzzing`,
+//!    one entry per parser of untrusted input, for the fuzz targets.
 
 pub mod api;
 pub mod cgroups;
@@ -46,6 +47,7 @@ pub mod daemon;
 pub mod exhaustion;
 pub mod exporter;
 pub mod failures;
+pub mod fuzzing;
 pub mod http;
 pub mod inventory;
 pub mod kernel;

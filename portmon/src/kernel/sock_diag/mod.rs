@@ -245,6 +245,23 @@ impl<T: Transport> SockDiag<T> {
     }
 }
 
+/// Reads one datagram of a dump's answer as [`SockDiag::dump`] does, taking
+/// the first message's sequence number as the request's: the fuzz targets'
+/// way into the parser of what the kernel sends.
+pub(crate) fn read_datagram(data: &[u8], proto: Proto, out: &mut Vec<NsSocket>) {
+    let seq = data
+        .get(8..12)
+        .map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+    let mut reader = Reader {
+        seq,
+        netns: 0,
+        proto,
+        out,
+        interrupted: false,
+    };
+    let _ = reader.datagram(data);
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse::tests::{diag_msg, done, message};
