@@ -24,6 +24,7 @@ use crate::{
         bpf::events::{AsyncFailureEvents, Drained, FailureEvents},
         netns, procfs,
     },
+    log_budget::LogBudget,
     namespaces::Namespaces,
 };
 
@@ -85,10 +86,30 @@ pub struct FailureLog {
     recent: VecDeque<Failure>,
     /// Events that could not be decoded (a kernel/user version mismatch).
     pub undecodable: u64,
+    /// Failures counted without their port, or without port and namespace,
+    /// because the counts held [`FAILURE_KEYS`] keys already.
+    pub folded: u64,
+    /// Failures not logged one by one (see `LogBudget`).
+    pub log_lines_held: u64,
+}
+
+/// What the failure log could not keep as it came, for portmon's health.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FailureLogHealth {
+    pub undecodable: u64,
+    pub folded: u64,
+    pub log_lines_held: u64,
 }
 
 /// How many failures `FailureLog` keeps in full.
 pub const RECENT_FAILURES: usize = 1024;
+
+/// How many distinct (namespace, operation, protocol, family, port, errno)
+/// keys the counts hold before new ones lose their port (then also their
+/// namespace, at twice as many): failures on random ports in namespaces
+/// made for the purpose must not grow the daemon without bound, and every
+/// failure stays counted.
+pub const FAILURE_KEYS: usize = 16_384;
 
 impl FailureLog {
     /// Records one failure.
@@ -101,11 +122,47 @@ impl FailureLog {
             port: failure.port,
             errno: failure.errno,
         };
-        *self.counts.entry(key).or_default() += 1;
+        self.count(key, 1);
         if self.recent.len() == RECENT_FAILURES {
             self.recent.pop_front();
         }
         self.recent.push_back(failure);
+    }
+
+    fn count(&mut self, mut key: FailureKey, n: u64) {
+        if !self.counts.contains_key(&key) && self.counts.len() >= FAILURE_KEYS {
+            key.port = 0;
+            if !self.counts.contains_key(&key) && self.counts.len() >= 2 * FAILURE_KEYS {
+                key.netns = 0;
+            }
+            self.folded += n;
+        }
+        *self.counts.entry(key).or_default() += n;
+    }
+
+    /// Takes in another log's counts and failures (a batch settled apart).
+    pub fn absorb(&mut self, other: FailureLog) {
+        for (key, n) in other.counts {
+            self.count(key, n);
+        }
+        for failure in other.recent {
+            if self.recent.len() == RECENT_FAILURES {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(failure);
+        }
+        self.undecodable += other.undecodable;
+        self.folded += other.folded;
+        self.log_lines_held = self.log_lines_held.max(other.log_lines_held);
+    }
+
+    /// What it could not keep as it came.
+    pub fn health(&self) -> FailureLogHealth {
+        FailureLogHealth {
+            undecodable: self.undecodable,
+            folded: self.folded,
+            log_lines_held: self.log_lines_held,
+        }
     }
 
     /// Failure counts since start.
@@ -121,9 +178,23 @@ impl FailureLog {
 
 /// Turns failure events into [`Failure`]s: finds each one's namespace and,
 /// for a failed bind, infers the errno the kernel could not report.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Settler {
     namespaces: Namespaces,
+    budget: LogBudget,
+}
+
+/// Failures logged one by one per [`LOG_INTERVAL`]; the rest are summed up.
+pub const LOG_LINES: u32 = 20;
+pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+impl Default for Settler {
+    fn default() -> Self {
+        Self {
+            namespaces: Namespaces::default(),
+            budget: LogBudget::new(LOG_LINES, LOG_INTERVAL),
+        }
+    }
 }
 
 impl Settler {
@@ -145,18 +216,21 @@ impl Settler {
                         Some(_) => "failed: no ephemeral port left",
                         None => "failed",
                     };
-                    tracing::warn!(
+                    if self.budget.allow(Instant::now()) {
+                        tracing::warn!(
                         op = %failure.op, errno = failure.errno.label(), inferred = failure.inferred,
                         proto = %failure.proto, addr = %failure.addr, port = failure.port,
                         pid = failure.pid, comm = %failure.comm, cgroup = failure.cgroup, netns = failure.netns,
                         "{} {what}", failure.op,
-                    );
+                        );
+                    }
                     log.record(failure);
                     taken += 1;
                 }
                 None => log.undecodable += 1,
             }
         }
+        log.log_lines_held = self.budget.held_total();
         taken
     }
 
@@ -286,7 +360,13 @@ pub async fn follow(
     let mut ring = AsyncFailureEvents::new(events)?;
     let mut settler = Settler::default();
     loop {
-        let drained = ring.next_batch().await?;
+        let interval = settler.budget.interval();
+        let Ok(drained) = tokio::time::timeout(interval, ring.next_batch()).await else {
+            // A storm that stopped still gets its summary line.
+            settler.budget.roll(Instant::now());
+            continue;
+        };
+        let drained = drained?;
         if drained.is_empty() {
             continue;
         }
@@ -296,10 +376,9 @@ pub async fn follow(
             let mut batch = FailureLog::default();
             settler.settle_into(drained, &mut batch, &batch_progress);
             let mut shared = log.lock().unwrap_or_else(PoisonError::into_inner);
-            shared.undecodable += batch.undecodable;
-            for failure in batch.recent {
-                shared.record(failure);
-            }
+            // Counts of the whole batch: more failures than `recent` keeps
+            // may come in one.
+            shared.absorb(batch);
             settler
         })
         .await
@@ -416,10 +495,8 @@ mod tests {
         assert_eq!(address(Family::Inet6, v6.octets()), IpAddr::V6(v6));
     }
 
-    #[test]
-    fn recent_is_bounded() {
-        let mut log = FailureLog::default();
-        let failure = Failure {
+    fn failure() -> Failure {
+        Failure {
             time: SystemTime::UNIX_EPOCH,
             op: Op::Bind,
             errno: Errno::AddrInUse,
@@ -435,11 +512,58 @@ mod tests {
             comm: "x".into(),
             cgroup: 1,
             socket_cookie: 1,
-        };
+        }
+    }
+
+    #[test]
+    fn recent_is_bounded() {
+        let mut log = FailureLog::default();
+        let failure = failure();
         for _ in 0..RECENT_FAILURES + 5 {
             log.record(failure.clone());
         }
         assert_eq!(log.recent().count(), RECENT_FAILURES);
         assert_eq!(log.counts().values().sum::<u64>(), (RECENT_FAILURES + 5) as u64);
+    }
+
+    /// A batch settled apart keeps every failure's count, not only the
+    /// ones `recent` has room for.
+    #[test]
+    fn a_batch_larger_than_recent_is_counted_whole() {
+        let mut batch = FailureLog::default();
+        for _ in 0..3 * RECENT_FAILURES {
+            batch.record(failure());
+        }
+        batch.undecodable = 2;
+        let mut shared = FailureLog::default();
+        shared.record(failure());
+        shared.absorb(batch);
+        assert_eq!(
+            shared.counts().values().sum::<u64>(),
+            3 * RECENT_FAILURES as u64 + 1
+        );
+        assert_eq!(shared.recent().count(), RECENT_FAILURES);
+        assert_eq!(shared.undecodable, 2);
+    }
+
+    /// Failures on ever new ports and namespaces stay counted in bounded
+    /// memory: past the key limit they lose the port, then the namespace.
+    #[test]
+    fn keys_are_bounded_and_every_failure_counted() {
+        let mut log = FailureLog::default();
+        let n = 3 * FAILURE_KEYS as u64;
+        for i in 0..n {
+            let mut f = failure();
+            f.port = (i % 60_000) as u16 + 1;
+            f.netns = 100 + i / 60_000 + i;
+            log.record(f);
+        }
+        assert_eq!(log.counts().values().sum::<u64>(), n);
+        assert!(
+            log.counts().len() <= 2 * FAILURE_KEYS + 1,
+            "{}",
+            log.counts().len()
+        );
+        assert_eq!(log.folded, n - FAILURE_KEYS as u64);
     }
 }

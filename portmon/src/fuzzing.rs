@@ -25,8 +25,11 @@ use crate::{
     registry::{Format, Registry},
 };
 
+/// A target's entry: any bytes in, nothing out.
+pub type Entry = fn(&[u8]);
+
 /// Every target by its name in `fuzz/fuzz_targets/` and `fuzz/seeds/`.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Entry)] = &[
     ("sock_diag", sock_diag),
     ("failure_event", failure_event),
     ("btf", btf),

@@ -27,7 +27,7 @@
 //! Imports flow downward only:
 //!
 //! 1. `kernel`: everything that talks to the kernel; the only `unsafe`.
-//! 2. `report`, `port_class`, `port_set`: vocabulary.
+//! 2. `report`, `log_budget`, `port_class`, `port_set`: vocabulary.
 //! 3. `registry` (what a port is called), `exhaustion` (the ephemeral pool
 //!    by the kernel's rules), `cgroups` and `namespaces` (the names people
 //!    know), `settings`.
@@ -51,6 +51,7 @@ pub mod fuzzing;
 pub mod http;
 pub mod inventory;
 pub mod kernel;
+pub mod log_budget;
 pub mod namespaces;
 pub mod port_class;
 pub mod port_set;

@@ -220,7 +220,7 @@ impl Btf {
             let inner = self.resolve(type_id)?;
             if matches!(inner.kind, KIND_STRUCT | KIND_UNION) {
                 if let Some(found) = self.find_in(inner, member, depth + 1) {
-                    return Some(bits.checked_add(found)?);
+                    return bits.checked_add(found);
                 }
             }
         }
