@@ -3,6 +3,7 @@
 
 mod counting;
 mod deploy;
+mod descriptors;
 mod exhaustion;
 mod exporter;
 mod failures;

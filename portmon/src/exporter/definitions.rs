@@ -126,6 +126,16 @@ pub const THREADS_REFUSED: Definition = counter(
     "Threads the OS refused portmon (the work was done without them, or the namespace was skipped).",
     &[],
 );
+pub const NETNS_UNWATCHED: Definition = gauge(
+    "portmon_netns_unwatched",
+    "Network namespaces left out of the inventory because portmon ran short of file descriptors (raise LimitNOFILE).",
+    &[],
+);
+pub const NETNS_SCAN_ERRORS: Definition = counter(
+    "portmon_netns_scan_errors_total",
+    "Scans of the network namespaces the host cut short (out of file descriptors or memory); the namespaces known before were kept.",
+    &[],
+);
 pub const MAP_OVERFLOWS: Definition = counter(
     "portmon_map_overflows_total",
     "Updates lost because a kernel map was full.",
@@ -235,6 +245,8 @@ pub const ALL: &[Definition] = &[
     FAILURE_COUNTS_FOLDED,
     LOG_LINES_SUPPRESSED,
     THREADS_REFUSED,
+    NETNS_UNWATCHED,
+    NETNS_SCAN_ERRORS,
     MAP_OVERFLOWS,
     MAP_ENTRIES,
     MAP_CAPACITY,

@@ -137,6 +137,8 @@ impl ScrapeSource for Fixture {
             inventory_errors: &BTreeMap::new(),
             reload: host.reload,
             failure_log: Default::default(),
+            netns_unwatched: 0,
+            netns_scan_errors: 0,
         })
     }
 }

@@ -17,6 +17,8 @@ pub fn add(input: &ScrapeInput<'_>, folded: usize, scrape_seconds: f64, families
     families.add_one(&def::FAILURE_COUNTS_FOLDED, log.folded as f64);
     families.add_one(&def::LOG_LINES_SUPPRESSED, log.log_lines_held as f64);
     families.add_one(&def::THREADS_REFUSED, crate::kernel::threads::refused() as f64);
+    families.add_one(&def::NETNS_UNWATCHED, input.netns_unwatched as f64);
+    families.add_one(&def::NETNS_SCAN_ERRORS, input.netns_scan_errors as f64);
     families.add(
         &def::MAP_OVERFLOWS,
         [

@@ -44,6 +44,10 @@ pub struct ScrapeInput<'a> {
     pub reload: ReloadStatus,
     /// What the failure log could not keep as it came.
     pub failure_log: FailureLogHealth,
+    /// Namespaces left out of the inventory for want of file descriptors.
+    pub netns_unwatched: usize,
+    /// Namespace scans the host cut short, since start.
+    pub netns_scan_errors: u64,
 }
 
 /// Where a collector reads its numbers from at each scrape.
@@ -96,6 +100,8 @@ impl ScrapeSource for State {
             inventory_errors: &snapshot.dump_errors,
             reload: self.reload_status(),
             failure_log: self.failure_log_health(),
+            netns_unwatched: snapshot.unwatched_namespaces,
+            netns_scan_errors: snapshot.namespace_scan_errors,
         })
     }
 }

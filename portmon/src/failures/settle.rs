@@ -213,7 +213,8 @@ impl Settler {
             && self.last_rescan.is_none_or(|at| at.elapsed() >= RESCAN_EVERY)
         {
             self.last_rescan = Some(Instant::now());
-            self.namespaces.rescan();
+            // A scan cut short still found what it could.
+            let _ = self.namespaces.rescan();
         }
         self.namespaces.get(event.netns).map(|ns| ns.path.clone())
     }
