@@ -113,7 +113,7 @@ pub fn workload_of(proc_pid: &Path) -> Option<String> {
 
 /// The last component of a cgroup path, with a container id shortened to
 /// the 12 characters `docker ps` shows.
-fn workload_name(cgroup_path: &str) -> Option<String> {
+pub(crate) fn workload_name(cgroup_path: &str) -> Option<String> {
     let last = cgroup_path.rsplit('/').find(|c| !c.is_empty())?;
     // Bytes, not characters: a cgroup name may hold any UTF-8, and an index
     // inside a character would panic on a `str` slice.

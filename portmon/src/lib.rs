@@ -27,7 +27,8 @@
 //! Imports flow downward only:
 //!
 //! 1. `kernel`: everything that talks to the kernel; the only `unsafe`.
-//! 2. `report`, `port_class`, `port_set`, `address_scope`: vocabulary.
+//! 2. `report`, `log_budget`, `port_class`, `port_set`, `address_scope`:
+//!    vocabulary.
 //! 3. `registry` (what a port is called), `exhaustion` (the ephemeral pool
 //!    by the kernel's rules), `cgroups` and `namespaces` (the names people
 //!    know), `settings`.
@@ -36,7 +37,8 @@
 //! 5. `state`: the daemon's shared state.
 //! 6. `exporter`, `api`, `http`, `config`, `service`: the readers and the
 //!    service manager's view.
-//! 7. `daemon` (start-up and serving, wiring only) and `cli`.
+//! 7. `daemon` (start-up and serving, wiring only) and `cli`; `fuzzing`,
+//!    one entry per parser of untrusted input, for the fuzz targets.
 
 pub mod address_scope;
 pub mod api;
@@ -47,9 +49,11 @@ pub mod daemon;
 pub mod exhaustion;
 pub mod exporter;
 pub mod failures;
+pub mod fuzzing;
 pub mod http;
 pub mod inventory;
 pub mod kernel;
+pub mod log_budget;
 pub mod namespaces;
 pub mod port_class;
 pub mod port_set;

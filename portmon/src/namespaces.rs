@@ -3,12 +3,18 @@
 //! `host`, a name under `/run/netns`, the unit or container of a process
 //! inside it, or its inode.
 
-use std::{collections::HashMap, fs, os::unix::fs::MetadataExt, path::PathBuf};
+use std::{collections::HashMap, fs, io, os::unix::fs::MetadataExt, path::PathBuf};
 
 use crate::{
     cgroups,
-    kernel::netns::{cookie_of, INIT_NET_COOKIE, INIT_NET_INODE},
+    kernel::netns::{cookie_of, NetnsError, INIT_NET_COOKIE, INIT_NET_INODE},
 };
+
+/// A scan of the namespaces the host cut short; the ones known before are
+/// kept.
+#[derive(Debug, thiserror::Error)]
+#[error("the scan of network namespaces was cut short; the ones known before are kept")]
+pub struct ScanIncomplete(#[source] pub io::Error);
 
 /// One network namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,12 +39,27 @@ impl Namespaces {
     /// Scans `/proc/*/ns/net` and `/run/netns`.
     pub fn scan() -> Self {
         let mut found = Self::default();
-        found.rescan();
+        if let Err(err) = found.rescan() {
+            tracing::warn!("{}", crate::report::error_line(&err));
+        }
         found
     }
 
-    /// Scans again, keeping what is still there.
-    pub fn rescan(&mut self) {
+    /// Scans again, keeping what is still there. A scan the host cut short
+    /// (out of file descriptors or memory: `/proc` unreadable, a namespace
+    /// file that could not be opened) keeps every namespace known before as
+    /// well, and says so: an empty or partial scan must not read as
+    /// namespaces gone.
+    pub fn rescan(&mut self) -> Result<(), ScanIncomplete> {
+        let mut shortfall: Option<io::Error> = None;
+        let mut short = |err: io::Error| {
+            if !matches!(
+                err.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied
+            ) {
+                shortfall.get_or_insert(err);
+            }
+        };
         let host_inode = fs::metadata("/proc/1/ns/net").map(|m| m.ino()).ok();
         let mut by_inode: HashMap<u64, (PathBuf, String)> = HashMap::new();
         if let Ok(entries) = fs::read_dir("/run/netns") {
@@ -50,23 +71,29 @@ impl Namespaces {
                 }
             }
         }
-        if let Ok(entries) = fs::read_dir("/proc") {
-            for entry in entries.flatten() {
-                if !entry
-                    .file_name()
-                    .to_string_lossy()
-                    .bytes()
-                    .all(|b| b.is_ascii_digit())
-                {
-                    continue;
-                }
-                let path = entry.path().join("ns/net");
-                if let Ok(meta) = fs::metadata(&path) {
-                    by_inode.entry(meta.ino()).or_insert_with(|| {
-                        let name = cgroups::workload_of(&entry.path())
-                            .unwrap_or_else(|| format!("net:[{}]", meta.ino()));
-                        (path, name)
-                    });
+        match fs::read_dir("/proc") {
+            Err(err) => short(err),
+            Ok(entries) => {
+                for entry in entries.flatten() {
+                    if !entry
+                        .file_name()
+                        .to_string_lossy()
+                        .bytes()
+                        .all(|b| b.is_ascii_digit())
+                    {
+                        continue;
+                    }
+                    let path = entry.path().join("ns/net");
+                    match fs::metadata(&path) {
+                        Ok(meta) => {
+                            by_inode.entry(meta.ino()).or_insert_with(|| {
+                                let name = cgroups::workload_of(&entry.path())
+                                    .unwrap_or_else(|| format!("net:[{}]", meta.ino()));
+                                (path, name)
+                            });
+                        }
+                        Err(err) => short(err),
+                    }
                 }
             }
         }
@@ -88,6 +115,9 @@ impl Namespaces {
                     Ok(cookie) => cookie,
                     Err(err) => {
                         tracing::debug!(path = %path.display(), "skipping namespace: {err}");
+                        if let NetnsError::Open { source, .. } = err {
+                            short(source);
+                        }
                         continue;
                     }
                 },
@@ -109,13 +139,26 @@ impl Namespaces {
                 },
             );
         }
-        self.by_cookie = by_cookie;
+        match shortfall {
+            None => {
+                self.by_cookie = by_cookie;
+                Ok(())
+            }
+            Some(cause) => {
+                for (cookie, ns) in self.by_cookie.drain() {
+                    by_cookie.entry(cookie).or_insert(ns);
+                }
+                self.by_cookie = by_cookie;
+                Err(ScanIncomplete(cause))
+            }
+        }
     }
 
     /// The namespace with this cookie, scanning again once if it is new.
     pub fn resolve(&mut self, cookie: u64) -> Option<&Netns> {
         if !self.by_cookie.contains_key(&cookie) {
-            self.rescan();
+            // A scan cut short still found what it could.
+            let _ = self.rescan();
         }
         self.by_cookie.get(&cookie)
     }

@@ -14,7 +14,7 @@ use portmon_common::Owner;
 use crate::{
     cgroups::CgroupPaths,
     exhaustion::{self, EphemeralReport},
-    failures::{Failure, FailureKey, FailureLog},
+    failures::{Failure, FailureKey, FailureLog, FailureLogHealth},
     inventory::{Inventory, Snapshot},
     kernel::bpf::{
         counters::{Health, PortCount},
@@ -177,6 +177,11 @@ impl State {
     /// Failure counts since start.
     pub fn failure_counts(&self) -> BTreeMap<FailureKey, u64> {
         lock(&self.failures).counts().clone()
+    }
+
+    /// What the failure log could not keep as it came.
+    pub fn failure_log_health(&self) -> FailureLogHealth {
+        lock(&self.failures).health()
     }
 
     /// The most recent failures, newest first.

@@ -4,6 +4,7 @@
 mod cli;
 mod counting;
 mod deploy;
+mod descriptors;
 mod exhaustion;
 mod exporter;
 mod failures;
@@ -11,4 +12,5 @@ mod lifecycle;
 mod package;
 mod ports;
 mod service;
+mod storm;
 mod transparency;

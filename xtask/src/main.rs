@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod dist;
+mod fuzz;
 mod iana;
 mod setup;
 mod shell;
@@ -48,6 +49,15 @@ enum Command {
     /// Install the build and test dependencies only (IANA's registry for
     /// the tests included).
     Setup,
+    /// Install cargo-fuzz if missing, then run each fuzz target of `fuzz/`
+    /// (all of them unless named) from its committed seeds.
+    Fuzz {
+        /// Seconds each target runs.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Targets to run (`sock_diag`, `btf`, …); all when none.
+        targets: Vec<String>,
+    },
     /// Build the Debian package (cargo-deb) and the tarball (binary, systemd
     /// unit, default config, dashboard, alert rules, man page, completions)
     /// into <target dir>/dist/.
@@ -65,6 +75,7 @@ fn main() -> ExitCode {
         Command::Bench => bench::run(),
         Command::Setup => setup::ensure_for_tests().map(drop),
         Command::Dist => dist::run(),
+        Command::Fuzz { seconds, targets } => fuzz::run(&targets, std::time::Duration::from_secs(seconds)),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

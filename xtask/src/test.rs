@@ -2,7 +2,11 @@
 
 use anyhow::Result;
 
-use crate::{iana, setup, shell, vm};
+use crate::{fuzz, iana, setup, shell, vm};
+
+/// Seconds each fuzz target runs in `cargo xtask test`: a short pass that
+/// catches a parser change that crashes at once; `cargo xtask fuzz` runs longer.
+const FUZZ_SECONDS: u64 = 15;
 
 pub fn run() -> Result<()> {
     let iana = setup::ensure_for_tests()?;
@@ -57,6 +61,7 @@ pub fn run() -> Result<()> {
         "--",
         "--test-threads=1",
     ])?;
+    fuzz::run(&[], std::time::Duration::from_secs(FUZZ_SECONDS))?;
     // The same tests on the other kernels of the matrix, in QEMU.
     vm::run_default()
 }

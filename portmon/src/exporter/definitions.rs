@@ -102,6 +102,41 @@ pub const EVENTS_DROPPED: Definition = counter(
     "Failure events lost because the ring buffer was full.",
     &[],
 );
+pub const FAILURE_EVENTS: Definition = counter(
+    "portmon_failure_events_total",
+    "Failed binds and connects the kernel programs saw: each was sent to portmon or counted in portmon_events_dropped_total.",
+    &[],
+);
+pub const FAILURE_EVENTS_UNDECODABLE: Definition = counter(
+    "portmon_failure_events_undecodable_total",
+    "Failure events portmon could not read (a kernel program of another version).",
+    &[],
+);
+pub const FAILURE_COUNTS_FOLDED: Definition = counter(
+    "portmon_failure_counts_folded_total",
+    "Failures counted without their port (or namespace) because the failure counts held as many keys as they may.",
+    &[],
+);
+pub const LOG_LINES_SUPPRESSED: Definition = counter(
+    "portmon_log_lines_suppressed_total",
+    "Failures not logged one by one because a storm exceeded the log budget (a summary line is logged per interval).",
+    &[],
+);
+pub const THREADS_REFUSED: Definition = counter(
+    "portmon_threads_refused_total",
+    "Threads the OS refused portmon (the work was done without them, or the namespace was skipped).",
+    &[],
+);
+pub const NETNS_UNWATCHED: Definition = gauge(
+    "portmon_netns_unwatched",
+    "Network namespaces left out of the inventory because portmon ran short of file descriptors (raise LimitNOFILE).",
+    &[],
+);
+pub const NETNS_SCAN_ERRORS: Definition = counter(
+    "portmon_netns_scan_errors_total",
+    "Scans of the network namespaces the host cut short (out of file descriptors or memory); the namespaces known before were kept.",
+    &[],
+);
 pub const MAP_OVERFLOWS: Definition = counter(
     "portmon_map_overflows_total",
     "Updates lost because a kernel map was full.",
@@ -206,6 +241,13 @@ pub const ALL: &[Definition] = &[
     LISTENING_PORTS,
     PORTS_IN_USE,
     EVENTS_DROPPED,
+    FAILURE_EVENTS,
+    FAILURE_EVENTS_UNDECODABLE,
+    FAILURE_COUNTS_FOLDED,
+    LOG_LINES_SUPPRESSED,
+    THREADS_REFUSED,
+    NETNS_UNWATCHED,
+    NETNS_SCAN_ERRORS,
     MAP_OVERFLOWS,
     MAP_ENTRIES,
     MAP_CAPACITY,

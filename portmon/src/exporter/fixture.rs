@@ -146,6 +146,9 @@ impl ScrapeSource for Fixture {
             bind_before_connect: &[],
             inventory_errors: &BTreeMap::new(),
             reload: host.reload,
+            failure_log: Default::default(),
+            netns_unwatched: 0,
+            netns_scan_errors: 0,
         })
     }
 }

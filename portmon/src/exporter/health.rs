@@ -11,6 +11,14 @@ use super::{definitions as def, families::Families, ScrapeInput};
 pub fn add(input: &ScrapeInput<'_>, folded: usize, scrape_seconds: f64, families: &mut Families) {
     let h = input.health;
     families.add_one(&def::EVENTS_DROPPED, h.events_dropped as f64);
+    families.add_one(&def::FAILURE_EVENTS, h.failures_seen as f64);
+    let log = input.failure_log;
+    families.add_one(&def::FAILURE_EVENTS_UNDECODABLE, log.undecodable as f64);
+    families.add_one(&def::FAILURE_COUNTS_FOLDED, log.folded as f64);
+    families.add_one(&def::LOG_LINES_SUPPRESSED, log.log_lines_held as f64);
+    families.add_one(&def::THREADS_REFUSED, crate::kernel::threads::refused() as f64);
+    families.add_one(&def::NETNS_UNWATCHED, input.netns_unwatched as f64);
+    families.add_one(&def::NETNS_SCAN_ERRORS, input.netns_scan_errors as f64);
     families.add(
         &def::MAP_OVERFLOWS,
         [

@@ -8,10 +8,11 @@ use portmon_common::{Family, Proto};
 use super::{MapUsage, NetnsLabel};
 use crate::{
     exhaustion::EphemeralReport,
-    failures::FailureKey,
+    failures::{FailureKey, FailureLogHealth},
     kernel::{
         bpf::counters::{Health, PortCount},
         sock_diag::NsSocket,
+        threads,
     },
     registry::Registry,
     state::{ReloadStatus, State},
@@ -41,6 +42,12 @@ pub struct ScrapeInput<'a> {
     pub inventory_errors: &'a BTreeMap<(Proto, Family), u64>,
     /// How the last load of the configuration went.
     pub reload: ReloadStatus,
+    /// What the failure log could not keep as it came.
+    pub failure_log: FailureLogHealth,
+    /// Namespaces left out of the inventory for want of file descriptors.
+    pub netns_unwatched: usize,
+    /// Namespace scans the host cut short, since start.
+    pub netns_scan_errors: u64,
 }
 
 /// Where a collector reads its numbers from at each scrape.
@@ -53,19 +60,23 @@ impl ScrapeSource for State {
     fn scrape<R>(&self, build: impl FnOnce(&ScrapeInput<'_>) -> R) -> R {
         // The sock_diag dumps take most of a scrape, on every core: the
         // kernel maps are read beside them.
+        let read_maps = || {
+            (
+                self.ports(),
+                self.failure_counts(),
+                self.bind_before_connect(),
+                self.map_usage(),
+            )
+        };
         let ((ports, failures, bind_before_connect, maps), (snapshot, names)) = std::thread::scope(|scope| {
-            let kernel = scope.spawn(|| {
-                (
-                    self.ports(),
-                    self.failure_counts(),
-                    self.bind_before_connect(),
-                    self.map_usage(),
-                )
-            });
+            let kernel = threads::spawn_scoped(scope, "portmon-maps", read_maps);
             let inventory = self.snapshot();
-            let kernel = kernel
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            // Without a thread of its own, the map read follows the dumps.
+            let kernel = kernel.map_or_else(read_maps, |kernel| {
+                kernel
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            });
             (kernel, inventory)
         });
         let assessing = std::time::Instant::now();
@@ -88,6 +99,9 @@ impl ScrapeSource for State {
             bind_before_connect: &bind_before_connect,
             inventory_errors: &snapshot.dump_errors,
             reload: self.reload_status(),
+            failure_log: self.failure_log_health(),
+            netns_unwatched: snapshot.unwatched_namespaces,
+            netns_scan_errors: snapshot.namespace_scan_errors,
         })
     }
 }

@@ -12,7 +12,10 @@ use std::{
 use portmon_common::Family;
 
 use super::split::{Cut, Histogram};
-use crate::kernel::sock_diag::{Dump, DumpError, NsSocket, Ports, SockDiag, TCP_BOUND_INACTIVE};
+use crate::kernel::{
+    sock_diag::{Dump, DumpError, NsSocket, Ports, SockDiag, TCP_BOUND_INACTIVE},
+    threads,
+};
 
 /// Every TCP state as `ss -a` asks (`SS_ALL`, bits 0–12).
 const TCP_STATES: u32 = (1 << 13) - 1;
@@ -132,24 +135,28 @@ pub(super) fn run(mut jobs: Vec<Job<'_>>, threads: usize) -> Vec<Outcome> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .next()
     };
+    let drain = || {
+        let mut outcomes = Vec::new();
+        while let Some(job) = next() {
+            outcomes.push(job.run());
+        }
+        outcomes
+    };
     std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut outcomes = Vec::new();
-                    while let Some(job) = next() {
-                        outcomes.push(job.run());
-                    }
-                    outcomes
-                })
-            })
+        // Threads the OS refuses are counted; the calling thread then takes
+        // whatever the others leave, so no lane is lost.
+        let workers: Vec<_> = (1..threads)
+            .filter_map(|_| threads::spawn_scoped(scope, "portmon-lane", drain))
             .collect();
-        workers
-            .into_iter()
-            // A panic in a lane (none is known) loses that thread's lanes,
-            // not the scrape.
-            .flat_map(|worker| worker.join().unwrap_or_default())
-            .collect()
+        let mut outcomes = drain();
+        // A panic in a lane (none is known) loses that thread's lanes,
+        // not the scrape.
+        outcomes.extend(
+            workers
+                .into_iter()
+                .flat_map(|worker| worker.join().unwrap_or_default()),
+        );
+        outcomes
     })
 }
 

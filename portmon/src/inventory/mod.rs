@@ -21,7 +21,8 @@ use portmon_common::{Family, Proto};
 use crate::{
     exhaustion::{PoolSettings, PoolSysctls},
     kernel::{
-        netns,
+        netns::{self, INIT_NET_COOKIE},
+        procfs,
         sock_diag::{self, SockDiag},
     },
     namespaces::{Namespaces, Netns},
@@ -50,7 +51,21 @@ pub struct Snapshot {
     /// Dumps that failed since the inventory was made, every attempt
     /// included, by the protocol and family they were to cover.
     pub dump_errors: BTreeMap<(Proto, Family), u64>,
+    /// Namespaces known but left out: portmon ran short of file
+    /// descriptors for their handles.
+    pub unwatched_namespaces: usize,
+    /// Namespace scans the host cut short since start (see
+    /// [`ScanIncomplete`](crate::namespaces::ScanIncomplete)).
+    pub namespace_scan_errors: u64,
 }
+
+/// File descriptors one namespace's handles take: two sock_diag sockets,
+/// three sysctl files, two sockstat files.
+const DESCRIPTORS_PER_NETNS: u64 = 7;
+/// Descriptors kept free of namespace handles, for serving HTTP, reading
+/// `/proc` and entering namespaces: running out of them would make every
+/// scrape fail, which is worse than leaving some namespaces out (counted).
+const RESERVED_DESCRIPTORS: u64 = 128;
 
 /// What portmon keeps open in one namespace: opened inside it once, read
 /// from any thread afterwards.
@@ -91,6 +106,8 @@ pub struct Inventory {
     namespaces: Namespaces,
     open: HashMap<u64, NetnsHandles>,
     dump_errors: BTreeMap<(Proto, Family), u64>,
+    unwatched: usize,
+    scan_errors: u64,
 }
 
 impl Inventory {
@@ -113,23 +130,58 @@ impl Inventory {
 
     /// Finds namespaces again: opens sockets for new ones, closes those of
     /// gone ones.
+    /// Handles of namespaces gone are closed only after a complete scan; new
+    /// namespaces get handles while descriptors last.
     pub fn rescan(&mut self) {
-        self.namespaces.rescan();
-        let present: Vec<Netns> = self.namespaces.iter().cloned().collect();
-        self.open
-            .retain(|cookie, _| present.iter().any(|n| n.cookie == *cookie));
+        let complete = match self.namespaces.rescan() {
+            Ok(()) => true,
+            Err(err) => {
+                self.scan_errors += 1;
+                tracing::warn!("{}", error_line(&err));
+                false
+            }
+        };
+        let mut present: Vec<Netns> = self.namespaces.iter().cloned().collect();
+        // When descriptors run short, the host's namespace and then the
+        // oldest ones (lowest cookies) keep theirs.
+        present.sort_by_key(|ns| (ns.cookie != INIT_NET_COOKIE, ns.cookie));
+        if complete {
+            self.open
+                .retain(|cookie, _| present.iter().any(|n| n.cookie == *cookie));
+        }
+        let mut spare = match procfs::descriptors() {
+            Ok((open, limit)) => limit.saturating_sub(open).saturating_sub(RESERVED_DESCRIPTORS),
+            Err(_) => 0,
+        };
+        let mut unwatched = 0;
         for ns in present {
             if self.open.contains_key(&ns.cookie) {
+                continue;
+            }
+            if spare < DESCRIPTORS_PER_NETNS {
+                unwatched += 1;
                 continue;
             }
             match netns::run_in(&ns.path, NetnsHandles::open) {
                 Ok(Ok(handles)) => {
                     self.open.insert(ns.cookie, handles);
+                    spare -= DESCRIPTORS_PER_NETNS;
                 }
-                Ok(Err(err)) => tracing::debug!(netns = %ns.name, "no sock_diag socket: {err}"),
+                Ok(Err(err)) => {
+                    unwatched += 1;
+                    tracing::debug!(netns = %ns.name, "no sock_diag socket: {err}");
+                }
                 Err(err) => tracing::debug!(netns = %ns.name, "cannot enter: {err}"),
             }
         }
+        if unwatched > 0 && unwatched != self.unwatched {
+            tracing::warn!(
+                unwatched,
+                "{unwatched} network namespaces are left out of the inventory for want of file \
+                 descriptors: raise LimitNOFILE (see portmon_netns_unwatched)"
+            );
+        }
+        self.unwatched = unwatched;
     }
 
     /// The namespaces known, by cookie.
@@ -198,6 +250,8 @@ impl Inventory {
             }
         }
         snapshot.dump_errors.clone_from(&self.dump_errors);
+        snapshot.unwatched_namespaces = self.unwatched;
+        snapshot.namespace_scan_errors = self.scan_errors;
         snapshot
     }
 

@@ -8,6 +8,7 @@
 //!   (what `ss` reads).
 //! - [`netns`]: entering a network namespace, and its cookie.
 //! - [`procfs`]: the one reader of procfs and sysctl files.
+//! - [`threads`]: threads for a piece of work, a refusal counted.
 //! - [`mounts`], [`preflight`], [`features`], [`capabilities`], [`clock`]:
 //!   where the kernel's file systems are, whether portmon can run here and
 //!   what it will miss, the privileges it holds, and the clock systemd
@@ -24,3 +25,4 @@ pub mod netns;
 pub mod preflight;
 pub mod procfs;
 pub mod sock_diag;
+pub mod threads;

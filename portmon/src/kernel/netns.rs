@@ -2,7 +2,7 @@
 //! of work (`setns` on a thread of its own), its cookie (the number the
 //! kernel programs report, `bpf_get_netns_cookie`), and its addresses.
 
-use super::procfs;
+use super::{procfs, threads};
 use std::{
     fs::{self, File},
     io,
@@ -39,6 +39,8 @@ pub enum NetnsError {
     },
     #[error("cannot read the cookie of a network namespace (needs Linux 5.14)")]
     Cookie(#[source] io::Error),
+    #[error("the OS refused a thread to enter network namespace {path}")]
+    NoThread { path: PathBuf },
     #[error("the thread working in network namespace {path} panicked")]
     Thread { path: PathBuf },
 }
@@ -58,21 +60,22 @@ pub fn run_in<T: Send>(path: &Path, work: impl FnOnce() -> T + Send) -> Result<T
         return Ok(work());
     }
     std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                // SAFETY: a valid namespace fd; affects this thread only.
-                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(NetnsError::Enter {
-                        path: path.to_owned(),
-                        source: io::Error::last_os_error(),
-                    });
-                }
-                Ok(work())
-            })
-            .join()
-            .map_err(|_| NetnsError::Thread {
-                path: path.to_owned(),
-            })?
+        let thread = threads::spawn_scoped(scope, "portmon-netns", || {
+            // SAFETY: a valid namespace fd; affects this thread only.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(NetnsError::Enter {
+                    path: path.to_owned(),
+                    source: io::Error::last_os_error(),
+                });
+            }
+            Ok(work())
+        })
+        .ok_or_else(|| NetnsError::NoThread {
+            path: path.to_owned(),
+        })?;
+        thread.join().map_err(|_| NetnsError::Thread {
+            path: path.to_owned(),
+        })?
     })
 }
 

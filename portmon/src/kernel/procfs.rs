@@ -80,6 +80,20 @@ impl ProcFile {
     }
 }
 
+/// This process's open file descriptors and its soft `RLIMIT_NOFILE`.
+pub fn descriptors() -> io::Result<(u64, u64)> {
+    let open = std::fs::read_dir("/proc/self/fd")?.count() as u64;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit, which `limit` is.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((open, limit.rlim_cur))
+}
+
 /// A whole file read once (`/proc/PID/status`, a sysctl).
 pub fn read(path: impl Into<PathBuf>) -> Result<String, ProcError> {
     ProcFile::open(path)?.read()

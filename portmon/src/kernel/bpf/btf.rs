@@ -10,6 +10,8 @@ use portmon_common::{sock_common, KernelLayout};
 /// The kernel's own type information.
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
+/// How deep anonymous structs and unions may nest before a lookup gives up.
+const MAX_ANONYMOUS_NESTING: usize = 16;
 const MAGIC: u16 = 0xeb9f;
 const KIND_INT: u32 = 1;
 const KIND_ARRAY: u32 = 3;
@@ -197,12 +199,17 @@ impl Btf {
             .get(structure)
             .and_then(|&id| self.types.get(id as usize))
             .ok_or(missing)?;
-        self.find_in(ty, member)
+        self.find_in(ty, member, 0)
             .map(|bits| bits / 8)
             .ok_or(BtfError::MissingMember { structure, member })
     }
 
-    fn find_in(&self, ty: &Type, member: &str) -> Option<u32> {
+    fn find_in(&self, ty: &Type, member: &str, depth: usize) -> Option<u32> {
+        // A malformed blob can nest a type in itself; real kernels nest
+        // anonymous members a few levels deep.
+        if depth > MAX_ANONYMOUS_NESTING {
+            return None;
+        }
         for &(name, type_id, bits) in &ty.members {
             if name != 0 {
                 if self.name(name) == Some(member) {
@@ -212,8 +219,8 @@ impl Btf {
             }
             let inner = self.resolve(type_id)?;
             if matches!(inner.kind, KIND_STRUCT | KIND_UNION) {
-                if let Some(found) = self.find_in(inner, member) {
-                    return Some(bits + found);
+                if let Some(found) = self.find_in(inner, member, depth + 1) {
+                    return bits.checked_add(found);
                 }
             }
         }
@@ -306,6 +313,20 @@ mod tests {
             Err(BtfError::MissingMember { member: "e", .. })
         ));
         assert!(btf.member_offset("inner", "a").is_err());
+    }
+
+    #[test]
+    fn a_type_nested_in_itself_ends_the_lookup() {
+        let mut blob = sample();
+        // Type 3, the anonymous union, now holds itself where struct 2 was:
+        // its second member's type id sits 4 words into its members.
+        let union_at = 24 + 16 + (3 + 6) * 4;
+        let second_type = union_at + 12 + 12 + 4;
+        assert_eq!(blob[second_type..second_type + 4], 2u32.to_le_bytes());
+        blob[second_type..second_type + 4].copy_from_slice(&3u32.to_le_bytes());
+        let btf = Btf::parse(&blob).expect("parse");
+        assert_eq!(btf.member_offset("outer", "b").unwrap(), 8);
+        assert!(btf.member_offset("outer", "d").is_err());
     }
 
     #[test]

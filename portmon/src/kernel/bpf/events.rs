@@ -93,7 +93,7 @@ impl AsRawFd for FailureEvents {
 }
 
 /// A ring buffer record as a `FailureEvent`, if it is one.
-fn decode(bytes: &[u8]) -> Option<FailureEvent> {
+pub(crate) fn decode(bytes: &[u8]) -> Option<FailureEvent> {
     if bytes.len() < std::mem::size_of::<FailureEvent>() {
         return None;
     }

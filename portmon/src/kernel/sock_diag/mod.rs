@@ -32,6 +32,8 @@ use parse::{Progress, Reader, SOCK_DIAG_BY_FAMILY, TCPDIAG_GETSOCK};
 const NETLINK_SOCK_DIAG: libc::c_int = 4;
 /// What one `recv` can return (see the module comment).
 const RECV_BUFFER: usize = 32 * 1024;
+/// How long one receive of a dump may wait for the kernel.
+const RECEIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// The state bit of `TCP_BOUND_INACTIVE` (include/net/tcp_states.h):
 /// sockets bound and neither listening nor connected, which hold a port all
 /// the same. Linux dumps them since 6.7 (as CLOSE) from a walk of its own,
@@ -184,7 +186,27 @@ impl SockDiag {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: a fresh descriptor nobody else owns.
-        Ok(Self::over(Netlink(unsafe { OwnedFd::from_raw_fd(fd) })))
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // A dump the kernel stops answering (none is known) must fail that
+        // dump, counted, not freeze every scrape behind it.
+        let timeout = libc::timeval {
+            tv_sec: RECEIVE_TIMEOUT.as_secs() as libc::time_t,
+            tv_usec: 0,
+        };
+        // SAFETY: a valid fd, and a timeval of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                std::ptr::from_ref(&timeout).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self::over(Netlink(fd)))
     }
 }
 
@@ -243,6 +265,23 @@ impl<T: Transport> SockDiag<T> {
             }
         }
     }
+}
+
+/// Reads one datagram of a dump's answer as [`SockDiag::dump`] does, taking
+/// the first message's sequence number as the request's: the fuzz targets'
+/// way into the parser of what the kernel sends.
+pub(crate) fn read_datagram(data: &[u8], proto: Proto, out: &mut Vec<NsSocket>) {
+    let seq = data
+        .get(8..12)
+        .map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+    let mut reader = Reader {
+        seq,
+        netns: 0,
+        proto,
+        out,
+        interrupted: false,
+    };
+    let _ = reader.datagram(data);
 }
 
 #[cfg(test)]

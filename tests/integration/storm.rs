@@ -1,0 +1,183 @@
+//! A storm of failed binds from an unprivileged user, in network
+//! namespaces it makes for the purpose, against the daemon as the unit runs
+//! it: the daemon keeps pinging its watchdog, every failure the kernel
+//! programs saw is counted or its drop is, memory stays bounded and the
+//! log gets summary lines instead of a line per failure.
+
+use std::{
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use portmon_tests::{
+    http_get, metric_value, portmon_bin, serial,
+    supervised::{setpriv_args, unit_file, unit_values, Supervised},
+    wait_until,
+};
+
+const LISTEN: &str = "127.0.0.1:17491";
+/// A tighter watchdog than the unit's, so that a stall shows within the storm.
+const WATCHDOG: Duration = Duration::from_secs(4);
+const STORM: Duration = Duration::from_secs(60);
+/// Storming processes at a time; each lives in a namespace of its own for
+/// `ROUND` and is followed by another in a new one.
+const WORKERS: usize = 2;
+const ROUND: Duration = Duration::from_secs(10);
+const RSS_LIMIT_KIB: u64 = 64 * 1024;
+
+/// Fails binds as fast as Python can for `seconds`: to a port a socket of
+/// its own holds (EADDRINUSE), and to an address the namespace does not
+/// have (EADDRNOTAVAIL), each on a new socket.
+const STORM_SCRIPT: &str = r#"
+import socket, sys, time
+seconds = float(sys.argv[1])
+holder = socket.socket()
+holder.bind(("0.0.0.0", 5000))
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    for i in range(500):
+        s = socket.socket()
+        try:
+            s.bind(("0.0.0.0", 5000) if i % 2 else ("10.255.0.1", 6000 + i))
+        except OSError:
+            pass
+        s.close()
+"#;
+
+fn storm_worker(seconds: f64) -> Child {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(["unshare", "--user", "--map-root-user", "--net", "--"])
+        .args(["python3", "-c", STORM_SCRIPT, &seconds.to_string()])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start a storm worker (setpriv, unshare, python3)")
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The sum of every series of `name`.
+fn total(exposition: &str, name: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn a_failure_storm_keeps_the_watchdog_counts_and_memory() {
+    let _serial = serial();
+    let unit = std::fs::read_to_string(unit_file()).expect("read the unit file");
+    let caps = unit_values(&unit, "AmbientCapabilities");
+    let mut args = setpriv_args("65534", &caps);
+    args.push(portmon_bin().display().to_string());
+    args.extend(["run", "--listen", LISTEN].map(str::to_owned));
+    let watchdog_usec = WATCHDOG.as_micros().to_string();
+    let mut daemon = Supervised::spawn(
+        "storm",
+        "setpriv".as_ref(),
+        &args,
+        &[("PORTMON_LOG", "warn"), ("WATCHDOG_USEC", &watchdog_usec)],
+    );
+    daemon
+        .wait_for("READY=1", Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("no READY=1:\n{}", daemon.log_text()));
+    let addr = LISTEN.parse().unwrap();
+    let pid = daemon.child.id();
+    let before = http_get(addr, "/metrics").expect("scrape").1;
+    let seen_before = metric_value(&before, "portmon_failure_events_total", &[]).expect("failure events");
+
+    let storming = AtomicBool::new(true);
+    let (gaps, peak_rss) = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let started = Instant::now();
+            while started.elapsed() < STORM {
+                let round = ROUND.min(STORM - started.elapsed()).as_secs_f64();
+                let workers: Vec<Child> = (0..WORKERS).map(|_| storm_worker(round)).collect();
+                for mut worker in workers {
+                    worker.wait().expect("storm worker");
+                }
+            }
+            storming.store(false, Ordering::Relaxed);
+        });
+        // Every watchdog ping must come within the interval the daemon was given.
+        let mut gaps = Vec::new();
+        let mut peak_rss = 0;
+        let mut last = Instant::now();
+        while storming.load(Ordering::Relaxed) {
+            let ping = daemon.wait_for("WATCHDOG=1", WATCHDOG * 2);
+            gaps.push(last.elapsed());
+            last = Instant::now();
+            peak_rss = peak_rss.max(rss_kib(pid));
+            assert!(
+                ping.is_some(),
+                "no watchdog ping for {:?} during the storm",
+                WATCHDOG * 2
+            );
+        }
+        (gaps, peak_rss)
+    });
+    let worst = gaps.iter().max().copied().unwrap_or_default();
+    assert!(
+        worst < WATCHDOG,
+        "a watchdog ping came {worst:?} after the one before"
+    );
+
+    // Once the reader has caught up, every failure the programs saw is a
+    // counted failure, a counted drop, or an undecodable event.
+    let mut last = String::new();
+    let settled = wait_until(Duration::from_secs(60), || {
+        last = http_get(addr, "/metrics").expect("scrape").1;
+        let seen = metric_value(&last, "portmon_failure_events_total", &[]).unwrap_or(0.0);
+        let accounted = total(&last, "portmon_bind_errors_total")
+            + total(&last, "portmon_connect_errors_total")
+            + total(&last, "portmon_events_dropped_total")
+            + total(&last, "portmon_failure_events_undecodable_total");
+        seen > seen_before && seen == accounted
+    });
+    let seen = metric_value(&last, "portmon_failure_events_total", &[]).unwrap_or(0.0) - seen_before;
+    let dropped = total(&last, "portmon_events_dropped_total");
+    let suppressed = total(&last, "portmon_log_lines_suppressed_total");
+    eprintln!(
+        "storm: {seen} failures seen in {STORM:?} ({:.0}/s), {dropped} dropped, {suppressed} log \
+         lines suppressed, peak RSS {peak_rss} KiB, worst watchdog gap {worst:?}",
+        seen / STORM.as_secs_f64()
+    );
+    assert!(settled, "failures seen and accounted for differ:\n{last}");
+    assert!(
+        seen > 100_000.0,
+        "the storm was too weak to test anything: {seen} failures"
+    );
+    assert!(peak_rss < RSS_LIMIT_KIB, "RSS reached {peak_rss} KiB");
+    assert!(
+        rss_kib(pid) < RSS_LIMIT_KIB,
+        "RSS after the storm: {} KiB",
+        rss_kib(pid)
+    );
+
+    // The log: a bounded number of failure lines and a summary per interval.
+    let log = daemon.log_text();
+    let lines = log.lines().filter(|l| l.contains("bind failed")).count();
+    let intervals = (STORM.as_secs() / portmon::failures::LOG_INTERVAL.as_secs()) as usize + 8;
+    assert!(
+        lines <= intervals * portmon::failures::LOG_LINES as usize,
+        "{lines} failure lines logged one by one"
+    );
+    assert!(suppressed > 0.0, "nothing was held back from the log");
+    assert!(
+        log.contains("were not logged one by one"),
+        "no summary line:\n{}",
+        log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+    );
+}
