@@ -29,8 +29,8 @@
 //! 1. `kernel`: everything that talks to the kernel; the only `unsafe`.
 //! 2. `report`, `port_class`, `port_set`: vocabulary.
 //! 3. `registry` (what a port is called), `exhaustion` (the ephemeral pool
-//!    by the kernel's rules), `cgroups` and `namespaces` (the names people
-//!    know), `settings`.
+//!    by the kernel's rules), `cgroups`, `workload` and `namespaces` (the
+//!    names people know: units, containers, pods), `settings`.
 //! 4. `inventory` (sock_diag snapshots) and `failures` (failed binds and
 //!    connects, settled).
 //! 5. `state`: the daemon's shared state.
@@ -57,3 +57,4 @@ pub mod report;
 pub mod service;
 pub mod settings;
 pub mod state;
+pub mod workload;

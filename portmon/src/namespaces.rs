@@ -1,13 +1,14 @@
 //! The network namespaces of the host and the names people know them by:
 //! the kernel programs name a namespace by cookie; people know it as
 //! `host`, a name under `/run/netns`, the unit or container of a process
-//! inside it, or its inode.
+//! inside it, or its inode — and by the workload inside it (`workload`).
 
 use std::{collections::HashMap, fs, os::unix::fs::MetadataExt, path::PathBuf};
 
 use crate::{
     cgroups,
     kernel::netns::{cookie_of, INIT_NET_COOKIE, INIT_NET_INODE},
+    workload::{RuntimeState, Workload},
 };
 
 /// One network namespace.
@@ -19,28 +20,49 @@ pub struct Netns {
     pub inode: u64,
     /// A path that opens it (`/proc/PID/ns/net` or `/run/netns/NAME`).
     pub path: PathBuf,
-    /// The name people know it by: `host`, the `/run/netns` name, or `net:[INODE]`.
+    /// The name people know it by: `host`, the `/run/netns` name, the
+    /// workload of a process inside, or `net:[INODE]`.
     pub name: String,
+    /// What runs inside, from the first process found in it (by pid).
+    pub workload: Workload,
 }
 
 /// Every network namespace the host has a process or a `/run/netns` name in.
 #[derive(Debug, Default)]
 pub struct Namespaces {
     by_cookie: HashMap<u64, Netns>,
+    runtimes: RuntimeState,
 }
 
 impl Namespaces {
     /// Scans `/proc/*/ns/net` and `/run/netns`.
     pub fn scan() -> Self {
-        let mut found = Self::default();
+        Self::scan_with(RuntimeState::default())
+    }
+
+    /// Scans, naming pods from the runtimes' state in `runtimes`.
+    pub fn scan_with(runtimes: RuntimeState) -> Self {
+        let mut found = Self::unscanned(runtimes);
         found.rescan();
         found
+    }
+
+    /// None yet; pods to be named from the runtimes' state in `runtimes`.
+    pub fn unscanned(runtimes: RuntimeState) -> Self {
+        Self {
+            by_cookie: HashMap::new(),
+            runtimes,
+        }
     }
 
     /// Scans again, keeping what is still there.
     pub fn rescan(&mut self) {
         let host_inode = fs::metadata("/proc/1/ns/net").map(|m| m.ino()).ok();
         let mut by_inode: HashMap<u64, (PathBuf, String)> = HashMap::new();
+        // A pod's namespace has a /run/netns name (`cni-…`, made by the CNI
+        // plugin) and processes: the name comes first, the workload from
+        // the first process.
+        let mut workloads: HashMap<u64, Workload> = HashMap::new();
         if let Ok(entries) = fs::read_dir("/run/netns") {
             for entry in entries.flatten() {
                 let path = entry.path();
@@ -61,13 +83,25 @@ impl Namespaces {
                     continue;
                 }
                 let path = entry.path().join("ns/net");
-                if let Ok(meta) = fs::metadata(&path) {
-                    by_inode.entry(meta.ino()).or_insert_with(|| {
-                        let name = cgroups::workload_of(&entry.path())
-                            .unwrap_or_else(|| format!("net:[{}]", meta.ino()));
-                        (path, name)
-                    });
+                let Ok(meta) = fs::metadata(&path) else {
+                    continue;
+                };
+                if workloads.contains_key(&meta.ino()) {
+                    continue;
                 }
+                let cgroup = cgroups::path_of(&entry.path());
+                let workload = cgroup
+                    .as_deref()
+                    .map(Workload::from_cgroup_path)
+                    .unwrap_or_default();
+                workloads.insert(meta.ino(), workload);
+                by_inode.entry(meta.ino()).or_insert_with(|| {
+                    let name = cgroup
+                        .as_deref()
+                        .and_then(cgroups::workload_name)
+                        .unwrap_or_else(|| format!("net:[{}]", meta.ino()));
+                    (path, name)
+                });
             }
         }
         // Two namespaces may come from one unit; a name stays unique.
@@ -99,6 +133,8 @@ impl Namespaces {
             } else {
                 name
             };
+            let mut workload = workloads.remove(&inode).unwrap_or_default();
+            self.runtimes.complete(&mut workload);
             by_cookie.insert(
                 cookie,
                 Netns {
@@ -106,9 +142,15 @@ impl Namespaces {
                     inode,
                     path,
                     name,
+                    workload,
                 },
             );
         }
+        let live: Vec<&str> = by_cookie
+            .values()
+            .filter_map(|n| n.workload.container_id.as_deref())
+            .collect();
+        self.runtimes.retain(&live);
         self.by_cookie = by_cookie;
     }
 

@@ -21,6 +21,7 @@ use crate::{
         KernelMaps, MapUsage,
     },
     settings::Settings,
+    workload::{RuntimeState, Workload},
 };
 
 /// How old the list of namespaces may be when a snapshot is taken.
@@ -76,17 +77,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl State {
-    /// The state of a daemon whose programs `programs` fill `maps`.
+    /// The state of a daemon whose programs `programs` fill `maps`; pods
+    /// named from the runtimes' state in `runtimes`.
     pub fn new(
         maps: KernelMaps,
         cgroup_root: PathBuf,
+        runtimes: RuntimeState,
         settings: Settings,
         programs: Vec<&'static str>,
     ) -> Self {
         Self {
             maps: Mutex::new(maps),
             failures: Arc::default(),
-            inventory: Mutex::new((Inventory::scan(), Instant::now())),
+            inventory: Mutex::new((Inventory::scan_with(runtimes), Instant::now())),
             cgroups: Mutex::new(CgroupPaths::new(cgroup_root)),
             settings: RwLock::new(Arc::new(settings)),
             reload: Mutex::new(ReloadStatus::applied_now()),
@@ -206,5 +209,15 @@ impl State {
             .map(|n| (n.cookie, n.name.clone()))
             .collect();
         (snapshot, names)
+    }
+
+    /// The workload of every namespace known, by name, as last scanned.
+    pub fn workloads(&self) -> Vec<(String, Workload)> {
+        lock(&self.inventory)
+            .0
+            .namespaces()
+            .iter()
+            .map(|n| (n.name.clone(), n.workload.clone()))
+            .collect()
     }
 }

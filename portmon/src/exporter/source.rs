@@ -15,6 +15,7 @@ use crate::{
     },
     registry::Registry,
     state::{ReloadStatus, State},
+    workload::Workload,
 };
 
 /// Everything one scrape reads.
@@ -41,6 +42,8 @@ pub struct ScrapeInput<'a> {
     pub inventory_errors: &'a BTreeMap<(Proto, Family), u64>,
     /// How the last load of the configuration went.
     pub reload: ReloadStatus,
+    /// What runs in each namespace known, by its name.
+    pub workloads: &'a [(String, Workload)],
 }
 
 /// Where a collector reads its numbers from at each scrape.
@@ -72,6 +75,7 @@ impl ScrapeSource for State {
         let ephemeral = self.ephemeral(&snapshot);
         let ephemeral_seconds = assessing.elapsed().as_secs_f64();
         let settings = self.settings();
+        let workloads = self.workloads();
         build(&ScrapeInput {
             ports: &ports,
             failures: &failures,
@@ -88,6 +92,7 @@ impl ScrapeSource for State {
             bind_before_connect: &bind_before_connect,
             inventory_errors: &snapshot.dump_errors,
             reload: self.reload_status(),
+            workloads: &workloads,
         })
     }
 }

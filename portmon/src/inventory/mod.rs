@@ -26,6 +26,7 @@ use crate::{
     },
     namespaces::{Namespaces, Netns},
     report::error_line,
+    workload::RuntimeState,
 };
 
 mod lanes;
@@ -96,7 +97,16 @@ pub struct Inventory {
 impl Inventory {
     /// An inventory of every namespace found now.
     pub fn scan() -> Self {
-        let mut inventory = Self::default();
+        Self::scan_with(RuntimeState::default())
+    }
+
+    /// An inventory of every namespace found now, naming pods from the
+    /// runtimes' state in `runtimes`.
+    pub fn scan_with(runtimes: RuntimeState) -> Self {
+        let mut inventory = Self {
+            namespaces: Namespaces::unscanned(runtimes),
+            ..Self::default()
+        };
         inventory.rescan();
         inventory
     }
