@@ -28,6 +28,7 @@ use portmon::{
 };
 use portmon_common::{Family, PortStats, Proto, Role};
 
+pub mod cgroup;
 mod daemon;
 mod prometheus;
 pub mod supervised;
