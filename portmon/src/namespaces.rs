@@ -154,6 +154,11 @@ impl Namespaces {
         self.by_cookie = by_cookie;
     }
 
+    /// Adds what the runtimes' state says about `workload`'s container.
+    pub fn complete_workload(&mut self, workload: &mut Workload) {
+        self.runtimes.complete(workload);
+    }
+
     /// The namespace with this cookie, scanning again once if it is new.
     pub fn resolve(&mut self, cookie: u64) -> Option<&Netns> {
         if !self.by_cookie.contains_key(&cookie) {

@@ -56,26 +56,28 @@ impl ScrapeSource for State {
     fn scrape<R>(&self, build: impl FnOnce(&ScrapeInput<'_>) -> R) -> R {
         // The sock_diag dumps take most of a scrape, on every core: the
         // kernel maps are read beside them.
-        let ((ports, failures, bind_before_connect, maps), (snapshot, names)) = std::thread::scope(|scope| {
-            let kernel = scope.spawn(|| {
-                (
-                    self.ports(),
-                    self.failure_counts(),
-                    self.bind_before_connect(),
-                    self.map_usage(),
-                )
+        let ((ports, failures, bind_before_connect, maps), (snapshot, namespaces)) =
+            std::thread::scope(|scope| {
+                let kernel = scope.spawn(|| {
+                    (
+                        self.ports(),
+                        self.failure_counts(),
+                        self.bind_before_connect(),
+                        self.map_usage(),
+                    )
+                });
+                let inventory = self.snapshot_with_workloads();
+                let kernel = kernel
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                (kernel, inventory)
             });
-            let inventory = self.snapshot();
-            let kernel = kernel
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            (kernel, inventory)
-        });
+        let names: HashMap<u64, String> = namespaces.iter().map(|(c, n, _)| (*c, n.clone())).collect();
+        let workloads: Vec<(String, Workload)> = namespaces.into_iter().map(|(_, n, w)| (n, w)).collect();
         let assessing = std::time::Instant::now();
         let ephemeral = self.ephemeral(&snapshot);
         let ephemeral_seconds = assessing.elapsed().as_secs_f64();
         let settings = self.settings();
-        let workloads = self.workloads();
         build(&ScrapeInput {
             ports: &ports,
             failures: &failures,

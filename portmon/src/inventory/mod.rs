@@ -142,6 +142,11 @@ impl Inventory {
         }
     }
 
+    /// Adds what the runtimes' state says about `workload`'s container.
+    pub fn complete_workload(&mut self, workload: &mut crate::workload::Workload) {
+        self.namespaces.complete_workload(workload);
+    }
+
     /// The namespaces known, by cookie.
     pub fn namespaces(&self) -> &Namespaces {
         &self.namespaces
