@@ -118,15 +118,37 @@ fn check_daemonset(ds: &Value) {
             "DaemonSet: resources.{kind}.{resource}"
         );
     }
+    assert_eq!(
+        pod["priorityClassName"], "system-node-critical",
+        "DaemonSet: a node agent is evicted last"
+    );
     let host_paths: BTreeSet<&str> = pod["volumes"]
         .as_array()
         .expect("volumes")
         .iter()
         .filter_map(|v| v["hostPath"]["path"].as_str())
         .collect();
-    for path in ["/sys/fs/bpf", "/sys/kernel/tracing", "/sys/fs/cgroup"] {
-        assert!(host_paths.contains(path), "DaemonSet: no hostPath {path}");
+    // Only what portmon reads: the cgroup v2 root it attaches to, the
+    // registry, the runtimes' bundles; never a runtime's socket.
+    assert_eq!(
+        host_paths,
+        BTreeSet::from([
+            "/sys/fs/cgroup",
+            "/var/lib/portmon",
+            "/run/containerd/io.containerd.runtime.v2.task",
+            "/var/lib/containers/storage/overlay-containers",
+        ]),
+        "DaemonSet hostPath volumes"
+    );
+    for mount in c["volumeMounts"].as_array().expect("volumeMounts") {
+        assert_eq!(mount["readOnly"], true, "DaemonSet: {mount} read-only");
     }
+    let profile = &security["seccompProfile"];
+    assert!(
+        profile["type"] == "RuntimeDefault"
+            || (profile["type"] == "Localhost" && profile["localhostProfile"] == "portmon-seccomp.json"),
+        "DaemonSet seccomp profile: {profile}"
+    );
 }
 
 /// The ServiceMonitor selects the Service, which selects the pods, on the port named metrics.
