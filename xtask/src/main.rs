@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod dist;
 mod iana;
+mod image;
 mod setup;
 mod shell;
 mod test;
@@ -51,6 +52,10 @@ enum Command {
     /// Build the Debian package and the tarball (binary, systemd unit,
     /// default config, dashboard, alert rules) into <target dir>/dist/.
     Dist,
+    /// Build the container image `portmon:<version>` (the release binary,
+    /// its libraries and /etc/services, from scratch) into podman's storage,
+    /// offline, with buildah.
+    Image,
 }
 
 fn main() -> ExitCode {
@@ -64,6 +69,7 @@ fn main() -> ExitCode {
         Command::Bench => bench::run(),
         Command::Setup => setup::ensure_for_tests().map(drop),
         Command::Dist => dist::run(),
+        Command::Image => image::run(),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
