@@ -7,6 +7,7 @@ mod deploy;
 mod exhaustion;
 mod exporter;
 mod failures;
+mod image;
 mod lifecycle;
 mod package;
 mod ports;

@@ -30,6 +30,7 @@ use portmon_common::{Family, PortStats, Proto, Role};
 
 pub mod cgroup;
 mod daemon;
+pub mod podman;
 mod prometheus;
 pub mod supervised;
 
