@@ -222,3 +222,20 @@ fn the_image_runs_as_the_daemonset_runs_it_and_names_a_podman_container() {
         "the container's bind, under its name"
     );
 }
+
+#[test]
+fn podmans_default_seccomp_profile_refuses_the_maps_and_the_image_says_so() {
+    let _serial = serial();
+    let args: Vec<String> = as_the_daemonset_runs_it(&daemonset())
+        .into_iter()
+        .filter(|a| !a.starts_with("--security-opt=seccomp="))
+        .collect();
+    let portmon = Container::run(&format!("portmon-test-default-{}", std::process::id()), &args);
+    let exited = wait_until(Duration::from_secs(30), || !portmon.running());
+    let logs = portmon.logs();
+    assert!(exited, "portmon ran under podman's default profile: {logs}");
+    assert!(
+        logs.contains("refused portmon's maps") && logs.contains("Operation not permitted"),
+        "{logs}"
+    );
+}
