@@ -92,52 +92,57 @@ pub fn systemd_unit(path: &str) -> Option<&str> {
         .find(|c| UNIT_SUFFIXES.iter().any(|s| c.len() > s.len() && c.ends_with(s)))
 }
 
-/// The workload (container or systemd unit) a process runs in, as the
-/// name of its network namespace, from its cgroup v2
-/// path (`0::/system.slice/docker-<id>.scope` → `docker-<id12>`), or from
-/// systemd's v1 hierarchy on hybrid hosts; `None` in the root cgroup.
-pub fn workload_of(proc_pid: &Path) -> Option<String> {
-    let text = procfs::read(proc_pid.join("cgroup")).ok()?;
-    let path_of = |prefix: &str| {
-        text.lines()
-            .find_map(|line| line.strip_prefix(prefix))
-            .filter(|path| *path != "/")
+/// The cgroup path of a process, as bytes (a cgroup name may be any):
+/// its cgroup v2 path (`/system.slice/docker-<id>.scope`), or systemd's v1
+/// hierarchy's on hybrid hosts; `None` in the root cgroup.
+pub fn path_of(proc_pid: &Path) -> Option<Vec<u8>> {
+    let text = procfs::read_bytes(proc_pid.join("cgroup")).ok()?;
+    let v1_path = |hierarchy: &[u8]| {
+        text.split(|&b| b == b'\n')
+            .find_map(|line| {
+                let (_, rest) = split_once(line, b':')?;
+                let (name, path) = split_once(rest, b':')?;
+                (name == hierarchy).then_some(path)
+            })
+            .filter(|path| *path != b"/")
     };
-    let path = path_of("0::").or_else(|| {
-        text.lines()
-            .find_map(|line| line.split_once(":name=systemd:").map(|(_, path)| path))
-            .filter(|path| *path != "/")
-    })?;
-    workload_name(path)
+    // Line `0::PATH` is cgroup v2's, `N:name=systemd:PATH` systemd's v1.
+    let v2 = text
+        .split(|&b| b == b'\n')
+        .find_map(|line| line.strip_prefix(b"0::"))
+        .filter(|path| *path != b"/");
+    v2.or_else(|| v1_path(b"name=systemd")).map(<[u8]>::to_vec)
 }
 
-/// The last component of a cgroup path, with a container id shortened to
-/// the 12 characters `docker ps` shows.
-pub(crate) fn workload_name(cgroup_path: &str) -> Option<String> {
-    let last = cgroup_path.rsplit('/').find(|c| !c.is_empty())?;
-    // Bytes, not characters: a cgroup name may hold any UTF-8, and an index
-    // inside a character would panic on a `str` slice.
-    let hex_run = |from: usize| {
-        last.as_bytes()[from..]
-            .iter()
-            .take_while(|b| b.is_ascii_hexdigit())
-            .count()
+fn split_once(bytes: &[u8], at: u8) -> Option<(&[u8], &[u8])> {
+    let i = bytes.iter().position(|&b| b == at)?;
+    Some((&bytes[..i], &bytes[i + 1..]))
+}
+
+/// The workload (container or systemd unit) a cgroup path names, as the
+/// name of a network namespace: its last component, with a container id
+/// shortened to the 12 characters `docker ps` shows
+/// (`/system.slice/docker-<id>.scope` → `docker-<id12>`). Invalid UTF-8
+/// becomes U+FFFD.
+pub fn workload_name(cgroup_path: &[u8]) -> Option<String> {
+    let last = cgroup_path.rsplit(|&b| b == b'/').find(|c| !c.is_empty())?;
+    let hex_run = |from: usize| last[from..].iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    let id_start =
+        (0..last.len()).find(|&i| (i == 0 || !last[i - 1].is_ascii_hexdigit()) && hex_run(i) >= 64);
+    let shown = match id_start {
+        Some(start) => &last[..start + 12],
+        None => last,
     };
-    let id_start = (0..last.len())
-        .find(|&i| (i == 0 || !last.as_bytes()[i - 1].is_ascii_hexdigit()) && hex_run(i) >= 64);
-    Some(match id_start {
-        // `start` and `start + 12` fall on ASCII hex digits: char boundaries.
-        Some(start) => {
-            let prefix = &last[..start];
-            format!("{prefix}{}", &last[start..start + 12])
-        }
-        None => last.to_owned(),
-    })
+    Some(String::from_utf8_lossy(shown).into_owned())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn workload_name(path: &str) -> Option<String> {
+        super::workload_name(path.as_bytes())
+    }
 
     #[test]
     fn workloads_are_named_as_people_know_them() {
@@ -169,6 +174,34 @@ mod tests {
             workload_name(&format!("/é{id}ü")).as_deref(),
             Some(&*format!("é{}", &id[..12]))
         );
+        assert_eq!(
+            super::workload_name(b"/bad-\xff\xc3.scope").as_deref(),
+            Some("bad-\u{fffd}\u{fffd}.scope")
+        );
+    }
+
+    #[test]
+    fn paths_come_from_v2_else_systemds_v1_hierarchy() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases: [(&[u8], Option<&[u8]>); 5] = [
+            (b"0::/system.slice/a.service\n", Some(b"/system.slice/a.service")),
+            (b"0::/\n", None),
+            (
+                b"12:pids:/x\n1:name=systemd:/system.slice/b.service\n0::/\n",
+                Some(b"/system.slice/b.service"),
+            ),
+            (b"0::/t\xe9st-\xff\n", Some(b"/t\xe9st-\xff")),
+            (b"garbage", None),
+        ];
+        for (text, want) in cases {
+            std::fs::write(dir.path().join("cgroup"), text).unwrap();
+            assert_eq!(
+                path_of(dir.path()).as_deref(),
+                want,
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+        }
     }
 
     #[test]

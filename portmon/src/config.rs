@@ -45,6 +45,11 @@ pub struct Config {
     /// How many of the busiest destinations get their own
     /// `portmon_ephemeral_destination_utilization_ratio` series.
     pub ephemeral_destinations: usize,
+    /// Directory the container runtimes' state directories are read under
+    /// (`run/containerd/…`, `run/containers/storage/…`,
+    /// `var/lib/containers/storage/…`), to name pods: `/` on the host,
+    /// where a container mounts them from the host otherwise.
+    pub runtime_state_root: PathBuf,
 }
 
 impl Default for Config {
@@ -67,6 +72,8 @@ impl Default for Config {
             netns_label: crate::settings::NetnsLabel::Auto,
             // Enough to name the culprit; every destination would be unbounded.
             ephemeral_destinations: crate::exhaustion::DEFAULT_TOP_DESTINATIONS,
+            // The runtimes' own places on a host.
+            runtime_state_root: PathBuf::from("/"),
         }
     }
 }

@@ -26,6 +26,7 @@ use crate::{
         watchdog,
     },
     state::State,
+    workload::RuntimeState,
 };
 
 /// How long detaching may take before portmon exits anyway (the links go
@@ -122,6 +123,7 @@ pub fn start(config: Config) -> Result<Started, DaemonError> {
     let state = Arc::new(State::new(
         maps,
         env.cgroup_root.clone(),
+        RuntimeState::new(config.runtime_state_root.clone()),
         config.settings(registry),
         kernel.attached().to_vec(),
     ));

@@ -23,6 +23,7 @@ use crate::{
     kernel::procfs,
     kernel::sock_diag,
     registry::{Format, Registry},
+    workload::Workload,
 };
 
 /// A target's entry: any bytes in, nothing out.
@@ -79,9 +80,9 @@ pub fn mountinfo(data: &[u8]) {
 /// A cgroup path as `/proc/PID/cgroup` shows it: names any user with a
 /// delegated subtree chooses, in any bytes.
 pub fn cgroup_path(data: &[u8]) {
-    let path = String::from_utf8_lossy(data);
-    let _ = cgroups::systemd_unit(&path);
-    let _ = cgroups::workload_name(&path);
+    let _ = cgroups::systemd_unit(&String::from_utf8_lossy(data));
+    let _ = cgroups::workload_name(data);
+    let _ = Workload::from_cgroup_path(data);
 }
 
 /// A registry file read as IANA's CSV.

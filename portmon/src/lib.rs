@@ -30,8 +30,8 @@
 //! 2. `report`, `log_budget`, `port_class`, `port_set`, `address_scope`:
 //!    vocabulary.
 //! 3. `registry` (what a port is called), `exhaustion` (the ephemeral pool
-//!    by the kernel's rules), `cgroups` and `namespaces` (the names people
-//!    know), `settings`.
+//!    by the kernel's rules), `cgroups`, `workload` and `namespaces` (the
+//!    names people know: units, containers, pods), `settings`.
 //! 4. `inventory` (sock_diag snapshots) and `failures` (failed binds and
 //!    connects, settled).
 //! 5. `state`: the daemon's shared state.
@@ -62,3 +62,4 @@ pub mod report;
 pub mod service;
 pub mod settings;
 pub mod state;
+pub mod workload;

@@ -1,13 +1,14 @@
 //! The network namespaces of the host and the names people know them by:
 //! the kernel programs name a namespace by cookie; people know it as
 //! `host`, a name under `/run/netns`, the unit or container of a process
-//! inside it, or its inode.
+//! inside it, or its inode — and by the workload inside it (`workload`).
 
 use std::{collections::HashMap, fs, io, os::unix::fs::MetadataExt, path::PathBuf};
 
 use crate::{
     cgroups,
     kernel::netns::{cookie_of, NetnsError, INIT_NET_COOKIE, INIT_NET_INODE},
+    workload::{RuntimeState, Workload},
 };
 
 /// A scan of the namespaces the host cut short; the ones known before are
@@ -25,24 +26,41 @@ pub struct Netns {
     pub inode: u64,
     /// A path that opens it (`/proc/PID/ns/net` or `/run/netns/NAME`).
     pub path: PathBuf,
-    /// The name people know it by: `host`, the `/run/netns` name, or `net:[INODE]`.
+    /// The name people know it by: `host`, the `/run/netns` name, the
+    /// workload of a process inside, or `net:[INODE]`.
     pub name: String,
+    /// What runs inside, from the first process found in it (by pid).
+    pub workload: Workload,
 }
 
 /// Every network namespace the host has a process or a `/run/netns` name in.
 #[derive(Debug, Default)]
 pub struct Namespaces {
     by_cookie: HashMap<u64, Netns>,
+    runtimes: RuntimeState,
 }
 
 impl Namespaces {
     /// Scans `/proc/*/ns/net` and `/run/netns`.
     pub fn scan() -> Self {
-        let mut found = Self::default();
+        Self::scan_with(RuntimeState::default())
+    }
+
+    /// Scans, naming pods from the runtimes' state in `runtimes`.
+    pub fn scan_with(runtimes: RuntimeState) -> Self {
+        let mut found = Self::unscanned(runtimes);
         if let Err(err) = found.rescan() {
             tracing::warn!("{}", crate::report::error_line(&err));
         }
         found
+    }
+
+    /// None yet; pods to be named from the runtimes' state in `runtimes`.
+    pub fn unscanned(runtimes: RuntimeState) -> Self {
+        Self {
+            by_cookie: HashMap::new(),
+            runtimes,
+        }
     }
 
     /// Scans again, keeping what is still there. A scan the host cut short
@@ -62,6 +80,10 @@ impl Namespaces {
         };
         let host_inode = fs::metadata("/proc/1/ns/net").map(|m| m.ino()).ok();
         let mut by_inode: HashMap<u64, (PathBuf, String)> = HashMap::new();
+        // A pod's namespace has a /run/netns name (`cni-…`, made by the CNI
+        // plugin) and processes: the name comes first, the workload from
+        // the first process.
+        let mut workloads: HashMap<u64, Workload> = HashMap::new();
         if let Ok(entries) = fs::read_dir("/run/netns") {
             for entry in entries.flatten() {
                 let path = entry.path();
@@ -84,16 +106,29 @@ impl Namespaces {
                         continue;
                     }
                     let path = entry.path().join("ns/net");
-                    match fs::metadata(&path) {
-                        Ok(meta) => {
-                            by_inode.entry(meta.ino()).or_insert_with(|| {
-                                let name = cgroups::workload_of(&entry.path())
-                                    .unwrap_or_else(|| format!("net:[{}]", meta.ino()));
-                                (path, name)
-                            });
+                    let meta = match fs::metadata(&path) {
+                        Ok(meta) => meta,
+                        Err(err) => {
+                            short(err);
+                            continue;
                         }
-                        Err(err) => short(err),
+                    };
+                    if workloads.contains_key(&meta.ino()) {
+                        continue;
                     }
+                    let cgroup = cgroups::path_of(&entry.path());
+                    let workload = cgroup
+                        .as_deref()
+                        .map(Workload::from_cgroup_path)
+                        .unwrap_or_default();
+                    workloads.insert(meta.ino(), workload);
+                    by_inode.entry(meta.ino()).or_insert_with(|| {
+                        let name = cgroup
+                            .as_deref()
+                            .and_then(cgroups::workload_name)
+                            .unwrap_or_else(|| format!("net:[{}]", meta.ino()));
+                        (path, name)
+                    });
                 }
             }
         }
@@ -129,6 +164,8 @@ impl Namespaces {
             } else {
                 name
             };
+            let mut workload = workloads.remove(&inode).unwrap_or_default();
+            self.runtimes.complete(&mut workload);
             by_cookie.insert(
                 cookie,
                 Netns {
@@ -136,22 +173,30 @@ impl Namespaces {
                     inode,
                     path,
                     name,
+                    workload,
                 },
             );
         }
-        match shortfall {
-            None => {
-                self.by_cookie = by_cookie;
-                Ok(())
-            }
-            Some(cause) => {
-                for (cookie, ns) in self.by_cookie.drain() {
-                    by_cookie.entry(cookie).or_insert(ns);
-                }
-                self.by_cookie = by_cookie;
-                Err(ScanIncomplete(cause))
+        if shortfall.is_some() {
+            for (cookie, ns) in self.by_cookie.drain() {
+                by_cookie.entry(cookie).or_insert(ns);
             }
         }
+        let live: Vec<&str> = by_cookie
+            .values()
+            .filter_map(|n| n.workload.container_id.as_deref())
+            .collect();
+        self.runtimes.retain(&live);
+        self.by_cookie = by_cookie;
+        match shortfall {
+            None => Ok(()),
+            Some(cause) => Err(ScanIncomplete(cause)),
+        }
+    }
+
+    /// Adds what the runtimes' state says about `workload`'s container.
+    pub fn complete_workload(&mut self, workload: &mut Workload) {
+        self.runtimes.complete(workload);
     }
 
     /// The namespace with this cookie, scanning again once if it is new.

@@ -21,6 +21,7 @@ use crate::{
         KernelMaps, MapUsage,
     },
     settings::Settings,
+    workload::{RuntimeState, Workload},
 };
 
 /// How old the list of namespaces may be when a snapshot is taken.
@@ -76,17 +77,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl State {
-    /// The state of a daemon whose programs `programs` fill `maps`.
+    /// The state of a daemon whose programs `programs` fill `maps`; pods
+    /// named from the runtimes' state in `runtimes`.
     pub fn new(
         maps: KernelMaps,
         cgroup_root: PathBuf,
+        runtimes: RuntimeState,
         settings: Settings,
         programs: Vec<&'static str>,
     ) -> Self {
         Self {
             maps: Mutex::new(maps),
             failures: Arc::default(),
-            inventory: Mutex::new((Inventory::scan(), Instant::now())),
+            inventory: Mutex::new((Inventory::scan_with(runtimes), Instant::now())),
             cgroups: Mutex::new(CgroupPaths::new(cgroup_root)),
             settings: RwLock::new(Arc::new(settings)),
             reload: Mutex::new(ReloadStatus::applied_now()),
@@ -198,6 +201,19 @@ impl State {
 
     /// A fresh inventory of every namespace, and their names by cookie.
     pub fn snapshot(&self) -> (Snapshot, HashMap<u64, String>) {
+        let (snapshot, namespaces) = self.snapshot_with_workloads();
+        let names = namespaces
+            .into_iter()
+            .map(|(cookie, name, _)| (cookie, name))
+            .collect();
+        (snapshot, names)
+    }
+
+    /// A fresh inventory of every namespace, and each namespace's cookie,
+    /// name and workload: those portmon could enter, and those it knows only
+    /// from the kernel programs' records of their sockets (see
+    /// [`State::recorded_namespaces`]).
+    pub fn snapshot_with_workloads(&self) -> (Snapshot, Vec<(u64, String, Workload)>) {
         let mut guard = lock(&self.inventory);
         let (inventory, scanned) = &mut *guard;
         if scanned.elapsed() > NAMESPACE_RESCAN {
@@ -205,11 +221,60 @@ impl State {
             *scanned = Instant::now();
         }
         let snapshot = inventory.snapshot();
-        let names = inventory
+        let mut namespaces: Vec<(u64, String, Workload)> = inventory
             .namespaces()
             .iter()
-            .map(|n| (n.cookie, n.name.clone()))
+            .map(|n| (n.cookie, n.name.clone(), n.workload.clone()))
             .collect();
-        (snapshot, names)
+        drop(guard);
+        let entered: HashMap<u64, ()> = namespaces.iter().map(|(c, _, _)| (*c, ())).collect();
+        let mut taken: HashMap<String, ()> = namespaces.iter().map(|(_, n, _)| (n.clone(), ())).collect();
+        for (cookie, name, workload) in self.recorded_namespaces() {
+            if entered.contains_key(&cookie) {
+                continue;
+            }
+            // Two namespaces may come from one unit; a name stays unique.
+            let name = if taken.contains_key(&name) {
+                format!("{name}/cookie:{cookie}")
+            } else {
+                name
+            };
+            taken.insert(name.clone(), ());
+            namespaces.push((cookie, name, workload));
+        }
+        (snapshot, namespaces)
+    }
+
+    /// Namespaces named from the sockets the kernel programs recorded: the
+    /// cgroup of a socket's owner, by its id, needs no privilege to read,
+    /// where entering the namespace (setns) and even seeing it through
+    /// `/proc/PID/ns/net` (ptrace access to its processes) do. So a
+    /// namespace portmon cannot enter is still named by its workload once a
+    /// process in it bound or connected. The owner with the lowest pid
+    /// names it (a pod's sandbox before its containers).
+    fn recorded_namespaces(&self) -> Vec<(u64, String, Workload)> {
+        let mut first: HashMap<u64, (u32, u64)> = HashMap::new();
+        for owner in self.owners().into_values() {
+            let entry = first.entry(owner.netns).or_insert((owner.pid, owner.cgroup));
+            if owner.pid < entry.0 {
+                *entry = (owner.pid, owner.cgroup);
+            }
+        }
+        let mut cgroups = lock(&self.cgroups);
+        let mut found: Vec<(u64, String, Workload)> = first
+            .into_iter()
+            .filter_map(|(netns, (_, cgroup))| {
+                let path = cgroups.path(cgroup)?.as_bytes().to_vec();
+                let name = crate::cgroups::workload_name(&path)?;
+                Some((netns, name, Workload::from_cgroup_path(&path)))
+            })
+            .collect();
+        drop(cgroups);
+        found.sort_unstable_by_key(|(cookie, _, _)| *cookie);
+        let mut inventory = lock(&self.inventory);
+        for (_, _, workload) in &mut found {
+            inventory.0.complete_workload(workload);
+        }
+        found
     }
 }

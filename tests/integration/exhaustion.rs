@@ -19,10 +19,10 @@ use portmon_tests::{
 };
 
 /// 100 ports, 40000–40099, of which 40000–40009 are reserved.
-const POOL: u32 = 90;
+pub(crate) const POOL: u32 = 90;
 
 /// Narrows the calling thread's namespace's pool to `POOL` ports.
-fn narrow_pool() {
+pub(crate) fn narrow_pool() {
     write_sysctl("net/ipv4/ip_local_port_range", "40000 40099");
     write_sysctl("net/ipv4/ip_local_reserved_ports", "40000-40009");
     // TIME_WAIT sockets on loopback are otherwise taken over by connect().
@@ -30,7 +30,7 @@ fn narrow_pool() {
 }
 
 /// Waits until `name{labels}` reads `want` in the daemon's metrics; returns the last value.
-fn wait_metric(daemon: &Daemon, name: &str, labels: &[(&str, &str)], want: f64) -> Option<f64> {
+pub(crate) fn wait_metric(daemon: &Daemon, name: &str, labels: &[(&str, &str)], want: f64) -> Option<f64> {
     let mut last = None;
     wait_until(Duration::from_secs(10), || {
         last = metric_value(&daemon.scrape(), name, labels);
@@ -40,7 +40,7 @@ fn wait_metric(daemon: &Daemon, name: &str, labels: &[(&str, &str)], want: f64) 
 }
 
 /// Connects to `to` until the kernel refuses; returns the streams and the error.
-fn connect_until_refused(to: SocketAddr, most: usize) -> (Vec<TcpStream>, std::io::Error) {
+pub(crate) fn connect_until_refused(to: SocketAddr, most: usize) -> (Vec<TcpStream>, std::io::Error) {
     let mut streams = Vec::new();
     loop {
         match TcpStream::connect(to) {
@@ -53,15 +53,15 @@ fn connect_until_refused(to: SocketAddr, most: usize) -> (Vec<TcpStream>, std::i
 
 /// A listener on `port` that accepts everything on a thread of the same
 /// namespace, keeping the accepted sockets until it is dropped.
-struct Server {
-    addr: SocketAddr,
+pub(crate) struct Server {
+    pub(crate) addr: SocketAddr,
     accepted: Arc<Mutex<Vec<TcpStream>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Server {
-    fn start(port: u16) -> Self {
+    pub(crate) fn start(port: u16) -> Self {
         let listener = TcpListener::bind(("127.0.0.1", port)).expect("listen");
         listener.set_nonblocking(true).expect("nonblocking");
         let accepted = Arc::new(Mutex::new(Vec::new()));

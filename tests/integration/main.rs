@@ -2,12 +2,14 @@
 //! fresh network namespaces, exact counts. They need root.
 
 mod cli;
+mod containers;
 mod counting;
 mod deploy;
 mod descriptors;
 mod exhaustion;
 mod exporter;
 mod failures;
+mod image;
 mod lifecycle;
 mod package;
 mod ports;

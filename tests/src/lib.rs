@@ -28,7 +28,9 @@ use portmon::{
 };
 use portmon_common::{Family, PortStats, Proto, Role};
 
+pub mod cgroup;
 mod daemon;
+pub mod podman;
 mod prometheus;
 pub mod supervised;
 

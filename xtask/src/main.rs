@@ -9,6 +9,7 @@ mod bench;
 mod dist;
 mod fuzz;
 mod iana;
+mod image;
 mod setup;
 mod shell;
 mod test;
@@ -62,6 +63,10 @@ enum Command {
     /// unit, default config, dashboard, alert rules, man page, completions)
     /// into <target dir>/dist/.
     Dist,
+    /// Build the container image `portmon:<version>` (the release binary,
+    /// its libraries and /etc/services, from scratch) into podman's storage,
+    /// offline, with buildah.
+    Image,
 }
 
 fn main() -> ExitCode {
@@ -76,6 +81,7 @@ fn main() -> ExitCode {
         Command::Setup => setup::ensure_for_tests().map(drop),
         Command::Dist => dist::run(),
         Command::Fuzz { seconds, targets } => fuzz::run(&targets, std::time::Duration::from_secs(seconds)),
+        Command::Image => image::run(),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

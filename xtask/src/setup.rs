@@ -4,7 +4,8 @@
 //! tests), the nightly pinned for the kernel crate, `bpf-linker`, `cargo-deb`,
 //! the Kubernetes manifest validator (a Python venv in the
 //! target directory), and the tracefs and bpffs mounts; for the tests and
-//! benches, IANA's full registry.
+//! benches, IANA's full registry and the container tools (buildah, podman,
+//! runc) the image's tests use.
 
 use std::{
     path::{Path, PathBuf},
@@ -39,6 +40,14 @@ const PACKAGES: &[(&str, &str)] = &[
     ("cpio", "/usr/bin/cpio"),
 ];
 
+/// What `cargo xtask image` and the image's tests need: buildah to build,
+/// podman to run, and runc, since crun refuses hybrid cgroup hosts.
+const CONTAINER_PACKAGES: &[(&str, &str)] = &[
+    ("buildah", "/usr/bin/buildah"),
+    ("podman", "/usr/bin/podman"),
+    ("runc", "/usr/sbin/runc"),
+];
+
 /// The bpf-linker release this project builds with, against LLVM 22.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -63,6 +72,7 @@ pub fn ensure() -> Result<()> {
 pub fn ensure_for_tests() -> Result<PathBuf> {
     let registry = iana::locate()?;
     ensure()?;
+    ensure_container_tools()?;
     let path = iana::provide(registry)?;
     println!("xtask: the tests read IANA's registry at {}", path.display());
     Ok(path)
@@ -73,8 +83,17 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// The container tools (`image`, and the tests that run the image).
+pub fn ensure_container_tools() -> Result<()> {
+    install_missing(CONTAINER_PACKAGES)
+}
+
 fn ensure_packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES
+    install_missing(PACKAGES)
+}
+
+fn install_missing(packages: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .filter(|(_, file)| !Path::new(file).exists())
         .map(|(name, _)| *name)

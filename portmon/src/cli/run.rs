@@ -45,6 +45,10 @@ pub struct RunArgs {
     /// utilization series. Default 10.
     #[arg(long, value_name = "N")]
     pub ephemeral_destinations: Option<usize>,
+    /// Directory the container runtimes' state is read under, to name
+    /// pods. Default /.
+    #[arg(long, value_name = "PATH")]
+    pub runtime_state_root: Option<PathBuf>,
 }
 
 fn capacity(text: &str, max: u32) -> Result<u32, String> {
@@ -77,6 +81,9 @@ impl RunArgs {
         }
         if let Some(n) = self.ephemeral_destinations {
             config.ephemeral_destinations = n;
+        }
+        if let Some(root) = &self.runtime_state_root {
+            config.runtime_state_root = root.clone();
         }
     }
 }

@@ -230,6 +230,11 @@ pub const BIND_BEFORE_CONNECT: Definition = counter(
     "TCP connects from sockets bound to port 0 first (without IP_BIND_ADDRESS_NO_PORT), which hold their port exclusively, by command name.",
     &["comm"],
 );
+pub const NETNS_INFO: Definition = gauge(
+    "portmon_netns_info",
+    "A live network namespace and what runs in it, from the cgroup of its first process (Kubernetes pod UID, container id and runtime, systemd unit) and the runtime's state (pod name and namespace); empty when unknown. The value is always 1: join on netns, or on pod_uid with kube_pod_info{uid}.",
+    &["netns", "pod_uid", "pod", "namespace", "container_id", "runtime", "unit"],
+);
 
 /// Every family, in no particular order (the exposition sorts by name).
 pub const ALL: &[Definition] = &[
@@ -268,6 +273,7 @@ pub const ALL: &[Definition] = &[
     EPHEMERAL_EXHAUSTION_ERRORS,
     EPHEMERAL_ASSESSMENT,
     BIND_BEFORE_CONNECT,
+    NETNS_INFO,
 ];
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use crate::{
     },
     registry::Registry,
     state::ReloadStatus,
+    workload::Workload,
 };
 
 /// What the next scrape reads.
@@ -30,6 +31,7 @@ pub struct Host {
     pub port_series_limit: usize,
     pub netns_label: NetnsLabel,
     pub reload: ReloadStatus,
+    pub workloads: Vec<(String, Workload)>,
 }
 
 impl Default for Host {
@@ -45,6 +47,7 @@ impl Default for Host {
                 last_success: std::time::SystemTime::UNIX_EPOCH
                     + std::time::Duration::from_secs(1_700_000_000),
             },
+            workloads: Vec::new(),
         }
     }
 }
@@ -149,6 +152,7 @@ impl ScrapeSource for Fixture {
             failure_log: Default::default(),
             netns_unwatched: 0,
             netns_scan_errors: 0,
+            workloads: &host.workloads,
         })
     }
 }

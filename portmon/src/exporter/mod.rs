@@ -26,6 +26,7 @@ mod health;
 mod port_families;
 mod port_series;
 mod source;
+mod workloads;
 
 pub use collector::PortmonCollector;
 pub use source::{ScrapeInput, ScrapeSource};

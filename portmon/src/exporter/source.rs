@@ -16,6 +16,7 @@ use crate::{
     },
     registry::Registry,
     state::{ReloadStatus, State},
+    workload::Workload,
 };
 
 /// Everything one scrape reads.
@@ -48,6 +49,8 @@ pub struct ScrapeInput<'a> {
     pub netns_unwatched: usize,
     /// Namespace scans the host cut short, since start.
     pub netns_scan_errors: u64,
+    /// What runs in each namespace known, by its name.
+    pub workloads: &'a [(String, Workload)],
 }
 
 /// Where a collector reads its numbers from at each scrape.
@@ -68,17 +71,20 @@ impl ScrapeSource for State {
                 self.map_usage(),
             )
         };
-        let ((ports, failures, bind_before_connect, maps), (snapshot, names)) = std::thread::scope(|scope| {
-            let kernel = threads::spawn_scoped(scope, "portmon-maps", read_maps);
-            let inventory = self.snapshot();
-            // Without a thread of its own, the map read follows the dumps.
-            let kernel = kernel.map_or_else(read_maps, |kernel| {
-                kernel
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        let ((ports, failures, bind_before_connect, maps), (snapshot, namespaces)) =
+            std::thread::scope(|scope| {
+                let kernel = threads::spawn_scoped(scope, "portmon-maps", read_maps);
+                let inventory = self.snapshot_with_workloads();
+                // Without a thread of its own, the map read follows the dumps.
+                let kernel = kernel.map_or_else(read_maps, |kernel| {
+                    kernel
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                });
+                (kernel, inventory)
             });
-            (kernel, inventory)
-        });
+        let names: HashMap<u64, String> = namespaces.iter().map(|(c, n, _)| (*c, n.clone())).collect();
+        let workloads: Vec<(String, Workload)> = namespaces.into_iter().map(|(_, n, w)| (n, w)).collect();
         let assessing = std::time::Instant::now();
         let ephemeral = self.ephemeral(&snapshot);
         let ephemeral_seconds = assessing.elapsed().as_secs_f64();
@@ -102,6 +108,7 @@ impl ScrapeSource for State {
             failure_log: self.failure_log_health(),
             netns_unwatched: snapshot.unwatched_namespaces,
             netns_scan_errors: snapshot.namespace_scan_errors,
+            workloads: &workloads,
         })
     }
 }

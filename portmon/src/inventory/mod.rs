@@ -27,6 +27,7 @@ use crate::{
     },
     namespaces::{Namespaces, Netns},
     report::error_line,
+    workload::RuntimeState,
 };
 
 mod lanes;
@@ -113,7 +114,16 @@ pub struct Inventory {
 impl Inventory {
     /// An inventory of every namespace found now.
     pub fn scan() -> Self {
-        let mut inventory = Self::default();
+        Self::scan_with(RuntimeState::default())
+    }
+
+    /// An inventory of every namespace found now, naming pods from the
+    /// runtimes' state in `runtimes`.
+    pub fn scan_with(runtimes: RuntimeState) -> Self {
+        let mut inventory = Self {
+            namespaces: Namespaces::unscanned(runtimes),
+            ..Self::default()
+        };
         inventory.rescan();
         inventory
     }
@@ -182,6 +192,11 @@ impl Inventory {
             );
         }
         self.unwatched = unwatched;
+    }
+
+    /// Adds what the runtimes' state says about `workload`'s container.
+    pub fn complete_workload(&mut self, workload: &mut crate::workload::Workload) {
+        self.namespaces.complete_workload(workload);
     }
 
     /// The namespaces known, by cookie.

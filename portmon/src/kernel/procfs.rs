@@ -99,6 +99,13 @@ pub fn read(path: impl Into<PathBuf>) -> Result<String, ProcError> {
     ProcFile::open(path)?.read()
 }
 
+/// A whole file read once, as bytes: for files whose text is anyone's
+/// (`/proc/PID/cgroup` holds cgroup names, which may be any bytes).
+pub fn read_bytes(path: impl Into<PathBuf>) -> Result<Vec<u8>, ProcError> {
+    let path = path.into();
+    std::fs::read(&path).map_err(|source| ProcError { path, source })
+}
+
 /// A numeric sysctl of the calling thread's namespace (`net/ipv4/ip_unprivileged_port_start`).
 pub fn sysctl_u32(name: &str) -> Option<u32> {
     read(format!("/proc/sys/{name}")).ok()?.trim().parse().ok()

@@ -80,6 +80,10 @@ fn apply(state: &State, running: &Config, source: &ConfigSource) -> Result<Confi
             "port-stats-capacity",
             wanted.port_stats_capacity != running.port_stats_capacity,
         ),
+        (
+            "runtime-state-root",
+            wanted.runtime_state_root != running.runtime_state_root,
+        ),
     ];
     for (key, changed) in needs_restart {
         if changed {
@@ -93,6 +97,7 @@ fn apply(state: &State, running: &Config, source: &ConfigSource) -> Result<Confi
     wanted.listen = running.listen;
     wanted.sockets_capacity = running.sockets_capacity;
     wanted.port_stats_capacity = running.port_stats_capacity;
+    wanted.runtime_state_root.clone_from(&running.runtime_state_root);
     let entries = registry.source().entries;
     state.replace_settings(wanted.settings(registry));
     tracing::info!(

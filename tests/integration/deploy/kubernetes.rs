@@ -118,15 +118,37 @@ fn check_daemonset(ds: &Value) {
             "DaemonSet: resources.{kind}.{resource}"
         );
     }
+    assert_eq!(
+        pod["priorityClassName"], "system-node-critical",
+        "DaemonSet: a node agent is evicted last"
+    );
     let host_paths: BTreeSet<&str> = pod["volumes"]
         .as_array()
         .expect("volumes")
         .iter()
         .filter_map(|v| v["hostPath"]["path"].as_str())
         .collect();
-    for path in ["/sys/fs/bpf", "/sys/kernel/tracing", "/sys/fs/cgroup"] {
-        assert!(host_paths.contains(path), "DaemonSet: no hostPath {path}");
+    // Only what portmon reads: the cgroup v2 root it attaches to, the
+    // registry, the runtimes' bundles; never a runtime's socket.
+    assert_eq!(
+        host_paths,
+        BTreeSet::from([
+            "/sys/fs/cgroup",
+            "/var/lib/portmon",
+            "/run/containerd/io.containerd.runtime.v2.task",
+            "/var/lib/containers/storage/overlay-containers",
+        ]),
+        "DaemonSet hostPath volumes"
+    );
+    for mount in c["volumeMounts"].as_array().expect("volumeMounts") {
+        assert_eq!(mount["readOnly"], true, "DaemonSet: {mount} read-only");
     }
+    let profile = &security["seccompProfile"];
+    assert!(
+        profile["type"] == "RuntimeDefault"
+            || (profile["type"] == "Localhost" && profile["localhostProfile"] == "portmon-seccomp.json"),
+        "DaemonSet seccomp profile: {profile}"
+    );
 }
 
 /// The ServiceMonitor selects the Service, which selects the pods, on the port named metrics.
@@ -225,4 +247,74 @@ fn the_manifest_validator_rejects_broken_manifests() {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The system calls `systemd-analyze syscall-filter` puts in each group,
+/// groups named inside others expanded.
+fn syscall_groups() -> BTreeMap<String, BTreeSet<String>> {
+    let (ok, out) = super::run(Command::new("systemd-analyze").arg("syscall-filter"));
+    assert!(ok, "systemd-analyze syscall-filter: {out}");
+    let mut direct: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut current = None;
+    for line in out.lines() {
+        if line.starts_with('@') {
+            current = Some(line.trim().to_owned());
+            direct.insert(line.trim().to_owned(), Vec::new());
+        } else if let Some(group) = &current {
+            let entry = line.trim();
+            if !entry.is_empty() && !entry.starts_with('#') {
+                direct.get_mut(group).expect("group").push(entry.to_owned());
+            }
+        }
+    }
+    fn expand(name: &str, direct: &BTreeMap<String, Vec<String>>) -> BTreeSet<String> {
+        match direct.get(name) {
+            Some(entries) => entries.iter().flat_map(|e| expand(e, direct)).collect(),
+            None => BTreeSet::from([name.to_owned()]),
+        }
+    }
+    direct.keys().map(|g| (g.clone(), expand(g, &direct))).collect()
+}
+
+#[test]
+fn the_shipped_seccomp_profile_is_the_units_system_call_filter() {
+    let groups = syscall_groups();
+    let expand = |entry: &str| {
+        groups
+            .get(entry)
+            .cloned()
+            .unwrap_or_else(|| BTreeSet::from([entry.to_owned()]))
+    };
+    // In order, as systemd applies them: an allow list, `~` takes away, later
+    // entries add again.
+    let unit = read(&deploy_dir().join("systemd/portmon.service"));
+    let mut allowed: BTreeSet<String> = BTreeSet::new();
+    for value in unit.lines().filter_map(|l| l.strip_prefix("SystemCallFilter=")) {
+        match value.strip_prefix('~') {
+            Some(denied) => {
+                for entry in denied.split_whitespace() {
+                    allowed.retain(|s| !expand(entry).contains(s));
+                }
+            }
+            None => allowed.extend(value.split_whitespace().flat_map(expand)),
+        }
+    }
+    let path = deploy_dir().join("kubernetes/portmon-seccomp.json");
+    let profile: Value = serde_json::from_str(&read(&path)).expect("the profile is JSON");
+    assert_eq!(profile["defaultAction"], "SCMP_ACT_ERRNO");
+    let rules = profile["syscalls"].as_array().expect("syscalls");
+    assert_eq!(rules.len(), 1, "one allow list");
+    assert_eq!(rules[0]["action"], "SCMP_ACT_ALLOW");
+    let shipped: BTreeSet<String> = rules[0]["names"]
+        .as_array()
+        .expect("names")
+        .iter()
+        .map(|n| n.as_str().expect("a name").to_owned())
+        .collect();
+    assert!(allowed.contains("bpf") && allowed.contains("read"), "{allowed:?}");
+    assert_eq!(
+        shipped.symmetric_difference(&allowed).collect::<Vec<_>>(),
+        Vec::<&String>::new(),
+        "portmon-seccomp.json and the unit's SystemCallFilter differ"
+    );
 }
