@@ -1,6 +1,7 @@
-//! The table of sockets portmon follows: bound, listening, connecting and
-//! connected ones, with who made them and an operation whose outcome is not
-//! yet known. Accepted sockets are never entered.
+//! The table of sockets portmon follows: those that user space reads a slot
+//! of (bound by bind(), listening, with their owner) and those with an
+//! operation whose outcome is not yet known (a bind, a UDP connect that
+//! auto-binds). Accepted sockets and TCP clients are never entered.
 //!
 //! Two arrays, not a hash map: `SOCKET_COOKIES` says which socket holds each
 //! slot, seven to a cache line, and `SOCKETS` holds the slots. A socket's
@@ -24,11 +25,11 @@ use aya_ebpf::{
     maps::Array,
 };
 use portmon_common::{
-    capacity, errno, kind, op, pending, proto, slot, FailureEvent, SockSlot, SocketGroup, SLOTS_PER_GROUP,
-    SOCKETS_PER_GROUP,
+    assigned, capacity, errno, kind, op, pending, proto, slot, sock_flag, FailureEvent, SockSlot,
+    SocketGroup, SLOTS_PER_GROUP, SOCKETS_PER_GROUP,
 };
 
-use crate::maps::{count, count_health, xadd, FAILURES};
+use crate::maps::{count, count_assigned, count_health, xadd, FAILURES};
 
 #[map]
 static SOCKET_COOKIES: Array<SocketGroup> =
@@ -238,7 +239,7 @@ pub fn settle(tracked: &mut Tracked, bound_port: u16) {
         pending::BIND if bound_port == 0 => report(st, cookie, op::BIND, errno::UNRESOLVED),
         pending::UDP_CONNECT if bound_port == 0 => report(st, cookie, op::CONNECT, errno::EAGAIN),
         pending::UDP_CONNECT => {
-            count(st.netns, proto::UDP, st.family, kind::CONNECTS_FROM, bound_port);
+            count_assigned(st.netns, proto::UDP, st.family, assigned::AUTOBIND);
             count(
                 st.netns,
                 proto::UDP,
@@ -246,6 +247,9 @@ pub fn settle(tracked: &mut Tracked, bound_port: u16) {
                 kind::CONNECTS_TO,
                 st.pending_port,
             );
+            st.local_port = bound_port;
+            st.remote_port = st.pending_port;
+            st.flags |= sock_flag::AUTOBOUND | sock_flag::CONNECTED;
         }
         _ => {}
     }

@@ -7,11 +7,11 @@
 //! two states in its arguments before it reads anything.
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
-use portmon_common::{errno, family, kind, op, proto, sock_flag, tcp_state};
+use portmon_common::{assigned, errno, family, kind, op, proto, sock_flag, tcp_state};
 
 use crate::{
     layout::{self, Head},
-    maps::count,
+    maps::{count, count_assigned},
     sockets::{current_failure, find, free, send_failure},
 };
 
@@ -43,20 +43,23 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
 }
 
 /// The SYN-ACK arrived (`tcp_finish_connect`, net/ipv4/tcp_input.c): the
-/// connect succeeded and the kernel has picked the local port.
+/// connect succeeded, from the port bound before or one the kernel picked
+/// (`__inet_hash_connect`). Only a socket bound by bind() has a slot.
 #[inline(always)]
 fn on_established(sk: u64) {
     let Some(head) = layout::head(sk) else { return };
     let family = head.family as u8;
     let Some(tracked) = find(layout::cookie(sk)) else {
-        // Connected before portmon followed it: counted, not followed.
         let netns = layout::netns(sk);
-        count(netns, proto::TCP, family, kind::CONNECTS_FROM, head.num);
+        count_assigned(netns, proto::TCP, family, assigned::CONNECT);
         count(netns, proto::TCP, family, kind::CONNECTS_TO, head.dport);
         return;
     };
     let st = tracked.slot;
-    count(st.netns, proto::TCP, family, kind::CONNECTS_FROM, head.num);
+    // bind(addr, 0) with IP_BIND_ADDRESS_NO_PORT left the port to connect.
+    if st.flags & sock_flag::BOUND == 0 {
+        count_assigned(st.netns, proto::TCP, family, assigned::CONNECT);
+    }
     count(st.netns, proto::TCP, family, kind::CONNECTS_TO, head.dport);
     st.local_port = head.num;
     st.remote_port = head.dport;

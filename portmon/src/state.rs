@@ -18,6 +18,7 @@ use crate::{
     inventory::{Inventory, Snapshot},
     kernel::bpf::{
         counters::{Health, PortCount},
+        pools::AssignedCount,
         KernelMaps, MapUsage,
     },
     settings::Settings,
@@ -133,6 +134,11 @@ impl State {
     /// Every port's counters.
     pub fn ports(&self) -> Vec<PortCount> {
         lock(&self.maps).ports()
+    }
+
+    /// Ports the kernel handed out from each pool, by way.
+    pub fn assigned(&self) -> Vec<AssignedCount> {
+        lock(&self.maps).assigned()
     }
 
     /// portmon's own health counters.

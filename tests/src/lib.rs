@@ -26,7 +26,7 @@ use portmon::{
         mounts::Mounts,
     },
 };
-use portmon_common::{Family, PortStats, Proto, Role};
+use portmon_common::{Assignment, Family, PortStats, Proto, Role};
 
 mod daemon;
 mod prometheus;
@@ -189,6 +189,16 @@ impl Monitor {
 
     pub fn health(&self) -> Health {
         self.maps.health()
+    }
+
+    /// Ports the kernel handed out `how` from one pool of one namespace.
+    pub fn assigned(&self, netns: u64, proto: Proto, family: Family, how: Assignment) -> u64 {
+        self.maps
+            .assigned()
+            .into_iter()
+            .filter(|a| a.netns == netns && a.proto == proto && a.family == family && a.how == how)
+            .map(|a| a.count)
+            .sum()
     }
 
     /// The owners the kernel programs recorded, by socket cookie.

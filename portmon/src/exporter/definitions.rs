@@ -184,6 +184,11 @@ pub const EPHEMERAL_EXHAUSTION_ERRORS: Definition = counter(
     "Operations that failed for want of an ephemeral port: TCP connect (EADDRNOTAVAIL), UDP connect (EAGAIN), bind to port 0 (EADDRINUSE). The process is in the log and in /api/v1/failures.",
     &["netns", "op", "proto"],
 );
+pub const EPHEMERAL_PORTS_ASSIGNED: Definition = counter(
+    "portmon_ephemeral_ports_assigned_total",
+    "Ports the kernel handed out from the ephemeral pool, by how: op=bind, bind() to port 0; op=connect, a TCP connection established from a socket without a port; op=autobind, a UDP socket given a port by connect(), sendto() or sendmsg() (counted when it connects, or at the latest when it closes). Such ports have no per-port series.",
+    &["netns", "proto", "family", "op"],
+);
 pub const EPHEMERAL_ASSESSMENT: Definition = gauge(
     "portmon_ephemeral_assessment_seconds",
     "Time this scrape spent assessing the ephemeral pools (part of portmon_scrape_duration_seconds).",
@@ -223,6 +228,7 @@ pub const ALL: &[Definition] = &[
     EPHEMERAL_UTILIZATION,
     EPHEMERAL_DESTINATION_UTILIZATION,
     EPHEMERAL_EXHAUSTION_ERRORS,
+    EPHEMERAL_PORTS_ASSIGNED,
     EPHEMERAL_ASSESSMENT,
     BIND_BEFORE_CONNECT,
 ];

@@ -14,7 +14,10 @@ use crate::{
     exhaustion::EphemeralReport,
     failures::{Errno, FailureKey},
     kernel::{
-        bpf::counters::{Health, PortCount},
+        bpf::{
+            counters::{Health, PortCount},
+            pools::AssignedCount,
+        },
         sock_diag::{NsSocket, Socket, SocketState},
     },
     registry::Registry,
@@ -25,6 +28,7 @@ use crate::{
 #[derive(Debug)]
 pub struct Host {
     pub ports: Vec<PortCount>,
+    pub assigned: Vec<AssignedCount>,
     pub failures: BTreeMap<FailureKey, u64>,
     pub sockets: Vec<NsSocket>,
     pub port_series_limit: usize,
@@ -36,6 +40,7 @@ impl Default for Host {
     fn default() -> Self {
         Self {
             ports: Vec::new(),
+            assigned: Vec::new(),
             failures: BTreeMap::new(),
             sockets: Vec::new(),
             port_series_limit: 1000,
@@ -122,6 +127,7 @@ impl ScrapeSource for Fixture {
         let names = HashMap::from([(1, "host".to_owned()), (2, "blue".to_owned())]);
         build(&ScrapeInput {
             ports: &host.ports,
+            assigned: &host.assigned,
             failures: &host.failures,
             sockets: &host.sockets,
             registry: &Registry::empty(),

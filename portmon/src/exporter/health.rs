@@ -18,6 +18,7 @@ pub fn add(input: &ScrapeInput<'_>, folded: usize, scrape_seconds: f64, families
             (map::PORT_TABLES, h.port_tables_overflow),
             (map::SOCKETS, h.sockets_overflow),
             (map::BIND_BEFORE_CONNECT, h.bind_before_connect_overflow),
+            (map::POOL_KEYS, h.pools_overflow),
         ]
         .map(|(name, n)| (vec![name.to_owned()], n as f64)),
     );

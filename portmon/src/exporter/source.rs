@@ -10,7 +10,10 @@ use crate::{
     exhaustion::EphemeralReport,
     failures::FailureKey,
     kernel::{
-        bpf::counters::{Health, PortCount},
+        bpf::{
+            counters::{Health, PortCount},
+            pools::AssignedCount,
+        },
         sock_diag::NsSocket,
     },
     registry::Registry,
@@ -21,6 +24,8 @@ use crate::{
 #[derive(Debug)]
 pub struct ScrapeInput<'a> {
     pub ports: &'a [PortCount],
+    /// Ports the kernel chose, per pool and way.
+    pub assigned: &'a [AssignedCount],
     pub failures: &'a BTreeMap<FailureKey, u64>,
     pub sockets: &'a [NsSocket],
     pub registry: &'a Registry,
@@ -53,27 +58,30 @@ impl ScrapeSource for State {
     fn scrape<R>(&self, build: impl FnOnce(&ScrapeInput<'_>) -> R) -> R {
         // The sock_diag dumps take most of a scrape, on every core: the
         // kernel maps are read beside them.
-        let ((ports, failures, bind_before_connect, maps), (snapshot, names)) = std::thread::scope(|scope| {
-            let kernel = scope.spawn(|| {
-                (
-                    self.ports(),
-                    self.failure_counts(),
-                    self.bind_before_connect(),
-                    self.map_usage(),
-                )
+        let ((ports, assigned, failures, bind_before_connect, maps), (snapshot, names)) =
+            std::thread::scope(|scope| {
+                let kernel = scope.spawn(|| {
+                    (
+                        self.ports(),
+                        self.assigned(),
+                        self.failure_counts(),
+                        self.bind_before_connect(),
+                        self.map_usage(),
+                    )
+                });
+                let inventory = self.snapshot();
+                let kernel = kernel
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                (kernel, inventory)
             });
-            let inventory = self.snapshot();
-            let kernel = kernel
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            (kernel, inventory)
-        });
         let assessing = std::time::Instant::now();
         let ephemeral = self.ephemeral(&snapshot);
         let ephemeral_seconds = assessing.elapsed().as_secs_f64();
         let settings = self.settings();
         build(&ScrapeInput {
             ports: &ports,
+            assigned: &assigned,
             failures: &failures,
             sockets: &snapshot.sockets,
             registry: &settings.registry,

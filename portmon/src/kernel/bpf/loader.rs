@@ -21,6 +21,7 @@ use super::{
     events::FailureEvents,
     mapped_array::MappedArrayError,
     maps::{Capacities, KernelMaps},
+    pools::PoolCounters,
     socket_table::{SocketTable, SocketTableError},
 };
 
@@ -67,6 +68,9 @@ pub struct LoadOptions {
     /// Slots of `SOCKETS`: sockets followed at once (bound, listening,
     /// connected outbound). Rounded up to a power of two.
     pub sockets: u32,
+    /// Entries of `POOL_KEYS`: pools counted (namespace, protocol, family
+    /// and way of handing out a port).
+    pub pools: u32,
     /// Every program returns at once (the overhead benchmark's floor: what
     /// the hooks cost with nothing done in them).
     pub hooks_only: bool,
@@ -78,6 +82,7 @@ impl Default for LoadOptions {
             port_stats: capacity::PORT_STATS,
             port_tables: port_tables(capacity::PORT_STATS),
             sockets: capacity::SOCKETS,
+            pools: capacity::POOLS,
             hooks_only: false,
         }
     }
@@ -263,11 +268,16 @@ fn take_maps(ebpf: &mut Ebpf, options: LoadOptions) -> Result<(KernelMaps, Failu
     let maps = KernelMaps {
         ports,
         sockets,
+        pools: PoolCounters {
+            keys: take(ebpf, map::POOL_KEYS)?,
+            counts: take(ebpf, map::POOL_COUNTS)?,
+        },
         bind_before_connect: take(ebpf, map::BIND_BEFORE_CONNECT)?,
         health: take(ebpf, map::HEALTH)?,
         capacities: Capacities {
             port_stats: options.port_stats,
             port_tables: options.port_tables,
+            pools: options.pools,
         },
     };
     let events = FailureEvents::new(take::<RingBuf<MapData>>(ebpf, map::FAILURES)?);
@@ -286,6 +296,10 @@ fn open_object(options: LoadOptions) -> Result<Ebpf, LoadError> {
         // Entry 0 again: a cached index that no table has.
         .map_max_entries(map::PORT_TABLES, options.port_tables.saturating_add(1))
         .map_max_entries(map::PORT_TABLE_INDEX, options.port_tables.max(1))
+        // Entry 0 again, as for PORT_TABLES.
+        .map_max_entries(map::POOL_KEYS, options.pools.saturating_add(1))
+        .map_max_entries(map::POOL_COUNTS, options.pools.saturating_add(1))
+        .map_max_entries(map::POOL_INDEX, options.pools.max(1))
         .map_max_entries(map::SOCKETS, slots)
         .map_max_entries(map::SOCKET_COOKIES, groups)
         .override_global(global::HOOKS_ONLY, &hooks_only, true)

@@ -13,6 +13,7 @@ pub mod loader;
 pub mod map_batch;
 pub mod mapped_array;
 pub mod maps;
+pub mod pools;
 pub mod socket_table;
 
 pub use events::FailureEvents;
