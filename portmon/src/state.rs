@@ -19,6 +19,7 @@ use crate::{
     kernel::bpf::{
         counters::{Health, PortCount},
         pools::AssignedCount,
+        program_stats::ProgramRuns,
         KernelMaps, MapUsage,
     },
     settings::Settings,
@@ -139,6 +140,13 @@ impl State {
     /// Ports the kernel handed out from each pool, by way.
     pub fn assigned(&self) -> Vec<AssignedCount> {
         lock(&self.maps).assigned()
+    }
+
+    /// Each program's runs and run time, while the kernel counts them.
+    pub fn program_runs(&self) -> Option<Vec<ProgramRuns>> {
+        // The walk of the host's programs is done without the maps' lock.
+        let ids = lock(&self.maps).programs.clone();
+        ids.read()
     }
 
     /// portmon's own health counters.

@@ -8,6 +8,7 @@ mod exporter;
 mod failures;
 mod lifecycle;
 mod package;
+mod pools;
 mod ports;
 mod service;
 mod transparency;

@@ -113,6 +113,16 @@ pub const PROGRAM_ATTACHED: Definition = gauge(
     "Whether a kernel program is attached (1) or not (0).",
     &["program"],
 );
+pub const PROGRAM_RUNS: Definition = counter(
+    "portmon_bpf_program_runs_total",
+    "Runs of a kernel program, as the kernel counts them while kernel.bpf_stats_enabled is 1 (no series while it is 0).",
+    &["program"],
+);
+pub const PROGRAM_RUN_SECONDS: Definition = counter(
+    "portmon_bpf_program_run_seconds_total",
+    "Time spent in a kernel program, as the kernel counts it while kernel.bpf_stats_enabled is 1 (no series while it is 0).",
+    &["program"],
+);
 pub const REGISTRY_ENTRIES: Definition = gauge(
     "portmon_registry_entries",
     "Records in the port registry portmon loaded, by source format.",
@@ -214,6 +224,8 @@ pub const ALL: &[Definition] = &[
     MAP_ENTRIES,
     MAP_CAPACITY,
     PROGRAM_ATTACHED,
+    PROGRAM_RUNS,
+    PROGRAM_RUN_SECONDS,
     REGISTRY_ENTRIES,
     INVENTORY_ERRORS,
     PORT_SERIES_FOLDED,

@@ -17,6 +17,7 @@ use crate::{
         bpf::{
             counters::{Health, PortCount},
             pools::AssignedCount,
+            program_stats::ProgramRuns,
         },
         sock_diag::{NsSocket, Socket, SocketState},
     },
@@ -29,6 +30,7 @@ use crate::{
 pub struct Host {
     pub ports: Vec<PortCount>,
     pub assigned: Vec<AssignedCount>,
+    pub program_runs: Option<Vec<ProgramRuns>>,
     pub failures: BTreeMap<FailureKey, u64>,
     pub sockets: Vec<NsSocket>,
     pub port_series_limit: usize,
@@ -41,6 +43,7 @@ impl Default for Host {
         Self {
             ports: Vec::new(),
             assigned: Vec::new(),
+            program_runs: None,
             failures: BTreeMap::new(),
             sockets: Vec::new(),
             port_series_limit: 1000,
@@ -135,6 +138,7 @@ impl ScrapeSource for Fixture {
             health: Health::default(),
             maps: &[],
             programs: &[],
+            program_runs: host.program_runs.as_deref(),
             port_series_limit: host.port_series_limit,
             netns_label: host.netns_label,
             ephemeral: &EphemeralReport::default(),

@@ -43,6 +43,17 @@ pub fn add(input: &ScrapeInput<'_>, folded: usize, scrape_seconds: f64, families
             (vec![(*name).to_owned()], f64::from(u8::from(attached)))
         }),
     );
+    if let Some(runs) = input.program_runs {
+        families.add(
+            &def::PROGRAM_RUNS,
+            runs.iter().map(|r| (vec![r.program.to_owned()], r.runs as f64)),
+        );
+        families.add(
+            &def::PROGRAM_RUN_SECONDS,
+            runs.iter()
+                .map(|r| (vec![r.program.to_owned()], r.run_time.as_secs_f64())),
+        );
+    }
     let source = input.registry.source();
     families.add(
         &def::REGISTRY_ENTRIES,

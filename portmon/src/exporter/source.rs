@@ -13,6 +13,7 @@ use crate::{
         bpf::{
             counters::{Health, PortCount},
             pools::AssignedCount,
+            program_stats::ProgramRuns,
         },
         sock_diag::NsSocket,
     },
@@ -34,6 +35,9 @@ pub struct ScrapeInput<'a> {
     pub health: Health,
     pub maps: &'a [MapUsage],
     pub programs: &'a [&'static str],
+    /// Each program's runs and run time; `None` while the kernel does not
+    /// count them (`kernel.bpf_stats_enabled`).
+    pub program_runs: Option<&'a [ProgramRuns]>,
     pub port_series_limit: usize,
     pub netns_label: NetnsLabel,
     /// Ephemeral pools, by the kernel's rules.
@@ -79,6 +83,7 @@ impl ScrapeSource for State {
         let ephemeral = self.ephemeral(&snapshot);
         let ephemeral_seconds = assessing.elapsed().as_secs_f64();
         let settings = self.settings();
+        let program_runs = self.program_runs();
         build(&ScrapeInput {
             ports: &ports,
             assigned: &assigned,
@@ -89,6 +94,7 @@ impl ScrapeSource for State {
             health: self.health(),
             maps: &maps,
             programs: &self.programs,
+            program_runs: program_runs.as_deref(),
             port_series_limit: settings.port_series_limit,
             netns_label: settings.netns_label,
             ephemeral: &ephemeral,

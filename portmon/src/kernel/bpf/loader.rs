@@ -22,6 +22,7 @@ use super::{
     mapped_array::MappedArrayError,
     maps::{Capacities, KernelMaps},
     pools::PoolCounters,
+    program_stats::ProgramIds,
     socket_table::{SocketTable, SocketTableError},
 };
 
@@ -265,7 +266,15 @@ fn take_maps(ebpf: &mut Ebpf, options: LoadOptions) -> Result<(KernelMaps, Failu
     };
     let sockets = SocketTable::new(array(map::SOCKET_COOKIES)?, array(map::SOCKETS)?)?;
     let ports = PortCounters::new(array(map::PORT_TABLES)?, array(map::PORT_STATS)?)?;
+    // Every program is loaded by now: each has its id.
+    let programs = ProgramIds(
+        PROGRAMS
+            .iter()
+            .filter_map(|&(name, _)| Some((name, ebpf.program(name)?.info().ok()?.id())))
+            .collect(),
+    );
     let maps = KernelMaps {
+        programs,
         ports,
         sockets,
         pools: PoolCounters {

@@ -10,12 +10,15 @@ use super::{
     counters::{self, Health, PortCount, PortCounters},
     map_batch::read_all,
     pools::{AssignedCount, PoolCounters},
+    program_stats::{ProgramIds, ProgramRuns},
     socket_table::{Followed, SocketTable},
 };
 use crate::kernel::procfs;
 
 /// Handles on the kernel maps the readers use.
 pub struct KernelMaps {
+    /// The kernel's ids of the programs, for their run statistics.
+    pub programs: ProgramIds,
     /// Per-port counters, in blocks of 64 ports.
     pub ports: PortCounters,
     /// The sockets the programs follow, with their owners and ports.
@@ -64,6 +67,11 @@ impl KernelMaps {
     /// Ports the kernel handed out from each pool, by way.
     pub fn assigned(&self) -> Vec<AssignedCount> {
         self.pools.read(self.health().pools_taken)
+    }
+
+    /// Each program's runs and run time, while the kernel counts them.
+    pub fn program_runs(&self) -> Option<Vec<ProgramRuns>> {
+        self.programs.read()
     }
 
     /// portmon's own health counters.

@@ -14,6 +14,7 @@ pub mod map_batch;
 pub mod mapped_array;
 pub mod maps;
 pub mod pools;
+pub mod program_stats;
 pub mod socket_table;
 
 pub use events::FailureEvents;
