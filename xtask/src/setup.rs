@@ -1,6 +1,6 @@
 //! Installs what building and testing portmon need, when it is missing:
 //! Debian packages (LLVM 22 for bpf-linker, Prometheus and promtool for the
-//! exporter tests, iproute2's `ss`), the nightly pinned for the kernel
+//! exporter tests, iproute2's `ss`, nginx and wrk for the bench), the nightly pinned for the kernel
 //! crate, `bpf-linker`, the Kubernetes manifest validator (a Python venv in the
 //! target directory), and the tracefs and bpffs mounts; for the tests and
 //! benches, IANA's full registry.
@@ -32,6 +32,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
     ("busybox-static", "/bin/busybox"),
     ("cpio", "/usr/bin/cpio"),
+    // The overhead bench's realistic workload: a real HTTP server on
+    // loopback under a load generator (the bench runs its own instance).
+    ("nginx", "/usr/sbin/nginx"),
+    ("wrk", "/usr/bin/wrk"),
 ];
 
 /// The bpf-linker release this project builds with, against LLVM 22.
