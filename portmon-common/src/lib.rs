@@ -63,6 +63,8 @@ pub mod program {
     pub const POST_BIND4: &str = "post_bind4";
     pub const POST_BIND6: &str = "post_bind6";
     pub const SOCK_RELEASE: &str = "sock_release";
+    /// Attached where the kernel has the tracepoint (Linux 6.3).
+    pub const SOCK_SEND_LENGTH: &str = "sock_send_length";
     /// The kernel keeps 15 characters of a program's name: it lists this
     /// one as `inet_sock_set_s`.
     pub const INET_SOCK_SET_STATE: &str = "inet_sock_set_state";
@@ -180,6 +182,8 @@ pub mod tcp_state {
 pub mod op {
     pub const BIND: u8 = 1;
     pub const CONNECT: u8 = 2;
+    /// sendto() or sendmsg() on a UDP socket without a port.
+    pub const SEND: u8 = 3;
 }
 
 /// The errno values the kernel side can name itself (positive, as in `errno`).
@@ -381,8 +385,11 @@ pub struct KernelLayout {
     pub skc_v6_daddr: u32,
     /// `struct net`, `net_cookie`.
     pub net_cookie: u32,
+    /// `struct sock`, `sk_protocol` (a `u16` since Linux 5.6).
+    pub sk_protocol: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelLayout>() == 16);
+const _: () = assert!(core::mem::size_of::<KernelLayout>() == 24);
 
 /// Offsets in `struct sock_common` (include/net/sock.h) that have not moved
 /// since Linux 2.6.38, because socket lookups compare them as words: the

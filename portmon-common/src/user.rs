@@ -172,7 +172,7 @@ kernel_enum!(
 );
 kernel_enum!(
     /// The operation a failure belongs to.
-    Op, "operation", { Bind = op::BIND => "bind", Connect = op::CONNECT => "connect" }
+    Op, "operation", { Bind = op::BIND => "bind", Connect = op::CONNECT => "connect", Send = op::SEND => "send" }
 );
 
 /// The errno of a failed bind or connect, as far as portmon can name it.

@@ -290,7 +290,7 @@ fn loopback(family: Family, port: u16) -> SocketAddr {
 /// A fresh, unbound UDP socket of `family`, handed with the loopback
 /// address and PORT to `call` (connect or sendto); the socket, if the call
 /// returned 0.
-fn raw_udp(
+pub fn raw_udp(
     family: Family,
     call: impl FnOnce(i32, *const libc::sockaddr, u32) -> i32,
 ) -> std::io::Result<i32> {

@@ -7,10 +7,10 @@ use std::{
 };
 
 use portmon::failures::Errno;
-use portmon_common::{Op, Proto};
-use portmon_tests::{in_fresh_netns, serial, write_sysctl, Monitor, TEST_COMM};
+use portmon_common::{Family, Op, Proto};
+use portmon_tests::{attachable_programs, in_fresh_netns, serial, skipped, write_sysctl, Monitor, TEST_COMM};
 
-use crate::counting::raw_udp_connect;
+use crate::counting::{raw_udp, raw_udp_connect};
 
 const PORT: u16 = 15_301;
 
@@ -127,6 +127,50 @@ fn udp_connect_and_bind_zero_with_no_port_left_fail_as_eagain_and_eaddrinuse() {
         assert!(failures
             .iter()
             .all(|f| f.pid == std::process::id() && f.comm == TEST_COMM));
+        drop(held);
+    });
+}
+
+#[test]
+fn udp_sendto_with_no_port_left_fails_as_one_eagain_per_family() {
+    if !attachable_programs().contains(&portmon_common::program::SOCK_SEND_LENGTH) {
+        return skipped("the kernel has no sock_send_length tracepoint (Linux 6.3)");
+    }
+    let _serial = serial();
+    let mut monitor = Monitor::attach();
+    in_fresh_netns(|ns| {
+        write_sysctl("net/ipv4/ip_local_port_range", "40000 40009");
+        let held: Vec<UdpSocket> = (0..10)
+            .map(|_| UdpSocket::bind("0.0.0.0:0").expect("bind 0"))
+            .collect();
+        for family in [Family::Inet, Family::Inet6] {
+            let err = raw_udp(family, |fd, addr, len| {
+                // SAFETY: a socket, a buffer and an address of ours.
+                let sent = unsafe { libc::sendto(fd, b"x".as_ptr().cast(), 1, 0, addr, len) };
+                if sent == 1 {
+                    0
+                } else {
+                    -1
+                }
+            })
+            .expect_err("sendto must fail");
+            assert_eq!(err.raw_os_error(), Some(libc::EAGAIN), "{family:?}: {err}");
+        }
+        let failures = monitor.failures_in(ns.cookie, 2);
+        let summary: Vec<(Op, Errno, Proto, Family)> = failures
+            .iter()
+            .map(|f| (f.op, f.errno, f.proto, f.family))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (Op::Send, Errno::Again, Proto::Udp, Family::Inet),
+                (Op::Send, Errno::Again, Proto::Udp, Family::Inet6)
+            ]
+        );
+        assert!(failures
+            .iter()
+            .all(|f| f.pid == std::process::id() && f.comm == TEST_COMM && f.exhaustion == Some(Op::Bind)));
         drop(held);
     });
 }

@@ -132,6 +132,22 @@ pub fn cgroup_root() -> PathBuf {
         .clone()
 }
 
+/// portmon's programs that attach on this kernel: every one but the
+/// optional ones whose raw tracepoint it lacks (the kernel's BTF names each
+/// raw tracepoint it has `btf_trace_NAME`).
+pub fn attachable_programs() -> Vec<&'static str> {
+    let btf = std::fs::read("/sys/kernel/btf/vmlinux").expect("the kernel's BTF");
+    let has = |name: &str| {
+        let wanted = format!("\0btf_trace_{name}\0").into_bytes();
+        btf.windows(wanted.len()).any(|w| w == wanted.as_slice())
+    };
+    portmon::kernel::bpf::PROGRAMS
+        .iter()
+        .filter(|(name, _)| !portmon::kernel::bpf::loader::OPTIONAL.contains(name) || has(name))
+        .map(|(name, _)| *name)
+        .collect()
+}
+
 /// portmon's kernel programs, loaded and attached in this process.
 pub struct Monitor {
     kernel: Option<Kernel>,

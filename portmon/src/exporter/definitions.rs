@@ -191,7 +191,7 @@ pub const EPHEMERAL_DESTINATION_UTILIZATION: Definition = gauge(
 );
 pub const EPHEMERAL_EXHAUSTION_ERRORS: Definition = counter(
     "portmon_ephemeral_exhaustion_errors_total",
-    "Operations that failed for want of an ephemeral port: TCP connect (EADDRNOTAVAIL), UDP connect (EAGAIN), bind to port 0 (EADDRINUSE). The process is in the log and in /api/v1/failures.",
+    "Operations that failed for want of an ephemeral port: TCP connect (EADDRNOTAVAIL), UDP connect (EAGAIN), bind to port 0 (EADDRINUSE), and under op=bind a UDP sendto()/sendmsg() from a socket without a port (EAGAIN; Linux 6.3+). The process is in the log and in /api/v1/failures.",
     &["netns", "op", "proto"],
 );
 pub const EPHEMERAL_PORTS_ASSIGNED: Definition = counter(

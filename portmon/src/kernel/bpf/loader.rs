@@ -54,7 +54,19 @@ pub const PROGRAMS: &[(&str, Hook)] = &[
     (program::BIND6, Hook::CgroupRoot),
     (program::CONNECT4, Hook::CgroupRoot),
     (program::CONNECT6, Hook::CgroupRoot),
+    (
+        program::SOCK_SEND_LENGTH,
+        Hook::RawTracepoint {
+            name: "sock_send_length",
+        },
+    ),
 ];
+
+/// Programs whose hook older kernels lack: where it cannot attach, portmon
+/// runs without it (`portmon_program_attached` says 0) and says so once.
+/// `sock_send_length` (Linux 6.3) is the only place a UDP send that failed
+/// for want of a port shows.
+pub const OPTIONAL: &[&str] = &[program::SOCK_SEND_LENGTH];
 
 /// How to load the kernel programs: map sizes, and the benchmark's floor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +157,8 @@ pub struct Kernel {
     links: Vec<Attachment>,
     ebpf: Ebpf,
     attached: Vec<&'static str>,
+    /// Optional programs this kernel has no hook for.
+    skipped: Vec<&'static str>,
     cgroup: File,
     cgroup_root: PathBuf,
 }
@@ -176,6 +190,7 @@ impl Kernel {
             links: Vec::with_capacity(PROGRAMS.len()),
             ebpf,
             attached: Vec::with_capacity(PROGRAMS.len()),
+            skipped: Vec::new(),
             cgroup,
             cgroup_root: cgroup_root.to_owned(),
         };
@@ -220,7 +235,21 @@ impl Kernel {
             if self.attached.contains(&name) {
                 continue;
             }
-            let link = attach(&mut self.ebpf, name, hook, &self.cgroup, &self.cgroup_root)?;
+            let link = match attach(&mut self.ebpf, name, hook, &self.cgroup, &self.cgroup_root) {
+                Ok(link) => link,
+                Err(err) if OPTIONAL.contains(&name) => {
+                    if !self.skipped.contains(&name) {
+                        tracing::info!(
+                            program = name,
+                            "not attached, this kernel has no such hook (older than Linux 6.3): {}",
+                            crate::report::error_line(&err)
+                        );
+                        self.skipped.push(name);
+                    }
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
             tracing::info!(
                 program = name,
                 target = target(hook, &self.cgroup_root),
