@@ -30,9 +30,9 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
     let (old, new): (u64, u64) = (ctx.arg(1), ctx.arg(2));
     let sk: u64 = ctx.arg(0);
     match (old, new) {
-        (TCP_SYN_SENT, TCP_ESTABLISHED) => on_established(sk),
-        (TCP_SYN_SENT, TCP_CLOSE) => on_connect_failed(sk),
-        (TCP_CLOSE, TCP_LISTEN) => on_listen(sk),
+        (TCP_SYN_SENT, TCP_ESTABLISHED) if is_tcp(sk) => on_established(sk),
+        (TCP_SYN_SENT, TCP_CLOSE) if is_tcp(sk) => on_connect_failed(sk),
+        (TCP_CLOSE, TCP_LISTEN) if is_tcp(sk) => on_listen(sk),
         (TCP_LISTEN, TCP_CLOSE) => on_listen_stop(sk),
         // Every state after ESTABLISHED; passive sockets (from SYN_RECV)
         // have no slot.
@@ -40,6 +40,18 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
         _ => {}
     }
     0
+}
+
+/// Whether the socket is TCP's. MPTCP's sockets move through the same
+/// states (`mptcp_set_state`, net/mptcp/protocol.c, calls
+/// `inet_sk_state_store`), as SCTP's do (`inet_sk_set_state`), without a
+/// port of their own: a failed MPTCP connect would read as a TCP connect
+/// that found no port, and a good one would count twice beside its TCP
+/// subflow. The sockets that close or stop listening need no check: only
+/// TCP and UDP sockets take a slot.
+#[inline(always)]
+fn is_tcp(sk: u64) -> bool {
+    layout::protocol(sk) == u16::from(proto::TCP)
 }
 
 /// The SYN-ACK arrived (`tcp_finish_connect`, net/ipv4/tcp_input.c): the

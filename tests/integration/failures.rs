@@ -175,6 +175,71 @@ fn udp_sendto_with_no_port_left_fails_as_one_eagain_per_family() {
     });
 }
 
+/// A TCP socket of protocol `IPPROTO_MPTCP` connected to 127.0.0.1:`port`:
+/// the connect's outcome.
+fn mptcp_connect(port: u16) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: plain socket calls on an address we own; the descriptor is
+    // owned at once.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_MPTCP);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let fd = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let mut sin: libc::sockaddr_in = std::mem::zeroed();
+        sin.sin_family = libc::AF_INET as libc::sa_family_t;
+        sin.sin_port = port.to_be();
+        sin.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+        use std::os::fd::AsRawFd as _;
+        let rc = libc::connect(
+            fd.as_raw_fd(),
+            (&raw const sin).cast(),
+            std::mem::size_of_val(&sin) as u32,
+        );
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(fd)
+    }
+}
+
+#[test]
+fn mptcp_connects_are_no_exhaustion_and_count_once() {
+    if !std::path::Path::new("/proc/sys/net/mptcp").exists() {
+        return skipped("the kernel has no MPTCP (no /proc/sys/net/mptcp)");
+    }
+    let _serial = serial();
+    let mut monitor = Monitor::attach();
+    let seen = monitor.health().failures_seen;
+    in_fresh_netns(|ns| {
+        // Refused: the MPTCP socket goes SYN_SENT → CLOSE without a port of
+        // its own, as a TCP connect that found none would.
+        let err = mptcp_connect(PORT).expect_err("nobody listens");
+        assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+        // Accepted (by a plain TCP listener: the subflow falls back to TCP).
+        let listener = TcpListener::bind(("127.0.0.1", PORT)).expect("listen");
+        let client = mptcp_connect(PORT).expect("mptcp connect");
+        let _server = listener.accept().expect("accept");
+        let failures = monitor.failures_in(ns.cookie, 1);
+        assert!(failures.is_empty(), "{failures:#?}");
+        let remote = monitor.stats(
+            ns.cookie,
+            Proto::Tcp,
+            Family::Inet,
+            portmon_common::Role::Remote,
+            PORT,
+        );
+        assert_eq!(remote.connects, 1, "the subflow's connection, once");
+        drop(client);
+    });
+    assert_eq!(
+        monitor.health().failures_seen,
+        seen,
+        "the kernel side saw a failure"
+    );
+}
+
 #[test]
 fn a_privileged_port_without_the_capability_is_eacces() {
     let _serial = serial();
