@@ -142,6 +142,12 @@ impl State {
         lock(&self.maps).assigned()
     }
 
+    /// Of the programs attached at start, those the kernel runs now: a
+    /// cgroup link may have been detached from outside.
+    pub fn attached_now(&self) -> Vec<&'static str> {
+        lock(&self.maps).attached.attached(&self.programs)
+    }
+
     /// Each program's runs and run time, while the kernel counts them.
     pub fn program_runs(&self) -> Option<Vec<ProgramRuns>> {
         // The walk of the host's programs is done without the maps' lock.

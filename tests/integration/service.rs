@@ -74,7 +74,8 @@ fn unit_capabilities_suffice_ready_comes_after_attach_and_they_are_given_up() {
                 addr,
                 &format!("portmon_program_attached{{program=\"{program}\"}}")
             ),
-            Some(f64::from(u8::from(attachable.contains(program)))),
+            // An optional hook this kernel lacks has no series.
+            attachable.contains(program).then_some(1.0),
             "{program}"
         );
     }

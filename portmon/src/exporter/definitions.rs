@@ -110,7 +110,7 @@ pub const MAP_ENTRIES: Definition = gauge("portmon_map_entries", "Entries in a k
 pub const MAP_CAPACITY: Definition = gauge("portmon_map_capacity", "Capacity of a kernel map.", &["map"]);
 pub const PROGRAM_ATTACHED: Definition = gauge(
     "portmon_program_attached",
-    "Whether a kernel program is attached (1) or not (0).",
+    "Whether a kernel program runs at its hook now (1) or not (0), asked of the kernel at each scrape: a cgroup link detached from outside (bpftool link detach) reads 0.",
     &["program"],
 );
 pub const PROGRAM_RUNS: Definition = counter(

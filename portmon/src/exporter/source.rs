@@ -84,6 +84,7 @@ impl ScrapeSource for State {
         let ephemeral_seconds = assessing.elapsed().as_secs_f64();
         let settings = self.settings();
         let program_runs = self.program_runs();
+        let attached = self.attached_now();
         build(&ScrapeInput {
             ports: &ports,
             assigned: &assigned,
@@ -93,7 +94,7 @@ impl ScrapeSource for State {
             netns_names: &names,
             health: self.health(),
             maps: &maps,
-            programs: &self.programs,
+            programs: &attached,
             program_runs: program_runs.as_deref(),
             port_series_limit: settings.port_series_limit,
             netns_label: settings.netns_label,

@@ -16,6 +16,7 @@ use aya::{
 use portmon_common::{capacity, global, map, program, SLOTS_PER_GROUP};
 
 use super::{
+    attached::AttachedCheck,
     btf::{Btf, BtfError},
     counters::PortCounters,
     events::FailureEvents,
@@ -185,7 +186,7 @@ impl Kernel {
         for &(name, _) in PROGRAMS {
             load(&mut ebpf, name)?;
         }
-        let (maps, events) = take_maps(&mut ebpf, options)?;
+        let (maps, events) = take_maps(&mut ebpf, options, (&cgroup, cgroup_root))?;
         let mut kernel = Self {
             links: Vec::with_capacity(PROGRAMS.len()),
             ebpf,
@@ -277,7 +278,11 @@ impl Kernel {
 
 /// Takes the maps out of a loaded object: the readers' bundle, and the
 /// ring buffer failures arrive on.
-fn take_maps(ebpf: &mut Ebpf, options: LoadOptions) -> Result<(KernelMaps, FailureEvents), LoadError> {
+fn take_maps(
+    ebpf: &mut Ebpf,
+    options: LoadOptions,
+    (cgroup, cgroup_root): (&File, &std::path::Path),
+) -> Result<(KernelMaps, FailureEvents), LoadError> {
     fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
     where
         T: TryFrom<Map, Error = MapError>,
@@ -296,14 +301,17 @@ fn take_maps(ebpf: &mut Ebpf, options: LoadOptions) -> Result<(KernelMaps, Failu
     let sockets = SocketTable::new(array(map::SOCKET_COOKIES)?, array(map::SOCKETS)?)?;
     let ports = PortCounters::new(array(map::PORT_TABLES)?, array(map::PORT_STATS)?)?;
     // Every program is loaded by now: each has its id.
-    let programs = ProgramIds(
-        PROGRAMS
-            .iter()
-            .filter_map(|&(name, _)| Some((name, ebpf.program(name)?.info().ok()?.id())))
-            .collect(),
-    );
+    let ids: Vec<(&'static str, u32)> = PROGRAMS
+        .iter()
+        .filter_map(|&(name, _)| Some((name, ebpf.program(name)?.info().ok()?.id())))
+        .collect();
+    let attached = AttachedCheck::new(cgroup, ids.clone()).map_err(|source| LoadError::Cgroup {
+        path: cgroup_root.to_owned(),
+        source,
+    })?;
     let maps = KernelMaps {
-        programs,
+        programs: ProgramIds(ids),
+        attached,
         ports,
         sockets,
         pools: PoolCounters {

@@ -7,6 +7,7 @@ use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 use portmon_common::{capacity, map, Owner};
 
 use super::{
+    attached::AttachedCheck,
     counters::{self, Health, PortCount, PortCounters},
     map_batch::read_all,
     pools::{AssignedCount, PoolCounters},
@@ -19,6 +20,8 @@ use crate::kernel::procfs;
 pub struct KernelMaps {
     /// The kernel's ids of the programs, for their run statistics.
     pub programs: ProgramIds,
+    /// Asks the kernel which programs run at the cgroup now.
+    pub attached: AttachedCheck,
     /// Per-port counters, in blocks of 64 ports.
     pub ports: PortCounters,
     /// The sockets the programs follow, with their owners and ports.

@@ -6,6 +6,7 @@
 //! below it map arrays into memory ([`mapped_array`]) or read whole hash
 //! maps in batches ([`map_batch`]).
 
+pub mod attached;
 pub mod btf;
 pub mod counters;
 pub mod events;
