@@ -367,7 +367,12 @@ pub struct SockSlot {
     pub flags: u8,
     /// `pending::*`.
     pub pending: u8,
-    pub _pad: [u8; 2],
+    /// Nonzero once a TCP socket still connecting was closed: the state
+    /// tracepoint gives the slot back at its close transition. A byte of
+    /// its own, because the softirq that completes the connect may write
+    /// `flags` at the same time.
+    pub released: u8,
+    pub _pad: u8,
 }
 const _: () = assert!(core::mem::size_of::<SockSlot>() == 64);
 

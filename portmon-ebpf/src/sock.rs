@@ -85,9 +85,10 @@ fn on_post_bind(ctx: &SockContext) {
 
 /// The release hook fires for every socket closed, accepted ones and ones
 /// older than portmon included (`inet_release`, net/ipv4/af_inet.c), before
-/// the protocol's close. A connected TCP socket then still has its close
-/// transition to come (after a FIN exchange, perhaps much later), where the
-/// state tracepoint gives its slot back; the others end here.
+/// the protocol's close and without the socket's lock. A connected or
+/// connecting TCP socket then still has its close transition to come
+/// (after a FIN exchange, perhaps much later), where the state tracepoint
+/// gives its slot back; the others end here.
 ///
 /// A UDP socket that holds a port no bind() or connect() gave it got it
 /// from `inet_autobind` inside sendto() or sendmsg() (`inet_send_prepare`,
@@ -119,6 +120,20 @@ fn on_release(ctx: &SockContext) {
         return;
     };
     let (counted, netns) = match tracked {
+        // The softirq that completes a connect may write the slot now
+        // (`tcp_finish_connect`): the slot goes back at the close transition
+        // that follows (`tcp_close` sets CLOSE, or the connection ends).
+        Some(tracked) if state == TCP_SYN_SENT && !udp => {
+            tracked.slot.released = 1;
+            // A connect refused in between reached CLOSE before the mark:
+            // nobody else will give the slot back.
+            // SAFETY: as above; volatile, so that the context reads the
+            // socket's state anew.
+            if unsafe { core::ptr::read_volatile(&raw const (*ctx.sock).state) } == TCP_CLOSE {
+                free(tracked);
+            }
+            return;
+        }
         Some(mut tracked) => {
             if tracked.slot.pending != pending::NONE {
                 settle(&mut tracked, head.num);

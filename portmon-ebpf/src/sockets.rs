@@ -193,11 +193,15 @@ pub fn find_or_claim(cookie: u64, netns: u64, family: u8, proto: u8, comm: Comm)
     st.proto = proto;
     st.flags = 0;
     st.pending = pending::NONE;
+    st.released = 0;
     Some(tracked)
 }
 
 /// Gives the slot back. The fields user space counts go to zero first, so
 /// that a reader never sees this socket's ports under the next one's cookie.
+/// Two programs may give back one slot at once (a close in softirq, the
+/// release hook in the process): only the one whose exchange clears the
+/// cookie counts it out of its first group.
 #[inline(always)]
 pub fn free(tracked: Tracked) {
     tracked.slot.flags = 0;
@@ -207,14 +211,23 @@ pub fn free(tracked: Tracked) {
     tracked.slot.pid = 0;
     let group = tracked.index / SLOTS_PER_GROUP as u32;
     let i = tracked.index as usize % SLOTS_PER_GROUP;
-    if let Some(cookies) = SOCKET_COOKIES.get_ptr_mut(group) {
-        if i < SOCKETS_PER_GROUP {
-            // SAFETY: `i` is below the group's length; a map value pointer.
-            unsafe { core::ptr::write_volatile((&raw mut (*cookies).cookies).cast::<u64>().add(i), 0) };
-        }
+    let Some(cookies) = SOCKET_COOKIES.get_ptr_mut(group) else {
+        return;
+    };
+    if i >= SOCKETS_PER_GROUP {
+        return;
     }
+    // SAFETY: `i` is below the group's length; a map value pointer, 8-byte
+    // aligned, valid for this run.
+    let (_, cleared) = unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::Relaxed }>(
+            (&raw mut (*cookies).cookies).cast::<u64>().add(i),
+            tracked.cookie,
+            0,
+        )
+    };
     let (near, _) = groups(tracked.cookie);
-    if group != near {
+    if cleared && group != near {
         if let Some(first) = SOCKET_COOKIES.get_ptr_mut(near) {
             // SAFETY: a map value pointer, 8-byte aligned.
             unsafe { xadd(&raw mut (*first).displaced, u64::MAX) };

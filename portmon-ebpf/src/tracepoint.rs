@@ -31,7 +31,10 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
     match (old, new) {
         (TCP_SYN_SENT, TCP_ESTABLISHED) if is_tcp(sk) => on_established(sk),
-        (TCP_SYN_SENT, TCP_CLOSE) if is_tcp(sk) => on_connect_failed(sk),
+        (TCP_SYN_SENT, TCP_CLOSE) if is_tcp(sk) => {
+            on_connect_failed(sk);
+            on_connect_closed(sk);
+        }
         (TCP_CLOSE, TCP_LISTEN) if is_tcp(sk) => on_listen(sk),
         (TCP_LISTEN, TCP_CLOSE) => on_listen_stop(sk),
         // Every state after ESTABLISHED; passive sockets (from SYN_RECV)
@@ -118,6 +121,18 @@ fn on_listen_stop(sk: u64) {
 fn on_close(sk: u64) {
     if let Some(tracked) = find(layout::cookie(sk)) {
         free(tracked);
+    }
+}
+
+/// A connect ended before it came up. A socket closed while connecting
+/// (`tcp_close` from SYN_SENT) gives its slot back now; one whose connect
+/// failed stays open, and keeps its slot until it is released.
+#[inline(always)]
+fn on_connect_closed(sk: u64) {
+    if let Some(tracked) = find(layout::cookie(sk)) {
+        if tracked.slot.released != 0 {
+            free(tracked);
+        }
     }
 }
 

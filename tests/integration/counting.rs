@@ -486,3 +486,78 @@ fn suspended_programs_count_nothing_and_keep_what_they_counted() {
         assert_eq!(counted(&monitor), (2, 2), "resumed");
     });
 }
+
+/// bind(0), a connect that does not wait, and a close with RST, `n` times:
+/// the socket is closed connecting or connected, whichever the SYN-ACK's
+/// softirq made it first.
+fn connect_and_close_at_once(addr: SocketAddr, n: usize) {
+    let SocketAddr::V4(addr) = addr else {
+        panic!("IPv4 only")
+    };
+    for _ in 0..n {
+        // SAFETY: plain socket calls on structs we own; the fd is closed.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
+            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+            let mut sin: libc::sockaddr_in = std::mem::zeroed();
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_addr.s_addr = u32::from_ne_bytes(addr.ip().octets());
+            let len = std::mem::size_of_val(&sin) as u32;
+            assert_eq!(libc::bind(fd, (&raw const sin).cast(), len), 0, "bind 0");
+            sin.sin_port = addr.port().to_be();
+            libc::connect(fd, (&raw const sin).cast(), len);
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&raw const linger).cast(),
+                std::mem::size_of_val(&linger) as u32,
+            );
+            libc::close(fd);
+        }
+    }
+}
+
+#[test]
+fn sockets_closed_while_their_connect_completes_leave_no_slot_behind() {
+    let _serial = serial();
+    let monitor = Monitor::attach();
+    let overflow = monitor.health().sockets_overflow;
+    in_fresh_netns(|ns| {
+        let listener = TcpListener::bind(("127.0.0.1", PORT + 60)).expect("listen");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().unwrap();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    if listener.accept().is_err() {
+                        std::thread::yield_now();
+                    }
+                }
+            });
+            let workers: Vec<_> = (0..2)
+                .map(|_| scope.spawn(move || connect_and_close_at_once(addr, 5_000)))
+                .collect();
+            for w in workers {
+                w.join().expect("worker");
+            }
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        drop(listener);
+        let left = |monitor: &Monitor| {
+            monitor
+                .followed()
+                .into_iter()
+                .filter(|f| f.slot.netns == ns.cookie)
+                .count()
+        };
+        let gone = portmon_tests::wait_until(std::time::Duration::from_secs(5), || left(&monitor) == 0);
+        assert!(gone, "{} slots of closed sockets left", left(&monitor));
+    });
+    assert_eq!(monitor.health().sockets_overflow, overflow, "slots ran out");
+}
