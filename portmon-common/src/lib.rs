@@ -30,6 +30,13 @@ pub mod map {
     /// Sockets bound to port 0 and then connected, by command name
     /// (`[u8; 16]` → count): the expensive way to get an ephemeral port.
     pub const BIND_BEFORE_CONNECT: &str = "BIND_BEFORE_CONNECT";
+    /// Ports the kernel chose, counted per pool: an array of `PoolKey`
+    /// (entry 0 unused) saying whose each entry of `POOL_COUNTS` is.
+    pub const POOL_KEYS: &str = "POOL_KEYS";
+    /// The counts of `POOL_KEYS`' entries, one `u64` per CPU each.
+    pub const POOL_COUNTS: &str = "POOL_COUNTS";
+    /// Which entry of `POOL_KEYS` is whose: `PoolKey` → index.
+    pub const POOL_INDEX: &str = "POOL_INDEX";
     /// Failures, one `FailureEvent` each.
     pub const FAILURES: &str = "FAILURES";
     /// portmon's own health counters, indexed by `slot::*`.
@@ -56,6 +63,8 @@ pub mod program {
     pub const POST_BIND4: &str = "post_bind4";
     pub const POST_BIND6: &str = "post_bind6";
     pub const SOCK_RELEASE: &str = "sock_release";
+    /// Attached where the kernel has the tracepoint (Linux 6.3).
+    pub const SOCK_SEND_LENGTH: &str = "sock_send_length";
     /// The kernel keeps 15 characters of a program's name: it lists this
     /// one as `inet_sock_set_s`.
     pub const INET_SOCK_SET_STATE: &str = "inet_sock_set_state";
@@ -81,8 +90,12 @@ pub mod slot {
     pub const PORT_BLOCKS_TAKEN: u32 = 6;
     /// Entries of `PORT_TABLES` handed out so far, as above.
     pub const PORT_TABLES_TAKEN: u32 = 7;
+    /// Counts lost because `POOL_KEYS` was full.
+    pub const POOLS_OVERFLOW: u32 = 8;
+    /// Entries of `POOL_KEYS` handed out so far, as `PORT_TABLES_TAKEN`.
+    pub const POOLS_TAKEN: u32 = 9;
     /// Number of slots.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 10;
 }
 
 /// Default capacities; the daemon may resize maps before load.
@@ -101,6 +114,9 @@ pub mod capacity {
     /// a power of two, at least `SLOTS_PER_GROUP`.
     pub const SOCKETS: u32 = 1 << 16;
     pub const BIND_BEFORE_CONNECT: u32 = 1 << 10;
+    /// Pools counted (`POOL_KEYS`): twelve per namespace at most (two
+    /// protocols, two families, three ways of assigning).
+    pub const POOLS: u32 = 1 << 12;
     /// Ring buffer size in bytes (a power of two, a multiple of the page size).
     pub const FAILURES_BYTES: u32 = 1 << 18;
 }
@@ -117,17 +133,32 @@ pub mod family {
     pub const INET6: u8 = 10;
 }
 
-/// What a `PORT_STATS` block counts.
+/// What a `PORT_STATS` block counts: ports a program chose. Ports the
+/// kernel chose from the ephemeral pool are counted per pool instead
+/// (`assigned::*`): one per-port counter per random port would miss the
+/// cache on every count, and nobody reads a random port's own count.
 pub mod kind {
-    /// Successful `bind()`s that ended on the port.
+    /// Successful `bind()`s to the port, asked for by number.
     pub const BINDS: u8 = 0;
     /// Successful `listen()`s on the port.
     pub const LISTENS: u8 = 1;
-    /// Established outbound connections from the port (the local,
-    /// ephemeral end), TCP and UDP.
-    pub const CONNECTS_FROM: u8 = 2;
     /// Established outbound connections to the port (the destination).
-    pub const CONNECTS_TO: u8 = 3;
+    pub const CONNECTS_TO: u8 = 2;
+    /// Number of kinds.
+    pub const COUNT: u8 = 3;
+}
+
+/// How the kernel handed out a port from the ephemeral pool (`PoolKey::how`).
+pub mod assigned {
+    /// `bind()` to port 0 (`inet_csk_get_port`, `udp_lib_get_port`).
+    pub const BIND: u8 = 1;
+    /// A TCP connect from a socket without a port (`__inet_hash_connect`).
+    pub const CONNECT: u8 = 2;
+    /// A UDP socket used without a port, by connect(), sendto() or
+    /// sendmsg() (`inet_autobind`).
+    pub const AUTOBIND: u8 = 3;
+    /// Ways, for per-CPU caches indexed by them.
+    pub const COUNT: u8 = 4;
 }
 
 /// TCP states as the kernel numbers them (`TCP_*`, include/net/tcp_states.h),
@@ -151,6 +182,8 @@ pub mod tcp_state {
 pub mod op {
     pub const BIND: u8 = 1;
     pub const CONNECT: u8 = 2;
+    /// sendto() or sendmsg() on a UDP socket without a port.
+    pub const SEND: u8 = 3;
 }
 
 /// The errno values the kernel side can name itself (positive, as in `errno`).
@@ -226,6 +259,35 @@ pub struct PortBlock {
 }
 const _: () = assert!(core::mem::size_of::<PortBlock>() == 512);
 
+/// Key of `POOL_KEYS`: one namespace's pool of one protocol and family,
+/// and how its ports were handed out.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PoolKey {
+    /// Network namespace cookie.
+    pub netns: u64,
+    /// `proto::*`.
+    pub proto: u8,
+    /// `family::*`.
+    pub family: u8,
+    /// `assigned::*`.
+    pub how: u8,
+    pub _pad: [u8; 5],
+}
+const _: () = assert!(core::mem::size_of::<PoolKey>() == 16);
+
+impl PoolKey {
+    pub const fn new(netns: u64, proto: u8, family: u8, how: u8) -> Self {
+        Self {
+            netns,
+            proto,
+            family,
+            how,
+            _pad: [0; 5],
+        }
+    }
+}
+
 /// Slots per group of `SOCKET_COOKIES`, and the `SOCKETS` entries a group
 /// spans (the last of which stays unused).
 pub const SLOTS_PER_GROUP: usize = 8;
@@ -267,6 +329,9 @@ pub mod sock_flag {
     /// A live outbound connection from `local_port` to `remote_port`: TCP
     /// established by connect(), or UDP connected.
     pub const CONNECTED: u8 = 8;
+    /// A UDP socket whose auto-bind was counted: its port is not to be
+    /// counted again when it closes.
+    pub const AUTOBOUND: u8 = 16;
 }
 
 /// What portmon knows of a socket it follows (`SOCKETS`): who made it, the
@@ -302,7 +367,12 @@ pub struct SockSlot {
     pub flags: u8,
     /// `pending::*`.
     pub pending: u8,
-    pub _pad: [u8; 2],
+    /// Nonzero once a TCP socket still connecting was closed: the state
+    /// tracepoint gives the slot back at its close transition. A byte of
+    /// its own, because the softirq that completes the connect may write
+    /// `flags` at the same time.
+    pub released: u8,
+    pub _pad: u8,
 }
 const _: () = assert!(core::mem::size_of::<SockSlot>() == 64);
 
@@ -320,8 +390,11 @@ pub struct KernelLayout {
     pub skc_v6_daddr: u32,
     /// `struct net`, `net_cookie`.
     pub net_cookie: u32,
+    /// `struct sock`, `sk_protocol` (a `u16` since Linux 5.6).
+    pub sk_protocol: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelLayout>() == 16);
+const _: () = assert!(core::mem::size_of::<KernelLayout>() == 24);
 
 /// Offsets in `struct sock_common` (include/net/sock.h) that have not moved
 /// since Linux 2.6.38, because socket lookups compare them as words: the

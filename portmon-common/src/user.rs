@@ -1,8 +1,8 @@
 //! User-space view of the shared types: `aya::Pod` and typed conversions.
 
 use crate::{
-    errno, family, kind, op, proto, FailureEvent, KernelLayout, PortBlock, PortTable, PortTableKey, SockSlot,
-    SocketGroup,
+    assigned, errno, family, kind, op, proto, FailureEvent, KernelLayout, PoolKey, PortBlock, PortTable,
+    PortTableKey, SockSlot, SocketGroup,
 };
 
 // SAFETY: each type is `#[repr(C)]`, made of integers and byte arrays, with
@@ -20,6 +20,8 @@ unsafe impl aya::Pod for FailureEvent {}
 unsafe impl aya::Pod for KernelLayout {}
 // SAFETY: as above.
 unsafe impl aya::Pod for SocketGroup {}
+// SAFETY: as above.
+unsafe impl aya::Pod for PoolKey {}
 
 /// One port's counters, gathered from `PORT_STATS` blocks and the socket
 /// table. Counters only grow; `live` goes up and down.
@@ -29,11 +31,11 @@ pub struct PortStats {
     pub binds: u64,
     /// Successful `listen()`s on this port (local role).
     pub listens: u64,
-    /// Established outbound connections: from this ephemeral port (local
-    /// role) or to this destination port (remote role), TCP and UDP.
+    /// Established outbound connections to this destination port (remote
+    /// role), TCP and UDP.
     pub connects: u64,
-    /// Sockets portmon follows that hold this port now: bound, listening or
-    /// connected from it (local role), or connected to it (remote role).
+    /// Sockets portmon follows that hold this port now: bound or listening
+    /// (local role), or connected to it from a bound socket (remote role).
     pub live: i64,
 }
 
@@ -66,7 +68,7 @@ impl Role {
     /// Which end of a connection the ports of a block of this `kind::*` are.
     pub fn of_kind(kind: u8) -> Result<Self, UnknownValue> {
         match kind {
-            kind::BINDS | kind::LISTENS | kind::CONNECTS_FROM => Ok(Role::Local),
+            kind::BINDS | kind::LISTENS => Ok(Role::Local),
             kind::CONNECTS_TO => Ok(Role::Remote),
             value => Err(UnknownValue {
                 kind: "counter kind",
@@ -158,8 +160,19 @@ kernel_enum!(
     Role, "role", { Local = role::LOCAL => "local", Remote = role::REMOTE => "remote" }
 );
 kernel_enum!(
+    /// How the kernel handed out a port from the ephemeral pool.
+    Assignment, "way of assigning a port", {
+        /// bind() to port 0.
+        Bind = assigned::BIND => "bind",
+        /// A TCP connect from a socket without a port.
+        Connect = assigned::CONNECT => "connect",
+        /// A UDP socket used without a port: connect(), sendto(), sendmsg().
+        Autobind = assigned::AUTOBIND => "autobind",
+    }
+);
+kernel_enum!(
     /// The operation a failure belongs to.
-    Op, "operation", { Bind = op::BIND => "bind", Connect = op::CONNECT => "connect" }
+    Op, "operation", { Bind = op::BIND => "bind", Connect = op::CONNECT => "connect", Send = op::SEND => "send" }
 );
 
 /// The errno of a failed bind or connect, as far as portmon can name it.

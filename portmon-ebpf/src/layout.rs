@@ -13,6 +13,9 @@ static PORTMON_KERNEL_LAYOUT: KernelLayout = KernelLayout {
     skc_net: 48,
     skc_v6_daddr: 56,
     net_cookie: 120,
+    // Always set by the loader; 0 is no offset of it.
+    sk_protocol: 0,
+    _pad: 0,
 };
 
 #[inline(always)]
@@ -80,6 +83,12 @@ pub fn netns(sk: u64) -> u64 {
     read::<u64>(sk, l.skc_net)
         .and_then(|net| read(net, l.net_cookie))
         .unwrap_or(0)
+}
+
+/// The socket's protocol (`IPPROTO_*`); 0 if it cannot be read.
+#[inline(always)]
+pub fn protocol(sk: u64) -> u16 {
+    read(sk, layout().sk_protocol).unwrap_or(0)
 }
 
 /// The IPv6 destination address, network order.

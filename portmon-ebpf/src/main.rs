@@ -19,6 +19,7 @@
 
 mod layout;
 mod maps;
+mod send;
 mod sock;
 mod sock_addr;
 mod sockets;

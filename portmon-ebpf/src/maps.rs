@@ -1,5 +1,6 @@
-//! The counters every program shares: per-port blocks, portmon's health,
-//! bind-before-connect by command, and the failure ring buffer.
+//! The counters every program shares: per-port blocks, per-pool counts of
+//! the ports the kernel chose, portmon's health, bind-before-connect by
+//! command, and the failure ring buffer.
 
 use core::intrinsics::{atomic_cxchg, atomic_xadd, AtomicOrdering};
 
@@ -8,7 +9,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
-use portmon_common::{capacity, slot, PortBlock, PortTable, PortTableKey, PORTS_PER_BLOCK};
+use portmon_common::{
+    assigned, capacity, kind, slot, PoolKey, PortBlock, PortTable, PortTableKey, PORTS_PER_BLOCK,
+};
 
 // Preallocated: an insert takes an element from a per-CPU free list instead
 // of allocating. Looked up only when the per-CPU cache misses.
@@ -28,7 +31,24 @@ static PORT_TABLES: Array<PortTable> = Array::with_max_entries(
 static LAST_TABLE: PerCpuArray<u32> = PerCpuArray::with_max_entries(KINDS, 0);
 
 /// Kinds of counter (`kind::*`).
-const KINDS: u32 = 4;
+const KINDS: u32 = kind::COUNT as u32;
+
+// Ports the kernel chose, one counter per namespace, protocol, family and
+// way: the few lines a busy host counts on stay in each CPU's cache, where
+// a counter per random port missed it on every count. Found as the port
+// tables are: a per-CPU cache of the last entry used, checked against the
+// entry's key, before the hash. Entry 0 is never handed out.
+#[map]
+static POOL_KEYS: Array<PoolKey> = Array::with_max_entries(capacity::POOLS, 0);
+
+#[map]
+static POOL_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(capacity::POOLS, 0);
+
+#[map]
+static POOL_INDEX: HashMap<PoolKey, u32> = HashMap::with_max_entries(capacity::POOLS, 0);
+
+#[map]
+static LAST_POOL: PerCpuArray<u32> = PerCpuArray::with_max_entries(assigned::COUNT as u32, 0);
 
 // Blocks of neighbouring ports, because a connect's ephemeral port
 // neighbours the last one's: the block's counters are still in the cache,
@@ -87,6 +107,58 @@ pub fn count(netns: u64, proto: u8, family: u8, kind: u8, port: u16) {
     // SAFETY: a map value pointer, valid for this run; `i` is below
     // PORTS_PER_BLOCK and each counter is 8-byte aligned.
     unsafe { xadd((&raw mut (*block).counts).cast::<u64>().add(i), 1) };
+}
+
+/// Adds one to the count of ports the kernel handed out from a pool
+/// (`assigned::*`); a full map is counted.
+#[inline(always)]
+pub fn count_assigned(netns: u64, proto: u8, family: u8, how: u8) {
+    let key = PoolKey::new(netns, proto, family, how);
+    let Some(index) = pool(&key) else {
+        return count_health(slot::POOLS_OVERFLOW);
+    };
+    if let Some(n) = POOL_COUNTS.get_ptr_mut(index) {
+        // SAFETY: this CPU's value, 8-byte aligned, valid for this run;
+        // atomic because a program in softirq may interrupt this one.
+        unsafe { xadd(n, 1) };
+    }
+}
+
+/// The `POOL_KEYS` entry of `key`, taken now if it has none.
+#[inline(always)]
+fn pool(key: &PoolKey) -> Option<u32> {
+    let last = LAST_POOL.get_ptr_mut(u32::from(key.how) % u32::from(assigned::COUNT))?;
+    // SAFETY: a per-CPU map value pointer; any index is checked below.
+    let cached = unsafe { core::ptr::read_volatile(last) };
+    if let Some(held) = POOL_KEYS.get(cached) {
+        if *held == *key {
+            return Some(cached);
+        }
+    }
+    let index = match POOL_INDEX.get_ptr(key) {
+        // SAFETY: a map value pointer, valid for this run.
+        Some(index) => unsafe { *index },
+        None => claim_pool(key)?,
+    };
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(last, index) };
+    Some(index)
+}
+
+/// Hands out a `POOL_KEYS` entry for `key`, as `claim_table` does a table.
+#[inline(always)]
+fn claim_pool(key: &PoolKey) -> Option<u32> {
+    let index = take(slot::POOLS_TAKEN, |i| POOL_KEYS.get(i).is_some())?;
+    let held = POOL_KEYS.get_ptr_mut(index)?;
+    // SAFETY: a map value pointer; nobody else knows this index yet.
+    unsafe { *held = *key };
+    if POOL_INDEX.insert(key, index, u64::from(BPF_NOEXIST)).is_ok() {
+        return Some(index);
+    }
+    // SAFETY: as above: an entry nobody will use.
+    unsafe { *held = PoolKey::default() };
+    // SAFETY: a map value pointer, valid for this run.
+    POOL_INDEX.get_ptr(key).map(|index| unsafe { *index })
 }
 
 /// The table of `key`, taken now if it has none; `None` when the tables are

@@ -6,11 +6,11 @@ use aya_ebpf::{
     programs::SockContext,
     EbpfContext,
 };
-use portmon_common::{kind, pending, proto, sock_flag, tcp_state};
+use portmon_common::{assigned, kind, pending, proto, sock_flag, tcp_state};
 
 use crate::{
     layout,
-    maps::count,
+    maps::{count, count_assigned},
     sockets::{find, free, settle},
     ALLOW,
 };
@@ -67,43 +67,88 @@ fn on_post_bind(ctx: &SockContext) {
         return count(netns, proto, family, kind::BINDS, port);
     };
     let st = tracked.slot;
-    count(st.netns, proto, family, kind::BINDS, port);
     let asked = if st.pending == pending::BIND {
         st.pending_port
     } else {
         port
     };
+    if asked == 0 {
+        count_assigned(st.netns, proto, family, assigned::BIND);
+        st.flags |= sock_flag::BOUND_TO_ZERO;
+    } else {
+        count(st.netns, proto, family, kind::BINDS, port);
+    }
     st.pending = pending::NONE;
     st.local_port = port;
     st.flags |= sock_flag::BOUND;
-    if asked == 0 {
-        st.flags |= sock_flag::BOUND_TO_ZERO;
-    }
 }
 
 /// The release hook fires for every socket closed, accepted ones and ones
 /// older than portmon included (`inet_release`, net/ipv4/af_inet.c), before
-/// the protocol's close. A connected TCP socket then still has its close
-/// transition to come (after a FIN exchange, perhaps much later), where the
-/// state tracepoint gives its slot back; the others end here.
+/// the protocol's close and without the socket's lock. A connected or
+/// connecting TCP socket then still has its close transition to come
+/// (after a FIN exchange, perhaps much later), where the state tracepoint
+/// gives its slot back; the others end here.
+///
+/// A UDP socket that holds a port no bind() or connect() gave it got it
+/// from `inet_autobind` inside sendto() or sendmsg() (`inet_send_prepare`,
+/// net/ipv4/af_inet.c): counted here, once per socket, where a sendmsg hook
+/// would run for every datagram. A socket bound before portmon started, or
+/// one whose slot could not be taken (counted), is counted so as well.
 #[inline(always)]
 fn on_release(ctx: &SockContext) {
     // SAFETY: the kernel passes a valid full socket to cgroup sock programs.
     let (protocol, state) = unsafe { ((*ctx.sock).protocol, (*ctx.sock).state) };
+    let udp = protocol == u32::from(proto::UDP);
     if protocol == u32::from(proto::TCP) && !matches!(state, TCP_CLOSE | TCP_LISTEN | TCP_SYN_SENT) {
         return;
     }
     // The cookie as the socket holds it: a socket without one was never
     // followed, and asking the helper would make one.
     let sk = ctx.sock as u64;
-    let cookie = layout::cookie(sk);
-    let Some(mut tracked) = find(cookie) else { return };
-    if tracked.slot.pending != pending::NONE {
-        // `sock_release` may not read `src_port` from its context
-        // (`__sock_filter_check_attach_type`, net/core/filter.c): the
-        // context is the socket itself, so its port is read from there.
-        let port = layout::head(sk).map_or(0, |h| h.num);
-        settle(&mut tracked, port);
+    let tracked = find(layout::cookie(sk));
+    if !udp && tracked.is_none() {
+        return;
     }
-    free(tracked);
+    // `sock_release` may not read `src_port` from its context
+    // (`__sock_filter_check_attach_type`, net/core/filter.c): the context
+    // is the socket itself, so its port is read from there.
+    let Some(head) = layout::head(sk) else {
+        if let Some(tracked) = tracked {
+            free(tracked);
+        }
+        return;
+    };
+    let (counted, netns) = match tracked {
+        // The softirq that completes a connect may write the slot now
+        // (`tcp_finish_connect`): the slot goes back at the close transition
+        // that follows (`tcp_close` sets CLOSE, or the connection ends).
+        Some(tracked) if state == TCP_SYN_SENT && !udp => {
+            tracked.slot.released = 1;
+            // A connect refused in between reached CLOSE before the mark:
+            // nobody else will give the slot back.
+            // SAFETY: as above; volatile, so that the context reads the
+            // socket's state anew.
+            if unsafe { core::ptr::read_volatile(&raw const (*ctx.sock).state) } == TCP_CLOSE {
+                free(tracked);
+            }
+            return;
+        }
+        Some(mut tracked) => {
+            if tracked.slot.pending != pending::NONE {
+                settle(&mut tracked, head.num);
+            }
+            let st = &*tracked.slot;
+            let counted = st.flags & (sock_flag::BOUND | sock_flag::AUTOBOUND) != 0;
+            let netns = st.netns;
+            free(tracked);
+            (counted, Some(netns))
+        }
+        None => (false, None),
+    };
+    if udp && head.num != 0 && !counted {
+        // SAFETY: the helper accepts a cgroup sock context.
+        let netns = netns.unwrap_or_else(|| unsafe { bpf_get_netns_cookie(ctx.as_ptr()) });
+        count_assigned(netns, proto::UDP, head.family as u8, assigned::AUTOBIND);
+    }
 }

@@ -1,6 +1,9 @@
 //! cgroup `sock_addr` hooks: bind() and connect() as they are asked for,
-//! before the kernel decides. They take the socket's slot, recording who
-//! asked, and open the operation there; later hooks settle it.
+//! before the kernel decides. A bind, and a UDP connect that makes the
+//! kernel pick a port, take the socket's slot, recording who asked, and
+//! open the operation there; later hooks settle it. A TCP connect takes no
+//! slot: its failure shows in the state tracepoint, and nobody reads a
+//! client socket's slot.
 
 use aya_ebpf::{
     bindings::bpf_sock,
@@ -13,7 +16,7 @@ use portmon_common::{family, kind, pending, proto, sock_flag};
 
 use crate::{
     maps::{count, count_bind_before_connect},
-    sockets::{find_or_claim, settle, Comm, Tracked},
+    sockets::{find, find_or_claim, settle, Comm, Tracked},
     ALLOW,
 };
 
@@ -148,7 +151,19 @@ fn on_connect(ctx: &SockAddrContext, family: u8) {
             },
         )
     };
-    let Some(mut tracked) = find_or_claim(cookie(ctx), netns(ctx), family, req.proto, Comm::Skip) else {
+    // UDP's auto-bind inside connect() (`inet_dgram_connect`) may fail with
+    // EAGAIN, and no hook runs after it: the slot keeps the operation open
+    // until the socket's next event.
+    let udp_autobind = req.proto == proto::UDP && bound_port == 0;
+    let tracked = if udp_autobind {
+        find_or_claim(cookie(ctx), netns(ctx), family, req.proto, Comm::Skip)
+    } else {
+        find(cookie(ctx))
+    };
+    let Some(mut tracked) = tracked else {
+        if req.proto == proto::UDP && !udp_autobind {
+            count(netns(ctx), proto::UDP, family, kind::CONNECTS_TO, req.port);
+        }
         return;
     };
     settle_before_connect(&mut tracked, bound_port, has_addr);
@@ -157,13 +172,12 @@ fn on_connect(ctx: &SockAddrContext, family: u8) {
         return;
     }
     let st = &mut *tracked.slot;
-    if bound_port == 0 {
+    if udp_autobind {
         st.pending = pending::UDP_CONNECT;
         st.pending_port = req.port;
         st.pending_addr = requested_addr(ctx, family);
         return;
     }
-    count(st.netns, proto::UDP, family, kind::CONNECTS_FROM, bound_port);
     count(st.netns, proto::UDP, family, kind::CONNECTS_TO, req.port);
     // A UDP socket may connect again, elsewhere: it holds one remote port.
     st.remote_port = req.port;

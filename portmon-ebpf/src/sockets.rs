@@ -1,6 +1,7 @@
-//! The table of sockets portmon follows: bound, listening, connecting and
-//! connected ones, with who made them and an operation whose outcome is not
-//! yet known. Accepted sockets are never entered.
+//! The table of sockets portmon follows: those that user space reads a slot
+//! of (bound by bind(), listening, with their owner) and those with an
+//! operation whose outcome is not yet known (a bind, a UDP connect that
+//! auto-binds). Accepted sockets and TCP clients are never entered.
 //!
 //! Two arrays, not a hash map: `SOCKET_COOKIES` says which socket holds each
 //! slot, seven to a cache line, and `SOCKETS` holds the slots. A socket's
@@ -24,11 +25,11 @@ use aya_ebpf::{
     maps::Array,
 };
 use portmon_common::{
-    capacity, errno, kind, op, pending, proto, slot, FailureEvent, SockSlot, SocketGroup, SLOTS_PER_GROUP,
-    SOCKETS_PER_GROUP,
+    assigned, capacity, errno, kind, op, pending, proto, slot, sock_flag, FailureEvent, SockSlot,
+    SocketGroup, SLOTS_PER_GROUP, SOCKETS_PER_GROUP,
 };
 
-use crate::maps::{count, count_health, xadd, FAILURES};
+use crate::maps::{count, count_assigned, count_health, xadd, FAILURES};
 
 #[map]
 static SOCKET_COOKIES: Array<SocketGroup> =
@@ -192,11 +193,15 @@ pub fn find_or_claim(cookie: u64, netns: u64, family: u8, proto: u8, comm: Comm)
     st.proto = proto;
     st.flags = 0;
     st.pending = pending::NONE;
+    st.released = 0;
     Some(tracked)
 }
 
 /// Gives the slot back. The fields user space counts go to zero first, so
 /// that a reader never sees this socket's ports under the next one's cookie.
+/// Two programs may give back one slot at once (a close in softirq, the
+/// release hook in the process): only the one whose exchange clears the
+/// cookie counts it out of its first group.
 #[inline(always)]
 pub fn free(tracked: Tracked) {
     tracked.slot.flags = 0;
@@ -206,14 +211,23 @@ pub fn free(tracked: Tracked) {
     tracked.slot.pid = 0;
     let group = tracked.index / SLOTS_PER_GROUP as u32;
     let i = tracked.index as usize % SLOTS_PER_GROUP;
-    if let Some(cookies) = SOCKET_COOKIES.get_ptr_mut(group) {
-        if i < SOCKETS_PER_GROUP {
-            // SAFETY: `i` is below the group's length; a map value pointer.
-            unsafe { core::ptr::write_volatile((&raw mut (*cookies).cookies).cast::<u64>().add(i), 0) };
-        }
+    let Some(cookies) = SOCKET_COOKIES.get_ptr_mut(group) else {
+        return;
+    };
+    if i >= SOCKETS_PER_GROUP {
+        return;
     }
+    // SAFETY: `i` is below the group's length; a map value pointer, 8-byte
+    // aligned, valid for this run.
+    let (_, cleared) = unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::Relaxed }>(
+            (&raw mut (*cookies).cookies).cast::<u64>().add(i),
+            tracked.cookie,
+            0,
+        )
+    };
     let (near, _) = groups(tracked.cookie);
-    if group != near {
+    if cleared && group != near {
         if let Some(first) = SOCKET_COOKIES.get_ptr_mut(near) {
             // SAFETY: a map value pointer, 8-byte aligned.
             unsafe { xadd(&raw mut (*first).displaced, u64::MAX) };
@@ -238,7 +252,7 @@ pub fn settle(tracked: &mut Tracked, bound_port: u16) {
         pending::BIND if bound_port == 0 => report(st, cookie, op::BIND, errno::UNRESOLVED),
         pending::UDP_CONNECT if bound_port == 0 => report(st, cookie, op::CONNECT, errno::EAGAIN),
         pending::UDP_CONNECT => {
-            count(st.netns, proto::UDP, st.family, kind::CONNECTS_FROM, bound_port);
+            count_assigned(st.netns, proto::UDP, st.family, assigned::AUTOBIND);
             count(
                 st.netns,
                 proto::UDP,
@@ -246,6 +260,9 @@ pub fn settle(tracked: &mut Tracked, bound_port: u16) {
                 kind::CONNECTS_TO,
                 st.pending_port,
             );
+            st.local_port = bound_port;
+            st.remote_port = st.pending_port;
+            st.flags |= sock_flag::AUTOBOUND | sock_flag::CONNECTED;
         }
         _ => {}
     }

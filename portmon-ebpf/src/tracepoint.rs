@@ -7,11 +7,11 @@
 //! two states in its arguments before it reads anything.
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
-use portmon_common::{errno, family, kind, op, proto, sock_flag, tcp_state};
+use portmon_common::{assigned, errno, family, kind, op, proto, sock_flag, tcp_state};
 
 use crate::{
     layout::{self, Head},
-    maps::count,
+    maps::{count, count_assigned},
     sockets::{current_failure, find, free, send_failure},
 };
 
@@ -30,9 +30,12 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
     let (old, new): (u64, u64) = (ctx.arg(1), ctx.arg(2));
     let sk: u64 = ctx.arg(0);
     match (old, new) {
-        (TCP_SYN_SENT, TCP_ESTABLISHED) => on_established(sk),
-        (TCP_SYN_SENT, TCP_CLOSE) => on_connect_failed(sk),
-        (TCP_CLOSE, TCP_LISTEN) => on_listen(sk),
+        (TCP_SYN_SENT, TCP_ESTABLISHED) if is_tcp(sk) => on_established(sk),
+        (TCP_SYN_SENT, TCP_CLOSE) if is_tcp(sk) => {
+            on_connect_failed(sk);
+            on_connect_closed(sk);
+        }
+        (TCP_CLOSE, TCP_LISTEN) if is_tcp(sk) => on_listen(sk),
         (TCP_LISTEN, TCP_CLOSE) => on_listen_stop(sk),
         // Every state after ESTABLISHED; passive sockets (from SYN_RECV)
         // have no slot.
@@ -42,21 +45,36 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// Whether the socket is TCP's. MPTCP's sockets move through the same
+/// states (`mptcp_set_state`, net/mptcp/protocol.c, calls
+/// `inet_sk_state_store`), as SCTP's do (`inet_sk_set_state`), without a
+/// port of their own: a failed MPTCP connect would read as a TCP connect
+/// that found no port, and a good one would count twice beside its TCP
+/// subflow. The sockets that close or stop listening need no check: only
+/// TCP and UDP sockets take a slot.
+#[inline(always)]
+fn is_tcp(sk: u64) -> bool {
+    layout::protocol(sk) == u16::from(proto::TCP)
+}
+
 /// The SYN-ACK arrived (`tcp_finish_connect`, net/ipv4/tcp_input.c): the
-/// connect succeeded and the kernel has picked the local port.
+/// connect succeeded, from the port bound before or one the kernel picked
+/// (`__inet_hash_connect`). Only a socket bound by bind() has a slot.
 #[inline(always)]
 fn on_established(sk: u64) {
     let Some(head) = layout::head(sk) else { return };
     let family = head.family as u8;
     let Some(tracked) = find(layout::cookie(sk)) else {
-        // Connected before portmon followed it: counted, not followed.
         let netns = layout::netns(sk);
-        count(netns, proto::TCP, family, kind::CONNECTS_FROM, head.num);
+        count_assigned(netns, proto::TCP, family, assigned::CONNECT);
         count(netns, proto::TCP, family, kind::CONNECTS_TO, head.dport);
         return;
     };
     let st = tracked.slot;
-    count(st.netns, proto::TCP, family, kind::CONNECTS_FROM, head.num);
+    // bind(addr, 0) with IP_BIND_ADDRESS_NO_PORT left the port to connect.
+    if st.flags & sock_flag::BOUND == 0 {
+        count_assigned(st.netns, proto::TCP, family, assigned::CONNECT);
+    }
     count(st.netns, proto::TCP, family, kind::CONNECTS_TO, head.dport);
     st.local_port = head.num;
     st.remote_port = head.dport;
@@ -103,6 +121,18 @@ fn on_listen_stop(sk: u64) {
 fn on_close(sk: u64) {
     if let Some(tracked) = find(layout::cookie(sk)) {
         free(tracked);
+    }
+}
+
+/// A connect ended before it came up. A socket closed while connecting
+/// (`tcp_close` from SYN_SENT) gives its slot back now; one whose connect
+/// failed stays open, and keeps its slot until it is released.
+#[inline(always)]
+fn on_connect_closed(sk: u64) {
+    if let Some(tracked) = find(layout::cookie(sk)) {
+        if tracked.slot.released != 0 {
+            free(tracked);
+        }
     }
 }
 

@@ -94,7 +94,7 @@ pub fn start(config: Config) -> Result<Started, DaemonError> {
         port_stats: config.port_stats_capacity,
         port_tables: crate::kernel::bpf::loader::port_tables(config.port_stats_capacity),
         sockets: config.sockets_capacity,
-        hooks_only: false,
+        ..LoadOptions::default()
     };
     let (kernel, maps, failures) = Kernel::load(&env.cgroup_root, options)?;
     let listener = std::net::TcpListener::bind(config.listen)

@@ -6,18 +6,21 @@
 //! number both the kernel programs and `sock_diag` report:
 //!
 //! - **The kernel programs' table** (`kernel::bpf`): the sockets portmon saw
-//!   bind, listen or connect while it ran, with their owner (pid, command,
-//!   cgroup) and the ports they hold, in memory-mapped arrays; and counters
-//!   per (namespace, protocol, family, port, kind), counted in the kernel.
+//!   bind or listen while it ran (TCP clients take no slot), with their
+//!   owner (pid, command, cgroup) and the ports they hold, in memory-mapped
+//!   arrays; counters per (namespace, protocol, family, port, kind) for the
+//!   ports programs chose, and per (namespace, protocol, family, way) for
+//!   those the kernel chose, counted in the kernel.
 //! - **The inventory** (`inventory`, through `kernel::sock_diag`): every
 //!   TCP and UDP socket of every namespace, as `ss` sees it, taken fresh at
 //!   each scrape — sockets older than portmon and TIME_WAIT ones included.
 //!
 //! # The path of a number
 //!
-//! event (a hook in `portmon-ebpf`) → map (`PORT_STATS`, `SOCKETS`, or the
-//! `FAILURES` ring buffer for rare failures) → reader (`kernel::bpf`:
-//! `counters`, `socket_table`, `events`, settled by `failures`) → `state`
+//! event (a hook in `portmon-ebpf`) → map (`PORT_STATS`, `POOL_COUNTS`,
+//! `SOCKETS`, or the `FAILURES` ring buffer for rare failures) → reader
+//! (`kernel::bpf`: `counters`, `pools`, `socket_table`, `events`, settled by
+//! `failures`; `program_stats` and `attached` ask the kernel itself) → `state`
 //! (what every reader shares) → collector (`exporter`, at each scrape, with
 //! `inventory`, `exhaustion` and `registry`) → exposition (`/metrics`,
 //! served by `http`; the JSON `api` reads the same state).

@@ -18,6 +18,8 @@ use crate::{
     inventory::{Inventory, Snapshot},
     kernel::bpf::{
         counters::{Health, PortCount},
+        pools::AssignedCount,
+        program_stats::ProgramRuns,
         KernelMaps, MapUsage,
     },
     settings::Settings,
@@ -136,6 +138,24 @@ impl State {
     /// Every port's counters.
     pub fn ports(&self) -> Vec<PortCount> {
         lock(&self.maps).ports()
+    }
+
+    /// Ports the kernel handed out from each pool, by way.
+    pub fn assigned(&self) -> Vec<AssignedCount> {
+        lock(&self.maps).assigned()
+    }
+
+    /// Of the programs attached at start, those the kernel runs now: a
+    /// cgroup link may have been detached from outside.
+    pub fn attached_now(&self) -> Vec<&'static str> {
+        lock(&self.maps).attached.attached(&self.programs)
+    }
+
+    /// Each program's runs and run time, while the kernel counts them.
+    pub fn program_runs(&self) -> Option<Vec<ProgramRuns>> {
+        // The walk of the host's programs is done without the maps' lock.
+        let ids = lock(&self.maps).programs.clone();
+        ids.read()
     }
 
     /// portmon's own health counters.

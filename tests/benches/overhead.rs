@@ -1,7 +1,11 @@
 //! What portmon costs the host: socket operations per second without and
-//! with the programs attached (medians of interleaved runs), and the
-//! kernel's own account of the time spent in each program per operation.
-//! Needs root. Run with `cargo xtask bench`.
+//! with the programs attached (medians of interleaved runs), tight loops
+//! and a real web server under load, and the kernel's own account of the
+//! time spent in each program per operation. Needs root, and nginx and wrk
+//! (`cargo xtask setup`). Run with `cargo xtask bench`.
+
+#[path = "overhead/nginx.rs"]
+mod nginx;
 
 use std::{
     io,
@@ -30,20 +34,35 @@ const WARM_UP_OPS: usize = 15_000;
 /// leaves behind (programs and sockets freed after an RCU grace period).
 const SETTLE: Duration = Duration::from_millis(10);
 
+/// Seconds of each nginx slice: wrk counts in whole seconds.
+const NGINX_SLICE_SECONDS: u32 = 1;
+
 /// Each loop closes what it opened.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Workload {
     TcpConnectAccept,
     BindPortZero,
     UdpConnect,
+    /// nginx under wrk, a new connection per request.
+    Nginx,
 }
 
 impl Workload {
-    const ALL: [Workload; 3] = [
+    const ALL: [Workload; 4] = [
         Workload::TcpConnectAccept,
         Workload::BindPortZero,
         Workload::UdpConnect,
+        Workload::Nginx,
     ];
+
+    /// Rounds: a second per nginx slice makes its rounds long, and fewer
+    /// pin its median as well, its rate being steadier over a second.
+    fn rounds(self) -> usize {
+        match self {
+            Workload::Nginx => 25,
+            _ => SLICES,
+        }
+    }
 
     /// Operations per measured slice, sized for slices of a little over a
     /// tenth of a second: long enough to average over the stalls of a few
@@ -53,11 +72,13 @@ impl Workload {
         match self {
             Workload::TcpConnectAccept => 5_000,
             Workload::BindPortZero | Workload::UdpConnect => 16_000,
+            // Not operations: the slice is NGINX_SLICE_SECONDS of wrk.
+            Workload::Nginx => 0,
         }
     }
 
     /// The workloads named in `PORTMON_BENCH_WORKLOADS` (`tcp`, `bind`,
-    /// `udp`, comma-separated), or all of them: one workload's figures in a
+    /// `udp`, `nginx`, comma-separated), or all of them: one workload's figures in a
     /// fraction of the time, while trying a change.
     fn chosen() -> Vec<Workload> {
         let Ok(names) = std::env::var("PORTMON_BENCH_WORKLOADS") else {
@@ -68,7 +89,7 @@ impl Workload {
             .filter(|w| names.split(',').any(|n| n.trim() == w.short_name()))
             .collect();
         if chosen.is_empty() {
-            eprintln!("error: PORTMON_BENCH_WORKLOADS={names:?} names none of tcp, bind, udp");
+            eprintln!("error: PORTMON_BENCH_WORKLOADS={names:?} names none of tcp, bind, udp, nginx");
             std::process::exit(2);
         }
         chosen
@@ -79,6 +100,7 @@ impl Workload {
             Workload::TcpConnectAccept => "tcp",
             Workload::BindPortZero => "bind",
             Workload::UdpConnect => "udp",
+            Workload::Nginx => "nginx",
         }
     }
 
@@ -87,6 +109,7 @@ impl Workload {
             Workload::TcpConnectAccept => "tcp connect+accept+close",
             Workload::BindPortZero => "bind(0)+close",
             Workload::UdpConnect => "udp connect+close",
+            Workload::Nginx => "nginx+wrk, conn. close",
         }
     }
 
@@ -98,6 +121,7 @@ impl Workload {
             Workload::TcpConnectAccept => tcp_loop(ops),
             Workload::BindPortZero => bind_loop(ops),
             Workload::UdpConnect => udp_loop(ops),
+            Workload::Nginx => unreachable!("nginx runs under wrk, not in a loop"),
         }
         .expect("workload");
         ops as f64 / started.elapsed().as_secs_f64()
@@ -143,6 +167,7 @@ fn rates(workload: Workload) -> [Vec<f64>; 3] {
         floor.suspend();
         let mut portmon = Monitor::attach();
         portmon.suspend();
+        let nginx = (workload == Workload::Nginx).then(nginx::Nginx::start);
         let mut run = |setup: Setup, ops: usize| {
             let mut monitor = match setup {
                 Setup::Without => None,
@@ -153,7 +178,10 @@ fn rates(workload: Workload) -> [Vec<f64>; 3] {
                 m.resume();
             }
             std::thread::sleep(SETTLE);
-            let rate = workload.run_here(ops);
+            let rate = match &nginx {
+                Some(nginx) => nginx.load(NGINX_SLICE_SECONDS),
+                None => workload.run_here(ops),
+            };
             if let Some(m) = monitor {
                 m.suspend();
             }
@@ -163,7 +191,7 @@ fn rates(workload: Workload) -> [Vec<f64>; 3] {
             run(setup, WARM_UP_OPS);
         }
         let mut rates: [Vec<f64>; 3] = Default::default();
-        for r in 0..SLICES {
+        for r in 0..workload.rounds() {
             for k in 0..Setup::ALL.len() {
                 let at = (k + r) % Setup::ALL.len();
                 rates[at].push(run(Setup::ALL[at], workload.ops()));
@@ -305,12 +333,15 @@ fn main() {
          each setup, in the same namespace, the order turning each round (ephemeral range {}-{}); portmon's programs \
          stay loaded, their maps warm, and are attached only for their slices. Rates are medians, ratios the \
          medians of each round's own ratios (slices side by side share the machine's mood), each with the 95% \
-         confidence interval of that median",
+         confidence interval of that median. nginx: {} rounds of {NGINX_SLICE_SECONDS} s of wrk (one thread, {} \
+         connections, `Connection: close`) against nginx (one worker) on loopback, requests/s",
         Workload::TcpConnectAccept.ops(),
         Workload::BindPortZero.ops(),
         Workload::UdpConnect.ops(),
         PORT_RANGE.0,
-        PORT_RANGE.1
+        PORT_RANGE.1,
+        Workload::Nginx.rounds(),
+        nginx::CONNECTIONS,
     );
     println!(
         "\n{:<26} {:>13} {:>11} {:>7} {:>15} {:>11} {:>7} {:>7} {:>15}",
@@ -359,7 +390,8 @@ fn main() {
          {ROUNDS}; \"hooks only\" is every program returning at once: the clock reads and dispatch the figures \
          include whatever a program does"
     );
-    for &workload in &workloads {
+    // nginx's requests are TCP connections, which the TCP loop accounts.
+    for &workload in workloads.iter().filter(|w| **w != Workload::Nginx) {
         let (mut floors, mut totals, mut details) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
             floors.push(bpf_time(workload, true).0);

@@ -1,9 +1,10 @@
-//! Successful binds, listens, connects and closes are counted exactly.
+//! Successful binds, listens, connects and closes are counted exactly: per
+//! port where a program chose the port, per pool where the kernel did.
 
 use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 
 use portmon::kernel::bpf::LoadOptions;
-use portmon_common::{Family, Proto, Role};
+use portmon_common::{Assignment, Family, Proto, Role};
 use portmon_tests::{in_fresh_netns, serial, Monitor};
 
 /// A port no other test uses, so a failure names its test.
@@ -50,7 +51,7 @@ fn thousands_of_ports_read_back_exactly_across_batches() {
 }
 
 #[test]
-fn listeners_and_clients_have_an_owner_until_they_close() {
+fn listeners_have_an_owner_until_they_close_and_clients_none() {
     let _serial = serial();
     let monitor = Monitor::attach();
     in_fresh_netns(|ns| {
@@ -65,24 +66,17 @@ fn listeners_and_clients_have_an_owner_until_they_close() {
         let owners = ours(&monitor);
         assert_eq!(owners.len(), 1, "{owners:?}");
         assert_eq!(owners[0].pid, std::process::id());
-        // An outbound connection is owned by whoever called connect(); the
-        // accepted end by nobody portmon saw.
+        // The listener's command is the binding thread's, from the kernel.
+        let thread = std::fs::read_to_string("/proc/thread-self/comm").expect("comm");
+        let name = String::from_utf8_lossy(&owners[0].comm)
+            .trim_end_matches('\0')
+            .to_owned();
+        assert_eq!(name, thread.trim_end());
+        // A client takes no slot: nobody reads one, and a slot claimed and
+        // given back per connection is most of what portmon would cost it.
         let client = TcpStream::connect(("127.0.0.1", PORT)).expect("connect");
         let (server, _) = listener.accept().expect("accept");
-        let owners = ours(&monitor);
-        assert_eq!(owners.len(), 2, "the listener and the client: {owners:?}");
-        assert!(owners.iter().all(|o| o.pid == std::process::id()), "{owners:?}");
-        // The listener's command is the binding thread's, from the kernel;
-        // the client's is the process's, read from /proc at the time.
-        let name =
-            |o: &portmon_common::Owner| String::from_utf8_lossy(&o.comm).trim_end_matches('\0').to_owned();
-        let mut names: Vec<String> = owners.iter().map(name).collect();
-        names.sort();
-        let thread = std::fs::read_to_string("/proc/thread-self/comm").expect("comm");
-        let process = std::fs::read_to_string("/proc/self/comm").expect("comm");
-        let mut want = vec![thread.trim_end().to_owned(), process.trim_end().to_owned()];
-        want.sort();
-        assert_eq!(names, want);
+        assert_eq!(ours(&monitor).len(), 1, "the listener alone");
         drop(client);
         drop(server);
         drop(listener);
@@ -91,24 +85,50 @@ fn listeners_and_clients_have_an_owner_until_they_close() {
 }
 
 #[test]
-fn bind_to_port_zero_counts_the_port_the_kernel_chose() {
+fn bind_to_port_zero_counts_in_its_pool_not_on_the_port() {
     let _serial = serial();
     let monitor = Monitor::attach();
     in_fresh_netns(|ns| {
-        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind 0");
-        let port = socket.local_addr().unwrap().port();
-        let stats = monitor.stats(ns.cookie, Proto::Udp, Family::Inet, Role::Local, port);
-        assert_eq!((stats.binds, stats.live), (1, 1), "bind(0) that got port {port}");
-        let zero = monitor.stats(ns.cookie, Proto::Udp, Family::Inet, Role::Local, 0);
-        assert_eq!(zero.binds, 0, "nothing counted on port 0");
-        drop(socket);
-        let stats = monitor.stats(ns.cookie, Proto::Udp, Family::Inet, Role::Local, port);
-        assert_eq!((stats.binds, stats.live), (1, 0), "after close");
+        for (family, addr) in [(Family::Inet, "127.0.0.1:0"), (Family::Inet6, "[::1]:0")] {
+            let udp = UdpSocket::bind(addr).expect("bind 0");
+            let tcp = TcpListener::bind(addr).expect("bind 0");
+            for (proto, port) in [
+                (Proto::Udp, udp.local_addr().unwrap().port()),
+                (Proto::Tcp, tcp.local_addr().unwrap().port()),
+            ] {
+                let stats = monitor.stats(ns.cookie, proto, family, Role::Local, port);
+                // Held, so live; listened on (a program's choice); no bind
+                // counted on the port the kernel chose.
+                let listens = u64::from(proto == Proto::Tcp);
+                assert_eq!(
+                    (stats.binds, stats.listens, stats.live),
+                    (0, listens, 1),
+                    "{proto:?} {family:?} bind(0) that got port {port}"
+                );
+                assert_eq!(
+                    monitor.assigned(ns.cookie, proto, family, Assignment::Bind),
+                    1,
+                    "{proto:?} {family:?}"
+                );
+            }
+            drop((udp, tcp));
+        }
+        for proto in [Proto::Udp, Proto::Tcp] {
+            for family in [Family::Inet, Family::Inet6] {
+                for how in [Assignment::Connect, Assignment::Autobind] {
+                    assert_eq!(
+                        monitor.assigned(ns.cookie, proto, family, how),
+                        0,
+                        "{proto:?} {family:?} {how:?}"
+                    );
+                }
+            }
+        }
     });
 }
 
 #[test]
-fn connects_count_by_remote_port_and_by_local_ephemeral_port() {
+fn connects_count_by_remote_port_and_in_the_pool() {
     let _serial = serial();
     let monitor = Monitor::attach();
     let connects = 12;
@@ -122,15 +142,15 @@ fn connects_count_by_remote_port_and_by_local_ephemeral_port() {
             .collect();
 
         let remote = monitor.stats(ns.cookie, Proto::Tcp, Family::Inet, Role::Remote, PORT);
+        assert_eq!(remote.connects, connects as u64, "to {PORT}");
         assert_eq!(
-            (remote.connects, remote.live),
-            (connects as u64, connects as i64),
-            "to {PORT}"
+            monitor.assigned(ns.cookie, Proto::Tcp, Family::Inet, Assignment::Connect),
+            connects as u64
         );
-        let local_ports: Vec<u16> = clients.iter().map(|c| c.local_addr().unwrap().port()).collect();
-        for &port in &local_ports {
+        for client in &clients {
+            let port = client.local_addr().unwrap().port();
             let local = monitor.stats(ns.cookie, Proto::Tcp, Family::Inet, Role::Local, port);
-            assert_eq!((local.connects, local.live), (1, 1), "from ephemeral port {port}");
+            assert_eq!(local, Default::default(), "ephemeral port {port} has no counters");
         }
         let server = monitor.stats(ns.cookie, Proto::Tcp, Family::Inet, Role::Local, PORT);
         assert_eq!(
@@ -142,12 +162,8 @@ fn connects_count_by_remote_port_and_by_local_ephemeral_port() {
         drop(clients);
         drop(accepted);
         drop(listener);
-        for port in local_ports.iter().copied().chain([PORT]) {
-            let local = monitor.stats(ns.cookie, Proto::Tcp, Family::Inet, Role::Local, port);
-            assert_eq!(local.live, 0, "port {port} still live after close");
-        }
-        let remote = monitor.stats(ns.cookie, Proto::Tcp, Family::Inet, Role::Remote, PORT);
-        assert_eq!(remote.live, 0, "connections to {PORT} still live after close");
+        let local = monitor.stats(ns.cookie, Proto::Tcp, Family::Inet, Role::Local, PORT);
+        assert_eq!(local.live, 0, "port {PORT} still live after close");
     });
 }
 
@@ -158,11 +174,12 @@ fn ipv6_and_udp_connects_are_counted() {
     in_fresh_netns(|ns| {
         let listener = TcpListener::bind((Ipv6Addr::LOCALHOST, PORT)).expect("listen v6");
         let client = TcpStream::connect((Ipv6Addr::LOCALHOST, PORT)).expect("connect v6");
-        let local_port = client.local_addr().unwrap().port();
         let remote = monitor.stats(ns.cookie, Proto::Tcp, Family::Inet6, Role::Remote, PORT);
         assert_eq!(remote.connects, 1, "v6 connect to {PORT}");
-        let local = monitor.stats(ns.cookie, Proto::Tcp, Family::Inet6, Role::Local, local_port);
-        assert_eq!(local.connects, 1, "v6 connect from {local_port}");
+        assert_eq!(
+            monitor.assigned(ns.cookie, Proto::Tcp, Family::Inet6, Assignment::Connect),
+            1
+        );
         drop((client, listener));
 
         let server = UdpSocket::bind(("127.0.0.1", PORT)).expect("udp server");
@@ -175,34 +192,141 @@ fn ipv6_and_udp_connects_are_counted() {
         let local = monitor.stats(ns.cookie, Proto::Udp, Family::Inet, Role::Local, udp_port);
         assert_eq!(
             (local.binds, local.connects, local.live),
-            (1, 1, 1),
+            (0, 0, 1),
             "udp client port"
         );
         drop(udp);
         let local = monitor.stats(ns.cookie, Proto::Udp, Family::Inet, Role::Local, udp_port);
         assert_eq!(local.live, 0, "udp client port after close");
+        let pool = |how| monitor.assigned(ns.cookie, Proto::Udp, Family::Inet, how);
+        assert_eq!(
+            (pool(Assignment::Bind), pool(Assignment::Autobind)),
+            (1, 0),
+            "bound, then connected"
+        );
     });
 }
 
 #[test]
-fn udp_connect_without_bind_counts_the_auto_bound_port_once_settled() {
+fn udp_connect_without_bind_counts_an_autobind_once_settled() {
     let _serial = serial();
     let monitor = Monitor::attach();
     in_fresh_netns(|ns| {
-        let server = UdpSocket::bind(("127.0.0.1", PORT)).expect("udp server");
-        // std binds before connecting; a raw socket connects unbound, so the
-        // kernel auto-binds it inside connect().
-        let fd = raw_udp_connect([127, 0, 0, 1], PORT).expect("raw udp connect");
-        let port = local_port(fd);
-        // The outcome of an auto-bind shows at the socket's next event: here, close.
-        // SAFETY: fd is ours.
-        unsafe { libc::close(fd) };
-        let local = monitor.stats(ns.cookie, Proto::Udp, Family::Inet, Role::Local, port);
-        assert_eq!((local.connects, local.live), (1, 0), "auto-bound port {port}");
-        let remote = monitor.stats(ns.cookie, Proto::Udp, Family::Inet, Role::Remote, PORT);
-        assert_eq!((remote.connects, remote.live), (1, 0), "udp connects to {PORT}");
-        drop(server);
+        for family in [Family::Inet, Family::Inet6] {
+            let server = UdpSocket::bind(loopback(family, PORT)).expect("udp server");
+            // std binds before connecting; a raw socket connects unbound, so
+            // the kernel auto-binds it inside connect().
+            let fd = raw_udp(family, |fd, addr, len| {
+                // SAFETY: a socket and an address of ours.
+                unsafe { libc::connect(fd, addr, len) }
+            })
+            .expect("raw udp connect");
+            // The outcome of an auto-bind shows at the socket's next event: here, close.
+            // SAFETY: fd is ours.
+            unsafe { libc::close(fd) };
+            let pool = monitor.assigned(ns.cookie, Proto::Udp, family, Assignment::Autobind);
+            assert_eq!(pool, 1, "{family:?}");
+            let remote = monitor.stats(ns.cookie, Proto::Udp, family, Role::Remote, PORT);
+            assert_eq!(
+                (remote.connects, remote.live),
+                (1, 0),
+                "{family:?} udp connects to {PORT}"
+            );
+            drop(server);
+        }
     });
+}
+
+#[test]
+fn udp_sendto_without_bind_counts_an_autobind_when_it_closes() {
+    let _serial = serial();
+    let monitor = Monitor::attach();
+    in_fresh_netns(|ns| {
+        for family in [Family::Inet, Family::Inet6] {
+            let server = UdpSocket::bind(loopback(family, PORT)).expect("udp server");
+            let fds: Vec<i32> = (0..3)
+                .map(|_| {
+                    raw_udp(family, |fd, addr, len| {
+                        // SAFETY: a socket, a buffer and an address of ours.
+                        let sent = unsafe { libc::sendto(fd, b"x".as_ptr().cast(), 1, 0, addr, len) };
+                        if sent == 1 {
+                            0
+                        } else {
+                            -1
+                        }
+                    })
+                    .expect("sendto from an unbound socket")
+                })
+                .collect();
+            // A second datagram from the same socket is no second port.
+            let mut buf = [0u8; 8];
+            for _ in 0..3 {
+                server.recv(&mut buf).expect("datagram");
+            }
+            let pool =
+                |monitor: &Monitor| monitor.assigned(ns.cookie, Proto::Udp, family, Assignment::Autobind);
+            assert_eq!(pool(&monitor), 0, "{family:?}: counted when they close");
+            for fd in fds {
+                // SAFETY: fd is ours.
+                unsafe { libc::close(fd) };
+            }
+            assert_eq!(pool(&monitor), 3, "{family:?}");
+            assert_eq!(
+                monitor.assigned(ns.cookie, Proto::Udp, family, Assignment::Bind),
+                0,
+                "{family:?}"
+            );
+        }
+    });
+}
+
+fn loopback(family: Family, port: u16) -> SocketAddr {
+    match family {
+        Family::Inet => ([127, 0, 0, 1], port).into(),
+        Family::Inet6 => (Ipv6Addr::LOCALHOST, port).into(),
+    }
+}
+
+/// A fresh, unbound UDP socket of `family`, handed with the loopback
+/// address and PORT to `call` (connect or sendto); the socket, if the call
+/// returned 0.
+pub fn raw_udp(
+    family: Family,
+    call: impl FnOnce(i32, *const libc::sockaddr, u32) -> i32,
+) -> std::io::Result<i32> {
+    // SAFETY: plain socket calls on addresses we own.
+    unsafe {
+        let domain = match family {
+            Family::Inet => libc::AF_INET,
+            Family::Inet6 => libc::AF_INET6,
+        };
+        let fd = libc::socket(domain, libc::SOCK_DGRAM, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let rc = match family {
+            Family::Inet => {
+                let mut sin: libc::sockaddr_in = std::mem::zeroed();
+                sin.sin_family = libc::AF_INET as libc::sa_family_t;
+                sin.sin_port = PORT.to_be();
+                sin.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+                call(fd, (&raw const sin).cast(), std::mem::size_of_val(&sin) as u32)
+            }
+            Family::Inet6 => {
+                let mut sin6: libc::sockaddr_in6 = std::mem::zeroed();
+                sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                sin6.sin6_port = PORT.to_be();
+                sin6.sin6_addr.s6_addr = Ipv6Addr::LOCALHOST.octets();
+                call(fd, (&raw const sin6).cast(), std::mem::size_of_val(&sin6) as u32)
+            }
+        };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            return Err(err);
+        }
+        Ok(fd)
+    }
 }
 
 /// connect() on a fresh, unbound UDP socket.
@@ -228,17 +352,6 @@ pub fn raw_udp_connect(addr: [u8; 4], port: u16) -> std::io::Result<i32> {
             return Err(err);
         }
         Ok(fd)
-    }
-}
-
-/// The local port of a socket.
-pub fn local_port(fd: i32) -> u16 {
-    // SAFETY: getsockname into a sockaddr_storage we own.
-    unsafe {
-        let mut ss: libc::sockaddr_storage = std::mem::zeroed();
-        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as u32;
-        assert_eq!(libc::getsockname(fd, (&raw mut ss).cast(), &mut len), 0);
-        u16::from_be((*(&raw const ss).cast::<libc::sockaddr_in>()).sin_port)
     }
 }
 
@@ -372,4 +485,79 @@ fn suspended_programs_count_nothing_and_keep_what_they_counted() {
         bind();
         assert_eq!(counted(&monitor), (2, 2), "resumed");
     });
+}
+
+/// bind(0), a connect that does not wait, and a close with RST, `n` times:
+/// the socket is closed connecting or connected, whichever the SYN-ACK's
+/// softirq made it first.
+fn connect_and_close_at_once(addr: SocketAddr, n: usize) {
+    let SocketAddr::V4(addr) = addr else {
+        panic!("IPv4 only")
+    };
+    for _ in 0..n {
+        // SAFETY: plain socket calls on structs we own; the fd is closed.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
+            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+            let mut sin: libc::sockaddr_in = std::mem::zeroed();
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_addr.s_addr = u32::from_ne_bytes(addr.ip().octets());
+            let len = std::mem::size_of_val(&sin) as u32;
+            assert_eq!(libc::bind(fd, (&raw const sin).cast(), len), 0, "bind 0");
+            sin.sin_port = addr.port().to_be();
+            libc::connect(fd, (&raw const sin).cast(), len);
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&raw const linger).cast(),
+                std::mem::size_of_val(&linger) as u32,
+            );
+            libc::close(fd);
+        }
+    }
+}
+
+#[test]
+fn sockets_closed_while_their_connect_completes_leave_no_slot_behind() {
+    let _serial = serial();
+    let monitor = Monitor::attach();
+    let overflow = monitor.health().sockets_overflow;
+    in_fresh_netns(|ns| {
+        let listener = TcpListener::bind(("127.0.0.1", PORT + 60)).expect("listen");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().unwrap();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    if listener.accept().is_err() {
+                        std::thread::yield_now();
+                    }
+                }
+            });
+            let workers: Vec<_> = (0..2)
+                .map(|_| scope.spawn(move || connect_and_close_at_once(addr, 5_000)))
+                .collect();
+            for w in workers {
+                w.join().expect("worker");
+            }
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        drop(listener);
+        let left = |monitor: &Monitor| {
+            monitor
+                .followed()
+                .into_iter()
+                .filter(|f| f.slot.netns == ns.cookie)
+                .count()
+        };
+        let gone = portmon_tests::wait_until(std::time::Duration::from_secs(5), || left(&monitor) == 0);
+        assert!(gone, "{} slots of closed sockets left", left(&monitor));
+    });
+    assert_eq!(monitor.health().sockets_overflow, overflow, "slots ran out");
 }

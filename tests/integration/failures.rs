@@ -7,10 +7,10 @@ use std::{
 };
 
 use portmon::failures::Errno;
-use portmon_common::{Op, Proto};
-use portmon_tests::{in_fresh_netns, serial, write_sysctl, Monitor, TEST_COMM};
+use portmon_common::{Family, Op, Proto};
+use portmon_tests::{attachable_programs, in_fresh_netns, serial, skipped, write_sysctl, Monitor, TEST_COMM};
 
-use crate::counting::raw_udp_connect;
+use crate::counting::{raw_udp, raw_udp_connect};
 
 const PORT: u16 = 15_301;
 
@@ -129,6 +129,115 @@ fn udp_connect_and_bind_zero_with_no_port_left_fail_as_eagain_and_eaddrinuse() {
             .all(|f| f.pid == std::process::id() && f.comm == TEST_COMM));
         drop(held);
     });
+}
+
+#[test]
+fn udp_sendto_with_no_port_left_fails_as_one_eagain_per_family() {
+    if !attachable_programs().contains(&portmon_common::program::SOCK_SEND_LENGTH) {
+        return skipped("the kernel has no sock_send_length tracepoint (Linux 6.3)");
+    }
+    let _serial = serial();
+    let mut monitor = Monitor::attach();
+    in_fresh_netns(|ns| {
+        write_sysctl("net/ipv4/ip_local_port_range", "40000 40009");
+        let held: Vec<UdpSocket> = (0..10)
+            .map(|_| UdpSocket::bind("0.0.0.0:0").expect("bind 0"))
+            .collect();
+        for family in [Family::Inet, Family::Inet6] {
+            let err = raw_udp(family, |fd, addr, len| {
+                // SAFETY: a socket, a buffer and an address of ours.
+                let sent = unsafe { libc::sendto(fd, b"x".as_ptr().cast(), 1, 0, addr, len) };
+                if sent == 1 {
+                    0
+                } else {
+                    -1
+                }
+            })
+            .expect_err("sendto must fail");
+            assert_eq!(err.raw_os_error(), Some(libc::EAGAIN), "{family:?}: {err}");
+        }
+        let failures = monitor.failures_in(ns.cookie, 2);
+        let summary: Vec<(Op, Errno, Proto, Family)> = failures
+            .iter()
+            .map(|f| (f.op, f.errno, f.proto, f.family))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (Op::Send, Errno::Again, Proto::Udp, Family::Inet),
+                (Op::Send, Errno::Again, Proto::Udp, Family::Inet6)
+            ]
+        );
+        assert!(failures
+            .iter()
+            .all(|f| f.pid == std::process::id() && f.comm == TEST_COMM && f.exhaustion == Some(Op::Bind)));
+        drop(held);
+    });
+}
+
+/// A TCP socket of protocol `IPPROTO_MPTCP` connected to 127.0.0.1:`port`:
+/// the connect's outcome.
+fn mptcp_connect(port: u16) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: plain socket calls on an address we own; the descriptor is
+    // owned at once.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_MPTCP);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let fd = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let mut sin: libc::sockaddr_in = std::mem::zeroed();
+        sin.sin_family = libc::AF_INET as libc::sa_family_t;
+        sin.sin_port = port.to_be();
+        sin.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+        use std::os::fd::AsRawFd as _;
+        let rc = libc::connect(
+            fd.as_raw_fd(),
+            (&raw const sin).cast(),
+            std::mem::size_of_val(&sin) as u32,
+        );
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(fd)
+    }
+}
+
+#[test]
+fn mptcp_connects_are_no_exhaustion_and_count_once() {
+    if !std::path::Path::new("/proc/sys/net/mptcp").exists() {
+        return skipped("the kernel has no MPTCP (no /proc/sys/net/mptcp)");
+    }
+    let _serial = serial();
+    let mut monitor = Monitor::attach();
+    let seen = monitor.health().failures_seen;
+    in_fresh_netns(|ns| {
+        // Refused: the MPTCP socket goes SYN_SENT → CLOSE without a port of
+        // its own, as a TCP connect that found none would.
+        let err = mptcp_connect(PORT).expect_err("nobody listens");
+        assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+        // Accepted (by a plain TCP listener: the subflow falls back to TCP).
+        let listener = TcpListener::bind(("127.0.0.1", PORT)).expect("listen");
+        let client = mptcp_connect(PORT).expect("mptcp connect");
+        let _server = listener.accept().expect("accept");
+        let failures = monitor.failures_in(ns.cookie, 1);
+        assert!(failures.is_empty(), "{failures:#?}");
+        let remote = monitor.stats(
+            ns.cookie,
+            Proto::Tcp,
+            Family::Inet,
+            portmon_common::Role::Remote,
+            PORT,
+        );
+        assert_eq!(remote.connects, 1, "the subflow's connection, once");
+        drop(client);
+    });
+    assert_eq!(
+        monitor.health().failures_seen,
+        seen,
+        "the kernel side saw a failure"
+    );
 }
 
 #[test]

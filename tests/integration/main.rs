@@ -12,6 +12,7 @@ mod failures;
 mod image;
 mod lifecycle;
 mod package;
+mod pools;
 mod ports;
 mod service;
 mod storm;

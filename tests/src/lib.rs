@@ -26,7 +26,7 @@ use portmon::{
         mounts::Mounts,
     },
 };
-use portmon_common::{Family, PortStats, Proto, Role};
+use portmon_common::{Assignment, Family, PortStats, Proto, Role};
 
 pub mod cgroup;
 mod daemon;
@@ -134,6 +134,22 @@ pub fn cgroup_root() -> PathBuf {
         .clone()
 }
 
+/// portmon's programs that attach on this kernel: every one but the
+/// optional ones whose raw tracepoint it lacks (the kernel's BTF names each
+/// raw tracepoint it has `btf_trace_NAME`).
+pub fn attachable_programs() -> Vec<&'static str> {
+    let btf = std::fs::read("/sys/kernel/btf/vmlinux").expect("the kernel's BTF");
+    let has = |name: &str| {
+        let wanted = format!("\0btf_trace_{name}\0").into_bytes();
+        btf.windows(wanted.len()).any(|w| w == wanted.as_slice())
+    };
+    portmon::kernel::bpf::PROGRAMS
+        .iter()
+        .filter(|(name, _)| !portmon::kernel::bpf::loader::OPTIONAL.contains(name) || has(name))
+        .map(|(name, _)| *name)
+        .collect()
+}
+
 /// portmon's kernel programs, loaded and attached in this process.
 pub struct Monitor {
     kernel: Option<Kernel>,
@@ -191,6 +207,16 @@ impl Monitor {
 
     pub fn health(&self) -> Health {
         self.maps.health()
+    }
+
+    /// Ports the kernel handed out `how` from one pool of one namespace.
+    pub fn assigned(&self, netns: u64, proto: Proto, family: Family, how: Assignment) -> u64 {
+        self.maps
+            .assigned()
+            .into_iter()
+            .filter(|a| a.netns == netns && a.proto == proto && a.family == family && a.how == how)
+            .map(|a| a.count)
+            .sum()
     }
 
     /// The owners the kernel programs recorded, by socket cookie.

@@ -1,8 +1,9 @@
 //! Installs what building and testing portmon need, when it is missing:
 //! Debian packages (LLVM 22 for bpf-linker, Prometheus and promtool for the
 //! exporter tests, iproute2's `ss`, lintian and man-db for the package
-//! tests), the nightly pinned for the kernel crate, `bpf-linker`, `cargo-deb`,
-//! the Kubernetes manifest validator (a Python venv in the
+//! tests, nginx and wrk for the bench), the nightly pinned for the kernel
+//! crate, `bpf-linker`, `cargo-deb`, the Kubernetes manifest validator (a
+//! Python venv in the
 //! target directory), and the tracefs and bpffs mounts; for the tests and
 //! benches, IANA's full registry and the container tools (buildah, podman,
 //! runc) the image's tests use.
@@ -38,6 +39,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
     ("busybox-static", "/bin/busybox"),
     ("cpio", "/usr/bin/cpio"),
+    // The overhead bench's realistic workload: a real HTTP server on
+    // loopback under a load generator (the bench runs its own instance).
+    ("nginx", "/usr/sbin/nginx"),
+    ("wrk", "/usr/bin/wrk"),
 ];
 
 /// What `cargo xtask image` and the image's tests need: buildah to build,

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::{init_logging, lookup::write_stdout, LogFormat};
 use crate::{
     kernel::{
-        bpf::Kernel,
+        bpf::{loader::OPTIONAL, Kernel},
         features::{self, Found},
         preflight,
     },
@@ -67,6 +67,7 @@ pub fn run(args: CheckArgs, log: &str, log_format: LogFormat) -> anyhow::Result<
     for (program, outcome) in Kernel::probe(&env.cgroup_root)? {
         let (status, detail) = match outcome {
             Ok(target) => (Status::Ok, target),
+            Err(err) if OPTIONAL.contains(&program) => (Status::Limited, error_line(&err)),
             Err(err) => {
                 tracing::debug!("{err:?}");
                 (Status::Failed, error_line(&err))

@@ -42,13 +42,15 @@ pub use pool::{EphemeralPool, LocalPortRange, PoolError, PoolSettings, PoolSysct
 
 /// Which pool a failure says ran out, if it says one did: a TCP connect
 /// with EADDRNOTAVAIL, a UDP connect with EAGAIN, a bind to port 0 with
-/// EADDRINUSE.
+/// EADDRINUSE, a UDP send from a socket without a port with EAGAIN. The
+/// last is an auto-bind like bind(0)'s, which `op="bind"`'s ratio measures.
 pub fn exhausted(op: Op, proto: Proto, errno: Errno, port: u16) -> Option<Op> {
     match (op, proto, errno) {
         (Op::Connect, Proto::Tcp, Errno::AddrNotAvail) | (Op::Connect, Proto::Udp, Errno::Again) => {
             Some(Op::Connect)
         }
         (Op::Bind, _, Errno::AddrInUse) if port == 0 => Some(Op::Bind),
+        (Op::Send, Proto::Udp, Errno::Again) => Some(Op::Bind),
         _ => None,
     }
 }
@@ -77,5 +79,6 @@ mod tests {
             "a conflict"
         );
         assert_eq!(exhausted(Op::Bind, Proto::Tcp, Errno::AddrNotAvail, 0), None);
+        assert_eq!(exhausted(Op::Send, Proto::Udp, Errno::Again, 0), Some(Op::Bind));
     }
 }

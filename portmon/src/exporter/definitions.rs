@@ -146,7 +146,17 @@ pub const MAP_ENTRIES: Definition = gauge("portmon_map_entries", "Entries in a k
 pub const MAP_CAPACITY: Definition = gauge("portmon_map_capacity", "Capacity of a kernel map.", &["map"]);
 pub const PROGRAM_ATTACHED: Definition = gauge(
     "portmon_program_attached",
-    "Whether a kernel program is attached (1) or not (0).",
+    "Whether a kernel program runs at its hook now (1) or not (0), asked of the kernel at each scrape: a cgroup link detached from outside (bpftool link detach) reads 0.",
+    &["program"],
+);
+pub const PROGRAM_RUNS: Definition = counter(
+    "portmon_bpf_program_runs_total",
+    "Runs of a kernel program, as the kernel counts them while kernel.bpf_stats_enabled is 1 (no series while it is 0).",
+    &["program"],
+);
+pub const PROGRAM_RUN_SECONDS: Definition = counter(
+    "portmon_bpf_program_run_seconds_total",
+    "Time spent in a kernel program, as the kernel counts it while kernel.bpf_stats_enabled is 1 (no series while it is 0).",
     &["program"],
 );
 pub const REGISTRY_ENTRIES: Definition = gauge(
@@ -217,8 +227,13 @@ pub const EPHEMERAL_DESTINATION_UTILIZATION: Definition = gauge(
 );
 pub const EPHEMERAL_EXHAUSTION_ERRORS: Definition = counter(
     "portmon_ephemeral_exhaustion_errors_total",
-    "Operations that failed for want of an ephemeral port: TCP connect (EADDRNOTAVAIL), UDP connect (EAGAIN), bind to port 0 (EADDRINUSE). The process is in the log and in /api/v1/failures.",
+    "Operations that failed for want of an ephemeral port: TCP connect (EADDRNOTAVAIL), UDP connect (EAGAIN), bind to port 0 (EADDRINUSE), and under op=bind a UDP sendto()/sendmsg() from a socket without a port (EAGAIN; Linux 6.3+). The process is in the log and in /api/v1/failures.",
     &["netns", "op", "proto"],
+);
+pub const EPHEMERAL_PORTS_ASSIGNED: Definition = counter(
+    "portmon_ephemeral_ports_assigned_total",
+    "Ports the kernel handed out from the ephemeral pool, by how: op=bind, bind() to port 0; op=connect, a TCP connection established from a socket without a port; op=autobind, a UDP socket given a port by connect(), sendto() or sendmsg() (counted when it connects, or at the latest when it closes). Such ports have no per-port series.",
+    &["netns", "proto", "family", "op"],
 );
 pub const EPHEMERAL_ASSESSMENT: Definition = gauge(
     "portmon_ephemeral_assessment_seconds",
@@ -257,6 +272,8 @@ pub const ALL: &[Definition] = &[
     MAP_ENTRIES,
     MAP_CAPACITY,
     PROGRAM_ATTACHED,
+    PROGRAM_RUNS,
+    PROGRAM_RUN_SECONDS,
     REGISTRY_ENTRIES,
     INVENTORY_ERRORS,
     PORT_SERIES_FOLDED,
@@ -271,6 +288,7 @@ pub const ALL: &[Definition] = &[
     EPHEMERAL_UTILIZATION,
     EPHEMERAL_DESTINATION_UTILIZATION,
     EPHEMERAL_EXHAUSTION_ERRORS,
+    EPHEMERAL_PORTS_ASSIGNED,
     EPHEMERAL_ASSESSMENT,
     BIND_BEFORE_CONNECT,
     NETNS_INFO,

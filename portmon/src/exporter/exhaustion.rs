@@ -68,6 +68,20 @@ pub fn add(input: &ScrapeInput<'_>, families: &mut Families) {
         }
     }
     families.add(&def::EPHEMERAL_EXHAUSTION_ERRORS, errors);
+    let assigned: Series = input
+        .assigned
+        .iter()
+        .map(|a| {
+            let values = vec![
+                name(a.netns),
+                a.proto.label().to_owned(),
+                a.family.label().to_owned(),
+                a.how.label().to_owned(),
+            ];
+            (values, a.count as f64)
+        })
+        .collect();
+    families.add(&def::EPHEMERAL_PORTS_ASSIGNED, assigned);
     families.add_one(&def::EPHEMERAL_ASSESSMENT, input.ephemeral_seconds);
 
     let offenders: Series = input

@@ -14,7 +14,11 @@ use crate::{
     exhaustion::EphemeralReport,
     failures::{Errno, FailureKey},
     kernel::{
-        bpf::counters::{Health, PortCount},
+        bpf::{
+            counters::{Health, PortCount},
+            pools::AssignedCount,
+            program_stats::ProgramRuns,
+        },
         sock_diag::{NsSocket, Socket, SocketState},
     },
     registry::Registry,
@@ -26,6 +30,8 @@ use crate::{
 #[derive(Debug)]
 pub struct Host {
     pub ports: Vec<PortCount>,
+    pub assigned: Vec<AssignedCount>,
+    pub program_runs: Option<Vec<ProgramRuns>>,
     pub failures: BTreeMap<FailureKey, u64>,
     pub sockets: Vec<NsSocket>,
     pub port_series_limit: usize,
@@ -38,6 +44,8 @@ impl Default for Host {
     fn default() -> Self {
         Self {
             ports: Vec::new(),
+            assigned: Vec::new(),
+            program_runs: None,
             failures: BTreeMap::new(),
             sockets: Vec::new(),
             port_series_limit: 1000,
@@ -135,6 +143,7 @@ impl ScrapeSource for Fixture {
         let names = HashMap::from([(1, "host".to_owned()), (2, "blue".to_owned())]);
         build(&ScrapeInput {
             ports: &host.ports,
+            assigned: &host.assigned,
             failures: &host.failures,
             sockets: &host.sockets,
             registry: &Registry::empty(),
@@ -142,6 +151,7 @@ impl ScrapeSource for Fixture {
             health: Health::default(),
             maps: &[],
             programs: &[],
+            program_runs: host.program_runs.as_deref(),
             port_series_limit: host.port_series_limit,
             netns_label: host.netns_label,
             ephemeral: &EphemeralReport::default(),

@@ -5,6 +5,7 @@
 use portmon_common::{map, Family, Proto};
 
 use super::{definitions as def, families::Families, ScrapeInput};
+use crate::kernel::bpf::loader::OPTIONAL;
 
 /// Adds the health families; `folded` is how many ports the per-port
 /// families folded, `scrape_seconds` how long gathering took.
@@ -26,6 +27,7 @@ pub fn add(input: &ScrapeInput<'_>, folded: usize, scrape_seconds: f64, families
             (map::PORT_TABLES, h.port_tables_overflow),
             (map::SOCKETS, h.sockets_overflow),
             (map::BIND_BEFORE_CONNECT, h.bind_before_connect_overflow),
+            (map::POOL_KEYS, h.pools_overflow),
         ]
         .map(|(name, n)| (vec![name.to_owned()], n as f64)),
     );
@@ -43,13 +45,30 @@ pub fn add(input: &ScrapeInput<'_>, folded: usize, scrape_seconds: f64, families
             .iter()
             .map(|m| (vec![m.name.to_owned()], m.capacity as f64)),
     );
+    // An optional program whose hook this kernel lacks has no series: a 0
+    // there would page someone for a kernel's age (raw tracepoint links,
+    // the optional ones', cannot be detached from outside).
     families.add(
         &def::PROGRAM_ATTACHED,
-        crate::kernel::bpf::PROGRAMS.iter().map(|(name, _)| {
-            let attached = input.programs.contains(name);
-            (vec![(*name).to_owned()], f64::from(u8::from(attached)))
-        }),
+        crate::kernel::bpf::PROGRAMS
+            .iter()
+            .filter(|(name, _)| !OPTIONAL.contains(name) || input.programs.contains(name))
+            .map(|(name, _)| {
+                let attached = input.programs.contains(name);
+                (vec![(*name).to_owned()], f64::from(u8::from(attached)))
+            }),
     );
+    if let Some(runs) = input.program_runs {
+        families.add(
+            &def::PROGRAM_RUNS,
+            runs.iter().map(|r| (vec![r.program.to_owned()], r.runs as f64)),
+        );
+        families.add(
+            &def::PROGRAM_RUN_SECONDS,
+            runs.iter()
+                .map(|r| (vec![r.program.to_owned()], r.run_time.as_secs_f64())),
+        );
+    }
     let source = input.registry.source();
     families.add(
         &def::REGISTRY_ENTRIES,

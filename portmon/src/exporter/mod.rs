@@ -353,6 +353,53 @@ mod tests {
     }
 
     #[test]
+    fn program_runs_are_exported_while_the_kernel_counts_them_and_absent_otherwise() {
+        use crate::kernel::bpf::program_stats::ProgramRuns;
+        let (fixture, metrics) = start(Host::default());
+        let off = scrape(&metrics);
+        assert!(!off.contains("portmon_bpf_program_run"), "{off}");
+        fixture.change(|host| {
+            host.program_runs = Some(vec![ProgramRuns {
+                program: "connect4",
+                runs: 3,
+                run_time: std::time::Duration::from_micros(1500),
+            }]);
+        });
+        let all = series(&scrape(&metrics));
+        assert_eq!(
+            all.get(r#"portmon_bpf_program_runs_total{program="connect4"}"#),
+            Some(&3.0)
+        );
+        assert_eq!(
+            all.get(r#"portmon_bpf_program_run_seconds_total{program="connect4"}"#),
+            Some(&0.0015)
+        );
+    }
+
+    #[test]
+    fn ports_the_kernel_chose_count_per_pool_with_no_port_label() {
+        use crate::kernel::bpf::pools::AssignedCount;
+        use portmon_common::{Assignment, Family, Proto};
+        let mut host = Host::default();
+        host.assigned.push(AssignedCount {
+            netns: HOST,
+            proto: Proto::Udp,
+            family: Family::Inet6,
+            how: Assignment::Autobind,
+            count: 10_000,
+        });
+        let (_, metrics) = start(host);
+        let text = scrape(&metrics);
+        assert!(
+            text.contains(
+                r#"portmon_ephemeral_ports_assigned_total{netns="host",proto="udp",family="ipv6",op="autobind"} 10000"#
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("portmon_binds_total"), "{text}");
+    }
+
+    #[test]
     fn the_process_families_are_exported_beside_portmons() {
         let (_, metrics) = start(Host::default());
         let all = series(&scrape(&metrics));

@@ -45,7 +45,7 @@ pub fn add(input: &ScrapeInput<'_>, memory: &mut SeriesMemory, families: &mut Fa
         let s = &p.stats;
         with_counters.entry(port_id(p)).or_default().total += s.binds + s.listens + s.connects;
     }
-    for (k, n) in input.failures {
+    for (k, n) in input.failures.iter().filter(|(k, _)| k.op != Op::Send) {
         with_counters.entry(failure_port(k)).or_default().total += n;
     }
     for (id, activity) in &mut with_counters {
@@ -90,6 +90,8 @@ fn counters(
         let target = match k.op {
             Op::Bind => &mut bind_errors,
             Op::Connect => &mut connect_errors,
+            // A send names no port of the socket's: counted per pool only.
+            Op::Send => continue,
         };
         *target.entry((key, Some(k.errno))).or_default() += *n as f64;
     }

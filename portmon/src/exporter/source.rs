@@ -10,7 +10,11 @@ use crate::{
     exhaustion::EphemeralReport,
     failures::{FailureKey, FailureLogHealth},
     kernel::{
-        bpf::counters::{Health, PortCount},
+        bpf::{
+            counters::{Health, PortCount},
+            pools::AssignedCount,
+            program_stats::ProgramRuns,
+        },
         sock_diag::NsSocket,
         threads,
     },
@@ -23,6 +27,8 @@ use crate::{
 #[derive(Debug)]
 pub struct ScrapeInput<'a> {
     pub ports: &'a [PortCount],
+    /// Ports the kernel chose, per pool and way.
+    pub assigned: &'a [AssignedCount],
     pub failures: &'a BTreeMap<FailureKey, u64>,
     pub sockets: &'a [NsSocket],
     pub registry: &'a Registry,
@@ -31,6 +37,9 @@ pub struct ScrapeInput<'a> {
     pub health: Health,
     pub maps: &'a [MapUsage],
     pub programs: &'a [&'static str],
+    /// Each program's runs and run time; `None` while the kernel does not
+    /// count them (`kernel.bpf_stats_enabled`).
+    pub program_runs: Option<&'a [ProgramRuns]>,
     pub port_series_limit: usize,
     pub netns_label: NetnsLabel,
     /// Ephemeral pools, by the kernel's rules.
@@ -66,12 +75,13 @@ impl ScrapeSource for State {
         let read_maps = || {
             (
                 self.ports(),
+                self.assigned(),
                 self.failure_counts(),
                 self.bind_before_connect(),
                 self.map_usage(),
             )
         };
-        let ((ports, failures, bind_before_connect, maps), (snapshot, namespaces)) =
+        let ((ports, assigned, failures, bind_before_connect, maps), (snapshot, namespaces)) =
             std::thread::scope(|scope| {
                 let kernel = threads::spawn_scoped(scope, "portmon-maps", read_maps);
                 let inventory = self.snapshot_with_workloads();
@@ -89,15 +99,19 @@ impl ScrapeSource for State {
         let ephemeral = self.ephemeral(&snapshot);
         let ephemeral_seconds = assessing.elapsed().as_secs_f64();
         let settings = self.settings();
+        let program_runs = self.program_runs();
+        let attached = self.attached_now();
         build(&ScrapeInput {
             ports: &ports,
+            assigned: &assigned,
             failures: &failures,
             sockets: &snapshot.sockets,
             registry: &settings.registry,
             netns_names: &names,
             health: self.health(),
             maps: &maps,
-            programs: &self.programs,
+            programs: &attached,
+            program_runs: program_runs.as_deref(),
             port_series_limit: settings.port_series_limit,
             netns_label: settings.netns_label,
             ephemeral: &ephemeral,

@@ -253,6 +253,8 @@ impl Btf {
             // (a kernel without IPv6).
             skc_v6_daddr: self.member_offset("sock_common", "skc_v6_daddr").unwrap_or(0),
             net_cookie: self.member_offset("net", "net_cookie")?,
+            sk_protocol: self.member_offset("sock", "sk_protocol")?,
+            _pad: 0,
         })
     }
 }
@@ -350,5 +352,6 @@ mod tests {
         assert!(layout.skc_cookie > sock_common::SKC_FAMILY);
         assert!(layout.skc_net > sock_common::SKC_FAMILY);
         assert!(layout.net_cookie > 0);
+        assert!(layout.sk_protocol > layout.skc_cookie);
     }
 }

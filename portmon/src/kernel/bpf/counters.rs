@@ -109,6 +109,10 @@ pub struct Health {
     pub failures_seen: u64,
     /// Updates lost to a full `BIND_BEFORE_CONNECT`.
     pub bind_before_connect_overflow: u64,
+    /// Counts lost to a full `POOL_KEYS`.
+    pub pools_overflow: u64,
+    /// Entries of `POOL_KEYS` handed out, as `port_tables_taken`.
+    pub pools_taken: u64,
 }
 
 /// What a port's counters are gathered under: (netns, proto, family, role, port).
@@ -173,5 +177,7 @@ pub fn read_health(map: &Array<MapData, u64>) -> Health {
         sockets_overflow: get(slot::SOCKETS_OVERFLOW),
         failures_seen: get(slot::FAILURES_SEEN),
         bind_before_connect_overflow: get(slot::BIND_BEFORE_CONNECT_OVERFLOW),
+        pools_overflow: get(slot::POOLS_OVERFLOW),
+        pools_taken: get(slot::POOLS_TAKEN),
     }
 }

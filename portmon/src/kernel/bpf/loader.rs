@@ -16,11 +16,14 @@ use aya::{
 use portmon_common::{capacity, global, map, program, SLOTS_PER_GROUP};
 
 use super::{
+    attached::AttachedCheck,
     btf::{Btf, BtfError},
     counters::PortCounters,
     events::FailureEvents,
     mapped_array::MappedArrayError,
     maps::{Capacities, KernelMaps},
+    pools::PoolCounters,
+    program_stats::ProgramIds,
     socket_table::{SocketTable, SocketTableError},
 };
 
@@ -52,7 +55,19 @@ pub const PROGRAMS: &[(&str, Hook)] = &[
     (program::BIND6, Hook::CgroupRoot),
     (program::CONNECT4, Hook::CgroupRoot),
     (program::CONNECT6, Hook::CgroupRoot),
+    (
+        program::SOCK_SEND_LENGTH,
+        Hook::RawTracepoint {
+            name: "sock_send_length",
+        },
+    ),
 ];
+
+/// Programs whose hook older kernels lack: where it cannot attach, portmon
+/// runs without it (`portmon_program_attached` says 0) and says so once.
+/// `sock_send_length` (Linux 6.3) is the only place a UDP send that failed
+/// for want of a port shows.
+pub const OPTIONAL: &[&str] = &[program::SOCK_SEND_LENGTH];
 
 /// How to load the kernel programs: map sizes, and the benchmark's floor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +82,9 @@ pub struct LoadOptions {
     /// Slots of `SOCKETS`: sockets followed at once (bound, listening,
     /// connected outbound). Rounded up to a power of two.
     pub sockets: u32,
+    /// Entries of `POOL_KEYS`: pools counted (namespace, protocol, family
+    /// and way of handing out a port).
+    pub pools: u32,
     /// Every program returns at once (the overhead benchmark's floor: what
     /// the hooks cost with nothing done in them).
     pub hooks_only: bool,
@@ -78,6 +96,7 @@ impl Default for LoadOptions {
             port_stats: capacity::PORT_STATS,
             port_tables: port_tables(capacity::PORT_STATS),
             sockets: capacity::SOCKETS,
+            pools: capacity::POOLS,
             hooks_only: false,
         }
     }
@@ -139,6 +158,8 @@ pub struct Kernel {
     links: Vec<Attachment>,
     ebpf: Ebpf,
     attached: Vec<&'static str>,
+    /// Optional programs this kernel has no hook for.
+    skipped: Vec<&'static str>,
     cgroup: File,
     cgroup_root: PathBuf,
 }
@@ -165,11 +186,12 @@ impl Kernel {
         for &(name, _) in PROGRAMS {
             load(&mut ebpf, name)?;
         }
-        let (maps, events) = take_maps(&mut ebpf, options)?;
+        let (maps, events) = take_maps(&mut ebpf, options, (&cgroup, cgroup_root))?;
         let mut kernel = Self {
             links: Vec::with_capacity(PROGRAMS.len()),
             ebpf,
             attached: Vec::with_capacity(PROGRAMS.len()),
+            skipped: Vec::new(),
             cgroup,
             cgroup_root: cgroup_root.to_owned(),
         };
@@ -214,7 +236,21 @@ impl Kernel {
             if self.attached.contains(&name) {
                 continue;
             }
-            let link = attach(&mut self.ebpf, name, hook, &self.cgroup, &self.cgroup_root)?;
+            let link = match attach(&mut self.ebpf, name, hook, &self.cgroup, &self.cgroup_root) {
+                Ok(link) => link,
+                Err(err) if OPTIONAL.contains(&name) => {
+                    if !self.skipped.contains(&name) {
+                        tracing::info!(
+                            program = name,
+                            "not attached, this kernel has no such hook (older than Linux 6.3): {}",
+                            crate::report::error_line(&err)
+                        );
+                        self.skipped.push(name);
+                    }
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
             tracing::info!(
                 program = name,
                 target = target(hook, &self.cgroup_root),
@@ -242,7 +278,11 @@ impl Kernel {
 
 /// Takes the maps out of a loaded object: the readers' bundle, and the
 /// ring buffer failures arrive on.
-fn take_maps(ebpf: &mut Ebpf, options: LoadOptions) -> Result<(KernelMaps, FailureEvents), LoadError> {
+fn take_maps(
+    ebpf: &mut Ebpf,
+    options: LoadOptions,
+    (cgroup, cgroup_root): (&File, &std::path::Path),
+) -> Result<(KernelMaps, FailureEvents), LoadError> {
     fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
     where
         T: TryFrom<Map, Error = MapError>,
@@ -260,14 +300,30 @@ fn take_maps(ebpf: &mut Ebpf, options: LoadOptions) -> Result<(KernelMaps, Failu
     };
     let sockets = SocketTable::new(array(map::SOCKET_COOKIES)?, array(map::SOCKETS)?)?;
     let ports = PortCounters::new(array(map::PORT_TABLES)?, array(map::PORT_STATS)?)?;
+    // Every program is loaded by now: each has its id.
+    let ids: Vec<(&'static str, u32)> = PROGRAMS
+        .iter()
+        .filter_map(|&(name, _)| Some((name, ebpf.program(name)?.info().ok()?.id())))
+        .collect();
+    let attached = AttachedCheck::new(cgroup, ids.clone()).map_err(|source| LoadError::Cgroup {
+        path: cgroup_root.to_owned(),
+        source,
+    })?;
     let maps = KernelMaps {
+        programs: ProgramIds(ids),
+        attached,
         ports,
         sockets,
+        pools: PoolCounters {
+            keys: take(ebpf, map::POOL_KEYS)?,
+            counts: take(ebpf, map::POOL_COUNTS)?,
+        },
         bind_before_connect: take(ebpf, map::BIND_BEFORE_CONNECT)?,
         health: take(ebpf, map::HEALTH)?,
         capacities: Capacities {
             port_stats: options.port_stats,
             port_tables: options.port_tables,
+            pools: options.pools,
         },
     };
     let events = FailureEvents::new(take::<RingBuf<MapData>>(ebpf, map::FAILURES)?);
@@ -286,6 +342,10 @@ fn open_object(options: LoadOptions) -> Result<Ebpf, LoadError> {
         // Entry 0 again: a cached index that no table has.
         .map_max_entries(map::PORT_TABLES, options.port_tables.saturating_add(1))
         .map_max_entries(map::PORT_TABLE_INDEX, options.port_tables.max(1))
+        // Entry 0 again, as for PORT_TABLES.
+        .map_max_entries(map::POOL_KEYS, options.pools.saturating_add(1))
+        .map_max_entries(map::POOL_COUNTS, options.pools.saturating_add(1))
+        .map_max_entries(map::POOL_INDEX, options.pools.max(1))
         .map_max_entries(map::SOCKETS, slots)
         .map_max_entries(map::SOCKET_COOKIES, groups)
         .override_global(global::HOOKS_ONLY, &hooks_only, true)

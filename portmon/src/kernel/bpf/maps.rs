@@ -7,18 +7,27 @@ use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 use portmon_common::{capacity, map, Owner};
 
 use super::{
+    attached::AttachedCheck,
     counters::{self, Health, PortCount, PortCounters},
     map_batch::read_all,
+    pools::{AssignedCount, PoolCounters},
+    program_stats::{ProgramIds, ProgramRuns},
     socket_table::{Followed, SocketTable},
 };
 use crate::kernel::procfs;
 
 /// Handles on the kernel maps the readers use.
 pub struct KernelMaps {
+    /// The kernel's ids of the programs, for their run statistics.
+    pub programs: ProgramIds,
+    /// Asks the kernel which programs run at the cgroup now.
+    pub attached: AttachedCheck,
     /// Per-port counters, in blocks of 64 ports.
     pub ports: PortCounters,
     /// The sockets the programs follow, with their owners and ports.
     pub sockets: SocketTable,
+    /// Ports the kernel chose, counted per pool.
+    pub pools: PoolCounters,
     /// TCP connects from sockets bound to port 0, by command name.
     pub bind_before_connect: BpfHashMap<MapData, [u8; 16], u64>,
     /// portmon's own health counters.
@@ -33,6 +42,7 @@ pub struct KernelMaps {
 pub struct Capacities {
     pub port_stats: u32,
     pub port_tables: u32,
+    pub pools: u32,
 }
 
 /// Entries in use and capacity of one kernel map.
@@ -55,6 +65,16 @@ impl KernelMaps {
     /// Every port's counters.
     pub fn ports(&self) -> Vec<PortCount> {
         counters::read_ports(&self.ports, &self.sockets.read())
+    }
+
+    /// Ports the kernel handed out from each pool, by way.
+    pub fn assigned(&self) -> Vec<AssignedCount> {
+        self.pools.read(self.health().pools_taken)
+    }
+
+    /// Each program's runs and run time, while the kernel counts them.
+    pub fn program_runs(&self) -> Option<Vec<ProgramRuns>> {
+        self.programs.read()
     }
 
     /// portmon's own health counters.
@@ -106,6 +126,11 @@ impl KernelMaps {
                 name: map::PORT_TABLES,
                 entries: health.port_tables_taken.min(o.port_tables.into()),
                 capacity: o.port_tables.into(),
+            },
+            MapUsage {
+                name: map::POOL_KEYS,
+                entries: health.pools_taken.min(o.pools.into()),
+                capacity: o.pools.into(),
             },
             MapUsage {
                 name: map::SOCKETS,

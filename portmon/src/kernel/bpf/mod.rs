@@ -6,6 +6,7 @@
 //! below it map arrays into memory ([`mapped_array`]) or read whole hash
 //! maps in batches ([`map_batch`]).
 
+pub mod attached;
 pub mod btf;
 pub mod counters;
 pub mod events;
@@ -13,6 +14,8 @@ pub mod loader;
 pub mod map_batch;
 pub mod mapped_array;
 pub mod maps;
+pub mod pools;
+pub mod program_stats;
 pub mod socket_table;
 
 pub use events::FailureEvents;
