@@ -64,12 +64,18 @@ fn unescape(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
+        // Three octal digits of a byte's value: `\777` is no escape the
+        // kernel writes, and would not fit in a byte.
         let octal = bytes
             .get(i + 1..i + 4)
-            .filter(|d| bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)))
+            .and_then(|d| {
+                let value = d.iter().fold(0u32, |v, c| v * 8 + u32::from(c - b'0'));
+                u8::try_from(value).ok()
+            });
         match octal {
-            Some(d) => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+            Some(byte) => {
+                out.push(byte);
                 i += 4;
             }
             None => {
@@ -85,6 +91,15 @@ fn unescape(field: &str) -> String {
 mod tests {
     use super::*;
     use std::path::Path;
+
+    /// Found by the fuzz target: a backslash and three octal digits above
+    /// `\377` overflowed a byte.
+    #[test]
+    fn an_escape_beyond_a_byte_is_kept_as_text() {
+        assert_eq!(unescape("a\\777b"), "a\\777b");
+        assert_eq!(unescape("with\\040space"), "with space");
+        assert_eq!(unescape("\\377"), "\u{fffd}");
+    }
 
     const HYBRID: &str = "\
 25 30 0:23 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
