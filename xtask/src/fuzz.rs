@@ -86,7 +86,11 @@ pub fn run(names: &[String], time: Duration) -> Result<()> {
                 artifacts.display()
             );
         }
-        totals.push((name.clone(), executions(&log)));
+        let runs = executions(&log);
+        if let Some(runs) = runs {
+            println!("xtask: {name}: {runs} executions, no crash");
+        }
+        totals.push((name.clone(), runs));
     }
     println!("xtask: fuzzing done, no crash:");
     for (name, runs) in totals {
