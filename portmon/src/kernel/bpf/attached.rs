@@ -3,111 +3,115 @@
 //! (`bpftool link detach`, `BPF_LINK_DETACH`), which leaves the daemon's
 //! link open and the program gone from the cgroup.
 
-use std::{
-    fs::File,
-    io,
-    os::fd::{AsRawFd as _, OwnedFd},
-};
+use std::{collections::HashMap, sync::OnceLock};
 
 use portmon_common::program;
 
 use super::loader::{Hook, PROGRAMS};
 
-/// `bpf(2)` command `BPF_PROG_QUERY` (include/uapi/linux/bpf.h).
-const BPF_PROG_QUERY: libc::c_long = 16;
-
-/// The cgroup attach type of each cgroup program (`enum bpf_attach_type`,
-/// include/uapi/linux/bpf.h: numbers of the stable ABI).
-fn attach_type(name: &str) -> Option<u32> {
-    Some(match name {
-        program::BIND4 => 8,
-        program::BIND6 => 9,
-        program::CONNECT4 => 10,
-        program::CONNECT6 => 11,
-        program::POST_BIND4 => 12,
-        program::POST_BIND6 => 13,
-        program::SOCK_RELEASE => 34,
-        _ => return None,
-    })
-}
-
-/// The first fields of `union bpf_attr` for `BPF_PROG_QUERY`; the kernel
-/// reads the fields a caller passes and takes the rest as zero.
-#[repr(C)]
-#[derive(Default)]
-struct ProgQuery {
-    target_fd: u32,
-    attach_type: u32,
-    query_flags: u32,
-    attach_flags: u32,
-    prog_ids: u64,
-    prog_cnt: u32,
-    _pad: u32,
-}
-
-/// Asks the kernel which programs run at portmon's cgroup.
+/// Asks the kernel which programs run at portmon's cgroup, through the
+/// `fdinfo` of the daemon's own cgroup links: a link detached from outside
+/// shows `cgroup_id: 0` there. `BPF_PROG_QUERY` would need CAP_NET_ADMIN
+/// (Linux 6.1; CAP_SYS_ADMIN will do later), which the daemon gives up
+/// after attaching; `/proc/self/fdinfo` needs none.
 #[derive(Debug)]
 pub struct AttachedCheck {
-    cgroup: OwnedFd,
     /// (name, program id) of every program loaded.
     ids: Vec<(&'static str, u32)>,
+    /// Program id → the descriptor of its cgroup link, found at first use
+    /// (the links exist by then and stay open for the daemon's life).
+    links: OnceLock<HashMap<u32, u32>>,
 }
 
 impl AttachedCheck {
-    pub(super) fn new(cgroup: &File, ids: Vec<(&'static str, u32)>) -> io::Result<Self> {
-        Ok(Self {
-            cgroup: cgroup.try_clone()?.into(),
+    pub(super) fn new(ids: Vec<(&'static str, u32)>) -> Self {
+        Self {
             ids,
-        })
+            links: OnceLock::new(),
+        }
     }
 
     /// Of `linked` (the programs the daemon holds a link for), those the
-    /// kernel runs: a cgroup program must be in its cgroup's list; a raw
-    /// tracepoint link cannot be detached but by closing it. A query that
-    /// fails leaves the program counted as linked.
+    /// kernel runs: a cgroup program's link must still have its cgroup; a
+    /// raw tracepoint link cannot be detached but by closing it. A link
+    /// that cannot be read leaves the program counted as linked.
     pub fn attached(&self, linked: &[&'static str]) -> Vec<&'static str> {
+        let links = self.links.get_or_init(cgroup_links);
         PROGRAMS
             .iter()
             .filter(|(name, _)| linked.contains(name))
-            .filter(|&&(name, hook)| match (hook, attach_type(name)) {
-                (Hook::CgroupRoot, Some(kind)) => {
+            .filter(|&&(name, hook)| match hook {
+                Hook::CgroupRoot if is_cgroup_program(name) => {
                     let Some(&(_, id)) = self.ids.iter().find(|(n, _)| *n == name) else {
                         return true;
                     };
-                    self.query(kind).is_none_or(|ids| ids.contains(&id))
+                    links
+                        .get(&id)
+                        .and_then(|&fd| link_field(fd, "cgroup_id:"))
+                        .is_none_or(|cgroup| cgroup != 0)
                 }
                 _ => true,
             })
             .map(|(name, _)| *name)
             .collect()
     }
+}
 
-    /// The ids of the programs attached at the cgroup for `kind`.
-    fn query(&self, kind: u32) -> Option<Vec<u32>> {
-        // Room for every program a cgroup holds per type (BPF_CGROUP_MAX_PROGS, 64).
-        let mut ids = [0u32; 64];
-        let mut attr = ProgQuery {
-            target_fd: u32::try_from(self.cgroup.as_raw_fd()).ok()?,
-            attach_type: kind,
-            prog_ids: ids.as_mut_ptr() as u64,
-            prog_cnt: ids.len() as u32,
-            ..ProgQuery::default()
-        };
-        // SAFETY: a valid attr of the size passed, whose prog_ids points to
-        // prog_cnt writable u32s that outlive the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_QUERY,
-                &raw mut attr,
-                size_of::<ProgQuery>(),
-            )
-        };
-        if rc != 0 {
-            tracing::debug!("BPF_PROG_QUERY: {}", io::Error::last_os_error());
-            return None;
-        }
-        let n = (attr.prog_cnt as usize).min(ids.len());
-        Some(ids[..n].to_vec())
+fn is_cgroup_program(name: &str) -> bool {
+    matches!(
+        name,
+        program::BIND4
+            | program::BIND6
+            | program::CONNECT4
+            | program::CONNECT6
+            | program::POST_BIND4
+            | program::POST_BIND6
+            | program::SOCK_RELEASE
+    )
+}
+
+/// Every cgroup link this process holds, by the id of its program.
+fn cgroup_links() -> HashMap<u32, u32> {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return HashMap::new();
+    };
+    fds.flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|fd| {
+            let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+            // Only cgroup links show a cgroup_id.
+            field(&text, "cgroup_id:")?;
+            Some((u32::try_from(field(&text, "prog_id:")?).ok()?, fd))
+        })
+        .collect()
+}
+
+/// A number of the `fdinfo` of descriptor `fd`.
+fn link_field(fd: u32, name: &str) -> Option<u64> {
+    field(
+        &std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?,
+        name,
+    )
+}
+
+fn field(fdinfo: &str, name: &str) -> Option<u64> {
+    fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_cgroup_links_fdinfo() {
+        let fdinfo = "pos:\t0\nflags:\t02000000\nmnt_id:\t16\nino:\t1056\nlink_type:\tcgroup\n\
+                      link_id:\t7\nprog_tag:\t0123456789abcdef\nprog_id:\t42\ncgroup_id:\t1\n\
+                      attach_type:\t8\n";
+        assert_eq!(field(fdinfo, "prog_id:"), Some(42));
+        assert_eq!(field(fdinfo, "cgroup_id:"), Some(1));
+        assert_eq!(field("link_type:\traw_tracepoint\n", "cgroup_id:"), None);
     }
 }

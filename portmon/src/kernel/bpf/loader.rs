@@ -186,7 +186,7 @@ impl Kernel {
         for &(name, _) in PROGRAMS {
             load(&mut ebpf, name)?;
         }
-        let (maps, events) = take_maps(&mut ebpf, options, (&cgroup, cgroup_root))?;
+        let (maps, events) = take_maps(&mut ebpf, options)?;
         let mut kernel = Self {
             links: Vec::with_capacity(PROGRAMS.len()),
             ebpf,
@@ -278,11 +278,7 @@ impl Kernel {
 
 /// Takes the maps out of a loaded object: the readers' bundle, and the
 /// ring buffer failures arrive on.
-fn take_maps(
-    ebpf: &mut Ebpf,
-    options: LoadOptions,
-    (cgroup, cgroup_root): (&File, &std::path::Path),
-) -> Result<(KernelMaps, FailureEvents), LoadError> {
+fn take_maps(ebpf: &mut Ebpf, options: LoadOptions) -> Result<(KernelMaps, FailureEvents), LoadError> {
     fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
     where
         T: TryFrom<Map, Error = MapError>,
@@ -305,10 +301,7 @@ fn take_maps(
         .iter()
         .filter_map(|&(name, _)| Some((name, ebpf.program(name)?.info().ok()?.id())))
         .collect();
-    let attached = AttachedCheck::new(cgroup, ids.clone()).map_err(|source| LoadError::Cgroup {
-        path: cgroup_root.to_owned(),
-        source,
-    })?;
+    let attached = AttachedCheck::new(ids.clone());
     let maps = KernelMaps {
         programs: ProgramIds(ids),
         attached,
