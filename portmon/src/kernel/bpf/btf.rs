@@ -10,8 +10,12 @@ use portmon_common::{sock_common, KernelLayout};
 /// The kernel's own type information.
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
-/// How deep anonymous structs and unions may nest before a lookup gives up.
+/// How deep anonymous structs and unions may nest, and how many members a
+/// lookup may visit, before it gives up: a malformed blob can nest a type
+/// in itself, or many times over in a few types; real kernels nest
+/// anonymous members a few levels deep, in structs of a few hundred.
 const MAX_ANONYMOUS_NESTING: usize = 16;
+const MAX_MEMBERS_VISITED: usize = 1 << 16;
 const MAGIC: u16 = 0xeb9f;
 const KIND_INT: u32 = 1;
 const KIND_ARRAY: u32 = 3;
@@ -199,18 +203,18 @@ impl Btf {
             .get(structure)
             .and_then(|&id| self.types.get(id as usize))
             .ok_or(missing)?;
-        self.find_in(ty, member, 0)
+        let mut budget = MAX_MEMBERS_VISITED;
+        self.find_in(ty, member, 0, &mut budget)
             .map(|bits| bits / 8)
             .ok_or(BtfError::MissingMember { structure, member })
     }
 
-    fn find_in(&self, ty: &Type, member: &str, depth: usize) -> Option<u32> {
-        // A malformed blob can nest a type in itself; real kernels nest
-        // anonymous members a few levels deep.
+    fn find_in(&self, ty: &Type, member: &str, depth: usize, budget: &mut usize) -> Option<u32> {
         if depth > MAX_ANONYMOUS_NESTING {
             return None;
         }
         for &(name, type_id, bits) in &ty.members {
+            *budget = budget.checked_sub(1)?;
             if name != 0 {
                 if self.name(name) == Some(member) {
                     return Some(bits);
@@ -219,7 +223,7 @@ impl Btf {
             }
             let inner = self.resolve(type_id)?;
             if matches!(inner.kind, KIND_STRUCT | KIND_UNION) {
-                if let Some(found) = self.find_in(inner, member, depth + 1) {
+                if let Some(found) = self.find_in(inner, member, depth + 1, budget) {
                     return bits.checked_add(found);
                 }
             }
@@ -328,6 +332,39 @@ mod tests {
         blob[second_type..second_type + 4].copy_from_slice(&3u32.to_le_bytes());
         let btf = Btf::parse(&blob).expect("parse");
         assert_eq!(btf.member_offset("outer", "b").unwrap(), 8);
+        assert!(btf.member_offset("outer", "d").is_err());
+    }
+
+    /// Found by the fuzz target (a lookup that ran for seconds): a struct
+    /// of many anonymous members, each of the struct itself, is walked
+    /// members^depth times unless the lookup counts what it visits.
+    #[test]
+    fn a_type_nested_many_times_in_itself_ends_the_lookup() {
+        let strings = b"\0outer\0d\0";
+        let members = 1000u32;
+        let mut types = Vec::new();
+        for w in [1, (KIND_STRUCT << 24) | members, 8] {
+            types.extend_from_slice(&w.to_le_bytes());
+        }
+        for _ in 0..members {
+            for w in [0u32, 1, 0] {
+                types.extend_from_slice(&w.to_le_bytes());
+            }
+        }
+        let mut blob = Vec::new();
+        for w in [
+            u32::from(MAGIC) | (1 << 16),
+            24,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ] {
+            blob.extend_from_slice(&w.to_le_bytes());
+        }
+        blob.extend_from_slice(&types);
+        blob.extend_from_slice(strings);
+        let btf = Btf::parse(&blob).expect("parse");
         assert!(btf.member_offset("outer", "d").is_err());
     }
 
