@@ -65,6 +65,7 @@ pub struct Started {
     state: Arc<State>,
     failures: FailureEvents,
     listener: std::net::TcpListener,
+    served: http::Served,
     config: Config,
 }
 
@@ -79,7 +80,8 @@ impl std::fmt::Debug for Started {
 /// The privileged half: preflight, registry, load and attach, listen, then
 /// capabilities given up. Runs before any other thread exists, because
 /// capabilities belong to threads.
-pub fn start(config: Config) -> Result<Started, DaemonError> {
+pub fn start(config: Config, served: http::Served) -> Result<Started, DaemonError> {
+    raise_descriptor_limit();
     let env = preflight::check()?;
     tracing::info!(kernel = %env.kernel_release, cgroup = %env.cgroup_root.display(), "preflight passed");
     if env.cgroup_is_subtree {
@@ -102,7 +104,7 @@ pub fn start(config: Config) -> Result<Started, DaemonError> {
             addr: config.listen,
             source,
         })?;
-    tracing::info!(addr = %config.listen, "listening");
+    tracing::info!(addr = %config.listen, tls = served.is_tls(), api = config.api, "listening");
 
     let dropped = capabilities::drop_after_attach()?;
     tracing::info!(
@@ -130,8 +132,37 @@ pub fn start(config: Config) -> Result<Started, DaemonError> {
         state,
         failures,
         listener,
+        served,
         config,
     })
+}
+
+/// Sets the soft limit of open descriptors to the hard one: each HTTP
+/// connection and each namespace entered holds one, and running out makes
+/// the inventory fail. The hard limit is the operator's (`LimitNOFILE`).
+fn raise_descriptor_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
+        }
+    };
+    if raised {
+        tracing::debug!(
+            limit = limit.rlim_cur,
+            "open descriptor limit raised to the hard limit"
+        );
+    } else {
+        tracing::warn!(
+            "cannot raise the open descriptor limit: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 /// The unprivileged half: serves, announces readiness, reloads on SIGHUP,
@@ -142,6 +173,7 @@ pub async fn serve(started: Started, source: ConfigSource) -> Result<(), DaemonE
         state,
         failures,
         listener,
+        served,
         mut config,
     } = started;
     let notifier = Arc::new(Notifier::from_env()?);
@@ -155,14 +187,12 @@ pub async fn serve(started: Started, source: ConfigSource) -> Result<(), DaemonE
     let mut signals = Signals::install().map_err(DaemonError::Signals)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let metrics = Metrics::new(state.clone())?;
-    let handler_state = state.clone();
-    let handler: http::Handler =
-        Arc::new(move |req: &http::Request| crate::api::route(&handler_state, &metrics, req));
-    let server = tokio::spawn(http::serve(listener, handler, shutdown_rx));
+    let endpoints = crate::api::Endpoints::new(state.clone(), metrics, config.api);
+    let server = tokio::spawn(http::serve(listener, Arc::new(endpoints), served, shutdown_rx));
     let watchdog = notify::watchdog_interval().map(|interval| {
         let probe_state = state.clone();
         watchdog::spawn(notifier.clone(), interval, progress, move || {
-            probe_state.health();
+            probe_state.liveness()
         })
     });
     let status = format!(
@@ -209,14 +239,19 @@ pub async fn serve(started: Started, source: ConfigSource) -> Result<(), DaemonE
     Ok(())
 }
 
-/// Rescans namespaces on a schedule; scrapes take their own snapshot.
+/// Rescans namespaces and reads the kernel maps on a schedule, so that
+/// `/healthz` and the watchdog know both still answer when nobody scrapes.
 async fn reconcile(state: Arc<State>) {
     let mut ticks = tokio::time::interval(RECONCILE_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
         let state = state.clone();
-        let _ = tokio::task::spawn_blocking(move || state.rescan_namespaces()).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            state.rescan_namespaces();
+            state.health();
+        })
+        .await;
     }
 }
 

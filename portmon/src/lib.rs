@@ -27,7 +27,7 @@
 //! Imports flow downward only:
 //!
 //! 1. `kernel`: everything that talks to the kernel; the only `unsafe`.
-//! 2. `report`, `port_class`, `port_set`: vocabulary.
+//! 2. `report`, `port_class`, `port_set`: vocabulary; `single_flight`.
 //! 3. `registry` (what a port is called), `exhaustion` (the ephemeral pool
 //!    by the kernel's rules), `cgroups` and `namespaces` (the names people
 //!    know), `settings`.
@@ -56,4 +56,5 @@ pub mod registry;
 pub mod report;
 pub mod service;
 pub mod settings;
+pub mod single_flight;
 pub mod state;

@@ -72,7 +72,7 @@ pub fn portmon_ports(args: &[&str]) -> String {
 
 /// A GET over real HTTP: (status, body).
 pub fn http_get(addr: std::net::SocketAddr, path: &str) -> io::Result<(u16, String)> {
-    portmon::http::get(addr, path, Duration::from_secs(10))
+    portmon::http::get(addr, path, Duration::from_secs(10)).map_err(io::Error::other)
 }
 
 /// A `portmon run` child process, stopped (SIGKILL) on drop if still running.

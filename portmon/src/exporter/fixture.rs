@@ -136,6 +136,7 @@ impl ScrapeSource for Fixture {
             bind_before_connect: &[],
             inventory_errors: &BTreeMap::new(),
             reload: host.reload,
+            snapshots: 0,
         })
     }
 }

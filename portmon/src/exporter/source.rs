@@ -41,6 +41,8 @@ pub struct ScrapeInput<'a> {
     pub inventory_errors: &'a BTreeMap<(Proto, Family), u64>,
     /// How the last load of the configuration went.
     pub reload: ReloadStatus,
+    /// Inventory snapshots taken since start; concurrent requests share one.
+    pub snapshots: u64,
 }
 
 /// Where a collector reads its numbers from at each scrape.
@@ -53,7 +55,7 @@ impl ScrapeSource for State {
     fn scrape<R>(&self, build: impl FnOnce(&ScrapeInput<'_>) -> R) -> R {
         // The sock_diag dumps take most of a scrape, on every core: the
         // kernel maps are read beside them.
-        let ((ports, failures, bind_before_connect, maps), (snapshot, names)) = std::thread::scope(|scope| {
+        let ((ports, failures, bind_before_connect, maps), inventoried) = std::thread::scope(|scope| {
             let kernel = scope.spawn(|| {
                 (
                     self.ports(),
@@ -69,15 +71,15 @@ impl ScrapeSource for State {
             (kernel, inventory)
         });
         let assessing = std::time::Instant::now();
-        let ephemeral = self.ephemeral(&snapshot);
+        let ephemeral = self.ephemeral(&inventoried.snapshot);
         let ephemeral_seconds = assessing.elapsed().as_secs_f64();
         let settings = self.settings();
         build(&ScrapeInput {
             ports: &ports,
             failures: &failures,
-            sockets: &snapshot.sockets,
+            sockets: &inventoried.snapshot.sockets,
             registry: &settings.registry,
-            netns_names: &names,
+            netns_names: &inventoried.names,
             health: self.health(),
             maps: &maps,
             programs: &self.programs,
@@ -86,7 +88,8 @@ impl ScrapeSource for State {
             ephemeral: &ephemeral,
             ephemeral_seconds,
             bind_before_connect: &bind_before_connect,
-            inventory_errors: &snapshot.dump_errors,
+            inventory_errors: &inventoried.snapshot.dump_errors,
+            snapshots: self.snapshots_taken(),
             reload: self.reload_status(),
         })
     }

@@ -80,6 +80,15 @@ fn apply(state: &State, running: &Config, source: &ConfigSource) -> Result<Confi
             "port-stats-capacity",
             wanted.port_stats_capacity != running.port_stats_capacity,
         ),
+        (
+            "web-config-file",
+            wanted.web_config_file != running.web_config_file,
+        ),
+        ("api", wanted.api != running.api),
+        (
+            "max-connections",
+            wanted.max_connections != running.max_connections,
+        ),
     ];
     for (key, changed) in needs_restart {
         if changed {
@@ -93,6 +102,9 @@ fn apply(state: &State, running: &Config, source: &ConfigSource) -> Result<Confi
     wanted.listen = running.listen;
     wanted.sockets_capacity = running.sockets_capacity;
     wanted.port_stats_capacity = running.port_stats_capacity;
+    wanted.web_config_file = running.web_config_file.clone();
+    wanted.api = running.api;
+    wanted.max_connections = running.max_connections;
     let entries = registry.source().entries;
     state.replace_settings(wanted.settings(registry));
     tracing::info!(
