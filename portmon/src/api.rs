@@ -55,7 +55,7 @@ pub struct OwnerEntry {
 }
 
 /// Which sockets to list.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct PortFilter {
     pub listening: bool,
     pub port: Option<u16>,
@@ -152,6 +152,9 @@ pub struct Endpoints {
     api: bool,
     /// `/metrics` requests that arrive during a scrape share its exposition.
     scrapes: SingleFlight<Response>,
+    /// `/api/v1/ports` requests with the same filter share one answer: on a
+    /// large host it runs to megabytes, which 64 clients must not multiply.
+    ports: SingleFlight<Response, PortFilter>,
 }
 
 impl Endpoints {
@@ -163,6 +166,7 @@ impl Endpoints {
             metrics,
             api,
             scrapes: SingleFlight::default(),
+            ports: SingleFlight::default(),
         }
     }
 
@@ -195,17 +199,20 @@ impl Service for Endpoints {
         match req.path.as_str() {
             "/api/v1/ports" => match PortFilter::from_query(|name| req.param(name).map(str::to_owned)) {
                 Ok(filter) => {
-                    let inventoried = state.snapshot();
-                    let owners = state.owners();
-                    let units = state.units(owners.values().map(|o| o.cgroup));
-                    Response::json(&port_entries(
-                        &inventoried.snapshot.sockets,
-                        &state.settings().registry,
-                        &owners,
-                        &units,
-                        &inventoried.names,
-                        &filter,
-                    ))
+                    let answer = self.ports.run_for(filter.clone(), || {
+                        let inventoried = state.snapshot();
+                        let owners = state.owners();
+                        let units = state.units(owners.values().map(|o| o.cgroup));
+                        Response::json(&port_entries(
+                            &inventoried.snapshot.sockets,
+                            &state.settings().registry,
+                            &owners,
+                            &units,
+                            &inventoried.names,
+                            &filter,
+                        ))
+                    });
+                    (*answer.0).clone()
                 }
                 Err(message) => Response::text(400, format!("{message}\n")),
             },

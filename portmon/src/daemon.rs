@@ -16,6 +16,7 @@ use crate::{
         capabilities::{self, CapabilityError},
         netns,
         preflight::{self, PreflightError},
+        resources,
     },
     registry::{Registry, RegistryError},
     report::error_line,
@@ -81,7 +82,11 @@ impl std::fmt::Debug for Started {
 /// capabilities given up. Runs before any other thread exists, because
 /// capabilities belong to threads.
 pub fn start(config: Config, served: http::Served) -> Result<Started, DaemonError> {
-    raise_descriptor_limit();
+    resources::bound_allocator();
+    match resources::raise_descriptor_limit() {
+        Ok(limit) => tracing::debug!(limit, "open descriptor limit raised to the hard limit"),
+        Err(err) => tracing::warn!("cannot raise the open descriptor limit: {err}"),
+    }
     let env = preflight::check()?;
     tracing::info!(kernel = %env.kernel_release, cgroup = %env.cgroup_root.display(), "preflight passed");
     if env.cgroup_is_subtree {
@@ -135,34 +140,6 @@ pub fn start(config: Config, served: http::Served) -> Result<Started, DaemonErro
         served,
         config,
     })
-}
-
-/// Sets the soft limit of open descriptors to the hard one: each HTTP
-/// connection and each namespace entered holds one, and running out makes
-/// the inventory fail. The hard limit is the operator's (`LimitNOFILE`).
-fn raise_descriptor_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
-    let raised = unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
-        }
-    };
-    if raised {
-        tracing::debug!(
-            limit = limit.rlim_cur,
-            "open descriptor limit raised to the hard limit"
-        );
-    } else {
-        tracing::warn!(
-            "cannot raise the open descriptor limit: {}",
-            std::io::Error::last_os_error()
-        );
-    }
 }
 
 /// The unprivileged half: serves, announces readiness, reloads on SIGHUP,
@@ -250,6 +227,7 @@ async fn reconcile(state: Arc<State>) {
         let _ = tokio::task::spawn_blocking(move || {
             state.rescan_namespaces();
             state.health();
+            resources::trim_allocator();
         })
         .await;
     }

@@ -3,13 +3,18 @@
 //! instead of taking its own, so N concurrent scrapes cost one snapshot,
 //! and the memory of one.
 
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::{
+    collections::HashMap,
+    hash::Hash,
+    sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError},
+};
 
-/// Work in flight, shared by its callers. Blocking: call it from threads
+/// Work in flight, shared by its callers that ask for the same key (one
+/// key, `()`, where all ask for the same). Blocking: call it from threads
 /// that may wait (the blocking pool).
 #[derive(Debug)]
-pub struct SingleFlight<T> {
-    current: Mutex<Option<Arc<Flight<T>>>>,
+pub struct SingleFlight<T, K = ()> {
+    current: Mutex<HashMap<K, Arc<Flight<T>>>>,
 }
 
 #[derive(Debug)]
@@ -30,25 +35,28 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-impl<T> Default for SingleFlight<T> {
+impl<T, K> Default for SingleFlight<T, K> {
     fn default() -> Self {
         Self {
-            current: Mutex::new(None),
+            current: Mutex::new(HashMap::new()),
         }
     }
 }
 
 /// Marks the flight landed (or crashed, if dropped by a panic) and lets
 /// the next caller start a new one.
-struct Landing<'a, T> {
-    owner: &'a SingleFlight<T>,
+struct Landing<'a, T, K: Hash + Eq> {
+    owner: &'a SingleFlight<T, K>,
+    key: Option<K>,
     flight: Arc<Flight<T>>,
     result: Option<Arc<T>>,
 }
 
-impl<T> Drop for Landing<'_, T> {
+impl<T, K: Hash + Eq> Drop for Landing<'_, T, K> {
     fn drop(&mut self) {
-        *lock(&self.owner.current) = None;
+        if let Some(key) = self.key.take() {
+            lock(&self.owner.current).remove(&key);
+        }
         *lock(&self.flight.outcome) = match self.result.take() {
             Some(result) => Outcome::Landed(result),
             None => Outcome::Crashed,
@@ -61,18 +69,26 @@ impl<T> SingleFlight<T> {
     /// The result of the flight under way, or of `work` run now if none is:
     /// and whether this call ran it.
     pub fn run(&self, work: impl FnOnce() -> T) -> (Arc<T>, bool) {
+        self.run_for((), work)
+    }
+}
+
+impl<T, K: Hash + Eq + Clone> SingleFlight<T, K> {
+    /// The result of the flight under way for `key`, or of `work` run now
+    /// if none is: and whether this call ran it.
+    pub fn run_for(&self, key: K, work: impl FnOnce() -> T) -> (Arc<T>, bool) {
         let mut work = Some(work);
         loop {
             let (flight, leader) = {
                 let mut current = lock(&self.current);
-                match &*current {
+                match current.get(&key) {
                     Some(flight) => (flight.clone(), false),
                     None => {
                         let flight = Arc::new(Flight {
                             outcome: Mutex::new(Outcome::Flying),
                             landed: Condvar::new(),
                         });
-                        *current = Some(flight.clone());
+                        current.insert(key.clone(), flight.clone());
                         (flight, true)
                     }
                 }
@@ -80,6 +96,7 @@ impl<T> SingleFlight<T> {
             if leader {
                 let mut landing = Landing {
                     owner: self,
+                    key: Some(key),
                     flight,
                     result: None,
                 };
@@ -138,6 +155,22 @@ mod tests {
         assert!(results.iter().all(|&r| r <= runs));
         // Later callers start a fresh flight.
         assert_eq!(*flight.run(|| 99).0, 99);
+    }
+
+    #[test]
+    fn different_keys_fly_apart() {
+        let flight: SingleFlight<u32, &str> = SingleFlight::default();
+        std::thread::scope(|scope| {
+            let a = scope.spawn(|| {
+                flight.run_for("a", || {
+                    std::thread::sleep(Duration::from_millis(200));
+                    1
+                })
+            });
+            std::thread::sleep(Duration::from_millis(50));
+            assert_eq!(flight.run_for("b", || 2), (Arc::new(2), true));
+            assert_eq!(*a.join().unwrap().0, 1);
+        });
     }
 
     #[test]

@@ -10,4 +10,5 @@ mod lifecycle;
 mod package;
 mod ports;
 mod service;
+mod serving;
 mod transparency;

@@ -129,6 +129,9 @@ pub fn run(args: RunArgs, log: &str, log_format: LogFormat) -> anyhow::Result<Ex
     let started = crate::daemon::start(config, served)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // Requests wait for a shared snapshot on these threads: past a few,
+        // more threads only cost memory (a stack and allocator caches each).
+        .max_blocking_threads(16)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

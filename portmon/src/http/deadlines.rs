@@ -70,26 +70,52 @@ impl<S: AsyncRead + Unpin> AsyncRead for Deadlines<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Deadlines<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+impl<S> Deadlines<S> {
+    /// A write's outcome, with the write deadline armed while it waits.
+    fn after_write(
+        &mut self,
+        written: Poll<io::Result<usize>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        match written {
             Poll::Pending => {
-                if expired(&mut this.write_deadline, this.write, cx) {
+                if expired(&mut self.write_deadline, self.write, cx) {
                     return Poll::Ready(Err(timed_out("read")));
                 }
                 Poll::Pending
             }
             Poll::Ready(result) => {
-                this.write_deadline = None;
+                self.write_deadline = None;
                 // Bytes moving out are progress: a response that takes
                 // longer than the read timeout to send is not an idle client.
-                if let Some(read) = this.read_deadline.as_mut() {
-                    read.as_mut().reset(Instant::now() + this.read);
+                if let Some(read) = self.read_deadline.as_mut() {
+                    read.as_mut().reset(Instant::now() + self.read);
                 }
                 Poll::Ready(result)
             }
         }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Deadlines<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.after_write(written, cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.after_write(written, cx)
+    }
+
+    /// Passed on: with vectored writes hyper sends a shared body from where
+    /// it lies, instead of copying it into a buffer per connection.
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -19,6 +19,9 @@ pub struct Limits {
     /// How long a write may wait for the client to take bytes: a reader that
     /// stops reading is dropped after it, with its response.
     pub write_timeout: Duration,
+    /// Most bytes of answers held for clients still reading them; past it
+    /// the connections that have held theirs longest are closed.
+    pub held_response_bytes: usize,
 }
 
 /// hyper's smallest read buffer: a head limit below it cannot be kept.
@@ -27,15 +30,18 @@ pub const MIN_HEAD_BYTES: usize = 8 * 1024;
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            // An idle connection costs hyper's 8 KiB read buffer and a task:
-            // 4,096 of them stay within tens of MiB, and the daemon's
-            // descriptor limit (raised to the hard limit at start) has room.
+            // A connection that has sent nothing costs a task and a
+            // descriptor; one being read, hyper's 8 KiB buffer: 4,096 stay
+            // within the daemon's memory bound and descriptor limit (raised
+            // to the hard limit at start).
             max_connections: 4096,
             // Browsers and Prometheus send well under 2 KiB.
             max_head_bytes: 16 * 1024,
             // Prometheus' default scrape timeout.
             read_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
+            // A couple of answers of a large host's API; scrapes read theirs at once.
+            held_response_bytes: 8 << 20,
         }
     }
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 mod basic_auth;
+mod budget;
 mod client;
 mod deadlines;
 mod encoding;
@@ -46,9 +47,10 @@ impl Response {
         }
     }
 
-    /// A JSON answer; a value that cannot be encoded is a 500.
+    /// A JSON answer, compact (a large host's inventory runs to megabytes;
+    /// `jq` shows it to people); a value that cannot be encoded is a 500.
     pub fn json(body: &impl serde::Serialize) -> Self {
-        match serde_json::to_vec_pretty(body) {
+        match serde_json::to_vec(body) {
             Ok(body) => Self {
                 status: 200,
                 content_type: "application/json",

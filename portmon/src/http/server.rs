@@ -11,7 +11,6 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::{
     body::Incoming,
     header::{self, HeaderName, HeaderValue},
@@ -22,13 +21,17 @@ use hyper::{
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::{watch, Semaphore},
+    sync::{watch, Notify, Semaphore},
 };
 use tokio_rustls::TlsAcceptor;
 
 use super::{
-    basic_auth::BasicAuth, deadlines::Deadlines, encoding, limits::MIN_HEAD_BYTES, tls, Limits, Request,
-    Response, SharedService, TlsError, WebConfig,
+    basic_auth::BasicAuth,
+    budget::{Budget, BudgetedBody},
+    deadlines::Deadlines,
+    encoding,
+    limits::MIN_HEAD_BYTES,
+    tls, Limits, Request, Response, SharedService, TlsError, WebConfig,
 };
 
 /// How the server serves: its limits, TLS, basic auth and extra headers.
@@ -38,6 +41,7 @@ pub struct Served {
     tls: Option<TlsAcceptor>,
     auth: Option<Arc<BasicAuth>>,
     headers: Vec<(HeaderName, HeaderValue)>,
+    budget: Arc<Budget>,
 }
 
 impl std::fmt::Debug for Served {
@@ -58,6 +62,7 @@ impl Served {
             tls: None,
             auth: None,
             headers: Vec::new(),
+            budget: Budget::new(limits.held_response_bytes),
         }
     }
 
@@ -80,6 +85,7 @@ impl Served {
             tls: tls::acceptor(web)?,
             auth: (!web.basic_auth_users.is_empty()).then(|| BasicAuth::new(web.basic_auth_users.clone())),
             headers,
+            budget: Budget::new(limits.held_response_bytes),
         })
     }
 
@@ -134,38 +140,72 @@ pub async fn serve(
 async fn connection(stream: TcpStream, service: SharedService, served: Arc<Served>) {
     let _ = stream.set_nodelay(true);
     let limits = served.limits;
+    // hyper gives a connection its 8 KiB read buffer at once: a client that
+    // connects and says nothing gets none, and is let go after the timeout.
+    if !matches!(
+        tokio::time::timeout(limits.read_timeout, stream.readable()).await,
+        Ok(Ok(()))
+    ) {
+        return;
+    }
+    // Boxed: the waiting task above stays as small as a socket, and only a
+    // connection with a request carries hyper's state.
+    Box::pin(speak_http(stream, service, served)).await;
+}
+
+async fn speak_http(stream: TcpStream, service: SharedService, served: Arc<Served>) {
+    let limits = served.limits;
     let io = Deadlines::new(stream, limits.read_timeout, limits.write_timeout);
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.read_timeout)
         .max_header_size(limits.max_head_bytes)
         .max_buf_size(limits.max_head_bytes.max(MIN_HEAD_BYTES));
+    // Told to close when the answers it holds must make room (see `budget`).
+    let closer = Arc::new(Notify::new());
     let answer = {
-        let served = served.clone();
+        let (served, closer) = (served.clone(), closer.clone());
         service_fn(move |request| {
-            let (service, served) = (service.clone(), served.clone());
-            async move { Ok::<_, Infallible>(respond(request, service, &served).await) }
+            let (service, served, closer) = (service.clone(), served.clone(), closer.clone());
+            async move { Ok::<_, Infallible>(respond(request, service, &served, &closer).await) }
         })
     };
     // Errors here are the client's (gone, too slow, not HTTP): nothing to log.
-    match &served.tls {
-        Some(acceptor) => {
-            if let Ok(Ok(tls)) = tokio::time::timeout(limits.read_timeout, acceptor.accept(io)).await {
-                let _ = http.serve_connection(TokioIo::new(tls), answer).await;
+    let served_connection = async {
+        match &served.tls {
+            Some(acceptor) => {
+                if let Ok(Ok(tls)) = tokio::time::timeout(limits.read_timeout, acceptor.accept(io)).await {
+                    let _ = http.serve_connection(TokioIo::new(tls), answer).await;
+                }
+            }
+            None => {
+                let _ = http.serve_connection(TokioIo::new(io), answer).await;
             }
         }
-        None => {
-            let _ = http.serve_connection(TokioIo::new(io), answer).await;
-        }
+    };
+    tokio::select! {
+        () = served_connection => {}
+        () = closer.notified() => {}
     }
 }
 
-type HttpResponse = hyper::Response<Full<Bytes>>;
+type HttpResponse = hyper::Response<BudgetedBody>;
 
-async fn respond(request: hyper::Request<Incoming>, service: SharedService, served: &Served) -> HttpResponse {
+async fn respond(
+    request: hyper::Request<Incoming>,
+    service: SharedService,
+    served: &Served,
+    closer: &Arc<Notify>,
+) -> HttpResponse {
     let head = request.method() == Method::HEAD;
     if request.method() != Method::GET && !head {
-        let mut response = finish(Response::text(405, "only GET and HEAD\n"), false, false, served);
+        let mut response = finish(
+            Response::text(405, "only GET and HEAD\n"),
+            false,
+            false,
+            served,
+            closer,
+        );
         response
             .headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
@@ -177,7 +217,7 @@ async fn respond(request: hyper::Request<Incoming>, service: SharedService, serv
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
         if !auth.allows(given).await {
-            let mut response = finish(Response::text(401, "Unauthorized\n"), head, false, served);
+            let mut response = finish(Response::text(401, "Unauthorized\n"), head, false, served, closer);
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Basic realm=\"portmon\""),
@@ -194,7 +234,7 @@ async fn respond(request: hyper::Request<Incoming>, service: SharedService, serv
     let uri = request.uri();
     let req = Request::new(uri.path(), uri.query().unwrap_or(""));
     if let Some(response) = service.answer_now(&req) {
-        return finish(response, head, false, served);
+        return finish(response, head, false, served, closer);
     }
     let answered = tokio::task::spawn_blocking(move || {
         let response = service.answer(&req);
@@ -209,18 +249,30 @@ async fn respond(request: hyper::Request<Incoming>, service: SharedService, serv
     match answered {
         Ok((mut response, Some(packed))) => {
             response.body = packed;
-            finish(response, head, true, served)
+            finish(response, head, true, served, closer)
         }
-        Ok((response, None)) => finish(response, head, false, served),
-        Err(_) => finish(Response::text(500, "internal error\n"), head, false, served),
+        Ok((response, None)) => finish(response, head, false, served, closer),
+        Err(_) => finish(
+            Response::text(500, "internal error\n"),
+            head,
+            false,
+            served,
+            closer,
+        ),
     }
 }
 
 /// The hyper response: headers, and the body unless for HEAD.
-fn finish(response: Response, head: bool, gzipped: bool, served: &Served) -> HttpResponse {
+fn finish(
+    response: Response,
+    head: bool,
+    gzipped: bool,
+    served: &Served,
+    closer: &Arc<Notify>,
+) -> HttpResponse {
     let length = response.body.len();
     let body = if head { Bytes::new() } else { response.body };
-    let mut out = hyper::Response::new(Full::new(body));
+    let mut out = hyper::Response::new(served.budget.body(body, closer));
     *out.status_mut() = StatusCode::from_u16(response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let headers = out.headers_mut();
     headers.insert(

@@ -23,4 +23,5 @@ pub mod mounts;
 pub mod netns;
 pub mod preflight;
 pub mod procfs;
+pub mod resources;
 pub mod sock_diag;
