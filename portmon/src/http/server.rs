@@ -142,9 +142,12 @@ async fn connection(stream: TcpStream, service: SharedService, served: Arc<Serve
     let limits = served.limits;
     // hyper gives a connection its 8 KiB read buffer at once: a client that
     // connects and says nothing gets none, and is let go after the timeout.
+    // Readiness alone proves nothing: tokio may report a new socket ready
+    // before any byte has come.
+    let mut first = [0u8; 1];
     if !matches!(
-        tokio::time::timeout(limits.read_timeout, stream.readable()).await,
-        Ok(Ok(()))
+        tokio::time::timeout(limits.read_timeout, stream.peek(&mut first)).await,
+        Ok(Ok(1))
     ) {
         return;
     }
