@@ -509,3 +509,31 @@ fn abort_on_close(stream: &TcpStream) {
         );
     }
 }
+
+#[test]
+fn a_bad_web_config_exits_64_with_file_line_and_reason() {
+    let _serial = serial();
+    let dir = tempfile_dir("bad-web");
+    let web = dir.join("web.yml");
+    std::fs::write(
+        &web,
+        "tls_server_config:\n  cert_file: a.crt\n  key_file: a.key\n  cipher_suites: [x]\n",
+    )
+    .unwrap();
+    let out = Command::new(portmon_tests::portmon_bin())
+        .args(["run", "--listen", "127.0.0.1:17505", "--web-config-file"])
+        .arg(&web)
+        .env_remove("PORTMON_CONFIG")
+        .output()
+        .expect("run portmon");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains(&web.display().to_string())
+            && stderr.contains("line 4")
+            && stderr.contains("cipher_suites"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
