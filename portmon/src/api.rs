@@ -1,7 +1,7 @@
 //! The JSON API: the live inventory (`/api/v1/ports`), joined with the
 //! owners the kernel programs recorded and the registry's service names.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use portmon_common::{Owner, Proto};
 use serde::{Deserialize, Serialize};
@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     exhaustion::{DestinationUsage, EphemeralReport, PoolUsage},
     exporter::Metrics,
-    http::{Request, Response},
+    http::{Request, Response, Service},
     kernel::{
         bpf::counters::PortCount,
         procfs::comm_text,
@@ -19,6 +19,7 @@ use crate::{
     port_class::PortClass,
     registry::Registry,
     report::error_line,
+    single_flight::SingleFlight,
     state::State,
 };
 
@@ -54,7 +55,7 @@ pub struct OwnerEntry {
 }
 
 /// Which sockets to list.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct PortFilter {
     pub listening: bool,
     pub port: Option<u16>,
@@ -142,40 +143,93 @@ pub fn port_entries(
     entries
 }
 
-/// Answers one HTTP request; `/metrics` through `metrics`, the rest from `state`.
-pub fn route(state: &State, metrics: &Metrics, req: &Request) -> Response {
-    match req.path.as_str() {
-        "/healthz" => Response::text(200, "ok\n"),
-        "/metrics" => scrape(metrics),
-        "/api/v1/ports" => match PortFilter::from_query(|name| req.param(name).map(str::to_owned)) {
-            Ok(filter) => {
-                let (snapshot, names) = state.snapshot();
-                let owners = state.owners();
-                let units = state.units(owners.values().map(|o| o.cgroup));
-                Response::json(&port_entries(
-                    &snapshot.sockets,
-                    &state.settings().registry,
-                    &owners,
-                    &units,
-                    &names,
-                    &filter,
+/// What the daemon answers over HTTP: `/metrics`, `/healthz`, and the
+/// JSON API unless it is turned off (`api = false`).
+#[derive(Debug)]
+pub struct Endpoints {
+    state: Arc<State>,
+    metrics: Metrics,
+    api: bool,
+    /// `/metrics` requests that arrive during a scrape share its exposition.
+    scrapes: SingleFlight<Response>,
+    /// `/api/v1/ports` requests with the same filter share one answer: on a
+    /// large host it runs to megabytes, which 64 clients must not multiply.
+    ports: SingleFlight<Response, PortFilter>,
+}
+
+impl Endpoints {
+    /// `/metrics` through `metrics`, the rest from `state`; the JSON API
+    /// only if `api`.
+    pub fn new(state: Arc<State>, metrics: Metrics, api: bool) -> Self {
+        Self {
+            state,
+            metrics,
+            api,
+            scrapes: SingleFlight::default(),
+            ports: SingleFlight::default(),
+        }
+    }
+
+    fn not_found(&self) -> Response {
+        let paths = if self.api {
+            "/metrics, /healthz, /api/v1/ports, /api/v1/ephemeral, /api/v1/counters, /api/v1/failures"
+        } else {
+            "/metrics, /healthz (the JSON API is off: api = false)"
+        };
+        Response::text(404, format!("not found: try {paths}\n"))
+    }
+}
+
+impl Service for Endpoints {
+    fn answer_now(&self, req: &Request) -> Option<Response> {
+        (req.path == "/healthz").then(|| match self.state.liveness() {
+            Ok(()) => Response::text(200, "ok\n"),
+            Err(why) => Response::text(503, format!("{why}\n")),
+        })
+    }
+
+    fn answer(&self, req: &Request) -> Response {
+        if req.path == "/metrics" {
+            return (*self.scrapes.run(|| scrape(&self.metrics)).0).clone();
+        }
+        if !self.api {
+            return self.not_found();
+        }
+        let state = &self.state;
+        match req.path.as_str() {
+            "/api/v1/ports" => match PortFilter::from_query(|name| req.param(name).map(str::to_owned)) {
+                Ok(filter) => {
+                    let answer = self.ports.run_for(filter.clone(), || {
+                        let inventoried = state.snapshot();
+                        let owners = state.owners();
+                        let units = state.units(owners.values().map(|o| o.cgroup));
+                        Response::json(&port_entries(
+                            &inventoried.snapshot.sockets,
+                            &state.settings().registry,
+                            &owners,
+                            &units,
+                            &inventoried.names,
+                            &filter,
+                        ))
+                    });
+                    (*answer.0).clone()
+                }
+                Err(message) => Response::text(400, format!("{message}\n")),
+            },
+            "/api/v1/counters" => Response::json(&counter_entries(&state.ports())),
+            "/api/v1/ephemeral" => {
+                let inventoried = state.snapshot();
+                Response::json(&EphemeralView::new(
+                    state.ephemeral(&inventoried.snapshot),
+                    &inventoried.names,
                 ))
             }
-            Err(message) => Response::text(400, format!("{message}\n")),
-        },
-        "/api/v1/counters" => Response::json(&counter_entries(&state.ports())),
-        "/api/v1/ephemeral" => {
-            let (snapshot, names) = state.snapshot();
-            Response::json(&EphemeralView::new(state.ephemeral(&snapshot), &names))
+            "/api/v1/failures" => {
+                let limit = req.param("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
+                Response::json(&state.recent_failures(limit))
+            }
+            _ => self.not_found(),
         }
-        "/api/v1/failures" => {
-            let limit = req.param("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
-            Response::json(&state.recent_failures(limit))
-        }
-        _ => Response::text(
-            404,
-            "not found: try /metrics, /healthz, /api/v1/ports, /api/v1/ephemeral, /api/v1/counters, /api/v1/failures\n",
-        ),
     }
 }
 
@@ -184,7 +238,7 @@ fn scrape(metrics: &Metrics) -> Response {
         Ok(body) => Response {
             status: 200,
             content_type: "text/plain; version=0.0.4; charset=utf-8",
-            body: body.into_bytes(),
+            body: body.into(),
         },
         Err(err) => {
             tracing::error!("scrape failed: {}", error_line(&err));

@@ -50,6 +50,15 @@ pub struct Config {
     /// `var/lib/containers/storage/…`), to name pods: `/` on the host,
     /// where a container mounts them from the host otherwise.
     pub runtime_state_root: PathBuf,
+    /// An exporter-toolkit web configuration file (YAML, as node_exporter's
+    /// `--web.config.file`): TLS, client certificates, basic auth.
+    pub web_config_file: Option<PathBuf>,
+    /// Whether the JSON API (`/api/v1/…`) is served; `false` leaves
+    /// `/metrics` and `/healthz` only.
+    pub api: bool,
+    /// Most HTTP connections served at once; more wait in the accept queue.
+    #[serde(deserialize_with = "max_connections")]
+    pub max_connections: usize,
 }
 
 impl Default for Config {
@@ -74,6 +83,12 @@ impl Default for Config {
             ephemeral_destinations: crate::exhaustion::DEFAULT_TOP_DESTINATIONS,
             // The runtimes' own places on a host.
             runtime_state_root: PathBuf::from("/"),
+            // Plain HTTP: TLS needs certificates only an operator has.
+            web_config_file: None,
+            // The CLI's `portmon ports` reads it; a DaemonSet on node IPs turns it off.
+            api: true,
+            // See `http::Limits`.
+            max_connections: crate::http::Limits::default().max_connections,
         }
     }
 }
@@ -90,6 +105,22 @@ pub fn map_capacity(value: u32, max: u32) -> Result<u32, String> {
     } else {
         Err(format!("{value} is out of range: give 1 to {max}"))
     }
+}
+
+/// Largest `max-connections`: beyond, descriptors run out before it binds.
+pub const MAX_CONNECTIONS: usize = 1 << 20;
+
+/// A connection cap: at least 1, at most [`MAX_CONNECTIONS`].
+pub fn connection_cap(value: usize) -> Result<usize, String> {
+    if (1..=MAX_CONNECTIONS).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!("{value} is out of range: give 1 to {MAX_CONNECTIONS}"))
+    }
+}
+
+fn max_connections<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+    connection_cap(usize::deserialize(deserializer)?).map_err(serde::de::Error::custom)
 }
 
 fn sockets_capacity<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
@@ -112,6 +143,19 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
 }
 
+/// A web configuration file that cannot be served as written.
+#[derive(Debug, thiserror::Error)]
+pub enum ServingError {
+    #[error(transparent)]
+    WebConfig(#[from] crate::http::WebConfigError),
+    #[error("bad web config {path}: TLS")]
+    Tls {
+        path: PathBuf,
+        #[source]
+        source: crate::http::TlsError,
+    },
+}
+
 impl Config {
     /// The part a reload can change, with its registry loaded.
     pub fn settings(&self, registry: crate::registry::Registry) -> crate::settings::Settings {
@@ -120,6 +164,25 @@ impl Config {
             port_series_limit: self.port_series_limit,
             netns_label: self.netns_label,
             ephemeral_destinations: self.ephemeral_destinations,
+        }
+    }
+
+    /// How the HTTP server serves: its limits, and the web configuration
+    /// file's TLS and basic auth (certificates read now).
+    pub fn served(&self) -> Result<crate::http::Served, ServingError> {
+        let limits = crate::http::Limits {
+            max_connections: self.max_connections,
+            ..crate::http::Limits::default()
+        };
+        match &self.web_config_file {
+            None => Ok(crate::http::Served::plain(limits)),
+            Some(path) => {
+                let web = crate::http::WebConfig::load(path)?;
+                crate::http::Served::new(limits, &web).map_err(|source| ServingError::Tls {
+                    path: path.clone(),
+                    source,
+                })
+            }
         }
     }
 
@@ -193,6 +256,12 @@ pub(crate) mod tests {
             Some(Path::new(crate::registry::DEFAULT_IANA_PATH))
         );
         config.registry = None;
+        // No web configuration unless asked for; the file shows where it goes.
+        assert_eq!(
+            config.web_config_file.as_deref(),
+            Some(Path::new("/etc/portmon/web-config.yml"))
+        );
+        config.web_config_file = None;
         assert_eq!(config, Config::default());
         let shown: Vec<&str> = settings
             .iter()
@@ -234,6 +303,8 @@ pub(crate) mod tests {
             ("sockets-capacity = -1", "line 1", "sockets-capacity"),
             ("\nport-stats-capacity = 0", "line 2", "give 1 to"),
             ("sockets-capacity = 99999999", "line 1", "give 1 to 16777216"),
+            ("max-connections = 0", "line 1", "give 1 to"),
+            ("api = \"no\"", "line 1", "api"),
         ];
         for (text, line, word) in cases {
             let err = parse(text).unwrap_err();

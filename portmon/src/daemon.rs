@@ -16,6 +16,7 @@ use crate::{
         capabilities::{self, CapabilityError},
         netns,
         preflight::{self, PreflightError},
+        resources,
     },
     registry::{Registry, RegistryError},
     report::error_line,
@@ -66,6 +67,7 @@ pub struct Started {
     state: Arc<State>,
     failures: FailureEvents,
     listener: std::net::TcpListener,
+    served: http::Served,
     config: Config,
 }
 
@@ -80,7 +82,12 @@ impl std::fmt::Debug for Started {
 /// The privileged half: preflight, registry, load and attach, listen, then
 /// capabilities given up. Runs before any other thread exists, because
 /// capabilities belong to threads.
-pub fn start(config: Config) -> Result<Started, DaemonError> {
+pub fn start(config: Config, served: http::Served) -> Result<Started, DaemonError> {
+    resources::bound_allocator();
+    match resources::raise_descriptor_limit() {
+        Ok(limit) => tracing::debug!(limit, "open descriptor limit raised to the hard limit"),
+        Err(err) => tracing::warn!("cannot raise the open descriptor limit: {err}"),
+    }
     let env = preflight::check()?;
     tracing::info!(kernel = %env.kernel_release, cgroup = %env.cgroup_root.display(), "preflight passed");
     if env.cgroup_is_subtree {
@@ -103,7 +110,7 @@ pub fn start(config: Config) -> Result<Started, DaemonError> {
             addr: config.listen,
             source,
         })?;
-    tracing::info!(addr = %config.listen, "listening");
+    tracing::info!(addr = %config.listen, tls = served.is_tls(), api = config.api, "listening");
 
     let dropped = capabilities::drop_after_attach()?;
     tracing::info!(
@@ -132,6 +139,7 @@ pub fn start(config: Config) -> Result<Started, DaemonError> {
         state,
         failures,
         listener,
+        served,
         config,
     })
 }
@@ -144,6 +152,7 @@ pub async fn serve(started: Started, source: ConfigSource) -> Result<(), DaemonE
         state,
         failures,
         listener,
+        served,
         mut config,
     } = started;
     let notifier = Arc::new(Notifier::from_env()?);
@@ -157,14 +166,12 @@ pub async fn serve(started: Started, source: ConfigSource) -> Result<(), DaemonE
     let mut signals = Signals::install().map_err(DaemonError::Signals)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let metrics = Metrics::new(state.clone())?;
-    let handler_state = state.clone();
-    let handler: http::Handler =
-        Arc::new(move |req: &http::Request| crate::api::route(&handler_state, &metrics, req));
-    let server = tokio::spawn(http::serve(listener, handler, shutdown_rx));
+    let endpoints = crate::api::Endpoints::new(state.clone(), metrics, config.api);
+    let server = tokio::spawn(http::serve(listener, Arc::new(endpoints), served, shutdown_rx));
     let watchdog = notify::watchdog_interval().map(|interval| {
         let probe_state = state.clone();
         watchdog::spawn(notifier.clone(), interval, progress, move || {
-            probe_state.health();
+            probe_state.liveness()
         })
     });
     let status = format!(
@@ -211,14 +218,20 @@ pub async fn serve(started: Started, source: ConfigSource) -> Result<(), DaemonE
     Ok(())
 }
 
-/// Rescans namespaces on a schedule; scrapes take their own snapshot.
+/// Rescans namespaces and reads the kernel maps on a schedule, so that
+/// `/healthz` and the watchdog know both still answer when nobody scrapes.
 async fn reconcile(state: Arc<State>) {
     let mut ticks = tokio::time::interval(RECONCILE_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
         let state = state.clone();
-        let _ = tokio::task::spawn_blocking(move || state.rescan_namespaces()).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            state.rescan_namespaces();
+            state.health();
+            resources::trim_allocator();
+        })
+        .await;
     }
 }
 

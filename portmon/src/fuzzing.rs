@@ -17,6 +17,7 @@ use crate::{
     config::Config,
     exhaustion,
     failures::Decoded,
+    http::WebConfig,
     kernel::bpf::btf::Btf,
     kernel::bpf::events,
     kernel::mounts::Mounts,
@@ -39,6 +40,7 @@ pub const TARGETS: &[(&str, Entry)] = &[
     ("iana_csv", iana_csv),
     ("etc_services", etc_services),
     ("config", config),
+    ("web_config", web_config),
 ];
 
 /// A datagram of a sock_diag dump's answer, read as a TCP and as a UDP dump.
@@ -103,6 +105,13 @@ pub fn etc_services(data: &[u8]) {
 pub fn config(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = Config::parse(text, Path::new("fuzz.toml"));
+    }
+}
+
+/// An exporter-toolkit web configuration file.
+pub fn web_config(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = WebConfig::parse(text);
     }
 }
 

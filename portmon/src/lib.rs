@@ -31,7 +31,7 @@
 //!
 //! 1. `kernel`: everything that talks to the kernel; the only `unsafe`.
 //! 2. `report`, `log_budget`, `port_class`, `port_set`, `address_scope`:
-//!    vocabulary.
+//!    vocabulary; `single_flight`.
 //! 3. `registry` (what a port is called), `exhaustion` (the ephemeral pool
 //!    by the kernel's rules), `cgroups`, `workload` and `namespaces` (the
 //!    names people know: units, containers, pods), `settings`.
@@ -64,5 +64,6 @@ pub mod registry;
 pub mod report;
 pub mod service;
 pub mod settings;
+pub mod single_flight;
 pub mod state;
 pub mod workload;

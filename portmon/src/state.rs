@@ -4,8 +4,12 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    ops::{Deref, DerefMut},
     path::PathBuf,
-    sync::{Arc, Mutex, MutexGuard, RwLock},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard, RwLock,
+    },
     time::{Duration, Instant, SystemTime},
 };
 
@@ -23,11 +27,20 @@ use crate::{
         KernelMaps, MapUsage,
     },
     settings::Settings,
+    single_flight::SingleFlight,
     workload::{RuntimeState, Workload},
 };
 
 /// How old the list of namespaces may be when a snapshot is taken.
 const NAMESPACE_RESCAN: Duration = Duration::from_secs(2);
+/// A kernel map read (under the maps' lock) that runs longer is wedged.
+const MAPS_STUCK: Duration = Duration::from_secs(5);
+/// An inventory (sock_diag dumps of every namespace) that runs longer is
+/// wedged: a host with a million sockets dumps them in a few seconds.
+const INVENTORY_STUCK: Duration = Duration::from_secs(30);
+/// A source with no read finished for longer is not being read: the
+/// daemon's reconciler reads both every few seconds, scrapes or not.
+const STALE: Duration = Duration::from_secs(60);
 
 /// How the last attempt to load the configuration went, as Prometheus
 /// reports its own (`*_config_last_reload_successful`,
@@ -51,6 +64,98 @@ impl ReloadStatus {
     }
 }
 
+/// An inventory with the names of its namespaces by cookie, shared by
+/// every request that asked while it was taken.
+#[derive(Debug)]
+pub struct Inventoried {
+    pub snapshot: Snapshot,
+    pub names: HashMap<u64, String>,
+    /// What runs in each namespace, by its name.
+    pub workloads: Vec<(String, Workload)>,
+}
+
+/// Why `/healthz` and the watchdog say the daemon is not well.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unhealthy {
+    #[error("no kernel program is attached")]
+    NoPrograms,
+    #[error("a read of the {what} has run for {seconds} s")]
+    Stuck { what: &'static str, seconds: u64 },
+    #[error("no read of the {what} has finished for {seconds} s")]
+    Stale { what: &'static str, seconds: u64 },
+}
+
+/// When a read of one source started (if one runs) and when one last
+/// finished, in milliseconds since the state's epoch plus one (0: never).
+/// Atomics, so that the health check reads them without a lock a read holds.
+#[derive(Debug, Default)]
+struct Timing {
+    busy_since: AtomicU64,
+    last_done: AtomicU64,
+}
+
+impl Timing {
+    fn check(&self, epoch: Instant, what: &'static str, stuck: Duration) -> Result<(), Unhealthy> {
+        let now = millis(epoch);
+        let busy = self.busy_since.load(Ordering::Relaxed);
+        if busy != 0 && now.saturating_sub(busy) > stuck.as_millis() as u64 {
+            return Err(Unhealthy::Stuck {
+                what,
+                seconds: now.saturating_sub(busy) / 1000,
+            });
+        }
+        let done = self.last_done.load(Ordering::Relaxed);
+        let since = now.saturating_sub(if done == 0 { 1 } else { done });
+        // A read running now counts as fresh: it is not stuck (above).
+        if busy == 0 && since > STALE.as_millis() as u64 {
+            return Err(Unhealthy::Stale {
+                what,
+                seconds: since / 1000,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn millis(epoch: Instant) -> u64 {
+    epoch.elapsed().as_millis() as u64 + 1
+}
+
+/// A lock held on one source, timed from taking it to letting it go.
+struct Timed<'a, T> {
+    guard: MutexGuard<'a, T>,
+    timing: &'a Timing,
+    epoch: Instant,
+}
+
+impl<'a, T> Timed<'a, T> {
+    fn lock(m: &'a Mutex<T>, timing: &'a Timing, epoch: Instant) -> Self {
+        let guard = lock(m);
+        timing.busy_since.store(millis(epoch), Ordering::Relaxed);
+        Self { guard, timing, epoch }
+    }
+}
+
+impl<T> Drop for Timed<'_, T> {
+    fn drop(&mut self) {
+        self.timing.last_done.store(millis(self.epoch), Ordering::Relaxed);
+        self.timing.busy_since.store(0, Ordering::Relaxed);
+    }
+}
+
+impl<T> Deref for Timed<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.guard
+    }
+}
+
+impl<T> DerefMut for Timed<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.guard
+    }
+}
+
 /// What the readers (exporter, API, reload, watchdog) share: the kernel
 /// maps, the failure log, the inventory, cgroup names and the settings in
 /// force. The daemon builds it once the programs are attached.
@@ -61,6 +166,11 @@ pub struct State {
     cgroups: Mutex<CgroupPaths>,
     settings: RwLock<Arc<Settings>>,
     reload: Mutex<ReloadStatus>,
+    snapshots: SingleFlight<Inventoried>,
+    snapshots_taken: AtomicU64,
+    epoch: Instant,
+    maps_timing: Timing,
+    inventory_timing: Timing,
     /// The programs attached.
     pub programs: Vec<&'static str>,
 }
@@ -95,6 +205,11 @@ impl State {
             cgroups: Mutex::new(CgroupPaths::new(cgroup_root)),
             settings: RwLock::new(Arc::new(settings)),
             reload: Mutex::new(ReloadStatus::applied_now()),
+            snapshots: SingleFlight::default(),
+            snapshots_taken: AtomicU64::new(0),
+            epoch: Instant::now(),
+            maps_timing: Timing::default(),
+            inventory_timing: Timing::default(),
             programs,
         }
     }
@@ -135,9 +250,35 @@ impl State {
         }
     }
 
+    fn maps(&self) -> Timed<'_, KernelMaps> {
+        Timed::lock(&self.maps, &self.maps_timing, self.epoch)
+    }
+
+    fn inventory(&self) -> Timed<'_, (Inventory, Instant)> {
+        Timed::lock(&self.inventory, &self.inventory_timing, self.epoch)
+    }
+
+    /// Whether the daemon is well, told without waiting for any lock a
+    /// scrape holds: programs attached, and the kernel maps and the
+    /// inventory read lately, none of their reads wedged.
+    pub fn liveness(&self) -> Result<(), Unhealthy> {
+        if self.programs.is_empty() {
+            return Err(Unhealthy::NoPrograms);
+        }
+        self.maps_timing.check(self.epoch, "kernel maps", MAPS_STUCK)?;
+        self.inventory_timing
+            .check(self.epoch, "socket inventory", INVENTORY_STUCK)
+    }
+
+    /// Inventory snapshots taken since start (requests that shared one
+    /// count it once).
+    pub fn snapshots_taken(&self) -> u64 {
+        self.snapshots_taken.load(Ordering::Relaxed)
+    }
+
     /// Every port's counters.
     pub fn ports(&self) -> Vec<PortCount> {
-        lock(&self.maps).ports()
+        self.maps().ports()
     }
 
     /// Ports the kernel handed out from each pool, by way.
@@ -160,13 +301,13 @@ impl State {
 
     /// portmon's own health counters.
     pub fn health(&self) -> Health {
-        lock(&self.maps).health()
+        self.maps().health()
     }
 
     /// Who bound, listened on or connected each socket the kernel side
     /// follows, by cookie.
     pub fn owners(&self) -> HashMap<u64, Owner> {
-        lock(&self.maps).owners()
+        self.maps().owners()
     }
 
     /// The systemd units of the cgroups `ids`, for those whose path names one.
@@ -179,7 +320,7 @@ impl State {
 
     /// TCP connects from sockets bound to port 0, by command.
     pub fn bind_before_connect(&self) -> Vec<(String, u64)> {
-        lock(&self.maps).bind_before_connect()
+        self.maps().bind_before_connect()
     }
 
     /// How full each namespace's ephemeral pool is, as of `snapshot`.
@@ -187,14 +328,14 @@ impl State {
         exhaustion::assess(
             &snapshot.sockets,
             &snapshot.pools,
-            &lock(&self.maps).exclusive_sockets(),
+            &self.maps().exclusive_sockets(),
             self.settings().ephemeral_destinations,
         )
     }
 
     /// Entries and capacity of each kernel map.
     pub fn map_usage(&self) -> Vec<MapUsage> {
-        lock(&self.maps).usage()
+        self.maps().usage()
     }
 
     /// Failure counts since start.
@@ -214,27 +355,36 @@ impl State {
 
     /// Finds new namespaces and opens their sockets; lets gone ones go.
     pub fn rescan_namespaces(&self) {
-        let mut guard = lock(&self.inventory);
+        let mut guard = self.inventory();
         guard.0.rescan();
         guard.1 = Instant::now();
     }
 
-    /// A fresh inventory of every namespace, and their names by cookie.
-    pub fn snapshot(&self) -> (Snapshot, HashMap<u64, String>) {
-        let (snapshot, namespaces) = self.snapshot_with_workloads();
-        let names = namespaces
-            .into_iter()
-            .map(|(cookie, name, _)| (cookie, name))
-            .collect();
-        (snapshot, names)
+    /// A fresh inventory of every namespace, with the names and workloads
+    /// of its namespaces: the one being taken if a snapshot is under way
+    /// (its requesters share it).
+    pub fn snapshot(&self) -> Arc<Inventoried> {
+        self.snapshots
+            .run(|| {
+                let (snapshot, namespaces) = self.take_snapshot();
+                self.snapshots_taken.fetch_add(1, Ordering::Relaxed);
+                let names = namespaces.iter().map(|(c, n, _)| (*c, n.clone())).collect();
+                let workloads = namespaces.into_iter().map(|(_, n, w)| (n, w)).collect();
+                Inventoried {
+                    snapshot,
+                    names,
+                    workloads,
+                }
+            })
+            .0
     }
 
     /// A fresh inventory of every namespace, and each namespace's cookie,
     /// name and workload: those portmon could enter, and those it knows only
     /// from the kernel programs' records of their sockets (see
     /// [`State::recorded_namespaces`]).
-    pub fn snapshot_with_workloads(&self) -> (Snapshot, Vec<(u64, String, Workload)>) {
-        let mut guard = lock(&self.inventory);
+    fn take_snapshot(&self) -> (Snapshot, Vec<(u64, String, Workload)>) {
+        let mut guard = self.inventory();
         let (inventory, scanned) = &mut *guard;
         if scanned.elapsed() > NAMESPACE_RESCAN {
             inventory.rescan();
@@ -291,7 +441,7 @@ impl State {
             .collect();
         drop(cgroups);
         found.sort_unstable_by_key(|(cookie, _, _)| *cookie);
-        let mut inventory = lock(&self.inventory);
+        let mut inventory = self.inventory();
         for (_, _, workload) in &mut found {
             inventory.0.complete_workload(workload);
         }

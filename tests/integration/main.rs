@@ -15,5 +15,6 @@ mod package;
 mod pools;
 mod ports;
 mod service;
+mod serving;
 mod storm;
 mod transparency;

@@ -89,7 +89,7 @@ fn unit_capabilities_suffice_ready_comes_after_attach_and_they_are_given_up() {
     }
     // Its own namespace stays covered without setns: its own listener is in the inventory.
     let (_, ports) = http_get(addr, "/api/v1/ports?listening=1&port=17480").expect("ports");
-    assert!(ports.contains("\"port\": 17480"), "{ports}");
+    assert!(ports.contains("\"port\":17480"), "{ports}");
     let log = daemon.log_text();
     let degraded: Vec<&str> = log.lines().filter(|l| l.contains("CAP_SYS_ADMIN")).collect();
     assert_eq!(degraded.len(), 1, "one line about what is missing:\n{log}");

@@ -72,7 +72,7 @@ pub fn portmon_ports(args: &[&str]) -> String {
 
 /// A GET over real HTTP: (status, body).
 pub fn http_get(addr: std::net::SocketAddr, path: &str) -> io::Result<(u16, String)> {
-    portmon::http::get(addr, path, Duration::from_secs(10))
+    portmon::http::get(addr, path, Duration::from_secs(10)).map_err(io::Error::other)
 }
 
 /// A `portmon run` child process, stopped (SIGKILL) on drop if still running.
@@ -104,6 +104,12 @@ impl Daemon {
     /// Starts `portmon run` on `addr` with extra arguments, and waits for
     /// `/healthz` to answer.
     pub fn start(addr: std::net::SocketAddr, extra: &[&str]) -> Self {
+        Self::start_when(addr, extra, || matches!(http_get(addr, "/healthz"), Ok((200, _))))
+    }
+
+    /// Starts `portmon run` on `addr` with extra arguments, and waits until
+    /// `ready` (a daemon on TLS answers only clients that speak it).
+    pub fn start_when(addr: std::net::SocketAddr, extra: &[&str], mut ready: impl FnMut() -> bool) -> Self {
         let child = Command::new(portmon_bin())
             .args(["run", "--listen", &addr.to_string()])
             .args(extra)
@@ -120,10 +126,27 @@ impl Daemon {
             if let Ok(Some(status)) = daemon.child.try_wait() {
                 panic!("portmon run exited early: {status}");
             }
-            matches!(http_get(addr, "/healthz"), Ok((200, _)))
+            ready()
         });
-        assert!(up, "portmon run did not answer /healthz on {addr}");
+        assert!(up, "portmon run on {addr} did not get ready");
         daemon
+    }
+
+    /// The daemon's resident memory, in bytes.
+    pub fn rss(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("daemon status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmRSS")
+            * 1024
+    }
+
+    /// Whether the daemon still runs.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// A GET from the daemon's namespace, whichever one the caller is in.

@@ -35,6 +35,21 @@ impl Prometheus {
         for file in rule_files {
             assert!(file.is_file(), "rule file {} is missing", file.display());
         }
+        let rules: Vec<String> = rule_files
+            .iter()
+            .map(|p| format!("  - {}\n", p.display()))
+            .collect();
+        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        let jobs = format!(
+            "  - job_name: portmon\n    static_configs:\n      - targets: [{}]\n",
+            targets.join(", ")
+        );
+        Self::start_with(addr, &jobs, &rules.concat())
+    }
+
+    /// A Prometheus with the scrape jobs `jobs` (YAML list items, indented
+    /// two spaces) and the rule file lines `rules`.
+    pub fn start_with(addr: std::net::SocketAddr, jobs: &str, rules: &str) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "portmon-prometheus-{}-{}",
             std::process::id(),
@@ -42,15 +57,9 @@ impl Prometheus {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("prometheus dir");
-        let rules: Vec<String> = rule_files
-            .iter()
-            .map(|p| format!("  - {}\n", p.display()))
-            .collect();
-        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
         let config = format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{}scrape_configs:\n  - job_name: portmon\n    static_configs:\n      - targets: [{}]\n",
-            if rules.is_empty() { "  []\n".to_owned() } else { rules.concat() },
-            targets.join(", ")
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{}scrape_configs:\n{jobs}",
+            if rules.is_empty() { "  []\n" } else { rules },
         );
         std::fs::write(dir.join("prometheus.yml"), config).expect("prometheus config");
         let child = Command::new("prometheus")

@@ -190,7 +190,10 @@ fn ask_daemon(addr: SocketAddr, filter: &PortFilter) -> Option<anyhow::Result<Ve
         query.push(format!("proto={proto}"));
     }
     if let Some(netns) = &filter.netns {
-        query.push(format!("netns={netns}"));
+        query.push(format!(
+            "netns={}",
+            form_urlencoded::byte_serialize(netns.as_bytes()).collect::<String>()
+        ));
     }
     let path = format!("/api/v1/ports?{}", query.join("&"));
     let (status, body) = crate::http::get(addr, &path, Duration::from_secs(10)).ok()?;

@@ -49,6 +49,17 @@ pub struct RunArgs {
     /// pods. Default /.
     #[arg(long, value_name = "PATH")]
     pub runtime_state_root: Option<PathBuf>,
+    /// An exporter-toolkit web configuration file (YAML): TLS, client
+    /// certificates, basic auth. Default: none (plain HTTP).
+    #[arg(long, value_name = "PATH")]
+    pub web_config_file: Option<PathBuf>,
+    /// Whether the JSON API (/api/v1/…) is served; false leaves /metrics
+    /// and /healthz. Default true.
+    #[arg(long, value_name = "BOOL")]
+    pub api: Option<bool>,
+    /// Most HTTP connections served at once. Default 4096.
+    #[arg(long, value_name = "N", value_parser = |s: &str| s.parse::<usize>().map_err(|e| e.to_string()).and_then(crate::config::connection_cap))]
+    pub max_connections: Option<usize>,
 }
 
 fn capacity(text: &str, max: u32) -> Result<u32, String> {
@@ -85,6 +96,15 @@ impl RunArgs {
         if let Some(root) = &self.runtime_state_root {
             config.runtime_state_root = root.clone();
         }
+        if let Some(path) = &self.web_config_file {
+            config.web_config_file = Some(path.clone());
+        }
+        if let Some(api) = self.api {
+            config.api = api;
+        }
+        if let Some(n) = self.max_connections {
+            config.max_connections = n;
+        }
     }
 }
 
@@ -103,11 +123,22 @@ pub fn run(args: RunArgs, log: &str, log_format: LogFormat) -> anyhow::Result<Ex
         }
         Err(err) => return Err(err.into()),
     };
+    // Read while privileged: key files are often root's alone.
+    let served = match config.served() {
+        Ok(served) => served,
+        Err(err) => {
+            eprintln!("portmon: {}", crate::report::error_line(&err));
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+    };
     // Privileged work first, on this thread alone: the runtime's threads
     // would otherwise keep the capabilities given up here.
-    let started = crate::daemon::start(config)?;
+    let started = crate::daemon::start(config, served)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // Requests wait for a shared snapshot on these threads: past a few,
+        // more threads only cost memory (a stack and allocator caches each).
+        .max_blocking_threads(16)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

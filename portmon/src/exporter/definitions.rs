@@ -184,6 +184,11 @@ pub const SCRAPE_DURATION: Definition = gauge(
     "Time taken to gather this scrape (kernel maps and inventory).",
     &[],
 );
+pub const SNAPSHOTS: Definition = counter(
+    "portmon_snapshots_total",
+    "Socket inventories taken (sock_diag dumps of every namespace); requests that arrive while one is taken share it.",
+    &[],
+);
 pub const BUILD_INFO: Definition = gauge(
     "portmon_build_info",
     "portmon's version, the git revision it was built from (\"unknown\" outside a git checkout) and the compiler's version, as labels; the value is always 1.",
@@ -279,6 +284,7 @@ pub const ALL: &[Definition] = &[
     PORT_SERIES_FOLDED,
     PORT_SERIES_LIMIT,
     SCRAPE_DURATION,
+    SNAPSHOTS,
     BUILD_INFO,
     CONFIG_LAST_RELOAD_SUCCESSFUL,
     CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP,

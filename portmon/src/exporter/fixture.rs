@@ -163,6 +163,7 @@ impl ScrapeSource for Fixture {
             netns_unwatched: 0,
             netns_scan_errors: 0,
             workloads: &host.workloads,
+            snapshots: 0,
         })
     }
 }

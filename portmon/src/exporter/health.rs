@@ -89,6 +89,7 @@ pub fn add(input: &ScrapeInput<'_>, folded: usize, scrape_seconds: f64, families
     families.add_one(&def::PORT_SERIES_FOLDED, folded as f64);
     families.add_one(&def::PORT_SERIES_LIMIT, input.port_series_limit as f64);
     families.add_one(&def::SCRAPE_DURATION, scrape_seconds);
+    families.add_one(&def::SNAPSHOTS, input.snapshots as f64);
     families.add_one(
         &def::CONFIG_LAST_RELOAD_SUCCESSFUL,
         f64::from(u8::from(input.reload.last_successful)),

@@ -60,6 +60,8 @@ pub struct ScrapeInput<'a> {
     pub netns_scan_errors: u64,
     /// What runs in each namespace known, by its name.
     pub workloads: &'a [(String, Workload)],
+    /// Inventory snapshots taken since start; concurrent requests share one.
+    pub snapshots: u64,
 }
 
 /// Where a collector reads its numbers from at each scrape.
@@ -81,10 +83,10 @@ impl ScrapeSource for State {
                 self.map_usage(),
             )
         };
-        let ((ports, assigned, failures, bind_before_connect, maps), (snapshot, namespaces)) =
+        let ((ports, assigned, failures, bind_before_connect, maps), inventoried) =
             std::thread::scope(|scope| {
                 let kernel = threads::spawn_scoped(scope, "portmon-maps", read_maps);
-                let inventory = self.snapshot_with_workloads();
+                let inventory = self.snapshot();
                 // Without a thread of its own, the map read follows the dumps.
                 let kernel = kernel.map_or_else(read_maps, |kernel| {
                     kernel
@@ -93,10 +95,8 @@ impl ScrapeSource for State {
                 });
                 (kernel, inventory)
             });
-        let names: HashMap<u64, String> = namespaces.iter().map(|(c, n, _)| (*c, n.clone())).collect();
-        let workloads: Vec<(String, Workload)> = namespaces.into_iter().map(|(_, n, w)| (n, w)).collect();
         let assessing = std::time::Instant::now();
-        let ephemeral = self.ephemeral(&snapshot);
+        let ephemeral = self.ephemeral(&inventoried.snapshot);
         let ephemeral_seconds = assessing.elapsed().as_secs_f64();
         let settings = self.settings();
         let program_runs = self.program_runs();
@@ -105,9 +105,9 @@ impl ScrapeSource for State {
             ports: &ports,
             assigned: &assigned,
             failures: &failures,
-            sockets: &snapshot.sockets,
+            sockets: &inventoried.snapshot.sockets,
             registry: &settings.registry,
-            netns_names: &names,
+            netns_names: &inventoried.names,
             health: self.health(),
             maps: &maps,
             programs: &attached,
@@ -117,12 +117,13 @@ impl ScrapeSource for State {
             ephemeral: &ephemeral,
             ephemeral_seconds,
             bind_before_connect: &bind_before_connect,
-            inventory_errors: &snapshot.dump_errors,
+            inventory_errors: &inventoried.snapshot.dump_errors,
+            snapshots: self.snapshots_taken(),
             reload: self.reload_status(),
             failure_log: self.failure_log_health(),
-            netns_unwatched: snapshot.unwatched_namespaces,
-            netns_scan_errors: snapshot.namespace_scan_errors,
-            workloads: &workloads,
+            netns_unwatched: inventoried.snapshot.unwatched_namespaces,
+            netns_scan_errors: inventoried.snapshot.namespace_scan_errors,
+            workloads: &inventoried.workloads,
         })
     }
 }

@@ -24,5 +24,6 @@ pub mod mounts;
 pub mod netns;
 pub mod preflight;
 pub mod procfs;
+pub mod resources;
 pub mod sock_diag;
 pub mod threads;

@@ -84,6 +84,15 @@ fn apply(state: &State, running: &Config, source: &ConfigSource) -> Result<Confi
             "runtime-state-root",
             wanted.runtime_state_root != running.runtime_state_root,
         ),
+        (
+            "web-config-file",
+            wanted.web_config_file != running.web_config_file,
+        ),
+        ("api", wanted.api != running.api),
+        (
+            "max-connections",
+            wanted.max_connections != running.max_connections,
+        ),
     ];
     for (key, changed) in needs_restart {
         if changed {
@@ -98,6 +107,9 @@ fn apply(state: &State, running: &Config, source: &ConfigSource) -> Result<Confi
     wanted.sockets_capacity = running.sockets_capacity;
     wanted.port_stats_capacity = running.port_stats_capacity;
     wanted.runtime_state_root.clone_from(&running.runtime_state_root);
+    wanted.web_config_file = running.web_config_file.clone();
+    wanted.api = running.api;
+    wanted.max_connections = running.max_connections;
     let entries = registry.source().entries;
     state.replace_settings(wanted.settings(registry));
     tracing::info!(
