@@ -166,6 +166,9 @@ fn the_image_runs_as_the_daemonset_runs_it_and_names_a_podman_container() {
     let (status, body) = http_get(addr, "/metrics").expect("GET /metrics");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("portmon_build_info{"), "{body}");
+    // As the DaemonSet runs it, the per-process API is off.
+    let (status, _) = http_get(addr, "/api/v1/ports").expect("GET /api/v1/ports");
+    assert_eq!(status, 404, "the DaemonSet serves /api/v1/ports");
     let attached: Vec<&str> = body
         .lines()
         .filter(|l| l.starts_with("portmon_program_attached{"))

@@ -104,6 +104,11 @@ fn check_daemonset(ds: &Value) {
         args.windows(2).any(|w| w == ["--listen", "0.0.0.0:7455"]),
         "DaemonSet args: {args:?}"
     );
+    // Every node IP answers: the per-process API must not be open there.
+    assert!(
+        args.windows(2).any(|w| w == ["--api", "false"]),
+        "DaemonSet args: {args:?}"
+    );
     for probe in ["readinessProbe", "livenessProbe"] {
         assert_eq!(c[probe]["httpGet"]["path"], "/healthz", "DaemonSet {probe}");
     }
