@@ -230,6 +230,16 @@ pub const BIND_BEFORE_CONNECT: Definition = counter(
     "TCP connects from sockets bound to port 0 first (without IP_BIND_ADDRESS_NO_PORT), which hold their port exclusively, by command name.",
     &["comm"],
 );
+pub const LISTENERS_IN_EPHEMERAL_RANGE: Definition = gauge(
+    "portmon_listeners_in_ephemeral_range",
+    "Ports listened on (TCP LISTEN, UDP bound and unconnected) inside their namespace's ephemeral pool: ip_local_port_range and not ip_local_reserved_ports. Any outbound connect may take such a port while its service is down, and the service then cannot bind it again.",
+    &["netns", "proto"],
+);
+pub const LISTENER_IN_EPHEMERAL_RANGE_INFO: Definition = gauge(
+    "portmon_listener_in_ephemeral_range_info",
+    "One series per port of portmon_listeners_in_ephemeral_range (the first 100, by namespace, protocol and port), with the command and systemd unit listening where portmon knows them (empty otherwise). The value is always 1.",
+    &["netns", "proto", "port", "comm", "unit"],
+);
 pub const NETNS_INFO: Definition = gauge(
     "portmon_netns_info",
     "A live network namespace and what runs in it, from the cgroup of its first process (Kubernetes pod UID, container id and runtime, systemd unit) and the runtime's state (pod name and namespace); empty when unknown. The value is always 1: join on netns, or on pod_uid with kube_pod_info{uid}.",
@@ -273,6 +283,8 @@ pub const ALL: &[Definition] = &[
     EPHEMERAL_EXHAUSTION_ERRORS,
     EPHEMERAL_ASSESSMENT,
     BIND_BEFORE_CONNECT,
+    LISTENERS_IN_EPHEMERAL_RANGE,
+    LISTENER_IN_EPHEMERAL_RANGE_INFO,
     NETNS_INFO,
 ];
 
