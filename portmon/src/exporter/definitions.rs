@@ -59,7 +59,16 @@ const fn per_port(def: Definition) -> Definition {
 const PORT: &[&str] = &["proto", "family", "port", "class", "service", "netns"];
 const PORT_ERRNO: &[&str] = &["proto", "family", "port", "class", "service", "netns", "errno"];
 const PORT_STATE: &[&str] = &["proto", "family", "port", "class", "service", "netns", "state"];
-const PORT_SCOPE: &[&str] = &["proto", "family", "port", "class", "service", "netns", "scope"];
+const PORT_SCOPE_ASSIGNMENT: &[&str] = &[
+    "proto",
+    "family",
+    "port",
+    "class",
+    "service",
+    "netns",
+    "scope",
+    "assignment",
+];
 
 pub const BINDS: Definition = per_port(counter(
     "portmon_binds_total",
@@ -88,8 +97,8 @@ pub const SOCKETS: Definition = per_port(gauge(
 ));
 pub const LISTENING_PORTS: Definition = per_port(gauge(
     "portmon_listening_ports",
-    "Listening ports (TCP LISTEN, UDP bound and unconnected), by port and the reach of the address listened on (scope: wildcard, loopback, specific); a port with many listening sockets (SO_REUSEPORT, one per address) counts once per scope. Folded series (port=\"other\") count the distinct ports of their class.",
-    PORT_SCOPE,
+    "Listening ports (TCP LISTEN, UDP bound and unconnected), by port and the reach of the address listened on (scope: wildcard, loopback, specific); a port with many listening sockets (SO_REUSEPORT, one per address) counts once per scope. assignment is IANA's word on the port (assigned, reserved, unassigned, dynamic: 49152-65535), a function of proto and port, so it adds no series. Folded series (port=\"other\") count the distinct ports of their class (assignment empty, \"dynamic\" for that class).",
+    PORT_SCOPE_ASSIGNMENT,
 ));
 pub const PORTS_IN_USE: Definition = per_port(gauge(
     "portmon_ports_in_use",
