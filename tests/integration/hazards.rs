@@ -3,9 +3,9 @@
 
 use std::net::TcpListener;
 
-use portmon_tests::{metric_value, serial, wait_until, write_sysctl, Daemon, NamedNetns};
+use portmon_tests::{metric_value, portmon_bin, serial, wait_until, write_sysctl, Daemon, NamedNetns};
 
-use crate::exhaustion::narrow_pool;
+use crate::exhaustion::{connect_until_refused, narrow_pool, Server, POOL};
 
 /// A port inside the narrowed pool (40010–40099), not reserved.
 const LISTENER_PORT: u16 = 40050;
@@ -80,4 +80,78 @@ fn a_listener_in_the_ephemeral_range_shows_until_its_port_is_reserved() {
         "{body}"
     );
     drop((inside, outside));
+}
+
+/// `portmon doctor ARGS` for one namespace: its exit status and output.
+fn doctor(netns: &str, args: &[&str]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(portmon_bin())
+        .args(["doctor", "--netns", netns])
+        .args(args)
+        .output()
+        .expect("run portmon doctor");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), format!("{stdout}{stderr}"))
+}
+
+/// A clean namespace, then a listener in its ephemeral range, then that
+/// port reserved, then the pool exhausted: doctor's exit status follows
+/// (0, 1, 0, 2), from the daemon and from a snapshot of its own.
+#[test]
+fn doctor_finds_listeners_in_the_range_and_an_exhausted_pool() {
+    let _serial = serial();
+    let ns = NamedNetns::create("doctor");
+    ns.enter(narrow_pool);
+    let daemon = Daemon::start("127.0.0.1:17522".parse().unwrap(), &[]);
+    let netns = ns.name.as_str();
+    let at_daemon = daemon.addr.to_string();
+    let from_daemon = ["--daemon", at_daemon.as_str()];
+    // Nothing listens on port 1 of loopback: doctor takes its own snapshot.
+    let own_snapshot = ["--daemon", "127.0.0.1:1"];
+
+    for args in [&from_daemon, &own_snapshot] {
+        let (code, out) = doctor(netns, args);
+        assert_eq!(code, Some(0), "a clean namespace: {out}");
+        assert!(out.contains("nothing urgent"), "{out}");
+    }
+    assert!(doctor(netns, &own_snapshot).1.contains("own snapshot"));
+
+    let listener = ns.enter(|| TcpListener::bind(("0.0.0.0", LISTENER_PORT)).expect("listen in the pool"));
+    let fix = "sysctl -w net.ipv4.ip_local_reserved_ports=40000-40009,40050";
+    for args in [&from_daemon, &own_snapshot] {
+        let (code, out) = doctor(netns, args);
+        assert_eq!(code, Some(1), "a listener in the range is a warning: {out}");
+        assert!(out.contains(fix), "{out}");
+        assert!(out.contains("/etc/sysctl.d/"), "{out}");
+    }
+    let (code, json) = doctor(netns, &[&from_daemon[..], &["--json"]].concat());
+    assert_eq!(code, Some(1));
+    let json: serde_json::Value = serde_json::from_str(&json).expect("doctor --json");
+    assert_eq!(json["status"], 1);
+    assert_eq!(json["findings"][0]["kind"], "listener_in_ephemeral_range");
+    assert_eq!(json["findings"][0]["severity"], "warning");
+
+    ns.enter(|| write_sysctl("net/ipv4/ip_local_reserved_ports", "40000-40009,40050"));
+    let (code, out) = doctor(netns, &from_daemon);
+    assert_eq!(code, Some(0), "the reserved port is no hazard: {out}");
+
+    ns.enter(|| {
+        let server = Server::start(5000);
+        // One port fewer: 40050 is reserved now.
+        let (clients, err) = connect_until_refused(server.addr, POOL as usize);
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrNotAvailable, "{err}");
+        let (code, out) = doctor(netns, &from_daemon);
+        assert_eq!(code, Some(2), "an exhausted pool is critical: {out}");
+        assert!(
+            out.contains("CRITICAL: tcp ephemeral ports 100% used for connect()"),
+            "{out}"
+        );
+        assert!(out.contains("busiest destination 127.0.0.1:5000"), "{out}");
+        assert!(out.contains("processes holding the most ports to it:"), "{out}");
+        assert!(out.contains("reuse connections to 127.0.0.1:5000"), "{out}");
+        let (code, out) = doctor(netns, &own_snapshot);
+        assert_eq!(code, Some(2), "the snapshot sees it too: {out}");
+        drop(clients);
+    });
+    drop(listener);
 }
