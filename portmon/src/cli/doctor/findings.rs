@@ -351,3 +351,157 @@ fn health(evidence: &Evidence, findings: &mut Vec<Finding>) {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::{api::OwnerEntry, cli::doctor::metrics};
+
+    fn socket(state: &str, local: &str, remote: &str, owner: Option<(&str, u32)>) -> PortEntry {
+        PortEntry {
+            netns: "app".into(),
+            proto: "tcp".into(),
+            family: "ipv4".into(),
+            state: state.into(),
+            local: local.into(),
+            remote: remote.into(),
+            port: local
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse().ok())
+                .unwrap_or(0),
+            class: "user".into(),
+            service: String::new(),
+            uid: 0,
+            cookie: 0,
+            owner: owner.map(|(comm, pid)| OwnerEntry {
+                pid,
+                comm: comm.into(),
+                cgroup: 1,
+                unit: None,
+            }),
+        }
+    }
+
+    fn pool(connect_ratio: f64) -> Value {
+        json!({"netns": 7, "netns_name": "app", "proto": "tcp", "pool": 100, "in_use": 90,
+               "bound": 0, "bind_ratio": 0.5, "connect_ratio": connect_ratio})
+    }
+
+    fn kinds(findings: &[Finding]) -> Vec<(Severity, &'static str)> {
+        findings.iter().map(|f| (f.severity, f.kind)).collect()
+    }
+
+    #[test]
+    fn severity_follows_the_alert_thresholds() {
+        let cases = [
+            (0.5, vec![]),
+            (0.85, vec![(Severity::Warning, "pool_high")]),
+            (0.96, vec![(Severity::Critical, "pool_high")]),
+        ];
+        for (ratio, want) in cases {
+            let evidence = Evidence {
+                ephemeral: json!({"pools": [pool(ratio)]}),
+                ..Evidence::default()
+            };
+            assert_eq!(kinds(&diagnose(&evidence, None)), want, "{ratio}");
+        }
+    }
+
+    #[test]
+    fn a_full_destination_names_its_holders_and_time_wait_when_it_dominates() {
+        let mut sockets = vec![socket(
+            "established",
+            "10.0.0.1:40001",
+            "10.0.0.2:80",
+            Some(("curl", 42)),
+        )];
+        for port in 40002..40005 {
+            sockets.push(socket(
+                "time_wait",
+                &format!("10.0.0.1:{port}"),
+                "10.0.0.2:80",
+                None,
+            ));
+        }
+        let evidence = Evidence {
+            ephemeral: json!({
+                "pools": [pool(0.97)],
+                "destinations": [{"netns": 7, "netns_name": "app", "proto": "tcp",
+                                  "remote": "10.0.0.2:80", "connections": 97, "ratio": 0.97}],
+            }),
+            sockets,
+            ..Evidence::default()
+        };
+        let findings = diagnose(&evidence, None);
+        assert_eq!(
+            kinds(&findings),
+            [
+                (Severity::Critical, "pool_high"),
+                (Severity::Warning, "time_wait_dominates")
+            ]
+        );
+        let evidence_text = findings[0].evidence.join("\n");
+        assert!(
+            evidence_text.contains("closed (TIME_WAIT) 3, curl(42) 1"),
+            "{evidence_text}"
+        );
+        assert!(findings[1]
+            .remediation
+            .iter()
+            .any(|r| r.contains("net.ipv4.tcp_tw_reuse=1")));
+    }
+
+    #[test]
+    fn conflicts_bind_before_connect_and_portmons_health() {
+        let metric = |name: &str, labels: &[(&str, &str)], value: f64| {
+            let labels = labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            (name.to_owned(), labels, value)
+        };
+        let evidence = Evidence {
+            ephemeral: json!({"pools": [pool(0.1)]}),
+            sockets: vec![socket("listen", "0.0.0.0:8080", "0.0.0.0:0", Some(("nginx", 10)))],
+            failures: vec![
+                json!({"op": "bind", "errno": "EADDRINUSE", "port": 8080, "proto": "tcp",
+                       "netns": 7, "pid": 99, "comm": "java"}),
+                // bind(0) finding no port is exhaustion, not a conflict.
+                json!({"op": "bind", "errno": "EADDRINUSE", "port": 0, "proto": "tcp",
+                       "netns": 7, "pid": 99, "comm": "java"}),
+            ],
+            metrics: metrics(
+                "portmon_bind_before_connect_total{comm=\"curl\"} 3\n\
+                 portmon_events_dropped_total 0\n\
+                 portmon_map_entries{map=\"SOCKETS\"} 950\n\
+                 portmon_map_capacity{map=\"SOCKETS\"} 1000\n\
+                 portmon_map_entries{map=\"PORT_STATS\"} 1\n\
+                 portmon_map_capacity{map=\"PORT_STATS\"} 1000\n",
+            ),
+        };
+        assert_eq!(
+            evidence.metrics[0],
+            metric("portmon_bind_before_connect_total", &[("comm", "curl")], 3.0)
+        );
+        let findings = diagnose(&evidence, None);
+        assert_eq!(
+            kinds(&findings),
+            [
+                (Severity::Warning, "port_conflict"),
+                (Severity::Warning, "map_near_capacity"),
+                (Severity::Notice, "bind_before_connect"),
+            ]
+        );
+        assert!(findings[0].evidence[0].contains("java(99)"), "{:?}", findings[0]);
+        assert!(
+            findings[0].evidence[1].contains("nginx(10) listen"),
+            "{:?}",
+            findings[0]
+        );
+        assert!(findings[1].remediation[0].contains("sockets-capacity"));
+        // Only the namespace asked for, and the host-wide ones.
+        assert_eq!(diagnose(&evidence, Some("other")).len(), 2);
+    }
+}

@@ -182,7 +182,7 @@ fn from_daemon(addr: SocketAddr) -> Option<anyhow::Result<Evidence>> {
 }
 
 /// The families doctor reads from an exposition.
-fn metrics(exposition: &str) -> Vec<(String, BTreeMap<String, String>, f64)> {
+pub(super) fn metrics(exposition: &str) -> Vec<(String, BTreeMap<String, String>, f64)> {
     const WANTED: [&str; 4] = [
         "portmon_bind_before_connect_total",
         "portmon_events_dropped_total",
