@@ -7,7 +7,7 @@ use portmon_common::{Owner, Proto};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    exhaustion::{DestinationUsage, EphemeralReport, PoolUsage},
+    exhaustion::{DestinationUsage, EphemeralReport, ListenerInPool, PoolUsage, ReservedPortsFix},
     exporter::Metrics,
     http::{Request, Response, Service},
     kernel::{
@@ -283,6 +283,10 @@ fn counter_entries(ports: &[PortCount]) -> Vec<CounterEntry> {
 pub struct EphemeralView {
     pub pools: Vec<Named<PoolUsage>>,
     pub destinations: Vec<Named<DestinationUsage>>,
+    /// Ports listened on inside their namespace's pool.
+    pub listeners: Vec<Named<ListenerInPool>>,
+    /// The `ip_local_reserved_ports` value that takes them out of it.
+    pub reserved_ports_fixes: Vec<Named<ReservedPortsFix>>,
 }
 
 /// A record with its namespace's name beside the cookie.
@@ -307,6 +311,22 @@ impl EphemeralView {
                 .collect(),
             destinations: report
                 .destinations
+                .into_iter()
+                .map(|record| Named {
+                    netns_name: name(record.netns),
+                    record,
+                })
+                .collect(),
+            listeners: report
+                .listeners
+                .into_iter()
+                .map(|record| Named {
+                    netns_name: name(record.netns),
+                    record,
+                })
+                .collect(),
+            reserved_ports_fixes: report
+                .reserved_ports_fixes
                 .into_iter()
                 .map(|record| Named {
                     netns_name: name(record.netns),

@@ -325,12 +325,29 @@ impl State {
 
     /// How full each namespace's ephemeral pool is, as of `snapshot`.
     pub fn ephemeral(&self, snapshot: &Snapshot) -> EphemeralReport {
-        exhaustion::assess(
+        let mut report = exhaustion::assess(
             &snapshot.sockets,
             &snapshot.pools,
             &self.maps().exclusive_sockets(),
             self.settings().ephemeral_destinations,
-        )
+        );
+        if !report.listeners.is_empty() {
+            let owners = self.owners();
+            let units = self.units(
+                report
+                    .listeners
+                    .iter()
+                    .filter_map(|l| Some(owners.get(&l.cookie)?.cgroup)),
+            );
+            for listener in &mut report.listeners {
+                listener.owner = owners.get(&listener.cookie).map(|o| exhaustion::ListenerOwner {
+                    pid: o.pid,
+                    comm: crate::kernel::procfs::comm_text(&o.comm),
+                    unit: units.get(&o.cgroup).cloned(),
+                });
+            }
+        }
+        report
     }
 
     /// Entries and capacity of each kernel map.

@@ -9,6 +9,7 @@ mod descriptors;
 mod exhaustion;
 mod exporter;
 mod failures;
+mod hazards;
 mod image;
 mod lifecycle;
 mod package;

@@ -24,7 +24,7 @@ use super::{RegistryArgs, EXIT_USAGE};
 use crate::{
     exhaustion::{EphemeralPool, PoolSysctls},
     port_class::PortClass,
-    registry::{PortRange, Registry, ServiceEntry, Source, Transport},
+    registry::{Assignment, Details, PortRange, Registry, ServiceEntry, Source, Transport},
 };
 
 #[derive(Debug, Args)]
@@ -117,6 +117,8 @@ struct PortRow<'r> {
     port: u16,
     proto: Transport,
     class: PortClass,
+    /// IANA's word on the port.
+    assignment: Assignment,
     services: Vec<ServiceJson<'r>>,
     /// `None` when the host's ephemeral range could not be read.
     ephemeral: Option<bool>,
@@ -131,15 +133,21 @@ struct ServiceJson<'r> {
     proto: Option<Transport>,
     description: &'r str,
     aliases: Vec<&'r str>,
+    /// IANA's remaining columns; left out where all are empty (always, for
+    /// `/etc/services`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<Details<'r>>,
 }
 
 impl<'r> From<ServiceEntry<'r>> for ServiceJson<'r> {
     fn from(entry: ServiceEntry<'r>) -> Self {
+        let details = entry.details();
         ServiceJson {
             name: entry.name,
             proto: None,
             description: entry.description,
             aliases: entry.aliases().collect(),
+            details: (details != Details::default()).then_some(details),
         }
     }
 }
@@ -275,6 +283,7 @@ fn answer<'r>(
             port,
             proto,
             class: PortClass::of(port),
+            assignment: registry.assignment(port, proto),
             services: registry.by_port(port, proto).map(ServiceJson::from).collect(),
             ephemeral: pool.map(|p| p.contains(port)),
             reserved: pool.map(|p| p.is_reserved(port)),
@@ -298,8 +307,17 @@ fn answer<'r>(
 /// The human form: aligned columns, one line per record, then the host's
 /// range and the registry's source.
 fn table(answer: &Answer<'_>) -> String {
-    const HEADER: [&str; 6] = ["PORT", "PROTO", "CLASS", "EPHEMERAL", "SERVICE", "DESCRIPTION"];
-    let mut lines: Vec<[String; 6]> = vec![HEADER.map(String::from)];
+    const HEADER: [&str; 7] = [
+        "PORT",
+        "PROTO",
+        "CLASS",
+        "IANA",
+        "EPHEMERAL",
+        "SERVICE",
+        "DESCRIPTION",
+    ];
+    // Each line, and the details printed under it (IANA's other columns).
+    let mut lines: Vec<([String; 7], Vec<String>)> = vec![(HEADER.map(String::from), Vec::new())];
     for row in &answer.ports {
         let ephemeral = match (row.ephemeral, row.reserved) {
             (Some(true), _) => "yes",
@@ -309,24 +327,39 @@ fn table(answer: &Answer<'_>) -> String {
         };
         let line = |service: String, description: String| {
             let (port, proto, class) = (row.port.to_string(), row.proto.to_string(), row.class.to_string());
-            [port, proto, class, ephemeral.to_owned(), service, description]
+            let assignment = row.assignment.to_string();
+            [
+                port,
+                proto,
+                class,
+                assignment,
+                ephemeral.to_owned(),
+                service,
+                description,
+            ]
         };
         if row.services.is_empty() {
-            lines.push(line("-".into(), "(not in the registry)".into()));
+            lines.push((line("-".into(), "(not in the registry)".into()), Vec::new()));
         }
         for service in &row.services {
-            lines.push(line(service_label(service), one_line(service.description)));
+            let details = service.details.as_ref().map(detail_lines).unwrap_or_default();
+            lines.push((
+                line(service_label(service), one_line(service.description)),
+                details,
+            ));
         }
     }
-    let mut widths = [0; 6];
-    for line in &lines {
+    let mut widths = [0; 7];
+    for (line, _) in &lines {
         for (width, cell) in widths.iter_mut().zip(line) {
             *width = (*width).max(cell.chars().count());
         }
     }
+    // Details start under the SERVICE column.
+    let indent = " ".repeat(widths[..5].iter().map(|w| w + 2).sum());
     let mut out = String::new();
     if !answer.ports.is_empty() {
-        for line in &lines {
+        for (line, details) in &lines {
             let cells: Vec<String> = line
                 .iter()
                 .zip(widths)
@@ -334,6 +367,11 @@ fn table(answer: &Answer<'_>) -> String {
                 .collect();
             out.push_str(cells.join("  ").trim_end());
             out.push('\n');
+            for detail in details {
+                out.push_str(&indent);
+                out.push_str(detail);
+                out.push('\n');
+            }
         }
     }
     for service in &answer.portless {
@@ -375,6 +413,33 @@ fn service_label(service: &ServiceJson<'_>) -> String {
     } else {
         format!("{name} ({})", service.aliases.join(", "))
     }
+}
+
+/// IANA's other columns of a record, as `key: value` lines: who and when
+/// on one, each of reference and notes (de-assignments) on its own.
+fn detail_lines(details: &Details<'_>) -> Vec<String> {
+    let who_when: Vec<String> = [
+        ("assignee", details.assignee),
+        ("contact", details.contact),
+        ("registered", details.registered),
+        ("modified", details.modified),
+        ("service code", details.service_code),
+        ("unauthorized use reported", details.unauthorized_use),
+    ]
+    .into_iter()
+    .filter(|(_, value)| !value.is_empty())
+    .map(|(key, value)| format!("{key}: {}", one_line(value)))
+    .collect();
+    let mut lines = Vec::new();
+    if !who_when.is_empty() {
+        lines.push(who_when.join(", "));
+    }
+    for (key, value) in [("reference", details.reference), ("notes", details.notes)] {
+        if !value.is_empty() {
+            lines.push(format!("{key}: {}", one_line(value)));
+        }
+    }
+    lines
 }
 
 /// IANA descriptions may span lines; a table cell may not.
@@ -514,11 +579,11 @@ postgresql 5432/sctp
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
-            "PORT  PROTO  CLASS   EPHEMERAL  SERVICE     DESCRIPTION"
+            "PORT  PROTO  CLASS   IANA      EPHEMERAL  SERVICE     DESCRIPTION"
         );
         assert_eq!(
             lines[1],
-            "80    tcp    system  no         http (www)  WorldWideWeb HTTP"
+            "80    tcp    system  assigned  no         http (www)  WorldWideWeb HTTP"
         );
         assert!(
             lines[2].contains("32768-60999, reserved: 40000, 28231 usable"),
@@ -527,7 +592,8 @@ postgresql 5432/sctp
 
         let json: serde_json::Value = serde_json::to_value(&answer).unwrap();
         let want = serde_json::json!({
-            "port": 80, "proto": "tcp", "class": "system", "ephemeral": false, "reserved": false,
+            "port": 80, "proto": "tcp", "class": "system", "assignment": "assigned",
+            "ephemeral": false, "reserved": false,
             "services": [{"name": "http", "description": "WorldWideWeb HTTP", "aliases": ["www"]}],
         });
         assert_eq!(json["ports"][0], want);

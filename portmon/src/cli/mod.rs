@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod check;
 mod completions;
+mod doctor;
 mod lookup;
 mod ports;
 mod registry;
@@ -51,6 +52,9 @@ pub enum Command {
     Check(check::CheckArgs),
     /// The sockets holding ports, like `ss`, with IANA class and service.
     Ports(ports::PortsArgs),
+    /// What is wrong with this host's ports, most urgent first, with evidence
+    /// and the fix; exit status 0 (nothing urgent), 1 (warnings), 2 (critical).
+    Doctor(doctor::DoctorArgs),
     /// What a port (or range, or service name) means: IANA class, service, host range.
     Lookup(lookup::LookupArgs),
     /// Manage the IANA registry file.
@@ -81,6 +85,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Check(args) => check::run(args, &cli.log, cli.log_format),
         Command::Lookup(args) => lookup::run(args),
         Command::Ports(args) => ports::run(args),
+        Command::Doctor(args) => doctor::run(args),
         Command::Registry(cmd) => registry::run(cmd),
         Command::Completions(args) => completions::completions(args),
         Command::Manpage => completions::manpage(),

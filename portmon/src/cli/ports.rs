@@ -156,7 +156,7 @@ pub fn run(args: PortsArgs) -> anyhow::Result<ExitCode> {
 
 /// The daemon's configuration: the file given, which must be there and be
 /// valid; else the default file if it is readable and valid, else the defaults.
-fn daemon_config(path: Option<&std::path::Path>) -> Result<Config, ConfigError> {
+pub(super) fn daemon_config(path: Option<&std::path::Path>) -> Result<Config, ConfigError> {
     if path.is_some() {
         return Config::load(path);
     }
@@ -168,7 +168,7 @@ fn daemon_config(path: Option<&std::path::Path>) -> Result<Config, ConfigError> 
 
 /// Where to reach a daemon listening on `listen`: a wildcard address is
 /// reached through loopback.
-fn reachable(listen: SocketAddr) -> SocketAddr {
+pub(super) fn reachable(listen: SocketAddr) -> SocketAddr {
     let ip = match listen.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),

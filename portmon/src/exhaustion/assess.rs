@@ -10,7 +10,10 @@ use foldhash::HashMap as FastMap;
 use portmon_common::Proto;
 use serde::Serialize;
 
-use super::pool::PoolSettings;
+use super::{
+    listeners::{listeners_in_pool, reserving, ListenerInPool},
+    pool::PoolSettings,
+};
 use crate::{
     kernel::sock_diag::{NsSocket, SocketState},
     port_set::PortSet,
@@ -57,6 +60,22 @@ pub struct EphemeralReport {
     pub pools: Vec<PoolUsage>,
     /// The busiest destinations over all namespaces, busiest first.
     pub destinations: Vec<DestinationUsage>,
+    /// Ports listened on inside their namespace's pool.
+    pub listeners: Vec<ListenerInPool>,
+    /// Per namespace with such listeners, the `ip_local_reserved_ports`
+    /// value that takes them out of the pool and keeps what is reserved.
+    pub reserved_ports_fixes: Vec<ReservedPortsFix>,
+}
+
+/// The `ip_local_reserved_ports` value that takes a namespace's listeners
+/// out of its pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReservedPortsFix {
+    pub netns: u64,
+    /// What is reserved now, in the kernel's format.
+    pub current: String,
+    /// What to write: `current` and the listeners' ports.
+    pub value: String,
 }
 
 /// One namespace's ports, as one pass over the sockets finds them.
@@ -212,10 +231,34 @@ pub fn assess(
     }
     destinations.truncate(top);
     destinations.sort_by(busier);
+    let listeners = listeners_in_pool(sockets, pools);
+    let reserved_ports_fixes = reserved_ports_fixes(&listeners, pools);
     EphemeralReport {
         pools: pools_out,
         destinations,
+        listeners,
+        reserved_ports_fixes,
     }
+}
+
+fn reserved_ports_fixes(
+    listeners: &[ListenerInPool],
+    pools: &HashMap<u64, PoolSettings>,
+) -> Vec<ReservedPortsFix> {
+    let mut fixes = Vec::new();
+    for group in listeners.chunk_by(|a, b| a.netns == b.netns) {
+        let netns = group[0].netns;
+        let Some(settings) = pools.get(&netns) else {
+            continue;
+        };
+        let reserved = &settings.pool.reserved;
+        fixes.push(ReservedPortsFix {
+            netns,
+            current: reserved.to_string(),
+            value: reserving(reserved, group.iter().map(|l| l.port)).to_string(),
+        });
+    }
+    fixes
 }
 
 /// TCP states whose socket holds its port by `bind()` or `listen()`: a

@@ -35,9 +35,13 @@
 use portmon_common::{Errno, Op, Proto};
 
 pub mod assess;
+pub mod listeners;
 pub mod pool;
 
-pub use assess::{assess, DestinationUsage, EphemeralReport, PoolUsage, DEFAULT_TOP_DESTINATIONS};
+pub use assess::{
+    assess, DestinationUsage, EphemeralReport, PoolUsage, ReservedPortsFix, DEFAULT_TOP_DESTINATIONS,
+};
+pub use listeners::{ListenerInPool, ListenerOwner};
 pub use pool::{EphemeralPool, LocalPortRange, PoolError, PoolSettings, PoolSysctls, ReservedPorts, TwReuse};
 
 /// Which pool a failure says ran out, if it says one did: a TCP connect

@@ -59,7 +59,16 @@ const fn per_port(def: Definition) -> Definition {
 const PORT: &[&str] = &["proto", "family", "port", "class", "service", "netns"];
 const PORT_ERRNO: &[&str] = &["proto", "family", "port", "class", "service", "netns", "errno"];
 const PORT_STATE: &[&str] = &["proto", "family", "port", "class", "service", "netns", "state"];
-const PORT_SCOPE: &[&str] = &["proto", "family", "port", "class", "service", "netns", "scope"];
+const PORT_SCOPE_ASSIGNMENT: &[&str] = &[
+    "proto",
+    "family",
+    "port",
+    "class",
+    "service",
+    "netns",
+    "scope",
+    "assignment",
+];
 
 pub const BINDS: Definition = per_port(counter(
     "portmon_binds_total",
@@ -88,8 +97,8 @@ pub const SOCKETS: Definition = per_port(gauge(
 ));
 pub const LISTENING_PORTS: Definition = per_port(gauge(
     "portmon_listening_ports",
-    "Listening ports (TCP LISTEN, UDP bound and unconnected), by port and the reach of the address listened on (scope: wildcard, loopback, specific); a port with many listening sockets (SO_REUSEPORT, one per address) counts once per scope. Folded series (port=\"other\") count the distinct ports of their class.",
-    PORT_SCOPE,
+    "Listening ports (TCP LISTEN, UDP bound and unconnected), by port and the reach of the address listened on (scope: wildcard, loopback, specific); a port with many listening sockets (SO_REUSEPORT, one per address) counts once per scope. assignment is IANA's word on the port (assigned, reserved, unassigned, dynamic: 49152-65535), a function of proto and port, so it adds no series. Folded series (port=\"other\") count the distinct ports of their class (assignment empty, \"dynamic\" for that class).",
+    PORT_SCOPE_ASSIGNMENT,
 ));
 pub const PORTS_IN_USE: Definition = per_port(gauge(
     "portmon_ports_in_use",
@@ -250,6 +259,16 @@ pub const BIND_BEFORE_CONNECT: Definition = counter(
     "TCP connects from sockets bound to port 0 first (without IP_BIND_ADDRESS_NO_PORT), which hold their port exclusively, by command name.",
     &["comm"],
 );
+pub const LISTENERS_IN_EPHEMERAL_RANGE: Definition = gauge(
+    "portmon_listeners_in_ephemeral_range",
+    "Ports listened on (TCP LISTEN, UDP bound and unconnected) inside their namespace's ephemeral pool: ip_local_port_range and not ip_local_reserved_ports. Any outbound connect may take such a port while its service is down, and the service then cannot bind it again.",
+    &["netns", "proto"],
+);
+pub const LISTENER_IN_EPHEMERAL_RANGE_INFO: Definition = gauge(
+    "portmon_listener_in_ephemeral_range_info",
+    "One series per port of portmon_listeners_in_ephemeral_range (the first 100, by namespace, protocol and port), with the command and systemd unit listening where portmon knows them (empty otherwise). The value is always 1.",
+    &["netns", "proto", "port", "comm", "unit"],
+);
 pub const NETNS_INFO: Definition = gauge(
     "portmon_netns_info",
     "A live network namespace and what runs in it, from the cgroup of its first process (Kubernetes pod UID, container id and runtime, systemd unit) and the runtime's state (pod name and namespace); empty when unknown. The value is always 1: join on netns, or on pod_uid with kube_pod_info{uid}.",
@@ -297,6 +316,8 @@ pub const ALL: &[Definition] = &[
     EPHEMERAL_PORTS_ASSIGNED,
     EPHEMERAL_ASSESSMENT,
     BIND_BEFORE_CONNECT,
+    LISTENERS_IN_EPHEMERAL_RANGE,
+    LISTENER_IN_EPHEMERAL_RANGE_INFO,
     NETNS_INFO,
 ];
 

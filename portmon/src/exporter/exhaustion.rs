@@ -90,6 +90,47 @@ pub fn add(input: &ScrapeInput<'_>, families: &mut Families) {
         .map(|(comm, n)| (vec![comm.clone()], *n as f64))
         .collect();
     families.add(&def::BIND_BEFORE_CONNECT, offenders);
+    listeners(input, families);
+}
+
+/// At most this many info series of listeners in the pool: a host with more
+/// has one fix to make either way, and the count says how many.
+pub const LISTENER_INFO_LIMIT: usize = 100;
+
+fn listeners(input: &ScrapeInput<'_>, families: &mut Families) {
+    let report = input.ephemeral;
+    let name = |netns: u64| display_name(input.netns_names, netns);
+    // Zero for every namespace with a pool, so the alert's `> 0` has a
+    // series to compare and the dashboard shows the all-clear.
+    let mut counts = Series::new();
+    for p in &report.pools {
+        counts.insert(vec![name(p.netns), p.proto.label().to_owned()], 0.0);
+    }
+    for l in &report.listeners {
+        *counts
+            .entry(vec![name(l.netns), l.proto.label().to_owned()])
+            .or_default() += 1.0;
+    }
+    families.add(&def::LISTENERS_IN_EPHEMERAL_RANGE, counts);
+    let info: Series = report
+        .listeners
+        .iter()
+        .take(LISTENER_INFO_LIMIT)
+        .map(|l| {
+            let (comm, unit) = l.owner.as_ref().map_or((String::new(), String::new()), |o| {
+                (o.comm.clone(), o.unit.clone().unwrap_or_default())
+            });
+            let values = vec![
+                name(l.netns),
+                l.proto.label().to_owned(),
+                l.port.to_string(),
+                comm,
+                unit,
+            ];
+            (values, 1.0)
+        })
+        .collect();
+    families.add(&def::LISTENER_IN_EPHEMERAL_RANGE_INFO, info);
 }
 
 fn errors_values(netns: String, proto: Proto, op: Op) -> Vec<String> {

@@ -134,7 +134,7 @@ mod tests {
         let text = scrape(&metrics);
         assert!(
             text.contains(
-                r#"portmon_listening_ports{proto="tcp",family="ipv4",port="80",class="system",service="",scope="loopback"} 1"#
+                r#"portmon_listening_ports{proto="tcp",family="ipv4",port="80",class="system",service="",scope="loopback",assignment="unassigned"} 1"#
             ),
             "{text}"
         );
@@ -272,13 +272,13 @@ mod tests {
         );
         assert_eq!(
             value(
-                r#"portmon_listening_ports{proto="tcp",family="ipv4",port="other",class="user",service="",scope="loopback"}"#
+                r#"portmon_listening_ports{proto="tcp",family="ipv4",port="other",class="user",service="",scope="loopback",assignment=""}"#
             ),
             1.0
         );
         assert_eq!(
             value(
-                r#"portmon_listening_ports{proto="tcp",family="ipv4",port="3000",class="user",service="",scope="loopback"}"#
+                r#"portmon_listening_ports{proto="tcp",family="ipv4",port="3000",class="user",service="",scope="loopback",assignment="unassigned"}"#
             ),
             1.0
         );
@@ -312,8 +312,10 @@ mod tests {
         let all = series(&text);
         let value = |name: &str| all.get(name).copied().unwrap_or_else(|| panic!("{name}: {text}"));
         let listening = |family: &str, port: &str, class: &str, scope: &str| {
+            // The fixture's registry is empty: a port is unassigned, a folded series has none.
+            let assignment = if port == "other" { "" } else { "unassigned" };
             value(&format!(
-                r#"portmon_listening_ports{{proto="tcp",family="{family}",port="{port}",class="{class}",service="",scope="{scope}"}}"#
+                r#"portmon_listening_ports{{proto="tcp",family="{family}",port="{port}",class="{class}",service="",scope="{scope}",assignment="{assignment}"}}"#
             ))
         };
         assert_eq!(listening("ipv4", "80", "system", "loopback"), 1.0);

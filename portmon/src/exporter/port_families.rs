@@ -22,6 +22,7 @@ use crate::{
     namespaces::display_name,
     port_class::PortClass,
     port_set::PortSet,
+    registry::Assignment,
 };
 
 /// Adds every per-port family to `families`; returns how many ports have
@@ -148,6 +149,7 @@ fn gauges(input: &ScrapeInput<'_>, own: &FastSet<PortId>, labels: &Labels<'_>, f
     let listening = by_listener.into_iter().map(|((key, scope), n)| {
         let mut values = labels.of(key);
         values.push(scope.label().to_owned());
+        values.push(labels.assignment(key).to_owned());
         (values, n as f64)
     });
     families.add(&def::LISTENING_PORTS, listening);
@@ -232,6 +234,21 @@ impl Labels<'_> {
             values.push(display_name(self.input.netns_names, netns));
         }
         values
+    }
+}
+
+impl Labels<'_> {
+    /// `assignment`: IANA's word on the port; for a folded series, only
+    /// the dynamic class has one.
+    fn assignment(&self, key: SeriesKey) -> &'static str {
+        match key {
+            SeriesKey::Port(id) => self.input.registry.assignment(id.port, id.proto.into()).label(),
+            SeriesKey::Folded {
+                class: PortClass::Dynamic,
+                ..
+            } => Assignment::Dynamic.label(),
+            SeriesKey::Folded { .. } => "",
+        }
     }
 }
 

@@ -47,6 +47,7 @@ pub(super) fn parse(text: &str) -> Result<Index, ParseError> {
             transport: Some(transport),
             description: comment.trim(),
             aliases: &aliases,
+            details: "",
         };
         builder.push(number, record)?;
     }

@@ -10,7 +10,7 @@ use std::borrow::Cow;
 
 use super::{
     index::{Builder, Index, NewRecord},
-    ParseError, ParseErrorKind, PortRange, Transport,
+    ParseError, ParseErrorKind, PortRange, Transport, DETAIL_COLUMNS, DETAIL_SEPARATOR,
 };
 
 /// The columns portmon reads, which must open the header in this order.
@@ -32,6 +32,11 @@ pub(super) fn parse(text: &str) -> Result<Index, ParseError> {
         });
     }
     let columns = fields.len();
+    // Where each detail column is, if the file has it: older copies and
+    // trimmed ones stop after a few.
+    let detail_at = DETAIL_COLUMNS.map(|name| fields.iter().position(|f| f.trim() == name));
+    // One buffer for every record's details: no allocation per record.
+    let mut details = String::new();
 
     let mut builder = Builder::new(text.len());
     while let Some(line) = reader.next_record(&mut fields)? {
@@ -48,16 +53,39 @@ pub(super) fn parse(text: &str) -> Result<Index, ParseError> {
             "" => None,
             text => Some(text.parse::<Transport>().map_err(at_line)?),
         };
+        join_details(&fields, &detail_at, &mut details);
         let record = NewRecord {
             name: fields[0].trim(),
             ports,
             transport,
             description: fields[3].trim(),
             aliases: &[],
+            details: &details,
         };
         builder.push(line, record)?;
     }
     Ok(builder.finish())
+}
+
+/// Writes the detail columns of `fields` into `out`, separated by
+/// `DETAIL_SEPARATOR`; leaves `out` empty when every one is.
+fn join_details(fields: &[Cow<'_, str>], detail_at: &[Option<usize>], out: &mut String) {
+    out.clear();
+    let column = |at: &Option<usize>| at.and_then(|i| fields.get(i)).map_or("", |f| f.trim());
+    if detail_at.iter().all(|at| column(at).is_empty()) {
+        return;
+    }
+    for (i, at) in detail_at.iter().enumerate() {
+        if i > 0 {
+            out.push(DETAIL_SEPARATOR);
+        }
+        let value = column(at);
+        if value.contains(DETAIL_SEPARATOR) {
+            out.extend(value.chars().filter(|&c| c != DETAIL_SEPARATOR));
+        } else {
+            out.push_str(value);
+        }
+    }
 }
 
 /// Parses IANA's port column: empty, `22` or `6000-6063`.

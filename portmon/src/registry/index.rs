@@ -61,6 +61,8 @@ struct Record {
     description: Span,
     /// Space-separated.
     aliases: Span,
+    /// IANA's remaining columns, joined by [`super::DETAIL_SEPARATOR`].
+    details: Span,
     ports: Option<PortRange>,
     transport: Option<Transport>,
 }
@@ -80,6 +82,9 @@ pub(super) struct NewRecord<'a> {
     pub transport: Option<Transport>,
     pub description: &'a str,
     pub aliases: &'a [&'a str],
+    /// IANA's remaining columns, joined by [`super::DETAIL_SEPARATOR`]; empty
+    /// when all are.
+    pub details: &'a str,
 }
 
 /// Collects records, then lays out the index.
@@ -88,7 +93,8 @@ pub(super) struct Builder {
     arena: String,
     records: Vec<Record>,
     slot_entries: usize,
-    previous: Option<(Span, Span)>,
+    /// The previous record's name, description and details.
+    previous: Option<(Span, Span, Span)>,
 }
 
 impl Builder {
@@ -124,6 +130,7 @@ impl Builder {
         let slots = record.ports.map_or(0, |p| p.port_count() as usize) * filed_under(record.transport).len();
         let text_len = record.name.len()
             + record.description.len()
+            + record.details.len()
             + record.aliases.iter().map(|a| a.len() + 1).sum::<usize>();
         self.slot_entries += slots;
         if self.slot_entries > MAX_SLOT_ENTRIES {
@@ -141,19 +148,24 @@ impl Builder {
                 kind: ParseErrorKind::TooMuchText { limit: text_limit },
             });
         }
-        let (previous_name, previous_description) = self.previous.unzip();
+        let (previous_name, previous_description, previous_details) = match self.previous {
+            Some((name, description, details)) => (Some(name), Some(description), Some(details)),
+            None => (None, None, None),
+        };
         let name = self.intern(record.name, previous_name);
         let description = self.intern(record.description, previous_description);
+        let details = self.intern(record.details, previous_details);
         let aliases = if record.aliases.is_empty() {
             Span::default()
         } else {
             self.intern(&record.aliases.join(" "), None)
         };
-        self.previous = Some((name, description));
+        self.previous = Some((name, description, details));
         self.records.push(Record {
             name,
             description,
             aliases,
+            details,
             ports: record.ports,
             transport: record.transport,
         });
@@ -283,6 +295,7 @@ impl Index {
             transport: record.transport,
             description: &self.arena[record.description.range()],
             aliases: &self.arena[record.aliases.range()],
+            details: &self.arena[record.details.range()],
         }
     }
 
@@ -334,6 +347,7 @@ mod tests {
             transport: Some(Transport::Tcp),
             description: "",
             aliases,
+            details: "",
         }
     }
 

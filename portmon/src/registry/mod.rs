@@ -15,12 +15,15 @@ use std::{
     str::FromStr,
 };
 
+mod details;
 mod etc_services;
 mod iana_csv;
 mod index;
 mod source;
 pub mod update;
 
+pub use details::{Assignment, Details};
+pub(crate) use details::{DETAIL_COLUMNS, DETAIL_SEPARATOR};
 pub use source::{detect_format, Format, Source, DEFAULT_IANA_PATH, ETC_SERVICES_PATH, MAX_FILE_BYTES};
 
 /// A transport protocol as the registry names it. Wider than
@@ -145,12 +148,29 @@ pub struct ServiceEntry<'r> {
     /// IANA's description, or the comment of an `/etc/services` line.
     pub description: &'r str,
     aliases: &'r str,
+    details: &'r str,
 }
 
 impl<'r> ServiceEntry<'r> {
     /// Other names of the service (`/etc/services` aliases; IANA's CSV has none).
     pub fn aliases(&self) -> impl Iterator<Item = &'r str> + 'r {
         self.aliases.split(' ').filter(|a| !a.is_empty())
+    }
+
+    /// IANA's columns after the description; all empty for `/etc/services`.
+    pub fn details(&self) -> Details<'r> {
+        let mut columns = self.details.split(DETAIL_SEPARATOR);
+        let mut next = || columns.next().unwrap_or("");
+        Details {
+            assignee: next(),
+            contact: next(),
+            registered: next(),
+            modified: next(),
+            reference: next(),
+            service_code: next(),
+            unauthorized_use: next(),
+            notes: next(),
+        }
     }
 }
 
@@ -384,6 +404,28 @@ impl Registry {
         transport: Transport,
     ) -> impl ExactSizeIterator<Item = ServiceEntry<'_>> {
         self.index.by_port(port, transport)
+    }
+
+    /// How IANA stands on `port` over `transport`. A registry read from
+    /// `/etc/services` has no `Reserved`/`Unassigned` records, so there
+    /// every port without a name is `unassigned`.
+    pub fn assignment(&self, port: u16, transport: Transport) -> Assignment {
+        if port >= 49152 {
+            return Assignment::Dynamic;
+        }
+        if self.index.primary_name(port, transport).is_some() {
+            return Assignment::Assigned;
+        }
+        let mut found = Assignment::Unassigned;
+        for entry in self.index.by_port(port, transport) {
+            if entry.description.starts_with("Reserved") {
+                return Assignment::Reserved;
+            }
+            if !entry.description.starts_with("Unassigned") {
+                found = Assignment::Assigned;
+            }
+        }
+        found
     }
 
     /// Every record whose name or alias is `name`, ignoring ASCII case, in

@@ -119,6 +119,8 @@ fn the_dashboard_imports_as_is_and_is_templated_on_datasource_job_cluster_instan
         "portmon_map_overflows_total",
         "portmon_scrape_duration_seconds",
         "portmon_program_attached",
+        "portmon_listeners_in_ephemeral_range",
+        "portmon_listener_in_ephemeral_range_info",
     ] {
         assert!(
             exprs.iter().any(|e| e.contains(metric)),

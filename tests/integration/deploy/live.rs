@@ -30,6 +30,8 @@ const FRESH_PROMETHEUS: &str = "127.0.0.1:19096";
 const SERVICE_PORT: u16 = 8080;
 /// A UDP listener (mdns).
 const UDP_PORT: u16 = 5353;
+/// A TCP listener inside the namespace's ephemeral range (40000-40009).
+const IN_RANGE_PORT: u16 = 40005;
 
 /// Alerts no workload can raise on a healthy daemon: for these the live
 /// test checks that every metric they read has series, not that they fire.
@@ -48,7 +50,8 @@ struct Workload {
     _keep: Vec<Box<dyn Send>>,
 }
 
-/// In a namespace whose pool is 10 ports: a TCP and a UDP listener, a bind
+/// In a namespace whose pool is 10 ports: a TCP and a UDP listener, one
+/// more TCP listener inside the pool, a bind
 /// to the taken TCP port (EADDRINUSE), a bind-before-connect, connects to
 /// one destination until no port is left (EADDRNOTAVAIL), and a bind(0)
 /// that finds none (EADDRINUSE). Says when the connect failed on `failed`,
@@ -58,6 +61,8 @@ fn exhaust_the_pool(failed: mpsc::Sender<()>, filed: mpsc::Receiver<()>) -> Work
     let mut keep: Vec<Box<dyn Send>> = Vec::new();
     let listener = TcpListener::bind(("127.0.0.1", SERVICE_PORT)).expect("listen");
     let udp = UdpSocket::bind(("127.0.0.1", UDP_PORT)).expect("udp bind");
+    // A listener inside the pool: the hazards row and its alert have data.
+    let in_range = TcpListener::bind(("127.0.0.1", IN_RANGE_PORT)).expect("listen in the pool");
     let conflict = TcpListener::bind(("127.0.0.1", SERVICE_PORT)).expect_err("the port is taken");
     assert_eq!(conflict.kind(), ErrorKind::AddrInUse, "{conflict}");
     keep.push(Box::new(bind_zero_then_connect(SERVICE_PORT)));
@@ -79,6 +84,7 @@ fn exhaust_the_pool(failed: mpsc::Sender<()>, filed: mpsc::Receiver<()>) -> Work
     keep.push(Box::new(clients));
     keep.push(Box::new(listener));
     keep.push(Box::new(udp));
+    keep.push(Box::new(in_range));
     Workload { _keep: keep }
 }
 
