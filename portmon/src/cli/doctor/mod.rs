@@ -142,7 +142,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(status))
 }
 
-fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), ureq::Error> {
     crate::http::get(addr, path, Duration::from_secs(10))
 }
 
