@@ -11,6 +11,7 @@ mod exporter;
 mod failures;
 mod image;
 mod lifecycle;
+mod namespace_helper;
 mod package;
 mod ports;
 mod service;
