@@ -143,7 +143,7 @@ fn with_the_units_privileges_another_namespaces_pool_is_covered_and_the_daemon_h
         );
     }
     assert_eq!(status_field(pid, "CapAmb"), NONE);
-    let helpers = children_named(pid, "portmon-netns");
+    let helpers = children_named(pid, "portmon-privsep");
     let [helper] = helpers[..] else {
         panic!("one namespace helper, found {helpers:?}");
     };
@@ -232,7 +232,7 @@ fn without_the_helpers_capabilities_portmon_covers_its_own_namespace_and_says_so
     daemon
         .wait_for("READY=1", Duration::from_secs(30))
         .unwrap_or_else(|| panic!("no READY=1:\n{}", daemon.log_text()));
-    assert!(children_named(daemon.child.id(), "portmon-netns").is_empty());
+    assert!(children_named(daemon.child.id(), "portmon-privsep").is_empty());
     let (_, ports) = http_get(addr, "/api/v1/ports?listening=1&port=17487").expect("ports");
     assert!(ports.contains("\"port\": 17487"), "{ports}");
     let log = daemon.log_text();

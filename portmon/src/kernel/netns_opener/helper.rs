@@ -11,6 +11,10 @@ use std::{
 use super::{open_here, wire, Opened, Target, Wanted};
 use crate::kernel::capabilities;
 
+/// The helper's command name in `ps` (15 bytes at most; the threads that
+/// enter namespaces in-process are `portmon-netns`).
+pub const HELPER_NAME: &str = "portmon-privsep";
+
 /// `NS_GET_NSTYPE` (include/uapi/linux/nsfs.h, `_IO(0xb7, 0x3)`).
 const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
 
@@ -26,7 +30,7 @@ pub(super) fn run(channel: OwnedFd, parent: libc::pid_t, keep: u64) -> ! {
         if libc::getppid() != parent {
             libc::_exit(0);
         }
-        let name = CString::new("portmon-netns").unwrap_or_default();
+        let name = CString::new(HELPER_NAME).unwrap_or_default();
         libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0);
         // A terminal's ^C or a reload's SIGHUP is for the daemon; the
         // helper goes with it (PR_SET_PDEATHSIG) or at SIGTERM.
