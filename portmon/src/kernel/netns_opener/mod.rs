@@ -207,15 +207,14 @@ impl Opened {
 
 /// Opens `wanted` in the calling thread's namespace. A file missing there
 /// (no IPv6, an older kernel's sysctl) is left out; the caller decides
-/// what it cannot do without.
+/// what it cannot do without, and says so. Nothing is logged here: in the
+/// helper, the daemon's log writer's descriptor is closed, and its number
+/// may by now be one of these files.
 pub fn open_here(wanted: Wanted) -> Opened {
     let mut opened = Opened::default();
     for file in NetnsFile::ALL {
         if wanted.contains(file) {
-            match file.open() {
-                Ok(fd) => opened.files[file as usize] = Some(fd),
-                Err(err) => tracing::debug!(?file, "not opened in the namespace: {err}"),
-            }
+            opened.files[file as usize] = file.open().ok();
         }
     }
     opened
