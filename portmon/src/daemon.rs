@@ -1,6 +1,7 @@
-//! `portmon run`: preflight → registry → load and attach → listen → give up
-//! capabilities ([`start`], before any thread exists) → serve → ready →
-//! answer signals (SIGHUP reloads) → detach with a deadline ([`serve`]).
+//! `portmon run`: the namespace helper forked off with CAP_SYS_ADMIN →
+//! preflight → registry → load and attach → listen → give up capabilities
+//! ([`start`], before any thread exists) → serve → ready → answer signals
+//! (SIGHUP reloads) → detach with a deadline ([`serve`]).
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -14,7 +15,7 @@ use crate::{
     kernel::{
         bpf::{FailureEvents, Kernel, LoadError, LoadOptions},
         capabilities::{self, CapabilityError},
-        netns,
+        netns_opener,
         preflight::{self, PreflightError},
         resources,
     },
@@ -83,6 +84,7 @@ impl std::fmt::Debug for Started {
 /// capabilities given up. Runs before any other thread exists, because
 /// capabilities belong to threads.
 pub fn start(config: Config, served: http::Served) -> Result<Started, DaemonError> {
+    start_namespace_helper()?;
     resources::bound_allocator();
     match resources::raise_descriptor_limit() {
         Ok(limit) => tracing::debug!(limit, "open descriptor limit raised to the hard limit"),
@@ -118,7 +120,7 @@ pub fn start(config: Config, served: http::Served) -> Result<Started, DaemonErro
         kept = %capabilities::names(dropped.after),
         "capabilities given up after attach"
     );
-    if !netns::can_enter_others() {
+    if netns_opener::helper().is_none() {
         tracing::warn!(
             "without CAP_SYS_ADMIN portmon cannot enter other network namespaces: the socket \
              inventory (portmon_sockets, portmon_listening_ports, portmon_ports_in_use, \
@@ -142,6 +144,30 @@ pub fn start(config: Config, served: http::Served) -> Result<Started, DaemonErro
         served,
         config,
     })
+}
+
+/// Forks the namespace helper first, so that it inherits nothing but the
+/// standard descriptors, and hands it CAP_SYS_ADMIN and CAP_SYS_PTRACE,
+/// which the daemon gives up at once: it loads and attaches the programs
+/// with the unit's three capabilities alone (CAP_SYS_ADMIN would stand in
+/// for CAP_BPF and CAP_PERFMON, `bpf_capable`/`perfmon_capable`). Without
+/// CAP_SYS_ADMIN there is no helper, and the inventory covers portmon's own
+/// namespace (said once, after attach).
+fn start_namespace_helper() -> Result<(), DaemonError> {
+    let held = capabilities::permitted()? & capabilities::NAMESPACE_HELPER;
+    if held & (1 << capabilities::CAP_SYS_ADMIN) == 0 {
+        return Ok(());
+    }
+    match netns_opener::start_helper(held) {
+        Ok(pid) => tracing::info!(
+            pid,
+            kept = %capabilities::names(held),
+            "namespace helper started: every network namespace is inventoried"
+        ),
+        Err(err) => tracing::warn!("{}", error_line(&err)),
+    }
+    capabilities::give_up(capabilities::NAMESPACE_HELPER)?;
+    Ok(())
 }
 
 /// The unprivileged half: serves, announces readiness, reloads on SIGHUP,
@@ -225,6 +251,7 @@ async fn reconcile(state: Arc<State>) {
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
+        netns_opener::check_helper();
         let state = state.clone();
         let _ = tokio::task::spawn_blocking(move || {
             state.rescan_namespaces();

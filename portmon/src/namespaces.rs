@@ -7,7 +7,7 @@ use std::{collections::HashMap, fs, io, os::unix::fs::MetadataExt, path::PathBuf
 
 use crate::{
     cgroups,
-    kernel::netns::{cookie_of, NetnsError, INIT_NET_COOKIE, INIT_NET_INODE},
+    kernel::netns::{cookie_of, inode_of, NetnsError, INIT_NET_COOKIE, INIT_NET_INODE},
     workload::{RuntimeState, Workload},
 };
 
@@ -106,14 +106,15 @@ impl Namespaces {
                         continue;
                     }
                     let path = entry.path().join("ns/net");
-                    let meta = match fs::metadata(&path) {
-                        Ok(meta) => meta,
+                    // Another user's process: through the namespace helper.
+                    let inode = match inode_of(&path) {
+                        Ok(inode) => inode,
                         Err(err) => {
                             short(err);
                             continue;
                         }
                     };
-                    if workloads.contains_key(&meta.ino()) {
+                    if workloads.contains_key(&inode) {
                         continue;
                     }
                     let cgroup = cgroups::path_of(&entry.path());
@@ -121,12 +122,12 @@ impl Namespaces {
                         .as_deref()
                         .map(Workload::from_cgroup_path)
                         .unwrap_or_default();
-                    workloads.insert(meta.ino(), workload);
-                    by_inode.entry(meta.ino()).or_insert_with(|| {
+                    workloads.insert(inode, workload);
+                    by_inode.entry(inode).or_insert_with(|| {
                         let name = cgroup
                             .as_deref()
                             .and_then(cgroups::workload_name)
-                            .unwrap_or_else(|| format!("net:[{}]", meta.ino()));
+                            .unwrap_or_else(|| format!("net:[{inode}]"));
                         (path, name)
                     });
                 }

@@ -12,6 +12,7 @@ mod failures;
 mod hazards;
 mod image;
 mod lifecycle;
+mod namespace_helper;
 mod package;
 mod pools;
 mod ports;

@@ -13,7 +13,10 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    kernel::procfs::{ProcError, ProcFile, PROC_SYS_NET_IPV4},
+    kernel::{
+        netns_opener::{NetnsFile, Opened},
+        procfs::{ProcError, ProcFile, PROC_SYS_NET_IPV4},
+    },
     port_class::PortClass,
     port_set::PortSet,
 };
@@ -364,6 +367,25 @@ impl PoolSysctls {
             range: ProcFile::open(dir.join(LOCAL_PORT_RANGE_FILE))?,
             reserved: ProcFile::open(dir.join(RESERVED_PORTS_FILE))?,
             tw_reuse: ProcFile::open(dir.join(TW_REUSE_FILE)).ok(),
+        })
+    }
+
+    /// The files of a namespace opened elsewhere (by the namespace helper).
+    pub fn from_opened(opened: &mut Opened) -> Result<Self, PoolError> {
+        let mut take = |file: NetnsFile| {
+            let path = file.path().unwrap_or_default();
+            opened
+                .take(file)
+                .map(|fd| ProcFile::from_fd(fd, path))
+                .ok_or_else(|| PoolError::Read {
+                    path: path.into(),
+                    source: std::io::ErrorKind::NotFound.into(),
+                })
+        };
+        Ok(Self {
+            range: take(NetnsFile::PortRange)?,
+            reserved: take(NetnsFile::ReservedPorts)?,
+            tw_reuse: take(NetnsFile::TwReuse).ok(),
         })
     }
 

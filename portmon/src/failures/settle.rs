@@ -5,7 +5,7 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -14,7 +14,12 @@ use portmon_common::{FailureEvent, Family, Op, Proto};
 use super::{Errno, Failure, FailureLog, ReaderProgress};
 use crate::{
     exhaustion,
-    kernel::{bpf::events::Drained, netns, procfs},
+    kernel::{
+        bpf::events::Drained,
+        netns,
+        netns_opener::{NetnsFile, Wanted},
+        procfs::{self, ProcFile},
+    },
     log_budget::LogBudget,
     namespaces::Namespaces,
 };
@@ -172,16 +177,14 @@ impl Settler {
         let path = self.namespace_path(event);
         let facts = NetnsFacts {
             read: Instant::now(),
+            // Only where this process may enter the namespace itself (root,
+            // or its own namespace): the namespace helper opens files, and
+            // the addresses come from a netlink dump getifaddrs makes.
             local_addresses: path
                 .as_deref()
                 .and_then(|p| netns::run_in(p, netns::local_addresses).ok())
                 .and_then(Result::ok),
-            unprivileged_port_start: path
-                .as_deref()
-                .and_then(|p| {
-                    netns::run_in(p, || procfs::sysctl_u32("net/ipv4/ip_unprivileged_port_start")).ok()
-                })
-                .flatten(),
+            unprivileged_port_start: path.as_deref().and_then(unprivileged_port_start_in),
         };
         if netns != 0 {
             if self.facts.len() >= FACTS_KEPT {
@@ -253,6 +256,16 @@ impl Decoded {
             errno: Errno::from_kernel(event.errno),
         })
     }
+}
+
+/// `net.ipv4.ip_unprivileged_port_start` of the namespace at `path`.
+fn unprivileged_port_start_in(path: &Path) -> Option<u32> {
+    let file = NetnsFile::UnprivilegedPortStart;
+    let fd = netns::open_in(path, Wanted::of(&[file])).ok()?.take(file)?;
+    let text = ProcFile::from_fd(fd, file.path().unwrap_or_default())
+        .read()
+        .ok()?;
+    text.trim().parse().ok()
 }
 
 /// Whether the process had CAP_NET_BIND_SERVICE; if it is gone, whether it was root.

@@ -14,6 +14,8 @@
 use std::{
     collections::{BTreeMap, HashMap},
     io,
+    os::fd::{AsFd, OwnedFd},
+    path::Path,
 };
 
 use portmon_common::{Family, Proto};
@@ -22,6 +24,7 @@ use crate::{
     exhaustion::{PoolSettings, PoolSysctls},
     kernel::{
         netns::{self, INIT_NET_COOKIE},
+        netns_opener::{self, NetnsFile, Opened, Wanted},
         procfs,
         sock_diag::{self, SockDiag},
     },
@@ -79,15 +82,51 @@ struct NetnsHandles {
     cut: Option<Cut>,
 }
 
+/// What the handles are opened from, in each namespace.
+const HANDLE_FILES: Wanted = Wanted::of(&[
+    NetnsFile::SockDiag,
+    NetnsFile::SockDiagSecond,
+    NetnsFile::PortRange,
+    NetnsFile::ReservedPorts,
+    NetnsFile::TwReuse,
+    NetnsFile::Sockstat,
+    NetnsFile::Sockstat6,
+]);
+const _: () = assert!(HANDLE_FILES.len() as u64 == DESCRIPTORS_PER_NETNS);
+
 impl NetnsHandles {
+    /// Opens them in the namespace at `path` (in-process or through the
+    /// namespace helper); `None` when that namespace is no longer the one
+    /// with `cookie` (its process exited and the pid was reused).
+    fn open_in(path: &Path, cookie: u64) -> Result<Option<Self>, InventoryError> {
+        let mut opened = netns::open_in(path, HANDLE_FILES).map_err(InventoryError::Enter)?;
+        let socket = opened.take(NetnsFile::SockDiag);
+        let found = socket.as_ref().and_then(|s| netns::socket_cookie(s.as_fd()).ok());
+        if socket.is_some() && found != Some(cookie) {
+            return Ok(None);
+        }
+        Self::from_opened(socket, &mut opened).map(Some)
+    }
+
     /// Opens them in the calling thread's namespace.
-    fn open() -> Result<Self, InventoryError> {
-        let lane = || SockDiag::open().map(Lane::new).map_err(InventoryError::Open);
-        let lanes = [lane()?, lane()?];
-        let sysctls = PoolSysctls::open()
+    fn open_here() -> Result<Self, InventoryError> {
+        let mut opened = netns_opener::open_here(HANDLE_FILES);
+        Self::from_opened(opened.take(NetnsFile::SockDiag), &mut opened)
+    }
+
+    fn from_opened(first: Option<OwnedFd>, opened: &mut Opened) -> Result<Self, InventoryError> {
+        let lane = |socket: Option<OwnedFd>| {
+            let socket = socket.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not opened"))?;
+            SockDiag::over_socket(socket).map(Lane::new)
+        };
+        let lanes = [
+            lane(first).map_err(InventoryError::Open)?,
+            lane(opened.take(NetnsFile::SockDiagSecond)).map_err(InventoryError::Open)?,
+        ];
+        let sysctls = PoolSysctls::from_opened(opened)
             .inspect_err(|err| tracing::debug!("no ephemeral port sysctls: {err}"))
             .ok();
-        let sockstat = Sockstat::open()
+        let sockstat = Sockstat::from_opened(opened)
             .inspect_err(|err| tracing::debug!("no socket counters: {err}"))
             .ok();
         Ok(Self {
@@ -134,7 +173,7 @@ impl Inventory {
         let cookie =
             netns::current_cookie().map_err(|e| InventoryError::Open(io::Error::other(e.to_string())))?;
         let mut inventory = Self::default();
-        inventory.open.insert(cookie, NetnsHandles::open()?);
+        inventory.open.insert(cookie, NetnsHandles::open_here()?);
         Ok(inventory)
     }
 
@@ -172,16 +211,19 @@ impl Inventory {
                 unwatched += 1;
                 continue;
             }
-            match netns::run_in(&ns.path, NetnsHandles::open) {
-                Ok(Ok(handles)) => {
+            match NetnsHandles::open_in(&ns.path, ns.cookie) {
+                Ok(Some(handles)) => {
                     self.open.insert(ns.cookie, handles);
                     spare -= DESCRIPTORS_PER_NETNS;
                 }
-                Ok(Err(err)) => {
+                Ok(None) => tracing::debug!(netns = %ns.name, "its path now leads to another namespace"),
+                Err(InventoryError::Enter(err)) => {
+                    tracing::debug!(netns = %ns.name, "cannot enter: {}", error_line(&err));
+                }
+                Err(err) => {
                     unwatched += 1;
                     tracing::debug!(netns = %ns.name, "no sock_diag socket: {err}");
                 }
-                Err(err) => tracing::debug!(netns = %ns.name, "cannot enter: {err}"),
             }
         }
         if unwatched > 0 && unwatched != self.unwatched {
@@ -289,4 +331,6 @@ impl Inventory {
 pub enum InventoryError {
     #[error("cannot open a sock_diag netlink socket")]
     Open(#[source] io::Error),
+    #[error(transparent)]
+    Enter(#[from] netns::NetnsError),
 }

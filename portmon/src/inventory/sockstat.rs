@@ -17,7 +17,10 @@
 
 use std::io;
 
-use crate::kernel::procfs::{ProcError, ProcFile};
+use crate::kernel::{
+    netns_opener::{NetnsFile, Opened},
+    procfs::{ProcError, ProcFile},
+};
 
 /// The TCP counters of one namespace, opened inside it (a
 /// `/proc/thread-self/net` file shows the namespace of the thread that
@@ -40,10 +43,27 @@ pub(super) struct TcpCounts {
 
 impl Sockstat {
     /// Opens the calling thread's namespace's files.
+    #[cfg(test)]
     pub fn open() -> Result<Self, ProcError> {
+        let files = crate::kernel::netns_opener::Wanted::of(&[NetnsFile::Sockstat, NetnsFile::Sockstat6]);
+        Self::from_opened(&mut crate::kernel::netns_opener::open_here(files))
+    }
+
+    /// The files of a namespace opened elsewhere (by the namespace helper).
+    pub fn from_opened(opened: &mut Opened) -> Result<Self, ProcError> {
+        let mut take = |file: NetnsFile| {
+            let path = file.path().unwrap_or_default();
+            opened
+                .take(file)
+                .map(|fd| ProcFile::from_fd(fd, path))
+                .ok_or_else(|| ProcError {
+                    path: path.into(),
+                    source: io::ErrorKind::NotFound.into(),
+                })
+        };
         Ok(Self {
-            v4: ProcFile::open("/proc/thread-self/net/sockstat")?,
-            v6: ProcFile::open("/proc/thread-self/net/sockstat6").ok(),
+            v4: take(NetnsFile::Sockstat)?,
+            v6: take(NetnsFile::Sockstat6).ok(),
         })
     }
 

@@ -1,9 +1,9 @@
-//! Giving up capabilities once the programs are attached: the links, maps
+//! Giving up capabilities: once the programs are attached, the links, maps
 //! and listening socket are file descriptors the process already holds, and
-//! using them needs no privilege. What stays is only what later work can
-//! use: CAP_SYS_ADMIN to enter other network namespaces (setns) and
-//! CAP_SYS_PTRACE to open other users' `/proc/PID/ns/net` — when the
-//! process had them at all (root; never under the shipped unit).
+//! using them needs no privilege, so the daemon keeps none. CAP_SYS_ADMIN
+//! (setns) and CAP_SYS_PTRACE (other users' `/proc/PID/ns/net`) go to the
+//! namespace helper before anything is loaded
+//! ([`netns_opener`](super::netns_opener)), which keeps only those.
 
 use std::io;
 
@@ -12,8 +12,9 @@ pub const CAP_SYS_PTRACE: u32 = 19;
 /// See [`CAP_SYS_PTRACE`].
 pub const CAP_SYS_ADMIN: u32 = 21;
 
-/// What is kept after attach, if held.
-const KEPT_AFTER_ATTACH: &[u32] = &[CAP_SYS_ADMIN, CAP_SYS_PTRACE];
+/// What the namespace helper keeps, if held: setns, and opening the
+/// namespace of a process of another user or with more capabilities.
+pub const NAMESPACE_HELPER: u64 = (1 << CAP_SYS_ADMIN) | (1 << CAP_SYS_PTRACE);
 
 /// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit words per set.
 const VERSION_3: u32 = 0x2008_0522;
@@ -54,15 +55,29 @@ pub struct Dropped {
     pub after: u64,
 }
 
-/// Drops every capability but CAP_SYS_ADMIN and CAP_SYS_PTRACE from the
-/// effective, permitted, inheritable and ambient sets. Must run while the
-/// process has one thread: capabilities belong to threads.
+/// Drops every capability from the effective, permitted, inheritable and
+/// ambient sets. Must run while the process has one thread: capabilities
+/// belong to threads.
 pub fn drop_after_attach() -> Result<Dropped, CapabilityError> {
     let threads = std::fs::read_dir("/proc/self/task").map_or(1, Iterator::count);
     if threads != 1 {
         return Err(CapabilityError::Threads { threads });
     }
-    let keep = KEPT_AFTER_ATTACH.iter().fold(0u64, |m, &c| m | (1 << c));
+    keep_only(0)
+}
+
+/// The permitted set, as a mask.
+pub fn permitted() -> Result<u64, CapabilityError> {
+    let (_, data) = get()?;
+    Ok(u64::from(data[0].permitted) | (u64::from(data[1].permitted) << 32))
+}
+
+/// Gives up the capabilities in `mask` (the calling thread's).
+pub fn give_up(mask: u64) -> Result<Dropped, CapabilityError> {
+    keep_only(permitted()? & !mask)
+}
+
+fn get() -> Result<(Header, [Data; 2]), CapabilityError> {
     let mut header = Header {
         version: VERSION_3,
         pid: 0,
@@ -72,6 +87,14 @@ pub fn drop_after_attach() -> Result<Dropped, CapabilityError> {
     if unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) } != 0 {
         return Err(CapabilityError::Get(io::Error::last_os_error()));
     }
+    Ok((header, data))
+}
+
+/// Keeps only the capabilities in `keep` (of those held) in the calling
+/// thread's effective and permitted sets; clears the inheritable and
+/// ambient ones.
+pub fn keep_only(keep: u64) -> Result<Dropped, CapabilityError> {
+    let (mut header, mut data) = get()?;
     let join = |lo: u32, hi: u32| u64::from(lo) | (u64::from(hi) << 32);
     let before = join(data[0].permitted, data[1].permitted);
     let after = before & keep;
@@ -85,7 +108,8 @@ pub fn drop_after_attach() -> Result<Dropped, CapabilityError> {
             inheritable: 0,
         };
     }
-    // SAFETY: as above; lowering sets never needs a privilege.
+    // SAFETY: a version-3 header and two data words, as capset(2)
+    // expects; lowering sets never needs a privilege.
     if unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) } != 0 {
         return Err(CapabilityError::Set(io::Error::last_os_error()));
     }

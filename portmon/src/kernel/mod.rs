@@ -7,6 +7,8 @@
 //! - [`sock_diag`]: `NETLINK_SOCK_DIAG` dumps of a namespace's sockets
 //!   (what `ss` reads).
 //! - [`netns`]: entering a network namespace, and its cookie.
+//! - [`netns_opener`]: the namespace helper, which holds the privilege to
+//!   enter namespaces so that the daemon holds none.
 //! - [`procfs`]: the one reader of procfs and sysctl files.
 //! - [`threads`]: threads for a piece of work, a refusal counted.
 //! - [`mounts`], [`preflight`], [`features`], [`capabilities`], [`clock`]:
@@ -22,6 +24,7 @@ pub mod clock;
 pub mod features;
 pub mod mounts;
 pub mod netns;
+pub mod netns_opener;
 pub mod preflight;
 pub mod procfs;
 pub mod resources;

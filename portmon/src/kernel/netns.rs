@@ -1,13 +1,18 @@
 //! Network namespaces as the kernel offers them: entering one for a piece
-//! of work (`setns` on a thread of its own), its cookie (the number the
-//! kernel programs report, `bpf_get_netns_cookie`), and its addresses.
+//! of work (`setns` on a thread of its own), opening portmon's files in one
+//! (in-process, or through the namespace helper when the process may not
+//! enter namespaces itself), its cookie (the number the kernel programs
+//! report, `bpf_get_netns_cookie`), and its addresses.
 
-use super::{procfs, threads};
+use super::{
+    netns_opener::{self, Opened, OpenerError, Target, Wanted},
+    procfs, threads,
+};
 use std::{
     fs::{self, File},
     io,
     net::IpAddr,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
@@ -43,6 +48,14 @@ pub enum NetnsError {
     NoThread { path: PathBuf },
     #[error("the thread working in network namespace {path} panicked")]
     Thread { path: PathBuf },
+    #[error("cannot open files in network namespace {path}")]
+    Helper {
+        path: PathBuf,
+        #[source]
+        source: OpenerError,
+    },
+    #[error("network namespace {path} opened no {what}")]
+    Missing { path: PathBuf, what: &'static str },
 }
 
 /// Runs `work` on a short-lived thread that has entered the namespace at
@@ -79,6 +92,61 @@ pub fn run_in<T: Send>(path: &Path, work: impl FnOnce() -> T + Send) -> Result<T
     })
 }
 
+/// Opens `wanted` inside the namespace at `path`: in-process when it is
+/// the caller's own namespace or when there is no helper, through the
+/// namespace helper otherwise.
+pub fn open_in(path: &Path, wanted: Wanted) -> Result<Opened, NetnsError> {
+    let local = File::open(path);
+    let own = local.as_ref().is_ok_and(is_current);
+    if !own {
+        if let (Some(helper), Some(target)) = (netns_opener::helper(), Target::of_path(path)) {
+            return helper.open(&target, wanted).map_err(|source| NetnsError::Helper {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    }
+    let file = local.map_err(|source| NetnsError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    let inode = file
+        .metadata()
+        .map_err(|source| NetnsError::Open {
+            path: path.to_owned(),
+            source,
+        })?
+        .ino();
+    let mut opened = if wanted.is_empty() {
+        Opened::default()
+    } else if own {
+        netns_opener::open_here(wanted)
+    } else {
+        run_in(path, || netns_opener::open_here(wanted))?
+    };
+    opened.inode = inode;
+    Ok(opened)
+}
+
+/// The inode of the namespace at `path`; through the helper when this
+/// process may not look (another user's process, or one with more
+/// capabilities: `proc_ns_get_link` asks for ptrace access).
+pub fn inode_of(path: &Path) -> io::Result<u64> {
+    match fs::metadata(path) {
+        Ok(meta) => Ok(meta.ino()),
+        Err(err) if err.kind() == io::ErrorKind::PermissionDenied => {
+            match (netns_opener::helper(), Target::of_path(path)) {
+                (Some(helper), Some(target)) => helper
+                    .open(&target, Wanted::NONE)
+                    .map(|opened| opened.inode)
+                    .map_err(|_| err),
+                _ => Err(err),
+            }
+        }
+        Err(err) => Err(err),
+    }
+}
+
 /// Whether `file` is the calling thread's network namespace.
 fn is_current(file: &File) -> bool {
     let Ok(own) = fs::metadata("/proc/thread-self/ns/net") else {
@@ -88,10 +156,12 @@ fn is_current(file: &File) -> bool {
         .is_ok_and(|ns| ns.ino() == own.ino() && ns.dev() == own.dev())
 }
 
-/// Whether this process may enter other network namespaces (setns needs
-/// CAP_SYS_ADMIN, `netns_install` in net/core/net_namespace.c).
+/// Whether this process may open files in other network namespaces:
+/// through its namespace helper, or itself (setns needs CAP_SYS_ADMIN,
+/// `netns_install` in net/core/net_namespace.c).
 pub fn can_enter_others() -> bool {
-    procfs::effective_capabilities("self").is_ok_and(|caps| caps & (1 << procfs::CAP_SYS_ADMIN) != 0)
+    netns_opener::helper().is_some()
+        || procfs::effective_capabilities("self").is_ok_and(|caps| caps & (1 << procfs::CAP_SYS_ADMIN) != 0)
 }
 
 /// The cookie of the calling thread's network namespace.
@@ -103,12 +173,18 @@ pub fn current_cookie() -> Result<u64, NetnsError> {
     }
     // SAFETY: fd is a fresh, valid descriptor nobody else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    socket_cookie(fd.as_fd()).map_err(NetnsError::Cookie)
+}
+
+/// The cookie of the namespace a socket was made in (any socket: a
+/// `sock_diag` one the helper opened in a namespace names it).
+pub fn socket_cookie(socket: BorrowedFd<'_>) -> io::Result<u64> {
     let mut cookie = 0u64;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
     // SAFETY: cookie and len are valid for writes of the sizes given.
     let rc = unsafe {
         libc::getsockopt(
-            fd.as_raw_fd(),
+            socket.as_raw_fd(),
             libc::SOL_SOCKET,
             SO_NETNS_COOKIE,
             (&raw mut cookie).cast(),
@@ -116,14 +192,22 @@ pub fn current_cookie() -> Result<u64, NetnsError> {
         )
     };
     if rc != 0 {
-        return Err(NetnsError::Cookie(io::Error::last_os_error()));
+        return Err(io::Error::last_os_error());
     }
     Ok(cookie)
 }
 
 /// The cookie of the namespace at `path`.
 pub fn cookie_of(path: &Path) -> Result<u64, NetnsError> {
-    run_in(path, current_cookie)?
+    use netns_opener::NetnsFile;
+    let mut opened = open_in(path, Wanted::of(&[NetnsFile::SockDiag]))?;
+    let socket = opened
+        .take(NetnsFile::SockDiag)
+        .ok_or_else(|| NetnsError::Missing {
+            path: path.to_owned(),
+            what: "socket",
+        })?;
+    socket_cookie(socket.as_fd()).map_err(NetnsError::Cookie)
 }
 
 /// The addresses configured in the calling thread's namespace.

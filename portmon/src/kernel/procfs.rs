@@ -50,6 +50,15 @@ impl ProcFile {
         }
     }
 
+    /// A file opened elsewhere (in another namespace, by the namespace
+    /// helper); `path` is where it was, for messages.
+    pub fn from_fd(fd: std::os::fd::OwnedFd, path: impl Into<PathBuf>) -> Self {
+        Self {
+            file: File::from(fd),
+            path: path.into(),
+        }
+    }
+
     /// The path it was opened at, for messages.
     pub fn path(&self) -> &Path {
         &self.path

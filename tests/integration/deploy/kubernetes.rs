@@ -88,10 +88,19 @@ fn check_daemonset(ds: &Value) {
         .iter()
         .filter_map(Value::as_str)
         .collect();
+    let unit = std::fs::read_to_string(portmon_tests::supervised::unit_file()).expect("read the unit file");
+    let unit_caps = portmon_tests::supervised::unit_values(&unit, "AmbientCapabilities");
     assert_eq!(
         added,
-        BTreeSet::from(["BPF", "PERFMON", "NET_ADMIN"]),
+        unit_caps
+            .iter()
+            .map(|c| c.trim_start_matches("CAP_"))
+            .collect::<BTreeSet<_>>(),
         "DaemonSet: the systemd unit's capabilities, no more"
+    );
+    assert_eq!(
+        added,
+        BTreeSet::from(["BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"])
     );
     assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]));
     let args: Vec<&str> = c["args"]

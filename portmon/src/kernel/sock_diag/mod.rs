@@ -163,6 +163,23 @@ impl Transport for Netlink {
     }
 }
 
+/// A bare `NETLINK_SOCK_DIAG` socket in the calling thread's namespace.
+pub fn socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the fd is owned below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            NETLINK_SOCK_DIAG,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// A sock_diag socket bound to the namespace it was opened in.
 #[derive(Debug)]
 pub struct SockDiag<T = Netlink> {
@@ -174,19 +191,12 @@ pub struct SockDiag<T = Netlink> {
 impl SockDiag {
     /// Opens a socket in the calling thread's namespace.
     pub fn open() -> io::Result<Self> {
-        // SAFETY: plain socket(2); the fd is owned below.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-                NETLINK_SOCK_DIAG,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Self::over_socket(socket()?)
+    }
+
+    /// A `NETLINK_SOCK_DIAG` socket opened elsewhere (in another namespace,
+    /// by the namespace helper): it keeps dumping that namespace.
+    pub fn over_socket(fd: OwnedFd) -> io::Result<Self> {
         // A dump the kernel stops answering (none is known) must fail that
         // dump, counted, not freeze every scrape behind it.
         let timeout = libc::timeval {
