@@ -129,7 +129,7 @@ fn with_the_units_privileges_another_namespaces_pool_is_covered_and_the_daemon_h
             ports = http_get(addr, "/api/v1/ports?listening=1&port=18086")
                 .map(|(_, body)| body)
                 .unwrap_or_default();
-            ports.contains("\"port\": 18086")
+            ports.contains("\"port\":18086")
         }),
         "a root process's namespace, opened by pid: {ports}"
     );
@@ -197,7 +197,7 @@ fn with_the_units_privileges_another_namespaces_pool_is_covered_and_the_daemon_h
     );
     let (status, ports) = http_get(addr, "/api/v1/ports?listening=1&port=17486").expect("ports");
     assert_eq!(status, 200);
-    assert!(ports.contains("\"port\": 17486"), "{ports}");
+    assert!(ports.contains("\"port\":17486"), "{ports}");
 
     daemon.signal(libc::SIGTERM);
     let status = daemon
@@ -234,7 +234,7 @@ fn without_the_helpers_capabilities_portmon_covers_its_own_namespace_and_says_so
         .unwrap_or_else(|| panic!("no READY=1:\n{}", daemon.log_text()));
     assert!(children_named(daemon.child.id(), "portmon-privsep").is_empty());
     let (_, ports) = http_get(addr, "/api/v1/ports?listening=1&port=17487").expect("ports");
-    assert!(ports.contains("\"port\": 17487"), "{ports}");
+    assert!(ports.contains("\"port\":17487"), "{ports}");
     let log = daemon.log_text();
     let degraded: Vec<&str> = log.lines().filter(|l| l.contains("CAP_SYS_ADMIN")).collect();
     assert_eq!(degraded.len(), 1, "one line about what is missing:\n{log}");

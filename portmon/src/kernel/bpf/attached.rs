@@ -7,7 +7,10 @@ use std::{collections::HashMap, sync::OnceLock};
 
 use portmon_common::program;
 
-use super::loader::{Hook, PROGRAMS};
+use super::{
+    fdinfo,
+    loader::{Hook, PROGRAMS},
+};
 
 /// Asks the kernel which programs run at portmon's cgroup, through the
 /// `fdinfo` of the daemon's own cgroup links: a link detached from outside
@@ -72,46 +75,14 @@ fn is_cgroup_program(name: &str) -> bool {
 
 /// Every cgroup link this process holds, by the id of its program.
 fn cgroup_links() -> HashMap<u32, u32> {
-    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
-        return HashMap::new();
-    };
-    fds.flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|fd| {
-            let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
-            // Only cgroup links show a cgroup_id.
-            field(&text, "cgroup_id:")?;
-            Some((u32::try_from(field(&text, "prog_id:")?).ok()?, fd))
-        })
+    // Only cgroup links show a cgroup_id.
+    fdinfo::own_with("cgroup_id:")
+        .into_iter()
+        .filter_map(|(fd, text)| Some((u32::try_from(fdinfo::field(&text, "prog_id:")?).ok()?, fd)))
         .collect()
 }
 
 /// A number of the `fdinfo` of descriptor `fd`.
 fn link_field(fd: u32, name: &str) -> Option<u64> {
-    field(
-        &std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?,
-        name,
-    )
-}
-
-fn field(fdinfo: &str, name: &str) -> Option<u64> {
-    fdinfo
-        .lines()
-        .find_map(|l| l.strip_prefix(name))
-        .and_then(|v| v.trim().parse().ok())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_a_cgroup_links_fdinfo() {
-        let fdinfo = "pos:\t0\nflags:\t02000000\nmnt_id:\t16\nino:\t1056\nlink_type:\tcgroup\n\
-                      link_id:\t7\nprog_tag:\t0123456789abcdef\nprog_id:\t42\ncgroup_id:\t1\n\
-                      attach_type:\t8\n";
-        assert_eq!(field(fdinfo, "prog_id:"), Some(42));
-        assert_eq!(field(fdinfo, "cgroup_id:"), Some(1));
-        assert_eq!(field("link_type:\traw_tracepoint\n", "cgroup_id:"), None);
-    }
+    fdinfo::field(&fdinfo::read(fd)?, name)
 }

@@ -10,6 +10,7 @@ pub mod attached;
 pub mod btf;
 pub mod counters;
 pub mod events;
+mod fdinfo;
 pub mod loader;
 pub mod map_batch;
 pub mod mapped_array;

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use super::fdinfo;
 use crate::kernel::procfs;
 
 /// The kernel's ids of portmon's loaded programs, by name.
@@ -28,24 +29,28 @@ pub fn stats_enabled() -> bool {
 impl ProgramIds {
     /// Each program's runs, or `None` while the kernel does not count them:
     /// figures frozen since statistics went off would read as an idle host.
+    /// Read from the `fdinfo` of the daemon's own program descriptors,
+    /// which needs no capability (the `bpf(2)` walk of loaded programs
+    /// needs CAP_SYS_ADMIN, given up after attaching).
     pub fn read(&self) -> Option<Vec<ProgramRuns>> {
         if !stats_enabled() {
             return None;
         }
-        // The kernel hands out a program's information by descriptor or by
-        // id; aya 0.14 reaches it only through its walk of every program.
-        let mut runs: Vec<ProgramRuns> = aya::programs::loaded_programs()
-            .filter_map(Result::ok)
-            .filter_map(|info| {
-                let &(program, _) = self.0.iter().find(|(_, id)| *id == info.id())?;
+        let mut runs: Vec<ProgramRuns> = fdinfo::own_with("run_cnt:")
+            .into_iter()
+            .filter_map(|(_, text)| {
+                let id = u32::try_from(fdinfo::field(&text, "prog_id:")?).ok()?;
+                let &(program, _) = self.0.iter().find(|(_, known)| *known == id)?;
                 Some(ProgramRuns {
                     program,
-                    runs: info.run_count(),
-                    run_time: info.run_time(),
+                    runs: fdinfo::field(&text, "run_cnt:")?,
+                    run_time: Duration::from_nanos(fdinfo::field(&text, "run_time_ns:")?),
                 })
             })
             .collect();
         runs.sort_unstable_by_key(|r| r.program);
+        // A program aya holds more than one descriptor of counts once.
+        runs.dedup_by_key(|r| r.program);
         Some(runs)
     }
 }
