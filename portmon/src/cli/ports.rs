@@ -18,7 +18,7 @@ use super::{RegistryArgs, EXIT_USAGE};
 use crate::{
     api::{port_entries, PortEntry, PortFilter},
     config::{Config, ConfigError},
-    inventory::Inventory,
+    inventory::{Inventory, Snapshot},
     registry::Registry,
 };
 
@@ -208,9 +208,10 @@ fn ask_daemon(addr: SocketAddr, filter: &PortFilter) -> Option<anyhow::Result<Ve
     })
 }
 
-fn snapshot_here(registry: Option<&std::path::Path>, filter: &PortFilter) -> anyhow::Result<Vec<PortEntry>> {
-    let registry = Registry::load(registry)?;
-    // Other namespaces need privileges; without them, this one is what ss would show.
+/// A snapshot taken here, without a daemon, and the names of its
+/// namespaces by cookie. Other namespaces need privileges; without them,
+/// this one is what `ss` would show.
+pub(super) fn snapshot_without_daemon() -> anyhow::Result<(Snapshot, HashMap<u64, String>)> {
     let mut inventory = if crate::kernel::capabilities::is_root() {
         Inventory::scan()
     } else {
@@ -227,6 +228,12 @@ fn snapshot_here(registry: Option<&std::path::Path>, filter: &PortFilter) -> any
             names.insert(cookie, "host".to_owned());
         }
     }
+    Ok((snapshot, names))
+}
+
+fn snapshot_here(registry: Option<&std::path::Path>, filter: &PortFilter) -> anyhow::Result<Vec<PortEntry>> {
+    let registry = Registry::load(registry)?;
+    let (snapshot, names) = snapshot_without_daemon()?;
     Ok(port_entries(
         &snapshot.sockets,
         &registry,

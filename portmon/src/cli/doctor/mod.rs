@@ -25,7 +25,6 @@ use crate::{
     api::{port_entries, PortEntry, PortFilter},
     config::ConfigError,
     exhaustion::{self, DEFAULT_TOP_DESTINATIONS},
-    inventory::Inventory,
     registry::Registry,
 };
 
@@ -216,22 +215,7 @@ pub(super) fn metrics(exposition: &str) -> Vec<(String, BTreeMap<String, String>
 /// owners: only the daemon's kernel programs know those).
 fn snapshot(registry: Option<&std::path::Path>) -> anyhow::Result<Evidence> {
     let registry = Registry::load(registry)?;
-    let mut inventory = if crate::kernel::capabilities::is_root() {
-        Inventory::scan()
-    } else {
-        Inventory::current()?
-    };
-    let snapshot = inventory.snapshot();
-    let mut names: HashMap<u64, String> = inventory
-        .namespaces()
-        .iter()
-        .map(|n| (n.cookie, n.name.clone()))
-        .collect();
-    if names.is_empty() {
-        if let Ok(cookie) = crate::kernel::netns::current_cookie() {
-            names.insert(cookie, "host".to_owned());
-        }
-    }
+    let (snapshot, names) = super::ports::snapshot_without_daemon()?;
     let report = exhaustion::assess(
         &snapshot.sockets,
         &snapshot.pools,

@@ -292,6 +292,11 @@ mod tests {
         push(&[0, (KIND_UNION << 24) | 2, 8, s("b"), 1, 0, 0, 2, 0]);
         // 4: struct outer { a; union 3 at byte 8; }
         push(&[s("outer"), (KIND_STRUCT << 24) | 2, 16, s("a"), 1, 0, 0, 3, 64]);
+        blob(&types, &strings)
+    }
+
+    /// A BTF blob of these types and strings, behind a version-1 header.
+    fn blob(types: &[u8], strings: &[u8]) -> Vec<u8> {
         let mut blob = Vec::new();
         for w in [
             u32::from(MAGIC) | (1 << 16),
@@ -303,8 +308,8 @@ mod tests {
         ] {
             blob.extend_from_slice(&w.to_le_bytes());
         }
-        blob.extend_from_slice(&types);
-        blob.extend_from_slice(&strings);
+        blob.extend_from_slice(types);
+        blob.extend_from_slice(strings);
         blob
     }
 
@@ -351,20 +356,7 @@ mod tests {
                 types.extend_from_slice(&w.to_le_bytes());
             }
         }
-        let mut blob = Vec::new();
-        for w in [
-            u32::from(MAGIC) | (1 << 16),
-            24,
-            0,
-            types.len() as u32,
-            types.len() as u32,
-            strings.len() as u32,
-        ] {
-            blob.extend_from_slice(&w.to_le_bytes());
-        }
-        blob.extend_from_slice(&types);
-        blob.extend_from_slice(strings);
-        let btf = Btf::parse(&blob).expect("parse");
+        let btf = Btf::parse(&blob(&types, strings)).expect("parse");
         assert!(btf.member_offset("outer", "d").is_err());
     }
 
