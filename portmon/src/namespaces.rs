@@ -200,15 +200,6 @@ impl Namespaces {
         self.runtimes.complete(workload);
     }
 
-    /// The namespace with this cookie, scanning again once if it is new.
-    pub fn resolve(&mut self, cookie: u64) -> Option<&Netns> {
-        if !self.by_cookie.contains_key(&cookie) {
-            // A scan cut short still found what it could.
-            let _ = self.rescan();
-        }
-        self.by_cookie.get(&cookie)
-    }
-
     /// The namespace with this cookie, as last scanned.
     pub fn get(&self, cookie: u64) -> Option<&Netns> {
         self.by_cookie.get(&cookie)
