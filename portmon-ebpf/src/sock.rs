@@ -110,20 +110,14 @@ fn on_release(ctx: &SockContext) {
     if !udp && tracked.is_none() {
         return;
     }
+    // Where its port is needed, it is read from the socket itself:
     // `sock_release` may not read `src_port` from its context
-    // (`__sock_filter_check_attach_type`, net/core/filter.c): the context
-    // is the socket itself, so its port is read from there.
-    let Some(head) = layout::head(sk) else {
-        if let Some(tracked) = tracked {
-            free(tracked);
-        }
-        return;
-    };
-    let (counted, netns) = match tracked {
+    // (`__sock_filter_check_attach_type`, net/core/filter.c).
+    if let Some(tracked) = tracked {
         // The softirq that completes a connect may write the slot now
         // (`tcp_finish_connect`): the slot goes back at the close transition
         // that follows (`tcp_close` sets CLOSE, or the connection ends).
-        Some(tracked) if state == TCP_SYN_SENT && !udp => {
+        if state == TCP_SYN_SENT && !udp {
             tracked.slot.released = 1;
             // A connect refused in between reached CLOSE before the mark:
             // nobody else will give the slot back.
@@ -134,21 +128,33 @@ fn on_release(ctx: &SockContext) {
             }
             return;
         }
-        Some(mut tracked) => {
-            if tracked.slot.pending != pending::NONE {
-                settle(&mut tracked, head.num);
-            }
-            let st = &*tracked.slot;
-            let counted = st.flags & (sock_flag::BOUND | sock_flag::AUTOBOUND) != 0;
-            let netns = st.netns;
-            free(tracked);
-            (counted, Some(netns))
+        // Nothing left to settle or count: the usual end of a bound socket,
+        // which needs no read of the socket itself.
+        let st = &*tracked.slot;
+        if st.pending == pending::NONE && (!udp || st.flags & (sock_flag::BOUND | sock_flag::AUTOBOUND) != 0)
+        {
+            return free(tracked);
         }
-        None => (false, None),
-    };
-    if udp && head.num != 0 && !counted {
+        let Some(head) = layout::head(sk) else {
+            return free(tracked);
+        };
+        let mut tracked = tracked;
+        if tracked.slot.pending != pending::NONE {
+            settle(&mut tracked, head.num);
+        }
+        let st = &*tracked.slot;
+        let counted = st.flags & (sock_flag::BOUND | sock_flag::AUTOBOUND) != 0;
+        let netns = st.netns;
+        free(tracked);
+        if udp && head.num != 0 && !counted {
+            count_assigned(netns, proto::UDP, head.family as u8, assigned::AUTOBIND);
+        }
+        return;
+    }
+    let Some(head) = layout::head(sk) else { return };
+    if head.num != 0 {
         // SAFETY: the helper accepts a cgroup sock context.
-        let netns = netns.unwrap_or_else(|| unsafe { bpf_get_netns_cookie(ctx.as_ptr()) });
+        let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
         count_assigned(netns, proto::UDP, head.family as u8, assigned::AUTOBIND);
     }
 }

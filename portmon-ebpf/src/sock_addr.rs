@@ -16,7 +16,7 @@ use portmon_common::{family, kind, pending, proto, sock_flag};
 
 use crate::{
     maps::{count, count_bind_before_connect},
-    sockets::{find, find_or_claim, settle, Comm, Tracked},
+    sockets::{find, find_or_claim, settle, Owner, Tracked},
     ALLOW,
 };
 
@@ -120,12 +120,12 @@ fn on_bind(ctx: &SockAddrContext, family: u8) {
     if bound_port != 0 {
         return;
     }
-    // A fixed port is a service's, kept for long: its command is recorded
-    // now. Port 0 is a client's, usually gone soon; the helper would cost
-    // as much as the rest of the claim, and user space names the pid of a
-    // socket that lives.
-    let comm = if req.port == 0 { Comm::Skip } else { Comm::Record };
-    let Some(mut tracked) = find_or_claim(cookie(ctx), netns(ctx), family, req.proto, comm) else {
+    let owner = if req.port == 0 {
+        Owner::Later
+    } else {
+        Owner::Record
+    };
+    let Some(mut tracked) = find_or_claim(cookie(ctx), netns(ctx), family, req.proto, owner) else {
         return;
     };
     if tracked.slot.pending != pending::NONE {
@@ -156,7 +156,7 @@ fn on_connect(ctx: &SockAddrContext, family: u8) {
     // until the socket's next event.
     let udp_autobind = req.proto == proto::UDP && bound_port == 0;
     let tracked = if udp_autobind {
-        find_or_claim(cookie(ctx), netns(ctx), family, req.proto, Comm::Skip)
+        find_or_claim(cookie(ctx), netns(ctx), family, req.proto, Owner::Later)
     } else {
         find(cookie(ctx))
     };

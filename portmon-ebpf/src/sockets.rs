@@ -123,17 +123,23 @@ fn take(group: *mut SocketGroup, cookie: u64) -> Option<usize> {
     None
 }
 
-/// Whether a claim records the owner's command name.
+/// Whose a claimed slot says the socket is.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Comm {
+pub enum Owner {
+    /// A bind() to a fixed port, a service's, kept for long: the command,
+    /// pid and cgroup of the caller, now.
     Record,
-    Skip,
+    /// A client's bind(0) or auto-binding connect(), usually gone within
+    /// milliseconds: nobody asks its owner, and the three helpers cost as
+    /// much as the rest of the claim. Should it listen, the state
+    /// tracepoint records its owner then (`record_owner`).
+    Later,
 }
 
-/// The socket's slot, taken now if it has none, with the current task as its
-/// owner; `None` (counted) when both of its groups are full.
+/// The socket's slot, taken now if it has none; `None` (counted) when both
+/// of its groups are full.
 #[inline(always)]
-pub fn find_or_claim(cookie: u64, netns: u64, family: u8, proto: u8, comm: Comm) -> Option<Tracked> {
+pub fn find_or_claim(cookie: u64, netns: u64, family: u8, proto: u8, owner: Owner) -> Option<Tracked> {
     if let Some(tracked) = find(cookie) {
         return Some(tracked);
     }
@@ -167,25 +173,15 @@ pub fn find_or_claim(cookie: u64, netns: u64, family: u8, proto: u8, comm: Comm)
     // whoever opens an operation, before anything reads it.
     let st = &mut *tracked.slot;
     st.netns = netns;
-    // SAFETY: the helper takes no arguments and cannot fail.
-    st.cgroup = unsafe { bpf_get_current_cgroup_id() };
-    let name = (&raw mut st.comm).cast::<u64>();
-    match comm {
-        // Straight into the slot: the helper pads the name with zeros, and
-        // zeroes it all if it fails. The wrapper's stack copy costs a memset
-        // call and a copy.
-        // SAFETY: 16 writable bytes of a map value.
-        Comm::Record => unsafe {
-            generated::bpf_get_current_comm(name.cast(), 16);
-        },
-        // Two stores where `[0; 16]` costs a call to memset.
-        // SAFETY: `comm` is 16 bytes at an 8-byte aligned offset of the slot.
-        Comm::Skip => unsafe {
-            core::ptr::write_volatile(name, 0);
-            core::ptr::write_volatile(name.add(1), 0);
-        },
+    match owner {
+        Owner::Record => record_owner(st),
+        Owner::Later => {
+            // `pid` 0 is "no owner" to user space; the name and cgroup of
+            // the slot's last holder stay until an owner is recorded, and
+            // nothing reads them without a pid.
+            st.pid = 0;
+        }
     }
-    st.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
     st.local_port = 0;
     st.remote_port = 0;
     st.pending_port = 0;
@@ -195,6 +191,21 @@ pub fn find_or_claim(cookie: u64, netns: u64, family: u8, proto: u8, comm: Comm)
     st.pending = pending::NONE;
     st.released = 0;
     Some(tracked)
+}
+
+/// Records the current task as the socket's owner: command, pid, cgroup.
+#[inline(always)]
+pub fn record_owner(st: &mut SockSlot) {
+    // SAFETY: the helper takes no arguments and cannot fail.
+    st.cgroup = unsafe { bpf_get_current_cgroup_id() };
+    // Straight into the slot: the helper pads the name with zeros, and
+    // zeroes it all if it fails. The wrapper's stack copy costs a memset
+    // call and a copy.
+    // SAFETY: 16 writable bytes of a map value.
+    unsafe {
+        generated::bpf_get_current_comm((&raw mut st.comm).cast(), 16);
+    }
+    st.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
 }
 
 /// Gives the slot back. The fields user space counts go to zero first, so

@@ -12,7 +12,7 @@ use portmon_common::{assigned, errno, family, kind, op, proto, sock_flag, tcp_st
 use crate::{
     layout::{self, Head},
     maps::{count, count_assigned},
-    sockets::{current_failure, find, free, send_failure},
+    sockets::{current_failure, find, free, record_owner, send_failure},
 };
 
 // The tracepoint passes states as `int`s, read here as whole registers.
@@ -93,6 +93,11 @@ fn on_listen(sk: u64) {
         return count(layout::netns(sk), proto::TCP, family, kind::LISTENS, head.num);
     };
     let st = tracked.slot;
+    // A socket bound to port 0 was claimed without an owner: the process
+    // that listens on it is.
+    if st.pid == 0 {
+        record_owner(st);
+    }
     count(st.netns, proto::TCP, family, kind::LISTENS, head.num);
     st.local_port = head.num;
     st.flags |= sock_flag::LISTENING;

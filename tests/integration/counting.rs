@@ -81,6 +81,21 @@ fn listeners_have_an_owner_until_they_close_and_clients_none() {
         drop(server);
         drop(listener);
         assert_eq!(ours(&monitor), vec![], "a closed socket keeps no owner");
+        // bind(0) records no owner (a client's, as a rule), but one that
+        // goes on to listen is a service's: the listening process owns it.
+        let bound = UdpSocket::bind("127.0.0.1:0").expect("bind 0");
+        assert_eq!(ours(&monitor), vec![], "a client bound to port 0 has no owner");
+        drop(bound);
+        let listener = TcpListener::bind("127.0.0.1:0").expect("listen on port 0");
+        let owners = ours(&monitor);
+        assert_eq!(owners.len(), 1, "{owners:?}");
+        assert_eq!(owners[0].pid, std::process::id());
+        assert_eq!(
+            String::from_utf8_lossy(&owners[0].comm).trim_end_matches('\0'),
+            thread.trim_end()
+        );
+        drop(listener);
+        assert_eq!(ours(&monitor), vec![], "a closed listener keeps no owner");
     });
 }
 
