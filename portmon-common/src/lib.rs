@@ -216,7 +216,10 @@ pub struct PortTableKey {
     pub family: u8,
     /// `kind::*`.
     pub kind: u8,
-    pub _pad: [u8; 5],
+    // Two fields, not `[u8; 5]`: LLVM builds a zeroed five-byte array with a
+    // call to the BPF object's `memset` on every count.
+    pub _pad: u8,
+    pub _pad_word: u32,
 }
 const _: () = assert!(core::mem::size_of::<PortTableKey>() == 16);
 
@@ -227,7 +230,8 @@ impl PortTableKey {
             proto,
             family,
             kind,
-            _pad: [0; 5],
+            _pad: 0,
+            _pad_word: 0,
         }
     }
 }
@@ -272,7 +276,10 @@ pub struct PoolKey {
     pub family: u8,
     /// `assigned::*`.
     pub how: u8,
-    pub _pad: [u8; 5],
+    // Two fields, not `[u8; 5]`: LLVM builds a zeroed five-byte array with a
+    // call to the BPF object's `memset` on every count.
+    pub _pad: u8,
+    pub _pad_word: u32,
 }
 const _: () = assert!(core::mem::size_of::<PoolKey>() == 16);
 
@@ -283,7 +290,8 @@ impl PoolKey {
             proto,
             family,
             how,
-            _pad: [0; 5],
+            _pad: 0,
+            _pad_word: 0,
         }
     }
 }

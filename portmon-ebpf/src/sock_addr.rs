@@ -81,9 +81,11 @@ fn request(ctx: &SockAddrContext) -> Option<Request> {
     })
 }
 
-/// The address asked for, as bytes in network order.
+/// Writes the address asked for into `to`, as bytes in network order.
+/// Word by word: building the array would zero its last twelve bytes for
+/// an IPv4 address with a call to the BPF object's `memset`.
 #[inline(always)]
-fn requested_addr(ctx: &SockAddrContext, family: u8) -> [u8; 16] {
+fn write_requested_addr(ctx: &SockAddrContext, family: u8, to: &mut [u8; 16]) {
     // SAFETY: as in `request`.
     let sa = unsafe { &*ctx.sock_addr };
     // Each word is in network order already: keep the bytes as they lie.
@@ -92,10 +94,12 @@ fn requested_addr(ctx: &SockAddrContext, family: u8) -> [u8; 16] {
     } else {
         sa.user_ip6
     };
-    let [a, b, c, d] = words.map(u32::to_ne_bytes);
-    [
-        a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2], d[3],
-    ]
+    let to = (&raw mut *to).cast::<u32>();
+    for (i, word) in words.into_iter().enumerate() {
+        // SAFETY: 16 writable bytes of a map value at a 4-byte aligned
+        // offset (`SockSlot::pending_addr`); `i` is below 4.
+        unsafe { to.add(i).write_unaligned(word) };
+    }
 }
 
 #[inline(always)]
@@ -133,7 +137,7 @@ fn on_bind(ctx: &SockAddrContext, family: u8) {
     }
     tracked.slot.pending = pending::BIND;
     tracked.slot.pending_port = req.port;
-    tracked.slot.pending_addr = requested_addr(ctx, family);
+    write_requested_addr(ctx, family, &mut tracked.slot.pending_addr);
 }
 
 #[inline(always)]
@@ -175,7 +179,7 @@ fn on_connect(ctx: &SockAddrContext, family: u8) {
     if udp_autobind {
         st.pending = pending::UDP_CONNECT;
         st.pending_port = req.port;
-        st.pending_addr = requested_addr(ctx, family);
+        write_requested_addr(ctx, family, &mut st.pending_addr);
         return;
     }
     count(st.netns, proto::UDP, family, kind::CONNECTS_TO, req.port);

@@ -169,22 +169,26 @@ pub fn find_or_claim(cookie: u64, netns: u64, family: u8, proto: u8, owner: Owne
         }
     }?;
     // Field by field: a whole `SockSlot` would be built on the stack and
-    // copied (a memset and a memcpy per claim). `pending_addr` is written by
-    // whoever opens an operation, before anything reads it.
+    // copied (a memset and a memcpy per claim). Volatile where neighbours
+    // are zeroed, or LLVM merges the stores into a call to the BPF
+    // object's `memset`. `pending_addr` is written by whoever opens an
+    // operation, before anything reads it.
     let st = &mut *tracked.slot;
     st.netns = netns;
     match owner {
         Owner::Record => record_owner(st),
-        Owner::Later => {
-            // `pid` 0 is "no owner" to user space; the name and cgroup of
-            // the slot's last holder stay until an owner is recorded, and
-            // nothing reads them without a pid.
-            st.pid = 0;
-        }
+        // `pid` 0 is "no owner" to user space; the name and cgroup of the
+        // slot's last holder stay until an owner is recorded, and nothing
+        // reads them without a pid.
+        // SAFETY: a field of a map value, aligned.
+        Owner::Later => unsafe { core::ptr::write_volatile(&raw mut st.pid, 0) },
     }
-    st.local_port = 0;
-    st.remote_port = 0;
-    st.pending_port = 0;
+    // SAFETY: fields of a map value, aligned.
+    unsafe {
+        core::ptr::write_volatile(&raw mut st.local_port, 0);
+        core::ptr::write_volatile(&raw mut st.remote_port, 0);
+        core::ptr::write_volatile(&raw mut st.pending_port, 0);
+    }
     st.family = family;
     st.proto = proto;
     st.flags = 0;
