@@ -301,6 +301,15 @@ mod tests {
     use super::*;
     use crate::api::OwnerEntry;
 
+    fn nginx() -> OwnerEntry {
+        OwnerEntry {
+            pid: 42,
+            comm: "nginx".into(),
+            cgroup: 7,
+            unit: Some("nginx.service".into()),
+        }
+    }
+
     fn entry(port: u16, owner: Option<OwnerEntry>) -> PortEntry {
         PortEntry {
             netns: "host".into(),
@@ -320,12 +329,7 @@ mod tests {
 
     #[test]
     fn the_table_names_the_owners_unit() {
-        let nginx = OwnerEntry {
-            pid: 42,
-            comm: "nginx".into(),
-            cgroup: 7,
-            unit: Some("nginx.service".into()),
-        };
+        let nginx = nginx();
         let entries = [entry(80, Some(nginx)), entry(81, None)];
         let text = |columns| {
             let mut out = Vec::new();
@@ -396,12 +400,7 @@ mod tests {
     #[test]
     fn unit_and_pid_keep_the_sockets_of_that_owner() {
         use clap::Parser as _;
-        let nginx = OwnerEntry {
-            pid: 42,
-            comm: "nginx".into(),
-            cgroup: 7,
-            unit: Some("nginx.service".into()),
-        };
+        let nginx = nginx();
         let entries = [entry(80, Some(nginx)), entry(81, None)];
         let kept = |args: &[&str]| -> Vec<u16> {
             let cli = crate::cli::Cli::try_parse_from([&["portmon", "ports"], args].concat()).unwrap();

@@ -296,25 +296,18 @@ mod tests {
 
     use super::*;
     use crate::exhaustion::pool::TwReuse;
-    use crate::{
-        exhaustion::pool::{EphemeralPool, LocalPortRange, ReservedPorts},
-        kernel::sock_diag::Socket,
-    };
+    use crate::{exhaustion::pool::test_pool, kernel::sock_diag::Socket};
 
     const NS: u64 = 7;
 
-    /// A pool of 100 ports (40000–40099) with 10 reserved (40000–40009).
     fn settings(tw_reuse: TwReuse) -> HashMap<u64, PoolSettings> {
-        let mut reserved = ReservedPorts::none();
-        reserved.insert_range(40000, 40009);
-        let pool = EphemeralPool {
-            range: LocalPortRange {
-                low: 40000,
-                high: 40099,
+        HashMap::from([(
+            NS,
+            PoolSettings {
+                pool: test_pool(),
+                tw_reuse,
             },
-            reserved,
-        };
-        HashMap::from([(NS, PoolSettings { pool, tw_reuse })])
+        )])
     }
 
     fn tcp(state: SocketState, local: &str, remote: &str, cookie: u64) -> NsSocket {

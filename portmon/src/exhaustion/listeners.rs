@@ -76,24 +76,15 @@ mod tests {
 
     use super::*;
     use crate::{
-        exhaustion::pool::{EphemeralPool, LocalPortRange, TwReuse},
+        exhaustion::pool::{test_pool, TwReuse},
         kernel::sock_diag::{Socket, SocketState},
     };
 
     fn pools(netns: u64) -> HashMap<u64, PoolSettings> {
-        let mut reserved = ReservedPorts::none();
-        reserved.insert_range(40000, 40009);
-        let pool = EphemeralPool {
-            range: LocalPortRange {
-                low: 40000,
-                high: 40099,
-            },
-            reserved,
-        };
         HashMap::from([(
             netns,
             PoolSettings {
-                pool,
+                pool: test_pool(),
                 tw_reuse: TwReuse::Off,
             },
         )])

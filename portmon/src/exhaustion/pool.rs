@@ -407,6 +407,21 @@ impl PoolSysctls {
     }
 }
 
+/// The pool the exhaustion unit tests share: 100 ports (40000–40099),
+/// 10 of them reserved (40000–40009).
+#[cfg(test)]
+pub(crate) fn test_pool() -> EphemeralPool {
+    let mut reserved = ReservedPorts::none();
+    reserved.insert_range(40000, 40009);
+    EphemeralPool {
+        range: LocalPortRange {
+            low: 40000,
+            high: 40099,
+        },
+        reserved,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
