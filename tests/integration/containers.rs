@@ -4,7 +4,7 @@
 
 use std::{io::ErrorKind, path::PathBuf};
 
-use portmon_tests::{cgroup::CgroupProcess, http_get, metric_value, portmon_bin, serial, Daemon};
+use portmon_tests::{cgroup::CgroupProcess, http_get, metric_value, portmon_ports, serial, Daemon};
 
 use crate::exhaustion::{connect_until_refused, narrow_pool, wait_metric, Server, POOL};
 
@@ -169,18 +169,7 @@ fn cgroup_names_of_any_bytes_never_break_a_scrape_or_portmon_ports() {
     // through the daemon, and taken by `portmon ports` itself (no daemon there).
     let listener = processes[1].enter(|| std::net::TcpListener::bind("127.0.0.1:7001").expect("listen"));
     for args in [["--daemon", "127.0.0.1:17473"], ["--daemon", "127.0.0.1:1"]] {
-        let out = std::process::Command::new(portmon_bin())
-            .arg("ports")
-            .args(args)
-            .env_remove("PORTMON_CONFIG")
-            .output()
-            .expect("run portmon ports");
-        assert!(
-            out.status.success(),
-            "portmon ports {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8(out.stdout).expect("UTF-8 table");
+        let stdout = portmon_ports(&args);
         assert!(
             stdout
                 .lines()

@@ -12,40 +12,34 @@ const PROGRAMS: usize = portmon::kernel::bpf::PROGRAMS.len();
 
 #[test]
 fn sigterm_detaches_every_program_and_exits_cleanly() {
-    let _serial = serial();
-    let before = settled_portmon_programs();
-    let daemon = Daemon::start("127.0.0.1:17455".parse().unwrap(), &[]);
-    assert_eq!(
-        loaded_portmon_programs(),
-        before + PROGRAMS,
-        "programs while running"
-    );
-    let status = daemon.stop_with(libc::SIGTERM);
+    let status = stopped_with(libc::SIGTERM, "127.0.0.1:17455");
     assert!(status.success(), "exit after SIGTERM: {status}");
-    assert!(
-        wait_until(Duration::from_secs(5), || loaded_portmon_programs() == before),
-        "programs left after SIGTERM: {}",
-        loaded_portmon_programs() - before
-    );
 }
 
 #[test]
 fn after_sigkill_nothing_stays_attached() {
+    let status = stopped_with(libc::SIGKILL, "127.0.0.1:17456");
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+}
+
+/// Starts a daemon, stops it with `signal` and checks that every program it
+/// attached is gone within 5 s; returns how it exited.
+fn stopped_with(signal: libc::c_int, listen: &str) -> std::process::ExitStatus {
     let _serial = serial();
     let before = settled_portmon_programs();
-    let daemon = Daemon::start("127.0.0.1:17456".parse().unwrap(), &[]);
+    let daemon = Daemon::start(listen.parse().unwrap(), &[]);
     assert_eq!(
         loaded_portmon_programs(),
         before + PROGRAMS,
         "programs while running"
     );
-    let status = daemon.stop_with(libc::SIGKILL);
-    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    let status = daemon.stop_with(signal);
     assert!(
         wait_until(Duration::from_secs(5), || loaded_portmon_programs() == before),
-        "programs left after SIGKILL: {}",
+        "programs left after signal {signal}: {}",
         loaded_portmon_programs() - before
     );
+    status
 }
 
 #[test]
