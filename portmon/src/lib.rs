@@ -34,7 +34,8 @@
 //!    vocabulary; `single_flight`.
 //! 3. `registry` (what a port is called), `exhaustion` (the ephemeral pool
 //!    by the kernel's rules), `cgroups`, `workload` and `namespaces` (the
-//!    names people know: units, containers, pods), `settings`.
+//!    names people know: units, containers, pods), `owners` (who holds a
+//!    socket the kernel programs did not see made), `settings`.
 //! 4. `inventory` (sock_diag snapshots) and `failures` (failed binds and
 //!    connects, settled).
 //! 5. `state`: the daemon's shared state.
@@ -58,6 +59,7 @@ pub mod inventory;
 pub mod kernel;
 pub mod log_budget;
 pub mod namespaces;
+pub mod owners;
 pub mod port_class;
 pub mod port_set;
 pub mod registry;

@@ -48,10 +48,9 @@ pub struct Walk {
     pub cut_short: bool,
 }
 
-/// Walks `/proc/*/fd` for the sockets `inodes` (at most [`INODES_MAX`]
-/// are looked for; the rest are left out), within the bounds above.
+/// Walks `/proc/*/fd` for the sockets `inodes`, within the bounds above.
 pub fn walk(inodes: &[u32]) -> Walk {
-    let wanted: HashSet<u32> = inodes.iter().copied().take(INODES_MAX).collect();
+    let wanted: HashSet<u32> = inodes.iter().copied().collect();
     let mut found = Walk::default();
     if wanted.is_empty() {
         return found;
@@ -102,8 +101,8 @@ pub fn walk(inodes: &[u32]) -> Walk {
     found
 }
 
-/// Finds the holders of `inodes` through the namespace helper if it runs,
-/// else by walking here.
+/// Finds the holders of `inodes` through the namespace helper if it runs
+/// (the first [`INODES_MAX`] of them), else by walking here.
 pub fn find(inodes: &[u32]) -> Walk {
     if let Some(helper) = netns_opener::helper() {
         match helper.socket_owners(inodes) {
