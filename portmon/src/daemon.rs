@@ -244,14 +244,11 @@ pub async fn serve(started: Started, source: ConfigSource) -> Result<(), DaemonE
     Ok(())
 }
 
-/// Finds the owners of sockets older than the daemon once, then rescans
-/// namespaces and reads the kernel maps on a schedule, so that `/healthz`
-/// and the watchdog know both still answer when nobody scrapes.
+/// Rescans namespaces and reads the kernel maps on a schedule, so that
+/// `/healthz` and the watchdog know both still answer when nobody scrapes.
 async fn reconcile(state: Arc<State>) {
     let mut ticks = tokio::time::interval(RECONCILE_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let first = state.clone();
-    let _ = tokio::task::spawn_blocking(move || first.find_older_owners()).await;
     loop {
         ticks.tick().await;
         netns_opener::check_helper();

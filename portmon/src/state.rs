@@ -331,13 +331,6 @@ impl State {
         (found.walks, found.walks_cut_short)
     }
 
-    /// Finds the owners of the sockets older than the daemon, so that the
-    /// first request finds them known.
-    pub fn find_older_owners(&self) {
-        let inventoried = self.snapshot();
-        self.owners_of(&inventoried.snapshot.sockets);
-    }
-
     /// The systemd units of the cgroups `ids`, for those whose path names one.
     pub fn units(&self, ids: impl IntoIterator<Item = u64>) -> HashMap<u64, String> {
         let mut cgroups = lock(&self.cgroups);
