@@ -99,6 +99,7 @@ pub struct FailureLogHealth {
     pub undecodable: u64,
     pub folded: u64,
     pub log_lines_held: u64,
+    pub holders_not_looked_up: u64,
 }
 
 /// How many failures `FailureLog` keeps in full.
@@ -163,6 +164,7 @@ impl FailureLog {
             undecodable: self.undecodable,
             folded: self.folded,
             log_lines_held: self.log_lines_held,
+            holders_not_looked_up: self.holders_not_looked_up,
         }
     }
 
