@@ -17,7 +17,9 @@ use std::{
 };
 
 use portmon::failures::Errno;
-use portmon_tests::{cgroup_root, http_get, portmon_ports, serial, wait_until, Daemon, NamedNetns};
+use portmon_tests::{
+    cgroup_root, http_get, metric_value, portmon_bin, portmon_ports, serial, wait_until, Daemon, NamedNetns,
+};
 use serde_json::Value;
 
 const DAEMON: &str = "127.0.0.1:17497";
@@ -131,6 +133,11 @@ fn ports_p_names_the_owner_of_sockets_older_than_the_daemon() {
         seen == want
     });
     assert!(named, "through the daemon: {seen:?}, want {want:?}");
+    let walks = metric_value(&daemon.scrape(), "portmon_owner_walks_total", &[]);
+    assert!(
+        walks.is_some_and(|n| n >= 1.0),
+        "the daemon walked /proc: {walks:?}"
+    );
 
     // Without a daemon (nothing listens on port 9): the same owners.
     assert_eq!(processes("127.0.0.1:9", &ns), want, "without a daemon");
@@ -199,5 +206,85 @@ fn a_conflicting_bind_names_the_process_holding_the_port() {
         "every conflict of the storm names the holder (taken {:?})",
         started.elapsed()
     );
+    let exposition = daemon.scrape();
+    assert_eq!(
+        metric_value(&exposition, "portmon_conflict_holders_not_looked_up_total", &[]),
+        Some(0.0),
+        "one port's holder is looked up at most once a second"
+    );
+
+    // The runbook's question, "who has my port?", asked of portmon ports.
+    let port = TCP_PORT.to_string();
+    let who = portmon_ports(&["--daemon", DAEMON, "--netns", &ns.name, "--port", &port, "-lpH"]);
+    assert!(
+        who.contains(&format!("sleep({pid})")) && who.contains(UNIT),
+        "{who}"
+    );
     drop((daemon, holder));
+}
+
+#[test]
+fn the_log_line_of_a_conflict_names_both_sides() {
+    let _serial = serial();
+    let ns = NamedNetns::create("holder-log");
+    let holder = Holder::start(&ns);
+    let pid = holder.pid();
+    let log = std::env::temp_dir().join(format!("portmon-owners-{}.log", std::process::id()));
+    let addr: std::net::SocketAddr = "127.0.0.1:17498".parse().unwrap();
+    let mut daemon = Command::new(portmon_bin())
+        .args(["run", "--listen", &addr.to_string()])
+        .env("PORTMON_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("the log file"))
+        .spawn()
+        .expect("spawn portmon run");
+    let up = wait_until(Duration::from_secs(30), || {
+        matches!(http_get(addr, "/healthz"), Ok((200, _)))
+    });
+    assert!(up, "portmon run on {addr} did not get ready");
+    ns.enter(|| {
+        let err = TcpListener::bind(("127.0.0.1", TCP_PORT)).expect_err("the port is held");
+        assert_eq!(err.kind(), ErrorKind::AddrInUse, "{err}");
+    });
+    let mut text = String::new();
+    let logged = wait_until(Duration::from_secs(10), || {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.contains(&format!("port {TCP_PORT} is held by"))
+    });
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let _ = std::fs::remove_file(&log);
+    assert!(logged, "no line names the holder: {text}");
+    let line = plain(
+        text.lines()
+            .find(|l| l.contains(&format!("port {TCP_PORT} is held by")))
+            .unwrap_or_default(),
+    );
+    for want in [
+        format!("held by sleep({pid}) of {UNIT}"),
+        format!("pid={}", std::process::id()),
+        format!("holder_pid={pid}"),
+        "holder_comm=sleep".to_owned(),
+    ] {
+        assert!(line.contains(&want), "{want} in {line}");
+    }
+    drop(holder);
+}
+
+/// A log line without its terminal colours (`ESC [ … m`).
+fn plain(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
