@@ -202,7 +202,9 @@ impl Service for Endpoints {
                 Ok(filter) => {
                     let answer = self.ports.run_for(filter.clone(), || {
                         let inventoried = state.snapshot();
-                        let owners = state.owners_of(&inventoried.snapshot.sockets);
+                        let listed =
+                            |s: &NsSocket| filter.keeps(s, &display_name(&inventoried.names, s.netns));
+                        let owners = state.owners_of(&inventoried.snapshot.sockets, &listed);
                         let units = state.units(owners.values().map(|o| o.cgroup));
                         Response::json(&port_entries(
                             &inventoried.snapshot.sockets,

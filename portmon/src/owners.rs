@@ -64,13 +64,15 @@ pub struct FoundOwners {
 }
 
 impl FoundOwners {
-    /// Owners by cookie of `sockets` not in `known` (the kernel programs'
-    /// owners): those found before, and those one walk finds now if the
-    /// last is [`WALK_EVERY`] old.
+    /// Owners by cookie of `sockets` (a whole snapshot) not in `known` (the
+    /// kernel programs' owners): those found before, and those of the
+    /// sockets `wanted` keeps that one walk finds now if the last is
+    /// [`WALK_EVERY`] old.
     pub fn owners_of(
         &mut self,
         sockets: &[NsSocket],
         known: &HashMap<u64, Owner>,
+        wanted: &dyn Fn(&NsSocket) -> bool,
         cgroup_root: &Path,
     ) -> HashMap<u64, Owner> {
         let unseen: Vec<&NsSocket> = sockets
@@ -87,7 +89,9 @@ impl FoundOwners {
                 .iter()
                 .copied()
                 .filter(|s| {
-                    !self.found.contains_key(&s.socket.inode) && !self.missed.contains_key(&s.socket.inode)
+                    wanted(s)
+                        && !self.found.contains_key(&s.socket.inode)
+                        && !self.missed.contains_key(&s.socket.inode)
                 })
                 .collect();
             if !ask.is_empty() {
@@ -162,6 +166,84 @@ pub fn owners_here(sockets: &[NsSocket], cgroup_root: &Path) -> HashMap<u64, Own
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::sock_diag::{Socket, SocketState};
+    use portmon_common::{Family, Proto};
+    use std::os::fd::AsRawFd as _;
+
+    fn cgroup_root() -> std::path::PathBuf {
+        crate::kernel::mounts::Mounts::read()
+            .ok()
+            .and_then(|m| m.cgroup2().map(|c| c.mount_point.clone()))
+            .unwrap_or_else(|| "/sys/fs/cgroup".into())
+    }
+
+    /// A listener of this process, and the socket as a dump shows it.
+    fn listener(cookie: u64) -> (std::net::TcpListener, NsSocket) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+        let inode = std::fs::metadata(format!("/proc/self/fd/{}", listener.as_raw_fd()))
+            .expect("the socket's inode")
+            .ino() as u32;
+        let socket = NsSocket {
+            netns: 1,
+            socket: Socket {
+                proto: Proto::Tcp,
+                family: Family::Inet,
+                state: SocketState::Listen,
+                local: listener.local_addr().unwrap(),
+                remote: "0.0.0.0:0".parse().unwrap(),
+                cookie,
+                uid: 0,
+                inode,
+            },
+        };
+        (listener, socket)
+    }
+
+    #[test]
+    fn one_walk_a_second_finds_owners_and_keeps_them_while_the_socket_lives() {
+        let root = cgroup_root();
+        let all = |_: &NsSocket| true;
+        let mut found = FoundOwners::default();
+        let (_a, a) = listener(10);
+        let owners = found.owners_of(&[a], &HashMap::new(), &all, &root);
+        assert_eq!(
+            owners.get(&10).map(|o| o.pid),
+            Some(std::process::id()),
+            "{owners:?}"
+        );
+        assert_eq!(found.walks, 1);
+
+        // A socket new since: not walked for before WALK_EVERY is over, while
+        // the one found stays known without a walk.
+        let (_b, b) = listener(11);
+        let owners = found.owners_of(&[a, b], &HashMap::new(), &all, &root);
+        assert_eq!(found.walks, 1, "no second walk within {WALK_EVERY:?}");
+        assert!(
+            owners.contains_key(&10) && !owners.contains_key(&11),
+            "{owners:?}"
+        );
+
+        // The kernel programs' owner wins; a socket nobody wants asked about
+        // is not walked for.
+        let kernel = Owner {
+            netns: 1,
+            cgroup: 1,
+            comm: [0; 16],
+            pid: 1,
+        };
+        let known = HashMap::from([(10, kernel)]);
+        std::thread::sleep(WALK_EVERY);
+        let owners = found.owners_of(&[a, b], &known, &|s: &NsSocket| s.socket.cookie != 11, &root);
+        assert!(owners.is_empty(), "{owners:?}");
+        assert_eq!(found.walks, 1, "nothing left to ask about");
+        let owners = found.owners_of(&[a, b], &known, &all, &root);
+        assert_eq!(
+            owners.get(&11).map(|o| o.pid),
+            Some(std::process::id()),
+            "{owners:?}"
+        );
+        assert_eq!((found.walks, found.walks_cut_short), (2, 0));
+    }
 
     #[test]
     fn this_process_is_named_as_the_kernel_programs_name_it() {

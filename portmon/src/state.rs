@@ -314,12 +314,13 @@ impl State {
         self.maps().owners()
     }
 
-    /// Who holds each of `sockets`, by cookie: the owner the kernel
-    /// programs recorded, else the process found holding it (see `owners`).
-    pub fn owners_of(&self, sockets: &[NsSocket]) -> HashMap<u64, Owner> {
+    /// Who holds each of `sockets` (a whole snapshot), by cookie: the owner
+    /// the kernel programs recorded, else the process found holding it,
+    /// looked for among those `wanted` keeps (see `owners`).
+    pub fn owners_of(&self, sockets: &[NsSocket], wanted: &dyn Fn(&NsSocket) -> bool) -> HashMap<u64, Owner> {
         let mut owners = self.owners();
         let root = lock(&self.cgroups).root().to_owned();
-        let found = lock(&self.found_owners).owners_of(sockets, &owners, &root);
+        let found = lock(&self.found_owners).owners_of(sockets, &owners, wanted, &root);
         owners.extend(found);
         owners
     }
@@ -353,7 +354,9 @@ impl State {
             self.settings().ephemeral_destinations,
         );
         if !report.listeners.is_empty() {
-            let owners = self.owners_of(&snapshot.sockets);
+            let listeners: std::collections::HashSet<u64> =
+                report.listeners.iter().map(|l| l.cookie).collect();
+            let owners = self.owners_of(&snapshot.sockets, &|s| listeners.contains(&s.socket.cookie));
             let units = self.units(
                 report
                     .listeners
