@@ -15,6 +15,11 @@
 //!   TCP and UDP socket of every namespace, as `ss` sees it, taken fresh at
 //!   each scrape — sockets older than portmon and TIME_WAIT ones included.
 //!
+//! A socket of the inventory the kernel programs did not see made has its
+//! owner found as `ss -p` finds it, by inode among every process's
+//! descriptors (`owners`, through `kernel::socket_owners` and the namespace
+//! helper, which holds the privilege to read them).
+//!
 //! # The path of a number
 //!
 //! event (a hook in `portmon-ebpf`) → map (`PORT_STATS`, `POOL_COUNTS`,
