@@ -5,8 +5,10 @@
 //! A storm of conflicts must not become a storm of lookups: an answer is
 //! kept for [`KEPT`] per (namespace, protocol, port), and at most
 //! [`LOOKUPS_PER_SECOND`] lookups (a filtered `sock_diag` dump and a walk
-//! of `/proc`) run per second; past it a conflict is recorded without its
-//! holder, and counted.
+//! of `/proc`) run per second, taking at most [`LOOKUP_TIME_PER_SECOND`]
+//! of it (a walk of a large host is slow, and the failures behind it
+//! wait); past either a conflict is recorded without its holder, and
+//! counted.
 
 use std::{
     collections::HashMap,
@@ -35,6 +37,8 @@ use crate::{
 pub const KEPT: Duration = Duration::from_secs(1);
 /// Lookups that may run in one second.
 pub const LOOKUPS_PER_SECOND: u32 = 4;
+/// The time lookups may take in one second.
+pub const LOOKUP_TIME_PER_SECOND: Duration = Duration::from_millis(250);
 /// (namespace, protocol, port) answers kept; past it old ones go first.
 const ANSWERS_KEPT: usize = 1024;
 
@@ -68,6 +72,7 @@ pub(super) struct Holders {
     answers: HashMap<(u64, Proto, u16), (Instant, Option<Holder>)>,
     second: Instant,
     lookups: u32,
+    spent: Duration,
     cgroup_root: Option<PathBuf>,
     /// Conflicts recorded without their holder, the lookup budget spent.
     pub not_looked_up: u64,
@@ -79,6 +84,7 @@ impl Default for Holders {
             answers: HashMap::new(),
             second: Instant::now(),
             lookups: 0,
+            spent: Duration::ZERO,
             cgroup_root: None,
             not_looked_up: 0,
         }
@@ -105,13 +111,16 @@ impl Holders {
         if self.second.elapsed() >= Duration::from_secs(1) {
             self.second = Instant::now();
             self.lookups = 0;
+            self.spent = Duration::ZERO;
         }
-        if self.lookups >= LOOKUPS_PER_SECOND {
+        if self.lookups >= LOOKUPS_PER_SECOND || self.spent >= LOOKUP_TIME_PER_SECOND {
             self.not_looked_up += 1;
             return None;
         }
         self.lookups += 1;
+        let started = Instant::now();
         let holder = path.and_then(|p| self.look_up(p, netns, proto, addr, port));
+        self.spent += started.elapsed();
         if netns != 0 {
             if self.answers.len() >= ANSWERS_KEPT {
                 self.answers.retain(|_, (at, _)| at.elapsed() < KEPT);
@@ -187,4 +196,45 @@ fn holding_sockets(path: &Path, netns: u64, proto: Proto, addr: IpAddr, port: u1
     });
     found.sort_by_key(|s| s.socket.state != SocketState::Listen);
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A storm on ever new ports costs [`LOOKUPS_PER_SECOND`] lookups a
+    /// second; the rest go without a holder, counted, and a port looked up
+    /// is answered from what was kept.
+    #[test]
+    fn lookups_are_bounded_per_second_and_kept_per_port() {
+        let mut holders = Holders::default();
+        let any = IpAddr::from([0, 0, 0, 0]);
+        for port in 1..=LOOKUPS_PER_SECOND as u16 {
+            assert_eq!(holders.holder_of(None, 7, Proto::Tcp, any, port), None);
+        }
+        assert_eq!(holders.not_looked_up, 0);
+        for port in 100..110 {
+            assert_eq!(holders.holder_of(None, 7, Proto::Tcp, any, port), None);
+        }
+        assert_eq!(holders.not_looked_up, 10, "the second's lookups are spent");
+        assert_eq!(holders.holder_of(None, 7, Proto::Tcp, any, 1), None);
+        assert_eq!(holders.not_looked_up, 10, "port 1's answer is kept");
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(holders.holder_of(None, 7, Proto::Tcp, any, 200), None);
+        assert_eq!(holders.not_looked_up, 10, "a new second, new lookups");
+    }
+
+    #[test]
+    fn a_holder_reads_as_the_log_says_it() {
+        let mut holder = Holder {
+            pid: 812,
+            comm: "postgres".into(),
+            cgroup: 5,
+            unit: Some("postgresql.service".into()),
+            socket_cookie: 9,
+        };
+        assert_eq!(holder.to_string(), "postgres(812) of postgresql.service");
+        holder.unit = None;
+        assert_eq!(holder.to_string(), "postgres(812)");
+    }
 }

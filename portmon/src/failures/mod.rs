@@ -18,7 +18,7 @@ mod holder;
 mod settle;
 
 pub use follow::{follow, FailureReader, ReaderProgress};
-pub use holder::{Holder, KEPT as HOLDER_KEPT, LOOKUPS_PER_SECOND as HOLDER_LOOKUPS_PER_SECOND};
+pub use holder::Holder;
 pub(crate) use settle::Decoded;
 pub use settle::{Settler, LOG_INTERVAL, LOG_LINES};
 
