@@ -37,7 +37,8 @@ pub struct PortEntry {
     pub service: String,
     pub uid: u32,
     pub cookie: u64,
-    /// Who bound or listened, when a kernel program saw it.
+    /// Who bound or listened, when a kernel program saw it; else the
+    /// process found holding the socket among every process's descriptors.
     pub owner: Option<OwnerEntry>,
 }
 
@@ -201,7 +202,9 @@ impl Service for Endpoints {
                 Ok(filter) => {
                     let answer = self.ports.run_for(filter.clone(), || {
                         let inventoried = state.snapshot();
-                        let owners = state.owners();
+                        let listed =
+                            |s: &NsSocket| filter.keeps(s, &display_name(&inventoried.names, s.netns));
+                        let owners = state.owners_of(&inventoried.snapshot.sockets, &listed);
                         let units = state.units(owners.values().map(|o| o.cgroup));
                         Response::json(&port_entries(
                             &inventoried.snapshot.sockets,

@@ -39,6 +39,11 @@ impl CgroupPaths {
         }
     }
 
+    /// The cgroup v2 mount.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// The path of cgroup `id` below the mount (`/system.slice/nginx.service`),
     /// walking the hierarchy again when it is unknown and the last walk is old.
     pub fn path(&mut self, id: u64) -> Option<&str> {

@@ -15,6 +15,11 @@
 //!   TCP and UDP socket of every namespace, as `ss` sees it, taken fresh at
 //!   each scrape — sockets older than portmon and TIME_WAIT ones included.
 //!
+//! A socket of the inventory the kernel programs did not see made has its
+//! owner found as `ss -p` finds it, by inode among every process's
+//! descriptors (`owners`, through `kernel::socket_owners` and the namespace
+//! helper, which holds the privilege to read them).
+//!
 //! # The path of a number
 //!
 //! event (a hook in `portmon-ebpf`) → map (`PORT_STATS`, `POOL_COUNTS`,
@@ -34,7 +39,8 @@
 //!    vocabulary; `single_flight`.
 //! 3. `registry` (what a port is called), `exhaustion` (the ephemeral pool
 //!    by the kernel's rules), `cgroups`, `workload` and `namespaces` (the
-//!    names people know: units, containers, pods), `settings`.
+//!    names people know: units, containers, pods), `owners` (who holds a
+//!    socket the kernel programs did not see made), `settings`.
 //! 4. `inventory` (sock_diag snapshots) and `failures` (failed binds and
 //!    connects, settled).
 //! 5. `state`: the daemon's shared state.
@@ -58,6 +64,7 @@ pub mod inventory;
 pub mod kernel;
 pub mod log_budget;
 pub mod namespaces;
+pub mod owners;
 pub mod port_class;
 pub mod port_set;
 pub mod registry;

@@ -26,6 +26,8 @@ use crate::{
         program_stats::ProgramRuns,
         KernelMaps, MapUsage,
     },
+    kernel::sock_diag::NsSocket,
+    owners::FoundOwners,
     settings::Settings,
     single_flight::SingleFlight,
     workload::{RuntimeState, Workload},
@@ -164,6 +166,7 @@ pub struct State {
     failures: Arc<Mutex<FailureLog>>,
     inventory: Mutex<(Inventory, Instant)>,
     cgroups: Mutex<CgroupPaths>,
+    found_owners: Mutex<FoundOwners>,
     settings: RwLock<Arc<Settings>>,
     reload: Mutex<ReloadStatus>,
     snapshots: SingleFlight<Inventoried>,
@@ -203,6 +206,7 @@ impl State {
             failures: Arc::default(),
             inventory: Mutex::new((Inventory::scan_with(runtimes), Instant::now())),
             cgroups: Mutex::new(CgroupPaths::new(cgroup_root)),
+            found_owners: Mutex::default(),
             settings: RwLock::new(Arc::new(settings)),
             reload: Mutex::new(ReloadStatus::applied_now()),
             snapshots: SingleFlight::default(),
@@ -310,6 +314,24 @@ impl State {
         self.maps().owners()
     }
 
+    /// Who holds each of `sockets` (a whole snapshot), by cookie: the owner
+    /// the kernel programs recorded, else the process found holding it,
+    /// looked for among those `wanted` keeps (see `owners`).
+    pub fn owners_of(&self, sockets: &[NsSocket], wanted: &dyn Fn(&NsSocket) -> bool) -> HashMap<u64, Owner> {
+        let mut owners = self.owners();
+        let root = lock(&self.cgroups).root().to_owned();
+        let found = lock(&self.found_owners).owners_of(sockets, &owners, wanted, &root);
+        owners.extend(found);
+        owners
+    }
+
+    /// Walks of `/proc` for socket owners since start, and how many of them
+    /// a bound cut short.
+    pub fn owner_walks(&self) -> (u64, u64) {
+        let found = lock(&self.found_owners);
+        (found.walks, found.walks_cut_short)
+    }
+
     /// The systemd units of the cgroups `ids`, for those whose path names one.
     pub fn units(&self, ids: impl IntoIterator<Item = u64>) -> HashMap<u64, String> {
         let mut cgroups = lock(&self.cgroups);
@@ -332,7 +354,9 @@ impl State {
             self.settings().ephemeral_destinations,
         );
         if !report.listeners.is_empty() {
-            let owners = self.owners();
+            let listeners: std::collections::HashSet<u64> =
+                report.listeners.iter().map(|l| l.cookie).collect();
+            let owners = self.owners_of(&snapshot.sockets, &|s| listeners.contains(&s.socket.cookie));
             let units = self.units(
                 report
                     .listeners

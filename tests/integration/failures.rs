@@ -31,6 +31,14 @@ fn a_second_bind_to_a_busy_port_is_one_eaddrinuse_with_pid_and_comm() {
         );
         assert_eq!((f.pid, f.comm.as_str()), (std::process::id(), TEST_COMM));
         assert!(f.inferred, "bind errno is inferred in user space");
+        let held_by = f.holder.as_ref().expect("the process holding the port is named");
+        // Named as `ss -p` names it: by its process's command, not by the
+        // thread's that bound.
+        let process = portmon::kernel::procfs::command_of(std::process::id());
+        assert_eq!(
+            (held_by.pid, held_by.comm.clone()),
+            (std::process::id(), portmon::kernel::procfs::comm_text(&process))
+        );
         drop(holder);
     });
     assert_eq!(monitor.health().events_dropped, 0);

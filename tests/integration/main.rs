@@ -13,6 +13,7 @@ mod hazards;
 mod image;
 mod lifecycle;
 mod namespace_helper;
+mod owners;
 mod package;
 mod pools;
 mod ports;

@@ -12,7 +12,7 @@ use std::{
 };
 
 use portmon::port_class::PortClass;
-use portmon_tests::{cgroup_root, portmon_ports, serial, Daemon, NamedNetns};
+use portmon_tests::{cgroup_root, metric_value, portmon_ports, serial, Daemon, NamedNetns};
 use serde_json::Value;
 
 const DAEMON: &str = "127.0.0.1:17466";
@@ -436,18 +436,29 @@ fn ports_finds_the_daemon_through_its_configuration_file() {
     };
     let want: Vec<Row> = made.rows.iter().filter(|r| r.listening()).cloned().collect();
 
-    // Only the daemon knows who bound a socket: owners show it answered.
+    // Whether the daemon answered shows in its count of snapshots: a
+    // scrape takes one, and a listing it answered one more.
+    let snapshots =
+        || metric_value(&daemon.scrape(), "portmon_snapshots_total", &[]).expect("portmon_snapshots_total");
+    let before = snapshots();
     let asked = listeners(DAEMON);
+    assert_eq!(snapshots() - before, 2.0, "the daemon answered");
     assert_eq!(sorted(asked.iter().map(json_row).collect()), want);
     assert!(
         asked.iter().all(|e| e["owner"]["pid"] == std::process::id()),
         "{asked:?}"
     );
 
-    // No daemon at the configured address: a snapshot of its own, no owners.
+    // No daemon at the configured address: a snapshot of its own, with the
+    // owners it finds among every process's descriptors.
+    let before = snapshots();
     let alone = listeners("127.0.0.1:9");
+    assert_eq!(snapshots() - before, 1.0, "the daemon was not asked");
     assert_eq!(sorted(alone.iter().map(json_row).collect()), want);
-    assert!(alone.iter().all(|e| e["owner"].is_null()), "{alone:?}");
+    assert!(
+        alone.iter().all(|e| e["owner"]["pid"] == std::process::id()),
+        "{alone:?}"
+    );
     let _ = std::fs::remove_file(&config);
     drop((made, daemon));
 }

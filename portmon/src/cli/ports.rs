@@ -17,8 +17,11 @@ use portmon_common::Proto;
 use super::{RegistryArgs, EXIT_USAGE};
 use crate::{
     api::{port_entries, PortEntry, PortFilter},
+    cgroups::CgroupPaths,
     config::{Config, ConfigError},
     inventory::{Inventory, Snapshot},
+    kernel::mounts::Mounts,
+    owners::owners_here,
     registry::Registry,
 };
 
@@ -55,11 +58,10 @@ pub struct PortsArgs {
     #[arg(long)]
     pub netns: Option<String>,
     /// Sockets owned by this systemd unit only (`nginx.service`, or `nginx`
-    /// for `nginx.service`). Owners are known through the daemon only.
+    /// for `nginx.service`).
     #[arg(long, value_name = "NAME")]
     pub unit: Option<String>,
-    /// Sockets owned by this process only. Owners are known through the
-    /// daemon only.
+    /// Sockets owned by this process only.
     #[arg(long, value_name = "PID")]
     pub pid: Option<u32>,
     /// JSON instead of a table (every entry with every key, whatever -p -n).
@@ -121,13 +123,6 @@ pub fn run(args: PortsArgs) -> anyhow::Result<ExitCode> {
     let mut entries = match ask_daemon(daemon, &filter) {
         Some(entries) => entries?,
         None => {
-            if args.unit.is_some() || args.pid.is_some() {
-                eprintln!(
-                    "portmon: no daemon at {daemon}: only the daemon knows sockets' owners, so \
-                     --unit and --pid match nothing; start it (systemctl start portmon) or \
-                     name it with --daemon"
-                );
-            }
             let registry = args.registry.registry.as_deref().or(config.registry.as_deref());
             snapshot_here(registry, &filter)?
         }
@@ -231,14 +226,26 @@ pub(super) fn snapshot_without_daemon() -> anyhow::Result<(Snapshot, HashMap<u64
     Ok((snapshot, names))
 }
 
+/// Without a daemon the owners are the processes found holding each
+/// socket: all of them as root, the user's own otherwise (as with `ss -p`).
 fn snapshot_here(registry: Option<&std::path::Path>, filter: &PortFilter) -> anyhow::Result<Vec<PortEntry>> {
     let registry = Registry::load(registry)?;
     let (snapshot, names) = snapshot_without_daemon()?;
+    let cgroup_root = Mounts::read()
+        .ok()
+        .and_then(|m| m.cgroup2().map(|c| c.mount_point.clone()))
+        .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"));
+    let owners = owners_here(&snapshot.sockets, &cgroup_root);
+    let mut cgroups = CgroupPaths::new(cgroup_root);
+    let units = owners
+        .values()
+        .filter_map(|o| Some((o.cgroup, cgroups.unit(o.cgroup)?)))
+        .collect();
     Ok(port_entries(
         &snapshot.sockets,
         &registry,
-        &HashMap::new(),
-        &HashMap::new(),
+        &owners,
+        &units,
         &names,
         filter,
     ))

@@ -131,6 +131,21 @@ pub const LOG_LINES_SUPPRESSED: Definition = counter(
     "Failures not logged one by one because a storm exceeded the log budget (a summary line is logged per interval).",
     &[],
 );
+pub const HOLDERS_NOT_LOOKED_UP: Definition = counter(
+    "portmon_conflict_holders_not_looked_up_total",
+    "Binds failed with EADDRINUSE recorded without the process holding the port, as the holder lookups allowed per second were spent.",
+    &[],
+);
+pub const OWNER_WALKS: Definition = counter(
+    "portmon_owner_walks_total",
+    "Walks of every process's descriptors (/proc/PID/fd) for the owners of sockets the kernel programs did not see made.",
+    &[],
+);
+pub const OWNER_WALKS_CUT_SHORT: Definition = counter(
+    "portmon_owner_walks_cut_short_total",
+    "Walks for socket owners stopped by their bound on processes, descriptors or time; owners not reached are looked for at the next.",
+    &[],
+);
 pub const THREADS_REFUSED: Definition = counter(
     "portmon_threads_refused_total",
     "Threads the OS refused portmon (the work was done without them, or the namespace was skipped).",
@@ -289,6 +304,9 @@ pub const ALL: &[Definition] = &[
     FAILURE_EVENTS_UNDECODABLE,
     FAILURE_COUNTS_FOLDED,
     LOG_LINES_SUPPRESSED,
+    HOLDERS_NOT_LOOKED_UP,
+    OWNER_WALKS,
+    OWNER_WALKS_CUT_SHORT,
     THREADS_REFUSED,
     NETNS_UNWATCHED,
     NETNS_SCAN_ERRORS,

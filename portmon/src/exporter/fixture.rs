@@ -164,6 +164,7 @@ impl ScrapeSource for Fixture {
             netns_scan_errors: 0,
             workloads: &host.workloads,
             snapshots: 0,
+            owner_walks: (0, 0),
         })
     }
 }

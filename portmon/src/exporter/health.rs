@@ -17,6 +17,9 @@ pub fn add(input: &ScrapeInput<'_>, folded: usize, scrape_seconds: f64, families
     families.add_one(&def::FAILURE_EVENTS_UNDECODABLE, log.undecodable as f64);
     families.add_one(&def::FAILURE_COUNTS_FOLDED, log.folded as f64);
     families.add_one(&def::LOG_LINES_SUPPRESSED, log.log_lines_held as f64);
+    families.add_one(&def::HOLDERS_NOT_LOOKED_UP, log.holders_not_looked_up as f64);
+    families.add_one(&def::OWNER_WALKS, input.owner_walks.0 as f64);
+    families.add_one(&def::OWNER_WALKS_CUT_SHORT, input.owner_walks.1 as f64);
     families.add_one(&def::THREADS_REFUSED, crate::kernel::threads::refused() as f64);
     families.add_one(&def::NETNS_UNWATCHED, input.netns_unwatched as f64);
     families.add_one(&def::NETNS_SCAN_ERRORS, input.netns_scan_errors as f64);

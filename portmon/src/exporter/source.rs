@@ -62,6 +62,8 @@ pub struct ScrapeInput<'a> {
     pub workloads: &'a [(String, Workload)],
     /// Inventory snapshots taken since start; concurrent requests share one.
     pub snapshots: u64,
+    /// Walks of `/proc` for socket owners since start, and those cut short.
+    pub owner_walks: (u64, u64),
 }
 
 /// Where a collector reads its numbers from at each scrape.
@@ -119,6 +121,7 @@ impl ScrapeSource for State {
             bind_before_connect: &bind_before_connect,
             inventory_errors: &inventoried.snapshot.dump_errors,
             snapshots: self.snapshots_taken(),
+            owner_walks: self.owner_walks(),
             reload: self.reload_status(),
             failure_log: self.failure_log_health(),
             netns_unwatched: inventoried.snapshot.unwatched_namespaces,

@@ -14,9 +14,11 @@ use portmon_common::{Family, Op, Proto};
 use serde::Serialize;
 
 mod follow;
+mod holder;
 mod settle;
 
 pub use follow::{follow, FailureReader, ReaderProgress};
+pub use holder::Holder;
 pub(crate) use settle::Decoded;
 pub use settle::{Settler, LOG_INTERVAL, LOG_LINES};
 
@@ -46,6 +48,9 @@ pub struct Failure {
     pub comm: String,
     pub cgroup: u64,
     pub socket_cookie: u64,
+    /// A bind that failed with EADDRINUSE: the process holding the port,
+    /// when it was found (see `holder`); `null` otherwise.
+    pub holder: Option<Holder>,
 }
 
 mod unix_seconds {
@@ -83,6 +88,9 @@ pub struct FailureLog {
     pub folded: u64,
     /// Failures not logged one by one (see `LogBudget`).
     pub log_lines_held: u64,
+    /// Conflicts (EADDRINUSE) recorded without their holder, as the
+    /// lookups allowed per second were spent.
+    pub holders_not_looked_up: u64,
 }
 
 /// What the failure log could not keep as it came, for portmon's health.
@@ -91,6 +99,7 @@ pub struct FailureLogHealth {
     pub undecodable: u64,
     pub folded: u64,
     pub log_lines_held: u64,
+    pub holders_not_looked_up: u64,
 }
 
 /// How many failures `FailureLog` keeps in full.
@@ -146,6 +155,7 @@ impl FailureLog {
         self.undecodable += other.undecodable;
         self.folded += other.folded;
         self.log_lines_held = self.log_lines_held.max(other.log_lines_held);
+        self.holders_not_looked_up = self.holders_not_looked_up.max(other.holders_not_looked_up);
     }
 
     /// What it could not keep as it came.
@@ -154,6 +164,7 @@ impl FailureLog {
             undecodable: self.undecodable,
             folded: self.folded,
             log_lines_held: self.log_lines_held,
+            holders_not_looked_up: self.holders_not_looked_up,
         }
     }
 
@@ -189,6 +200,7 @@ mod tests {
             comm: "x".into(),
             cgroup: 1,
             socket_cookie: 1,
+            holder: None,
         }
     }
 

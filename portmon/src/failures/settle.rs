@@ -11,7 +11,7 @@ use std::{
 
 use portmon_common::{FailureEvent, Family, Op, Proto};
 
-use super::{Errno, Failure, FailureLog, ReaderProgress};
+use super::{holder::Holders, Errno, Failure, FailureLog, ReaderProgress};
 use crate::{
     exhaustion,
     kernel::{
@@ -31,6 +31,7 @@ pub struct Settler {
     namespaces: Namespaces,
     last_rescan: Option<Instant>,
     facts: HashMap<u64, NetnsFacts>,
+    holders: Holders,
     budget: LogBudget,
 }
 
@@ -60,6 +61,7 @@ impl Default for Settler {
             namespaces: Namespaces::default(),
             last_rescan: None,
             facts: HashMap::new(),
+            holders: Holders::default(),
             budget: LogBudget::new(LOG_LINES, LOG_INTERVAL),
         }
     }
@@ -95,12 +97,23 @@ impl Settler {
                         None => "failed",
                     };
                     if self.budget.allow(Instant::now()) {
-                        tracing::warn!(
-                        op = %failure.op, errno = failure.errno.label(), inferred = failure.inferred,
-                        proto = %failure.proto, addr = %failure.addr, port = failure.port,
-                        pid = failure.pid, comm = %failure.comm, cgroup = failure.cgroup, netns = failure.netns,
-                        "{} {what}", failure.op,
-                        );
+                        if let Some(holder) = &failure.holder {
+                            tracing::warn!(
+                            op = %failure.op, errno = failure.errno.label(), inferred = failure.inferred,
+                            proto = %failure.proto, addr = %failure.addr, port = failure.port,
+                            pid = failure.pid, comm = %failure.comm, cgroup = failure.cgroup, netns = failure.netns,
+                            holder_pid = holder.pid, holder_comm = %holder.comm,
+                            holder_unit = holder.unit.as_deref().unwrap_or(""),
+                            "{} {what}: port {} is held by {holder}", failure.op, failure.port,
+                            );
+                        } else {
+                            tracing::warn!(
+                            op = %failure.op, errno = failure.errno.label(), inferred = failure.inferred,
+                            proto = %failure.proto, addr = %failure.addr, port = failure.port,
+                            pid = failure.pid, comm = %failure.comm, cgroup = failure.cgroup, netns = failure.netns,
+                            "{} {what}", failure.op,
+                            );
+                        }
                     }
                     log.record(failure);
                     taken += 1;
@@ -109,6 +122,7 @@ impl Settler {
             }
         }
         log.log_lines_held = self.budget.held_total();
+        log.holders_not_looked_up = self.holders.not_looked_up;
         taken
     }
 
@@ -125,7 +139,15 @@ impl Settler {
             Some(errno) => (errno, false),
             None => (self.infer_bind_errno(event, addr, netns), true),
         };
+        let holder = (errno == Errno::AddrInUse && op == Op::Bind && event.port != 0)
+            .then(|| {
+                let path = self.namespace_path(event);
+                self.holders
+                    .holder_of(path.as_deref(), netns, proto, addr, event.port)
+            })
+            .flatten();
         Some(Failure {
+            holder,
             time: SystemTime::now(),
             op,
             errno,

@@ -10,6 +10,7 @@
 //! - [`netns_opener`]: the namespace helper, which holds the privilege to
 //!   enter namespaces so that the daemon holds none.
 //! - [`procfs`]: the one reader of procfs and sysctl files.
+//! - [`socket_owners`]: which process holds a socket, from `/proc/PID/fd`.
 //! - [`threads`]: threads for a piece of work, a refusal counted.
 //! - [`mounts`], [`preflight`], [`features`], [`capabilities`], [`clock`]:
 //!   where the kernel's file systems are, whether portmon can run here and
@@ -29,4 +30,5 @@ pub mod preflight;
 pub mod procfs;
 pub mod resources;
 pub mod sock_diag;
+pub mod socket_owners;
 pub mod threads;

@@ -9,7 +9,7 @@ use std::{
 };
 
 use super::{open_here, wire, Opened, Target, Wanted};
-use crate::kernel::capabilities;
+use crate::kernel::{capabilities, socket_owners};
 
 /// The helper's command name in `ps` (15 bytes at most; the threads that
 /// enter namespaces in-process are `portmon-netns`).
@@ -61,15 +61,23 @@ pub(super) fn run(channel: OwnedFd, parent: libc::pid_t, keep: u64) -> ! {
 /// Answers requests on `channel` until it is closed (`Ok`) or fails.
 /// `own` is the helper's namespace, returned to after each request.
 pub(super) fn serve(channel: BorrowedFd<'_>, own: &File) -> io::Result<()> {
-    let mut buffer = [0u8; 3 + wire::NAME_MAX + 1];
+    let mut buffer = vec![0u8; wire::REQUEST_MAX + 1];
     loop {
         // Descriptors sent to the helper are dropped (closed) unused.
         let (n, _ignored) = wire::recv(channel, &mut buffer)?;
         if n == 0 {
             return Ok(());
         }
-        let answer =
-            wire::decode_request(&buffer[..n]).and_then(|(target, wanted)| answer(&target, wanted, own));
+        let request = match wire::decode_request(&buffer[..n]) {
+            Ok(wire::Request::SocketOwners(inodes)) => {
+                let walk = socket_owners::walk(&inodes);
+                wire::send(channel, &wire::encode_owners_reply(0, &walk), &[])?;
+                continue;
+            }
+            Ok(wire::Request::Open(target, wanted)) => Ok((target, wanted)),
+            Err(errno) => Err(errno),
+        };
+        let answer = request.and_then(|(target, wanted)| answer(&target, wanted, own));
         let (head, fds) = match answer {
             Ok(opened) => {
                 let head = wire::ReplyHead {

@@ -16,6 +16,11 @@
 //! capabilities the daemon lacks, the daemon (same user) can neither trace
 //! it nor read its memory (`cap_ptrace_access_check`, security/commoncap.c).
 //!
+//! The helper answers one other request, as `CAP_SYS_PTRACE` is what
+//! reading other users' `/proc/PID/fd` needs too: which processes hold
+//! some sockets, by inode ([`Helper::socket_owners`]); the answer is
+//! numbers, and the daemon reads each process's command and cgroup itself.
+//!
 //! Where the process may enter namespaces itself (`portmon ports` as root)
 //! the same files are opened in-process ([`open_here`] on a thread that
 //! entered the namespace).
@@ -31,6 +36,7 @@ use std::{
 mod helper;
 mod wire;
 
+use crate::kernel::socket_owners::Walk;
 use wire::ReplyHead;
 
 /// A network namespace as a request names it.
@@ -393,6 +399,49 @@ impl Helper {
             }
         }
         Ok(opened)
+    }
+
+    /// Has the helper find which processes hold the sockets `inodes` (the
+    /// first [`INODES_MAX`](crate::kernel::socket_owners::INODES_MAX)); an
+    /// answer naming an inode not asked about is refused.
+    pub fn socket_owners(&self, inodes: &[u32]) -> Result<Walk, OpenerError> {
+        let refused = |source| OpenerError::Refused {
+            target: Target::Pid(self.pid),
+            source,
+        };
+        let channel = self.channel.lock().map_err(|_| OpenerError::Gone)?;
+        let Some(socket) = channel.as_ref() else {
+            return Err(OpenerError::Gone);
+        };
+        let exchange = || -> io::Result<Vec<u8>> {
+            wire::send(socket.as_fd(), &wire::encode_owners_request(inodes), &[])?;
+            let mut buffer = vec![0u8; wire::OWNERS_REPLY_MAX + 1];
+            let (n, _fds) = wire::recv(socket.as_fd(), &mut buffer)?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            buffer.truncate(n);
+            Ok(buffer)
+        };
+        let reply = match exchange() {
+            Ok(reply) => reply,
+            Err(err) => {
+                drop(channel);
+                self.gone(&err.to_string());
+                return Err(OpenerError::Channel(err));
+            }
+        };
+        let walk = wire::decode_owners_reply(&reply)
+            .ok_or_else(|| refused(io::Error::new(io::ErrorKind::InvalidData, "a malformed reply")))?
+            .map_err(|errno| refused(io::Error::from_raw_os_error(errno)))?;
+        let asked: std::collections::HashSet<u32> = inodes.iter().copied().collect();
+        if walk.holders.keys().any(|inode| !asked.contains(inode)) {
+            return Err(refused(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a reply naming sockets not asked about",
+            )));
+        }
+        Ok(walk)
     }
 
     /// Closes the channel and says so once, with what portmon still covers.

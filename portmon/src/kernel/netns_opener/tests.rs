@@ -122,3 +122,20 @@ fn targets_of_namespace_paths() {
         assert_eq!(&Target::of_path(Path::new(path)), want, "{path}");
     }
 }
+
+#[test]
+fn the_helper_finds_the_owner_of_a_socket_by_inode() {
+    let (helper, thread) = helper_on_a_thread();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    let inode = std::fs::metadata(format!("/proc/self/fd/{}", listener.as_fd().as_raw_fd()))
+        .expect("the socket's inode")
+        .ino() as u32;
+    let walk = helper.socket_owners(&[inode]).expect("an answer");
+    assert_eq!(walk.holders.get(&inode), Some(&std::process::id()), "{walk:?}");
+    assert!(walk.processes >= 1, "{walk:?}");
+    drop(helper);
+    thread
+        .join()
+        .expect("the helper thread")
+        .expect("the helper loop ends cleanly");
+}

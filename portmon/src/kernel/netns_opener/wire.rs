@@ -3,6 +3,9 @@
 //! by process id or by `/run/netns` name and says which files it wants; a
 //! reply carries a status, the namespace's inode, which files came, and
 //! those files' descriptors (`SCM_RIGHTS`) in [`NetnsFile`] order.
+//!
+//! The other request asks which processes hold some sockets, by inode; its
+//! reply is plain numbers: what the walk cost, and (inode, pid) pairs.
 
 use std::{
     io,
@@ -10,13 +13,29 @@ use std::{
 };
 
 use super::{NetnsFile, Target, Wanted};
+use crate::kernel::socket_owners::{Walk, INODES_MAX};
 
 /// The longest `/run/netns` name (a file name, `NAME_MAX`).
 pub(super) const NAME_MAX: usize = 255;
 const KIND_PID: u8 = 1;
 const KIND_NAMED: u8 = 2;
-/// Kind, wanted files (u16), then a pid (u32) or a name.
-const REQUEST_MAX: usize = 3 + NAME_MAX;
+const KIND_SOCKET_OWNERS: u8 = 3;
+/// Kind, wanted files (u16), then a pid (u32), a name, or inodes (u32 each).
+pub(super) const REQUEST_MAX: usize = 3 + 4 * INODES_MAX;
+const _: () = assert!(REQUEST_MAX >= 3 + NAME_MAX);
+/// errno (i32), processes, descriptors, unreadable (u32 each), cut short (u8).
+const OWNERS_HEAD_LEN: usize = 17;
+/// The longest answer about socket owners: a pair (inode, pid) per inode asked.
+pub(super) const OWNERS_REPLY_MAX: usize = OWNERS_HEAD_LEN + 8 * INODES_MAX;
+
+/// A request as the helper reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Request {
+    /// Open `Wanted` files in a namespace.
+    Open(Target, Wanted),
+    /// Which processes hold these socket inodes.
+    SocketOwners(Vec<u32>),
+}
 /// errno (i32, 0 for success), inode (u64), files present (u16).
 pub(super) const REPLY_LEN: usize = 14;
 
@@ -37,15 +56,41 @@ pub(super) fn encode_request(target: &Target, wanted: Wanted) -> Vec<u8> {
     out
 }
 
-/// A request as the helper reads it: anything but a positive pid or a
-/// plain file name (no `/`, not `.` or `..`, no NUL) is refused with
-/// `EINVAL`, so no request can make the helper open a path of its choosing.
-pub(super) fn decode_request(bytes: &[u8]) -> Result<(Target, Wanted), i32> {
+/// Asks which processes hold `inodes` (the first [`INODES_MAX`]).
+pub(super) fn encode_owners_request(inodes: &[u32]) -> Vec<u8> {
+    let inodes = &inodes[..inodes.len().min(INODES_MAX)];
+    let mut out = Vec::with_capacity(3 + 4 * inodes.len());
+    out.extend_from_slice(&[KIND_SOCKET_OWNERS, 0, 0]);
+    for inode in inodes {
+        out.extend_from_slice(&inode.to_le_bytes());
+    }
+    out
+}
+
+/// A request as the helper reads it: anything but a positive pid, a plain
+/// file name (no `/`, not `.` or `..`, no NUL) or 1 to [`INODES_MAX`]
+/// inodes is refused with `EINVAL`, so no request can make the helper open
+/// a path of its choosing.
+pub(super) fn decode_request(bytes: &[u8]) -> Result<Request, i32> {
     let (&kind, rest) = bytes.split_first().ok_or(libc::EINVAL)?;
     let (wanted, payload) = rest.split_first_chunk::<2>().ok_or(libc::EINVAL)?;
     let wanted = Wanted(u16::from_le_bytes(*wanted));
     if wanted.0 & !Wanted::ALL.0 != 0 {
         return Err(libc::EINVAL);
+    }
+    if kind == KIND_SOCKET_OWNERS {
+        if !wanted.is_empty()
+            || payload.is_empty()
+            || !payload.len().is_multiple_of(4)
+            || payload.len() > 4 * INODES_MAX
+        {
+            return Err(libc::EINVAL);
+        }
+        let inodes = payload
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        return Ok(Request::SocketOwners(inodes));
     }
     let target = match kind {
         KIND_PID => {
@@ -64,7 +109,54 @@ pub(super) fn decode_request(bytes: &[u8]) -> Result<(Target, Wanted), i32> {
         }
         _ => return Err(libc::EINVAL),
     };
-    Ok((target, wanted))
+    Ok(Request::Open(target, wanted))
+}
+
+/// The answer to [`Request::SocketOwners`]: `errno` 0 and what the walk
+/// found, or an errno and nothing.
+pub(super) fn encode_owners_reply(errno: i32, walk: &Walk) -> Vec<u8> {
+    let mut out = Vec::with_capacity(OWNERS_HEAD_LEN + 8 * walk.holders.len());
+    out.extend_from_slice(&errno.to_le_bytes());
+    for n in [walk.processes, walk.descriptors, walk.unreadable] {
+        out.extend_from_slice(&n.to_le_bytes());
+    }
+    out.push(u8::from(walk.cut_short));
+    for (inode, pid) in walk.holders.iter().take(INODES_MAX) {
+        out.extend_from_slice(&inode.to_le_bytes());
+        out.extend_from_slice(&pid.to_le_bytes());
+    }
+    out
+}
+
+/// An answer about socket owners: `Err(errno)` for a refusal, `None` for
+/// bytes that are no answer.
+pub(super) fn decode_owners_reply(bytes: &[u8]) -> Option<Result<Walk, i32>> {
+    if bytes.len() < OWNERS_HEAD_LEN
+        || bytes.len() > OWNERS_REPLY_MAX
+        || !(bytes.len() - OWNERS_HEAD_LEN).is_multiple_of(8)
+    {
+        return None;
+    }
+    let word = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    let errno = word(0) as i32;
+    if errno != 0 {
+        return Some(Err(errno));
+    }
+    let holders = bytes[OWNERS_HEAD_LEN..]
+        .chunks_exact(8)
+        .map(|pair| {
+            let inode = u32::from_le_bytes([pair[0], pair[1], pair[2], pair[3]]);
+            let pid = u32::from_le_bytes([pair[4], pair[5], pair[6], pair[7]]);
+            (inode, pid)
+        })
+        .collect();
+    Some(Ok(Walk {
+        holders,
+        processes: word(4),
+        descriptors: word(8),
+        unreadable: word(12),
+        cut_short: bytes[16] != 0,
+    }))
 }
 
 /// The fixed part of a reply.
@@ -196,7 +288,7 @@ mod tests {
         for target in [Target::Pid(42), Target::Named("cni-1234".into())] {
             assert_eq!(
                 decode_request(&encode_request(&target, wanted)),
-                Ok((target, wanted))
+                Ok(Request::Open(target, wanted))
             );
         }
         let refused: &[&[u8]] = &[
@@ -218,6 +310,52 @@ mod tests {
         }
         let long = [&[KIND_NAMED, 0, 0][..], &[b'a'; NAME_MAX + 1]].concat();
         assert_eq!(decode_request(&long), Err(libc::EINVAL));
+    }
+
+    #[test]
+    fn owner_requests_carry_inodes_only() {
+        let inodes = [7, 0xFFFF_FFFF, 12_345];
+        assert_eq!(
+            decode_request(&encode_owners_request(&inodes)),
+            Ok(Request::SocketOwners(inodes.to_vec()))
+        );
+        let many: Vec<u32> = (0..2 * INODES_MAX as u32).collect();
+        let encoded = encode_owners_request(&many);
+        assert!(encoded.len() <= REQUEST_MAX);
+        assert_eq!(
+            decode_request(&encoded),
+            Ok(Request::SocketOwners(many[..INODES_MAX].to_vec())),
+            "the first INODES_MAX are asked"
+        );
+        let refused: &[&[u8]] = &[
+            &[KIND_SOCKET_OWNERS, 0, 0],
+            &[KIND_SOCKET_OWNERS, 0, 0, 1, 0, 0],
+            &[KIND_SOCKET_OWNERS, 1, 0, 1, 0, 0, 0],
+        ];
+        for bytes in refused {
+            assert_eq!(decode_request(bytes), Err(libc::EINVAL), "{bytes:?}");
+        }
+        let too_many = [&[KIND_SOCKET_OWNERS, 0, 0][..], &vec![1; 4 * INODES_MAX + 4]].concat();
+        assert_eq!(decode_request(&too_many), Err(libc::EINVAL));
+    }
+
+    #[test]
+    fn owner_replies_round_trip_and_odd_lengths_are_no_reply() {
+        let walk = Walk {
+            holders: [(7, 100), (8, 1)].into_iter().collect(),
+            processes: 300,
+            descriptors: 9000,
+            unreadable: 2,
+            cut_short: true,
+        };
+        let bytes = encode_owners_reply(0, &walk);
+        assert_eq!(decode_owners_reply(&bytes), Some(Ok(walk)));
+        assert_eq!(
+            decode_owners_reply(&encode_owners_reply(libc::EINVAL, &Walk::default())),
+            Some(Err(libc::EINVAL))
+        );
+        assert_eq!(decode_owners_reply(&bytes[..bytes.len() - 1]), None);
+        assert_eq!(decode_owners_reply(&[0; 3]), None);
     }
 
     #[test]
