@@ -255,10 +255,13 @@ fn the_log_line_of_a_conflict_names_both_sides() {
     let _ = daemon.wait();
     let _ = std::fs::remove_file(&log);
     assert!(logged, "no line names the holder: {text}");
-    let line = plain(
-        text.lines()
-            .find(|l| l.contains(&format!("port {TCP_PORT} is held by")))
-            .unwrap_or_default(),
+    let line = text
+        .lines()
+        .find(|l| l.contains(&format!("port {TCP_PORT} is held by")))
+        .unwrap_or_default();
+    assert!(
+        !line.contains('\u{1b}'),
+        "a log written to a file carries no terminal colours: {line:?}"
     );
     for want in [
         format!("held by sleep({pid}) of {UNIT}"),
@@ -269,22 +272,4 @@ fn the_log_line_of_a_conflict_names_both_sides() {
         assert!(line.contains(&want), "{want} in {line}");
     }
     drop(holder);
-}
-
-/// A log line without its terminal colours (`ESC [ … m`).
-fn plain(line: &str) -> String {
-    let mut out = String::new();
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }

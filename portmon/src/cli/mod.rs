@@ -104,8 +104,12 @@ pub fn init_logging(filter_text: &str, format: LogFormat) -> anyhow::Result<()> 
     use anyhow::Context as _;
     let filter = tracing_subscriber::EnvFilter::try_new(filter_text)
         .with_context(|| format!("bad --log filter {filter_text:?}: try `info` or `portmon=debug`"))?;
+    // Colours only for a person at a terminal: a file or a pipe gets the
+    // bare text that grep and log shippers read.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Text => builder.try_init(),
