@@ -102,10 +102,12 @@ pub mod slot {
     pub const BIND_BEFORE_CONNECT_OVERFLOW: u32 = 4;
     /// Counter increments lost because `PORT_TABLES` was full.
     pub const PORT_TABLES_OVERFLOW: u32 = 5;
-    /// Entries of `PORT_STATS` handed out so far, used or lost to a race
-    /// (the next is this plus one); past the capacity once it is full.
+    /// Shared entries of `PORT_STATS` handed out new so far (the next is
+    /// this plus one), not counting those taken again from the free queue;
+    /// past the shared part once it is all handed out.
     pub const PORT_BLOCKS_TAKEN: u32 = 6;
-    /// Entries of `PORT_TABLES` handed out so far, as above.
+    /// Shared entries of `PORT_TABLES` handed out new so far, as above (the
+    /// next is this plus one plus `capacity::HOST_ENTRIES`).
     pub const PORT_TABLES_TAKEN: u32 = 7;
     /// Counts lost because `POOL_KEYS` was full.
     pub const POOLS_OVERFLOW: u32 = 8;

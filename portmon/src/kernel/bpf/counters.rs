@@ -217,10 +217,9 @@ pub struct Health {
     pub port_stats_overflow: u64,
     /// Counter increments lost to a full `PORT_TABLES`.
     pub port_tables_overflow: u64,
-    /// Entries of `PORT_STATS` handed out, used or lost to a race between
-    /// CPUs; past the capacity once it is full.
+    /// Shared entries of `PORT_STATS` handed out new (`slot::PORT_BLOCKS_TAKEN`).
     pub port_blocks_taken: u64,
-    /// Entries of `PORT_TABLES` handed out, as above.
+    /// Shared entries of `PORT_TABLES` handed out new, as above.
     pub port_tables_taken: u64,
     /// Sockets not followed because their slots in `SOCKETS` were taken.
     pub sockets_overflow: u64,
@@ -230,12 +229,12 @@ pub struct Health {
     pub bind_before_connect_overflow: u64,
     /// Counts lost to a full `POOL_KEYS`.
     pub pools_overflow: u64,
-    /// Entries of `POOL_KEYS` handed out, as `port_tables_taken`.
+    /// Shared entries of `POOL_KEYS` handed out new, as `port_tables_taken`.
     pub pools_taken: u64,
 }
 
-/// Every port's counters and what did not fit, as `read_ports` and
-/// `read_overflow` read them.
+/// Counts of ports that found no block of their own, of the tables in use
+/// and of `more` (tables whose keys are cleared).
 pub fn read_overflow(counters: &PortCounters, more: &[(usize, PortTableKey)]) -> Vec<PortOverflow> {
     counters.overflow(more)
 }

@@ -213,8 +213,8 @@ impl Reclaim {
             Free::Block => &mut self.free_blocks,
             Free::Pool => &mut self.free_pools,
         };
-        // Full only if an index were given back twice: never lose count of
-        // why, but an entry lost is all it costs.
+        // The queue has room for every entry: full only if one were given
+        // back twice. An entry not given back is lost, nothing worse.
         if let Err(err) = queue.push(index, 0) {
             tracing::warn!(index, "cannot give back a kernel map entry: {err}");
         }
