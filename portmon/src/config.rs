@@ -310,6 +310,10 @@ pub(crate) mod tests {
         assert_eq!(config.listen, "0.0.0.0:9000".parse().unwrap());
         assert_eq!(config.registry.as_deref(), Some(Path::new("/tmp/x.csv")));
         assert_eq!(config.sockets_capacity, 1024);
+        let config = parse("netns-grace-seconds = 5\nmax-port-blocks-per-namespace = 120\n").unwrap();
+        let settings = config.settings(crate::registry::Registry::empty());
+        assert_eq!(settings.netns_grace, std::time::Duration::from_secs(5));
+        assert_eq!(config.max_port_blocks_per_namespace, 120);
     }
 
     #[test]
@@ -321,6 +325,8 @@ pub(crate) mod tests {
             ("\nport-stats-capacity = 0", "line 2", "give 1 to"),
             ("sockets-capacity = 99999999", "line 1", "give 1 to 16777216"),
             ("max-connections = 0", "line 1", "give 1 to"),
+            ("max-port-blocks-per-namespace = 0", "line 1", "give 1 to"),
+            ("netns-grace-seconds = -5", "line 1", "netns-grace-seconds"),
             ("api = \"no\"", "line 1", "api"),
         ];
         for (text, line, word) in cases {

@@ -227,3 +227,47 @@ enum Free {
     Block,
     Pool,
 }
+
+#[cfg(test)]
+mod tests {
+    use portmon_common::{Assignment, Family, Proto, Role};
+
+    use super::*;
+
+    fn counts(port_counts: &[(u16, u64)], overflow: u64, assigned: u64) -> FinalCounts {
+        let key = PortTableKey::new(7, 6, 2, 0);
+        FinalCounts {
+            ports: port_counts.iter().map(|&(p, n)| (key, p, n)).collect(),
+            overflow: vec![PortOverflow {
+                netns: 7,
+                proto: Proto::Tcp,
+                family: Family::Inet,
+                role: Role::Local,
+                kind: 0,
+                class: 1,
+                count: overflow,
+            }],
+            assigned: vec![AssignedCount {
+                netns: 7,
+                proto: Proto::Tcp,
+                family: Family::Inet,
+                how: Assignment::Connect,
+                count: assigned,
+            }],
+        }
+    }
+
+    #[test]
+    fn final_counts_given_back_again_add_up_to_one_record_each() {
+        let mut all = FinalCounts::default();
+        all.add(counts(&[(80, 2), (443, 1)], 5, 10));
+        all.add(counts(&[(80, 3)], 1, 4));
+        all.add(counts(&[(8080, 1)], 0, 0));
+        let ports: Vec<(u16, u64)> = all.ports.iter().map(|&(_, p, n)| (p, n)).collect();
+        assert_eq!(ports, [(80, 5), (443, 1), (8080, 1)]);
+        assert_eq!(all.overflow.len(), 1);
+        assert_eq!(all.overflow[0].count, 6);
+        assert_eq!(all.assigned.len(), 1);
+        assert_eq!(all.assigned[0].count, 14);
+    }
+}
