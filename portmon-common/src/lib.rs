@@ -41,6 +41,13 @@ pub mod map {
     pub const FAILURES: &str = "FAILURES";
     /// portmon's own health counters, indexed by `slot::*`.
     pub const HEALTH: &str = "HEALTH";
+    /// Entries of `PORT_TABLES` given back (a queue of `u32`): the kernel
+    /// takes one from here before it takes a new one.
+    pub const FREE_PORT_TABLES: &str = "FREE_PORT_TABLES";
+    /// Entries of `PORT_STATS` given back, as `FREE_PORT_TABLES`.
+    pub const FREE_PORT_BLOCKS: &str = "FREE_PORT_BLOCKS";
+    /// Entries of `POOL_KEYS` given back, as `FREE_PORT_TABLES`.
+    pub const FREE_POOLS: &str = "FREE_POOLS";
 }
 
 /// Names of the read-only globals the loader sets before the kernel
@@ -52,6 +59,16 @@ pub mod global {
     pub const SOCKET_GROUPS_MASK: &str = "PORTMON_SOCKET_GROUPS_MASK";
     /// `KernelLayout`: offsets in the running kernel's structures.
     pub const KERNEL_LAYOUT: &str = "PORTMON_KERNEL_LAYOUT";
+    /// `u64`: cookie of the daemon's own (the host's) namespace, whose
+    /// tables and pools sit at fixed entries (`host_entry`) and whose
+    /// blocks come from a reserve first: no other namespace can starve it.
+    pub const HOST_NETNS: &str = "PORTMON_HOST_NETNS";
+    /// `u32`: blocks one table of a namespace other than the host's may
+    /// hold; counts past them go to the table's `overflow` by range class.
+    pub const TABLE_BLOCK_QUOTA: &str = "PORTMON_TABLE_BLOCK_QUOTA";
+    /// `u32`: the last `PORT_STATS` entry shared by every namespace; those
+    /// after it are the host's reserve.
+    pub const SHARED_BLOCKS: &str = "PORTMON_SHARED_BLOCKS";
 }
 
 /// Names of the kernel programs, after the hook each attaches to.
@@ -85,17 +102,21 @@ pub mod slot {
     pub const BIND_BEFORE_CONNECT_OVERFLOW: u32 = 4;
     /// Counter increments lost because `PORT_TABLES` was full.
     pub const PORT_TABLES_OVERFLOW: u32 = 5;
-    /// Entries of `PORT_STATS` handed out so far, used or lost to a race
-    /// (the next is this plus one); past the capacity once it is full.
+    /// Shared entries of `PORT_STATS` handed out new so far (the next is
+    /// this plus one), not counting those taken again from the free queue;
+    /// past the shared part once it is all handed out.
     pub const PORT_BLOCKS_TAKEN: u32 = 6;
-    /// Entries of `PORT_TABLES` handed out so far, as above.
+    /// Shared entries of `PORT_TABLES` handed out new so far, as above (the
+    /// next is this plus one plus `capacity::HOST_ENTRIES`).
     pub const PORT_TABLES_TAKEN: u32 = 7;
     /// Counts lost because `POOL_KEYS` was full.
     pub const POOLS_OVERFLOW: u32 = 8;
     /// Entries of `POOL_KEYS` handed out so far, as `PORT_TABLES_TAKEN`.
     pub const POOLS_TAKEN: u32 = 9;
+    /// Entries of the host's reserve of `PORT_STATS` handed out so far.
+    pub const HOST_BLOCKS_TAKEN: u32 = 10;
     /// Number of slots.
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 11;
 }
 
 /// Default capacities; the daemon may resize maps before load.
@@ -119,6 +140,62 @@ pub mod capacity {
     pub const POOLS: u32 = 1 << 12;
     /// Ring buffer size in bytes (a power of two, a multiple of the page size).
     pub const FAILURES_BYTES: u32 = 1 << 18;
+    /// Tables and pools of the host's namespace, at fixed entries 1 to 12
+    /// (two protocols, two families, three kinds or ways), before the
+    /// shared ones.
+    pub const HOST_ENTRIES: u32 = 12;
+    /// Blocks of `PORT_STATS` only the host's namespace takes, after the
+    /// shared ones: 16,384 ports.
+    pub const HOST_BLOCKS: u32 = 256;
+    /// Blocks one namespace other than the host's may hold, split evenly
+    /// over its (at most `HOST_ENTRIES`) tables: 85 blocks, 5,440 ports, per
+    /// table; a quarter of the default `PORT_STATS`.
+    pub const BLOCKS_PER_NAMESPACE: u32 = 1024;
+}
+
+/// The fixed entry (1 to `capacity::HOST_ENTRIES`) of the host's table or
+/// pool for a protocol, family and kind (`kind::*`) or way (`assigned::*`
+/// minus one); `None` for anything else.
+#[inline(always)]
+pub fn host_entry(proto: u8, family: u8, which: u8) -> Option<u32> {
+    let p: u32 = match proto {
+        proto::TCP => 0,
+        proto::UDP => 1,
+        _ => return None,
+    };
+    let f: u32 = match family {
+        family::INET => 0,
+        family::INET6 => 1,
+        _ => return None,
+    };
+    if which >= 3 {
+        return None;
+    }
+    Some(1 + (p * 2 + f) * 3 + u32::from(which))
+}
+
+/// IANA range classes a table counts overflow by (`PortTable::overflow`).
+pub mod range_class {
+    /// System ports, 0–1023.
+    pub const SYSTEM: usize = 0;
+    /// User ports, 1024–49151.
+    pub const USER: usize = 1;
+    /// Dynamic ports, 49152–65535.
+    pub const DYNAMIC: usize = 2;
+    /// Number of classes.
+    pub const COUNT: usize = 3;
+
+    /// The class of `port`.
+    #[inline(always)]
+    pub const fn of(port: u16) -> usize {
+        if port < 1024 {
+            SYSTEM
+        } else if port < 49152 {
+            USER
+        } else {
+            DYNAMIC
+        }
+    }
 }
 
 /// IP protocol numbers as the kernel reports them (`IPPROTO_*`).
@@ -252,8 +329,13 @@ pub struct PortTable {
     /// to a race between two CPUs.
     pub key: PortTableKey,
     pub blocks: [u32; BLOCKS_PER_TABLE],
+    /// Blocks this table took (checked against the quota when it takes one).
+    pub held: u64,
+    /// Counts of ports whose block the table could not take (over its
+    /// quota, or `PORT_STATS` full), by `range_class`: totals stay exact.
+    pub overflow: [u64; range_class::COUNT],
 }
-const _: () = assert!(core::mem::size_of::<PortTable>() == 16 + 4096);
+const _: () = assert!(core::mem::size_of::<PortTable>() == 16 + 4096 + 8 + 24);
 
 /// Value of `PORT_STATS`: one counter per port of the block. Counters only grow.
 #[repr(C)]

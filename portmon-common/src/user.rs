@@ -221,6 +221,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_host_has_twelve_fixed_entries_and_ports_three_classes() {
+        // Each of 1..=12 exactly once (no_std: a bit per entry).
+        let mut seen = 0u32;
+        for p in [crate::proto::TCP, crate::proto::UDP] {
+            for f in [crate::family::INET, crate::family::INET6] {
+                for w in 0..3 {
+                    let entry = crate::host_entry(p, f, w).expect("an entry");
+                    assert_eq!(seen & (1 << entry), 0, "entry {entry} twice");
+                    seen |= 1 << entry;
+                }
+            }
+        }
+        assert_eq!(seen, ((1 << (crate::capacity::HOST_ENTRIES + 1)) - 1) & !1);
+        assert_eq!(crate::host_entry(crate::proto::TCP, crate::family::INET, 3), None);
+        assert_eq!(crate::host_entry(1, crate::family::INET, 0), None);
+        let classes = [(0, 0), (1023, 0), (1024, 1), (49151, 1), (49152, 2), (65535, 2)];
+        for (port, class) in classes {
+            assert_eq!(crate::range_class::of(port), class, "port {port}");
+        }
+    }
+
+    #[test]
     fn raw_values_round_trip() {
         for p in Proto::ALL {
             assert_eq!(Proto::try_from(p.raw()), Ok(*p));

@@ -7,11 +7,46 @@ use core::intrinsics::{atomic_cxchg, atomic_xadd, AtomicOrdering};
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_NOEXIST},
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, Queue, RingBuf},
 };
 use portmon_common::{
-    assigned, capacity, kind, slot, PoolKey, PortBlock, PortTable, PortTableKey, PORTS_PER_BLOCK,
+    assigned, capacity, host_entry, kind, range_class, slot, PoolKey, PortBlock, PortTable, PortTableKey,
+    PORTS_PER_BLOCK,
 };
+
+// Entries given back, by the daemon when their namespace is gone (after a
+// quarantine that outlasts any program run, so nothing still holds them)
+// and by a claim that lost a race. A queue rather than a bitmap to scan:
+// taking one is a single helper call, on the rare path where a namespace
+// first counts a table or block; its lock never meets the hot path.
+#[map]
+static FREE_PORT_TABLES: Queue<u32> =
+    Queue::with_max_entries(capacity::PORT_STATS / capacity::BLOCKS_PER_TABLE_ENTRY, 0);
+
+#[map]
+static FREE_PORT_BLOCKS: Queue<u32> = Queue::with_max_entries(capacity::PORT_STATS, 0);
+
+#[map]
+static FREE_POOLS: Queue<u32> = Queue::with_max_entries(capacity::POOLS, 0);
+
+/// Set by the loader: the daemon's own namespace (see `global::HOST_NETNS`).
+#[unsafe(no_mangle)]
+static PORTMON_HOST_NETNS: u64 = 0;
+
+/// Set by the loader (see `global::TABLE_BLOCK_QUOTA`).
+#[unsafe(no_mangle)]
+static PORTMON_TABLE_BLOCK_QUOTA: u32 = capacity::BLOCKS_PER_NAMESPACE / capacity::HOST_ENTRIES;
+
+/// Set by the loader (see `global::SHARED_BLOCKS`).
+#[unsafe(no_mangle)]
+static PORTMON_SHARED_BLOCKS: u32 = capacity::PORT_STATS;
+
+#[inline(always)]
+fn host_netns() -> u64 {
+    // SAFETY: a plain read of a static; volatile so the compiler keeps it
+    // for the loader to set.
+    unsafe { core::ptr::read_volatile(&raw const PORTMON_HOST_NETNS) }
+}
 
 // Preallocated: an insert takes an element from a per-CPU free list instead
 // of allocating. Looked up only when the per-CPU cache misses.
@@ -94,19 +129,83 @@ pub fn count(netns: u64, proto: u8, family: u8, kind: u8, port: u16) {
     // SAFETY: as above; other CPUs may write it, once, from 0.
     let mut index = unsafe { core::ptr::read_volatile(entry) };
     if index == 0 {
-        index = match take(slot::PORT_BLOCKS_TAKEN, |i| PORT_STATS.get_ptr_mut(i).is_some()) {
-            // SAFETY: the entry pointer, 4-byte aligned, into a map value.
-            Some(taken) => unsafe { put_once(entry, taken) },
-            None => return count_health(slot::PORT_STATS_OVERFLOW),
+        index = match claim_block(table, entry, netns == host_netns()) {
+            Some(index) => index,
+            None => return overflow(table, port),
         };
     }
     let Some(block) = PORT_STATS.get_ptr_mut(index) else {
-        return count_health(slot::PORT_STATS_OVERFLOW);
+        return overflow(table, port);
     };
     let i = usize::from(port) % PORTS_PER_BLOCK;
     // SAFETY: a map value pointer, valid for this run; `i` is below
     // PORTS_PER_BLOCK and each counter is 8-byte aligned.
     unsafe { xadd((&raw mut (*block).counts).cast::<u64>().add(i), 1) };
+}
+
+/// Counts `port` in its table's range class: the block it wanted is not
+/// there (over the quota, or none left).
+#[inline(always)]
+fn overflow(table: *mut PortTable, port: u16) {
+    let class = range_class::of(port);
+    // SAFETY: a map value pointer, valid for this run; `class` is below
+    // range_class::COUNT and each counter is 8-byte aligned.
+    unsafe { xadd((&raw mut (*table).overflow).cast::<u64>().add(class), 1) };
+}
+
+/// Takes a block for the table entry `entry` (0 now): the host's reserve
+/// first for the host's namespace, which has no quota; for any other, none
+/// past its quota. The quota is checked before the block is taken, so CPUs
+/// racing may each take one more: a bound all the same.
+#[inline(always)]
+fn claim_block(table: *mut PortTable, entry: *mut u32, host: bool) -> Option<u32> {
+    // SAFETY: a map value pointer, 8-byte aligned, valid for this run.
+    let held = unsafe { &raw mut (*table).held };
+    let taken = if host {
+        take_host_block().or_else(take_shared_block)
+    } else {
+        // SAFETY: as above.
+        let quota = unsafe { core::ptr::read_volatile(&raw const PORTMON_TABLE_BLOCK_QUOTA) };
+        // SAFETY: as above.
+        if unsafe { core::ptr::read_volatile(held) } >= u64::from(quota) {
+            return None;
+        }
+        take_shared_block()
+    };
+    let Some(taken) = taken else {
+        count_health(slot::PORT_STATS_OVERFLOW);
+        return None;
+    };
+    // SAFETY: the entry pointer, 4-byte aligned, into a map value.
+    let index = unsafe { put_once(entry, taken) };
+    if index == taken {
+        // SAFETY: as above.
+        unsafe { xadd(held, 1) };
+    } else {
+        // Nobody else knew `taken`: it is free again at once.
+        let _ = FREE_PORT_BLOCKS.push(taken, 0);
+    }
+    Some(index)
+}
+
+/// A block of the shared part of `PORT_STATS`: one given back, else a new one.
+#[inline(always)]
+fn take_shared_block() -> Option<u32> {
+    // SAFETY: a plain read of a static the loader sets.
+    let last = unsafe { core::ptr::read_volatile(&raw const PORTMON_SHARED_BLOCKS) };
+    take(&FREE_PORT_BLOCKS, slot::PORT_BLOCKS_TAKEN, 0, last)
+}
+
+/// A block of the host's reserve, after the shared part; never given back.
+#[inline(always)]
+fn take_host_block() -> Option<u32> {
+    // SAFETY: a plain read of a static the loader sets.
+    let first = unsafe { core::ptr::read_volatile(&raw const PORTMON_SHARED_BLOCKS) };
+    let taken = HEALTH.get_ptr_mut(slot::HOST_BLOCKS_TAKEN)?;
+    let index = first
+        .checked_add(1)?
+        .checked_add(u32::try_from(fetch_add(taken)).ok()?)?;
+    PORT_STATS.get_ptr_mut(index).map(|_| index)
 }
 
 /// Adds one to the count of ports the kernel handed out from a pool
@@ -135,28 +234,44 @@ fn pool(key: &PoolKey) -> Option<u32> {
             return Some(cached);
         }
     }
-    let index = match POOL_INDEX.get_ptr(key) {
-        // SAFETY: a map value pointer, valid for this run.
-        Some(index) => unsafe { *index },
-        None => claim_pool(key)?,
+    let index = if key.netns == host_netns() {
+        host_pool(key)?
+    } else {
+        match POOL_INDEX.get_ptr(key) {
+            // SAFETY: a map value pointer, valid for this run.
+            Some(index) => unsafe { *index },
+            None => claim_pool(key)?,
+        }
     };
     // SAFETY: as above.
     unsafe { core::ptr::write_volatile(last, index) };
     Some(index)
 }
 
+/// The host's pool at its fixed entry, its key written (again: every
+/// writer writes the same bytes).
+#[inline(always)]
+fn host_pool(key: &PoolKey) -> Option<u32> {
+    let index = host_entry(key.proto, key.family, key.how.wrapping_sub(1))?;
+    let held = POOL_KEYS.get_ptr_mut(index)?;
+    // SAFETY: a map value pointer, valid for this run.
+    unsafe { core::ptr::write_volatile(held, *key) };
+    Some(index)
+}
+
 /// Hands out a `POOL_KEYS` entry for `key`, as `claim_table` does a table.
 #[inline(always)]
 fn claim_pool(key: &PoolKey) -> Option<u32> {
-    let index = take(slot::POOLS_TAKEN, |i| POOL_KEYS.get(i).is_some())?;
+    let index = take(&FREE_POOLS, slot::POOLS_TAKEN, capacity::HOST_ENTRIES, u32::MAX)?;
+    // Past the end once the array is full.
     let held = POOL_KEYS.get_ptr_mut(index)?;
-    // SAFETY: a map value pointer; nobody else knows this index yet.
-    unsafe { *held = *key };
     if POOL_INDEX.insert(key, index, u64::from(BPF_NOEXIST)).is_ok() {
+        // SAFETY: a map value pointer, valid for this run.
+        unsafe { *held = *key };
         return Some(index);
     }
-    // SAFETY: as above: an entry nobody will use.
-    unsafe { *held = PoolKey::default() };
+    // Its key never written: no cache can match it, it is free at once.
+    let _ = FREE_POOLS.push(index, 0);
     // SAFETY: a map value pointer, valid for this run.
     POOL_INDEX.get_ptr(key).map(|index| unsafe { *index })
 }
@@ -177,50 +292,78 @@ fn table(key: &PortTableKey) -> Option<*mut PortTable> {
             return Some(table);
         }
     }
-    let index = match PORT_TABLE_INDEX.get_ptr(key) {
-        // SAFETY: a map value pointer, valid for this run.
-        Some(index) => unsafe { *index },
-        None => claim_table(key)?,
+    let (index, table) = if key.netns == host_netns() {
+        // The host's tables need no index: nothing can take their entries.
+        let index = host_entry(key.proto, key.family, key.kind)?;
+        let table = PORT_TABLES.get_ptr_mut(index)?;
+        // SAFETY: a map value pointer; every writer writes the same bytes.
+        unsafe { core::ptr::write_volatile(&raw mut (*table).key, *key) };
+        (index, table)
+    } else {
+        let index = match PORT_TABLE_INDEX.get_ptr(key) {
+            // SAFETY: a map value pointer, valid for this run.
+            Some(index) => unsafe { *index },
+            None => claim_table(key)?,
+        };
+        (index, PORT_TABLES.get_ptr_mut(index)?)
     };
-    let table = PORT_TABLES.get_ptr_mut(index)?;
     // SAFETY: as above.
     unsafe { core::ptr::write_volatile(last, index) };
     Some(table)
 }
 
 /// Hands out a table for `key` and publishes it in `PORT_TABLE_INDEX`;
-/// when another CPU published one first, that one is the key's (and the
-/// entry taken here stays unused, its key zero).
+/// when another CPU published one first, that one is the key's.
+///
+/// The index is published before the key is written: a CPU that finds the
+/// index uses the table without checking its key, one whose cache names
+/// the entry checks the key and at worst misses once. So an entry that
+/// lost the race never carried a key, and no CPU's cache, stale from the
+/// entry's previous owner, can match it: it is free again at once.
 #[inline(always)]
 fn claim_table(key: &PortTableKey) -> Option<u32> {
-    let index = take(slot::PORT_TABLES_TAKEN, |i| PORT_TABLES.get_ptr_mut(i).is_some())?;
+    let index = take(
+        &FREE_PORT_TABLES,
+        slot::PORT_TABLES_TAKEN,
+        capacity::HOST_ENTRIES,
+        u32::MAX,
+    )?;
+    // Past the end once the array is full.
     let table = PORT_TABLES.get_ptr_mut(index)?;
-    // SAFETY: a map value pointer; nobody else knows this index yet.
-    unsafe { (*table).key = *key };
     if PORT_TABLE_INDEX
         .insert(key, index, u64::from(BPF_NOEXIST))
         .is_ok()
     {
+        // SAFETY: a map value pointer, valid for this run.
+        unsafe { (*table).key = *key };
         return Some(index);
     }
-    // SAFETY: as above: an entry nobody will use.
-    unsafe { (*table).key = PortTableKey::default() };
+    let _ = FREE_PORT_TABLES.push(index, 0);
     // SAFETY: a map value pointer, valid for this run.
     PORT_TABLE_INDEX.get_ptr(key).map(|index| unsafe { *index })
 }
 
-/// The next entry of an array whose handed-out count is the health counter
-/// `taken`, if `exists` says the array has it. Entries are never given back.
+/// An entry given back to `free`, else the next new one: the health
+/// counter `taken` counts those handed out, which start after the first
+/// `skip` entries and end at `last` (or the array's end, which the caller
+/// checks). A queue that fails (contended in NMI) reads as empty.
 #[inline(always)]
-fn take(taken: u32, exists: impl Fn(u32) -> bool) -> Option<u32> {
+fn take(free: &Queue<u32>, taken: u32, skip: u32, last: u32) -> Option<u32> {
+    if let Ok(Some(index)) = free.pop() {
+        return Some(index);
+    }
     let taken = HEALTH.get_ptr_mut(taken)?;
+    let index = u32::try_from(fetch_add(taken)).ok()?.checked_add(skip + 1)?;
+    (index <= last).then_some(index)
+}
+
+/// Adds one to `*p` and returns what it held.
+#[inline(always)]
+fn fetch_add(p: *mut u64) -> u64 {
     // Not Relaxed: LLVM's BPF backend lowers a relaxed add to the add that
     // returns nothing (BPF_ADD without BPF_FETCH), whatever uses its result.
-    // SAFETY: an array map value pointer, 8-byte aligned.
-    let before = unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(taken, 1) };
-    // Past the array's end once it is full: `exists` is then false.
-    let index = u32::try_from(before + 1).ok()?;
-    exists(index).then_some(index)
+    // SAFETY: callers pass an array map value pointer, 8-byte aligned.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(p, 1) }
 }
 
 /// Puts `index` in a table entry that was 0, and returns what the entry

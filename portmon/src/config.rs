@@ -34,6 +34,14 @@ pub struct Config {
     /// (per namespace, protocol, family and kind of counter).
     #[serde(deserialize_with = "port_stats_capacity")]
     pub port_stats_capacity: u32,
+    /// Most blocks of the per-port counters one network namespace other
+    /// than the host's may hold; its counts past them go to its range
+    /// class (`port="other"`), so that no namespace starves the others.
+    #[serde(deserialize_with = "port_blocks_per_namespace")]
+    pub max_port_blocks_per_namespace: u32,
+    /// Seconds a gone network namespace's series are still exported (its
+    /// final counts) before every trace of it is dropped.
+    pub netns_grace_seconds: u64,
     /// Most ports with series of their own per metric in /metrics; past
     /// it ports fold into their range class (`port="other"`). Counters: first
     /// come, first served, for the daemon's lifetime; gauges: the busiest.
@@ -75,6 +83,10 @@ impl Default for Config {
             // 4,096 blocks of 64 ports, 590 bytes each in the kernel (2.4 MB): a
             // whole default ephemeral range takes 441 blocks per protocol and family.
             port_stats_capacity: portmon_common::capacity::PORT_STATS,
+            // 1,024 blocks: 5,440 ports in each of a namespace's (at most 12) tables.
+            max_port_blocks_per_namespace: portmon_common::capacity::BLOCKS_PER_NAMESPACE,
+            // Five minutes: a scrape interval or several, for the last values to be read.
+            netns_grace_seconds: 300,
             // Enough for every listener of a busy host; Prometheus copes with it.
             port_series_limit: 1000,
             // A single-namespace host keeps its series free of a label that says nothing.
@@ -131,6 +143,10 @@ fn port_stats_capacity<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Res
     map_capacity(u32::deserialize(deserializer)?, MAX_PORT_STATS_CAPACITY).map_err(serde::de::Error::custom)
 }
 
+fn port_blocks_per_namespace<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    map_capacity(u32::deserialize(deserializer)?, MAX_PORT_STATS_CAPACITY).map_err(serde::de::Error::custom)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}")]
@@ -164,6 +180,7 @@ impl Config {
             port_series_limit: self.port_series_limit,
             netns_label: self.netns_label,
             ephemeral_destinations: self.ephemeral_destinations,
+            netns_grace: std::time::Duration::from_secs(self.netns_grace_seconds),
         }
     }
 
@@ -293,6 +310,10 @@ pub(crate) mod tests {
         assert_eq!(config.listen, "0.0.0.0:9000".parse().unwrap());
         assert_eq!(config.registry.as_deref(), Some(Path::new("/tmp/x.csv")));
         assert_eq!(config.sockets_capacity, 1024);
+        let config = parse("netns-grace-seconds = 5\nmax-port-blocks-per-namespace = 120\n").unwrap();
+        let settings = config.settings(crate::registry::Registry::empty());
+        assert_eq!(settings.netns_grace, std::time::Duration::from_secs(5));
+        assert_eq!(config.max_port_blocks_per_namespace, 120);
     }
 
     #[test]
@@ -304,6 +325,8 @@ pub(crate) mod tests {
             ("\nport-stats-capacity = 0", "line 2", "give 1 to"),
             ("sockets-capacity = 99999999", "line 1", "give 1 to 16777216"),
             ("max-connections = 0", "line 1", "give 1 to"),
+            ("max-port-blocks-per-namespace = 0", "line 1", "give 1 to"),
+            ("netns-grace-seconds = -5", "line 1", "netns-grace-seconds"),
             ("api = \"no\"", "line 1", "api"),
         ];
         for (text, line, word) in cases {

@@ -37,6 +37,12 @@ const DETACH_DEADLINE: Duration = Duration::from_secs(5);
 /// How often namespaces are looked for between scrapes, so that one that
 /// lives a short while is entered (and its sockets seen) while it exists.
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(10);
+/// How often gone namespaces' kernel entries are looked for and given
+/// back: the maps hold the entries of the namespaces gone within about
+/// this plus the quarantine, so namespaces made and dropped fast fill them
+/// unless the looks are frequent (a look is a walk of `/proc`, a few
+/// milliseconds).
+const RECLAIM_INTERVAL: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -103,6 +109,7 @@ pub fn start(config: Config, served: http::Served) -> Result<Started, DaemonErro
         port_stats: config.port_stats_capacity,
         port_tables: crate::kernel::bpf::loader::port_tables(config.port_stats_capacity),
         sockets: config.sockets_capacity,
+        blocks_per_namespace: config.max_port_blocks_per_namespace,
         ..LoadOptions::default()
     };
     let (kernel, maps, failures) = Kernel::load(&env.cgroup_root, options)?;
@@ -207,6 +214,7 @@ pub async fn serve(started: Started, source: ConfigSource) -> Result<(), DaemonE
     );
     tracing::info!(programs = kernel.attached().len(), "ready");
     let reconciler = tokio::spawn(reconcile(state.clone()));
+    let reclaimer = tokio::spawn(reclaim(state.clone()));
     notifier.ready(&status);
 
     loop {
@@ -235,6 +243,7 @@ pub async fn serve(started: Started, source: ConfigSource) -> Result<(), DaemonE
     }
     let _ = shutdown_tx.send(true);
     reconciler.abort();
+    reclaimer.abort();
     reader.abort();
     let _ = server.await;
     let detach = tokio::task::spawn_blocking(move || kernel.detach());
@@ -259,6 +268,17 @@ async fn reconcile(state: Arc<State>) {
             resources::trim_allocator();
         })
         .await;
+    }
+}
+
+/// Gives back the kernel entries of gone namespaces on a schedule.
+async fn reclaim(state: Arc<State>) {
+    let mut ticks = tokio::time::interval(RECLAIM_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let state = state.clone();
+        let _ = tokio::task::spawn_blocking(move || state.reclaim()).await;
     }
 }
 

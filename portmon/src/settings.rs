@@ -25,4 +25,6 @@ pub struct Settings {
     pub netns_label: NetnsLabel,
     /// How many of the busiest destinations get a series of their own.
     pub ephemeral_destinations: usize,
+    /// How long a gone namespace's final counts are still exported.
+    pub netns_grace: std::time::Duration,
 }

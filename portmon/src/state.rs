@@ -21,7 +21,7 @@ use crate::{
     failures::{Failure, FailureKey, FailureLog, FailureLogHealth},
     inventory::{Inventory, Snapshot},
     kernel::bpf::{
-        counters::{Health, PortCount},
+        counters::{Health, PortCount, PortOverflow},
         pools::AssignedCount,
         program_stats::ProgramRuns,
         KernelMaps, MapUsage,
@@ -394,11 +394,60 @@ impl State {
         lock(&self.failures).recent().rev().take(limit).cloned().collect()
     }
 
+    /// Counts of ports that found no block, by namespace and range class.
+    pub fn port_overflow(&self) -> Vec<PortOverflow> {
+        self.maps().overflow()
+    }
+
     /// Finds new namespaces and opens their sockets; lets gone ones go.
     pub fn rescan_namespaces(&self) {
         let mut guard = self.inventory();
-        guard.0.rescan();
+        let _ = guard.0.rescan();
         guard.1 = Instant::now();
+    }
+
+    /// Gives back the kernel entries of namespaces that are gone, and
+    /// forgets those whose grace period is over.
+    ///
+    /// A namespace is gone when it held kernel entries before a complete
+    /// scan began and the scan did not find it: the scan finds every
+    /// namespace a process is in or `/run/netns` names, so one missing from
+    /// it is dead or held only by a descriptor or a mount elsewhere (which,
+    /// counting again, takes new entries: its counters restart from its
+    /// final counts). A scan the host cut short decides nothing.
+    pub fn reclaim(&self) {
+        let counted = self.maps().counted_namespaces();
+        let (complete, known, names) = {
+            let mut guard = self.inventory();
+            let names: HashMap<u64, String> = guard
+                .0
+                .namespaces()
+                .iter()
+                .map(|n| (n.cookie, n.name.clone()))
+                .collect();
+            let complete = guard.0.rescan();
+            guard.1 = Instant::now();
+            let known: std::collections::HashSet<u64> =
+                guard.0.namespaces().iter().map(|n| n.cookie).collect();
+            (complete, known, names)
+        };
+        let gone: std::collections::HashSet<u64> = if complete {
+            counted.difference(&known).copied().collect()
+        } else {
+            Default::default()
+        };
+        let grace = self.settings().netns_grace;
+        let dropped: std::collections::HashSet<u64> = {
+            let mut maps = self.maps();
+            maps.reclaim(&gone, &names);
+            maps.drop_retired(grace).into_iter().collect()
+        };
+        if !gone.is_empty() || !dropped.is_empty() {
+            tracing::debug!(gone = gone.len(), dropped = dropped.len(), "namespaces reclaimed");
+        }
+        if !dropped.is_empty() {
+            lock(&self.failures).forget(&dropped);
+        }
     }
 
     /// A fresh inventory of every namespace, with the names and workloads
@@ -440,7 +489,15 @@ impl State {
         drop(guard);
         let entered: HashMap<u64, ()> = namespaces.iter().map(|(c, _, _)| (*c, ())).collect();
         let mut taken: HashMap<String, ()> = namespaces.iter().map(|(_, n, _)| (n.clone(), ())).collect();
-        for (cookie, name, workload) in self.recorded_namespaces() {
+        // Namespaces gone within their grace period keep the names their
+        // series had.
+        let retired: Vec<(u64, String, Workload)> = self
+            .maps()
+            .retired_names()
+            .into_iter()
+            .map(|(cookie, name)| (cookie, name, Workload::default()))
+            .collect();
+        for (cookie, name, workload) in self.recorded_namespaces().into_iter().chain(retired) {
             if entered.contains_key(&cookie) {
                 continue;
             }

@@ -1,6 +1,7 @@
 //! portmon's integration tests: the real kernel programs, real sockets in
 //! fresh network namespaces, exact counts. They need root.
 
+mod churn;
 mod cli;
 mod containers;
 mod counting;

@@ -59,22 +59,28 @@ pub fn in_fresh_netns<T: Send>(work: impl FnOnce(&TestNetns) -> T + Send) -> T {
         std::thread::Builder::new()
             .name(TEST_COMM.into())
             .spawn_scoped(scope, || {
-                // SAFETY: unshare only changes this thread's namespace.
-                let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-                assert_eq!(
-                    rc,
-                    0,
-                    "unshare(CLONE_NEWNET) failed (tests need root): {}",
-                    io::Error::last_os_error()
-                );
-                set_link_up("lo");
-                let cookie = portmon::kernel::netns::current_cookie().expect("netns cookie");
+                let cookie = enter_fresh_netns();
                 work(&TestNetns { cookie })
             })
             .expect("spawn netns thread")
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
+}
+
+/// Moves the calling thread into a fresh network namespace with `lo` up
+/// (its previous one goes when nothing else holds it); returns its cookie.
+pub fn enter_fresh_netns() -> u64 {
+    // SAFETY: unshare only changes this thread's namespace.
+    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+    assert_eq!(
+        rc,
+        0,
+        "unshare(CLONE_NEWNET) failed (tests need root): {}",
+        io::Error::last_os_error()
+    );
+    set_link_up("lo");
+    portmon::kernel::netns::current_cookie().expect("netns cookie")
 }
 
 fn set_link_up(name: &str) {

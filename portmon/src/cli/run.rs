@@ -41,6 +41,15 @@ pub struct RunArgs {
     /// Default 4096.
     #[arg(long, value_name = "N", value_parser = |s: &str| capacity(s, crate::config::MAX_PORT_STATS_CAPACITY))]
     pub port_stats_capacity: Option<u32>,
+    /// Most blocks of 64 ports one network namespace other than the host's
+    /// may hold; its counts past them fold into their range class.
+    /// Default 1024.
+    #[arg(long, value_name = "N", value_parser = |s: &str| capacity(s, crate::config::MAX_PORT_STATS_CAPACITY))]
+    pub max_port_blocks_per_namespace: Option<u32>,
+    /// Seconds a gone network namespace's series are still exported before
+    /// they are dropped. Default 300.
+    #[arg(long, value_name = "SECONDS")]
+    pub netns_grace_seconds: Option<u64>,
     /// How many of the busiest destinations get their own ephemeral
     /// utilization series. Default 10.
     #[arg(long, value_name = "N")]
@@ -89,6 +98,12 @@ impl RunArgs {
         }
         if let Some(n) = self.port_stats_capacity {
             config.port_stats_capacity = n;
+        }
+        if let Some(n) = self.max_port_blocks_per_namespace {
+            config.max_port_blocks_per_namespace = n;
+        }
+        if let Some(n) = self.netns_grace_seconds {
+            config.netns_grace_seconds = n;
         }
         if let Some(n) = self.ephemeral_destinations {
             config.ephemeral_destinations = n;

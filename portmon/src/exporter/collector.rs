@@ -71,6 +71,7 @@ impl<S: ScrapeSource> Collector for PortmonCollector<S> {
 /// Every family of one scrape; `scrape_seconds` is how long reading the
 /// input took (building is small next to it).
 fn build(input: &ScrapeInput<'_>, memory: &mut SeriesMemory, scrape_seconds: f64) -> Vec<MetricFamily> {
+    memory.retain_netns(&port_families::live_namespaces(input));
     let with_netns = memory.with_netns(input.netns_label, port_families::namespaces(input));
     let mut families = Families::new(with_netns);
     let folded = port_families::add(input, memory, &mut families);

@@ -166,6 +166,11 @@ pub const MAP_OVERFLOWS: Definition = counter(
     "Updates lost because a kernel map was full.",
     &["map"],
 );
+pub const PORT_OVERFLOW: Definition = counter(
+    "portmon_port_overflow_total",
+    "Binds, listens and connects of a namespace's ports that found no counter block of their own (over max-port-blocks-per-namespace, or port-stats-capacity used up): counted in their range class (port=\"other\") instead, so totals stay exact.",
+    &["netns", "proto", "family", "class"],
+);
 pub const MAP_ENTRIES: Definition = gauge("portmon_map_entries", "Entries in a kernel map.", &["map"]);
 pub const MAP_CAPACITY: Definition = gauge("portmon_map_capacity", "Capacity of a kernel map.", &["map"]);
 pub const PROGRAM_ATTACHED: Definition = gauge(
@@ -311,6 +316,7 @@ pub const ALL: &[Definition] = &[
     NETNS_UNWATCHED,
     NETNS_SCAN_ERRORS,
     MAP_OVERFLOWS,
+    PORT_OVERFLOW,
     MAP_ENTRIES,
     MAP_CAPACITY,
     PROGRAM_ATTACHED,

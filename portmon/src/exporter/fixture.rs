@@ -15,7 +15,7 @@ use crate::{
     failures::{Errno, FailureKey},
     kernel::{
         bpf::{
-            counters::{Health, PortCount},
+            counters::{Health, PortCount, PortOverflow},
             pools::AssignedCount,
             program_stats::ProgramRuns,
         },
@@ -30,6 +30,7 @@ use crate::{
 #[derive(Debug)]
 pub struct Host {
     pub ports: Vec<PortCount>,
+    pub overflow: Vec<PortOverflow>,
     pub assigned: Vec<AssignedCount>,
     pub program_runs: Option<Vec<ProgramRuns>>,
     pub failures: BTreeMap<FailureKey, u64>,
@@ -44,6 +45,7 @@ impl Default for Host {
     fn default() -> Self {
         Self {
             ports: Vec::new(),
+            overflow: Vec::new(),
             assigned: Vec::new(),
             program_runs: None,
             failures: BTreeMap::new(),
@@ -143,6 +145,7 @@ impl ScrapeSource for Fixture {
         let names = HashMap::from([(1, "host".to_owned()), (2, "blue".to_owned())]);
         build(&ScrapeInput {
             ports: &host.ports,
+            overflow: &host.overflow,
             assigned: &host.assigned,
             failures: &host.failures,
             sockets: &host.sockets,

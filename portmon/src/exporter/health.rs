@@ -34,6 +34,27 @@ pub fn add(input: &ScrapeInput<'_>, folded: usize, scrape_seconds: f64, families
         ]
         .map(|(name, n)| (vec![name.to_owned()], n as f64)),
     );
+    let mut overflow: std::collections::BTreeMap<(u64, Proto, Family, usize), u64> = Default::default();
+    for o in input.overflow {
+        *overflow.entry((o.netns, o.proto, o.family, o.class)).or_default() += o.count;
+    }
+    families.add(
+        &def::PORT_OVERFLOW,
+        overflow.into_iter().map(|((netns, proto, family, class), n)| {
+            let first = match class {
+                portmon_common::range_class::SYSTEM => 0,
+                portmon_common::range_class::USER => 1024,
+                _ => 49152,
+            };
+            let values = vec![
+                crate::namespaces::display_name(input.netns_names, netns),
+                proto.label().to_owned(),
+                family.label().to_owned(),
+                crate::port_class::PortClass::of(first).label().to_owned(),
+            ];
+            (values, n as f64)
+        }),
+    );
     families.add(
         &def::MAP_ENTRIES,
         input

@@ -86,6 +86,7 @@ mod tests {
         *,
     };
     use crate::kernel::sock_diag::SocketState;
+    use portmon_common::{Family, Proto, Role};
 
     const HOST: u64 = 1;
     const BLUE: u64 = 2;
@@ -282,6 +283,42 @@ mod tests {
             ),
             1.0
         );
+    }
+
+    #[test]
+    fn overflow_counts_in_the_class_series_and_a_gone_namespace_leaves_nothing() {
+        use crate::kernel::bpf::counters::PortOverflow;
+        let mut host = Host {
+            netns_label: NetnsLabel::Always,
+            ..Host::default()
+        };
+        host.binds(HOST, 1001, 1);
+        host.binds(BLUE, 1002, 2);
+        host.overflow.push(PortOverflow {
+            netns: BLUE,
+            proto: Proto::Tcp,
+            family: Family::Inet,
+            role: Role::Local,
+            kind: portmon_common::kind::BINDS,
+            class: portmon_common::range_class::USER,
+            count: 3,
+        });
+        let (fixture, metrics) = start(host);
+        let all = series(&scrape(&metrics));
+        let folded = r#"portmon_binds_total{proto="tcp",family="ipv4",port="other",class="user",service="",netns="blue"}"#;
+        assert_eq!(all.get(folded), Some(&3.0), "{all:#?}");
+        assert_eq!(
+            all.get(r#"portmon_port_overflow_total{netns="blue",proto="tcp",family="ipv4",class="user"}"#),
+            Some(&3.0)
+        );
+        // Its grace over, the namespace's counters are no longer read.
+        fixture.change(|host| {
+            host.ports.retain(|p| p.netns != BLUE);
+            host.overflow.clear();
+        });
+        let text = scrape(&metrics);
+        assert!(!text.contains(r#"netns="blue""#), "{text}");
+        assert!(text.contains(r#"port="1001""#), "{text}");
     }
 
     #[test]

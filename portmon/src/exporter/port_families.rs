@@ -85,6 +85,21 @@ fn counters(
             Role::Remote => *connects.entry((key, None)).or_default() += p.stats.connects as f64,
         }
     }
+    // Counts that found no block of their own are known by class only:
+    // they go to the class series, so that totals stay exact.
+    for o in input.overflow {
+        let key = SeriesKey::Folded {
+            netns: o.netns,
+            proto: o.proto,
+            family: o.family,
+            class: PortClass::of(o.first_port()),
+        };
+        match o.kind {
+            portmon_common::kind::BINDS => *binds.entry((key, None)).or_default() += o.count as f64,
+            portmon_common::kind::CONNECTS_TO => *connects.entry((key, None)).or_default() += o.count as f64,
+            _ => {}
+        }
+    }
     let (mut bind_errors, mut connect_errors) = (Now::default(), Now::default());
     for (k, n) in input.failures {
         let key = memory.counters.key(failure_port(k));
@@ -253,10 +268,21 @@ impl Labels<'_> {
 }
 
 /// Every namespace the scrape has numbers of.
+/// Namespaces with anything to export this scrape: a series of any other
+/// namespace is dropped for good (its grace period is over).
+pub fn live_namespaces(input: &ScrapeInput<'_>) -> FastSet<u64> {
+    let mut live: FastSet<u64> = input.sockets.iter().map(|s| s.netns).collect();
+    live.extend(input.ports.iter().map(|p| p.netns));
+    live.extend(input.failures.keys().map(|k| k.netns));
+    live.extend(input.overflow.iter().map(|o| o.netns));
+    live
+}
+
 pub fn namespaces(input: &ScrapeInput<'_>) -> usize {
     let mut all: Vec<u64> = input.sockets.iter().map(|s| s.netns).collect();
     all.extend(input.ports.iter().map(|p| p.netns));
     all.extend(input.failures.keys().map(|k| k.netns));
+    all.extend(input.overflow.iter().map(|o| o.netns));
     all.sort_unstable();
     all.dedup();
     all.len()

@@ -46,6 +46,14 @@ pub enum SeriesKey {
 }
 
 impl SeriesKey {
+    /// The namespace of the series.
+    pub fn netns(&self) -> u64 {
+        match *self {
+            SeriesKey::Port(id) => id.netns,
+            SeriesKey::Folded { netns, .. } => netns,
+        }
+    }
+
     /// The class series `id` folds into.
     pub fn folded(id: PortId) -> Self {
         SeriesKey::Folded {
@@ -99,6 +107,12 @@ impl CounterAssignment {
         }
     }
 
+    /// Forgets the ports of namespaces `live` does not name.
+    pub fn retain_netns(&mut self, live: &FastSet<u64>) {
+        self.own.retain(|id| live.contains(&id.netns));
+        self.folded.retain(|id| live.contains(&id.netns));
+    }
+
     fn decided(&self, id: &PortId) -> bool {
         self.own.contains(id) || self.folded.contains(id)
     }
@@ -140,6 +154,14 @@ pub struct SeriesMemory {
 }
 
 impl SeriesMemory {
+    /// Forgets every series of namespaces `live` does not name: a
+    /// namespace's counters are exported until its grace period ends, so
+    /// one with none left is gone for good.
+    pub fn retain_netns(&mut self, live: &FastSet<u64>) {
+        self.counters.retain_netns(live);
+        self.floors.retain_netns(live);
+    }
+
     /// Whether per-port series carry `netns` this scrape, given the
     /// setting and how many namespaces the scrape saw.
     pub fn with_netns(&mut self, setting: NetnsLabel, namespaces: usize) -> bool {
@@ -162,6 +184,11 @@ pub struct CounterFloors {
 }
 
 impl CounterFloors {
+    /// Forgets the series of namespaces `live` does not name.
+    pub fn retain_netns(&mut self, live: &FastSet<u64>) {
+        self.last.retain(|(_, key, _), _| live.contains(&key.netns()));
+    }
+
     /// This scrape's values of `family`, raised to what was exported
     /// before, with every series exported before.
     pub fn settle(

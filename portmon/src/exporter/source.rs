@@ -11,7 +11,7 @@ use crate::{
     failures::{FailureKey, FailureLogHealth},
     kernel::{
         bpf::{
-            counters::{Health, PortCount},
+            counters::{Health, PortCount, PortOverflow},
             pools::AssignedCount,
             program_stats::ProgramRuns,
         },
@@ -27,6 +27,8 @@ use crate::{
 #[derive(Debug)]
 pub struct ScrapeInput<'a> {
     pub ports: &'a [PortCount],
+    /// Counts of ports that found no block, by namespace and range class.
+    pub overflow: &'a [PortOverflow],
     /// Ports the kernel chose, per pool and way.
     pub assigned: &'a [AssignedCount],
     pub failures: &'a BTreeMap<FailureKey, u64>,
@@ -78,14 +80,14 @@ impl ScrapeSource for State {
         // kernel maps are read beside them.
         let read_maps = || {
             (
-                self.ports(),
+                (self.ports(), self.port_overflow()),
                 self.assigned(),
                 self.failure_counts(),
                 self.bind_before_connect(),
                 self.map_usage(),
             )
         };
-        let ((ports, assigned, failures, bind_before_connect, maps), inventoried) =
+        let (((ports, overflow), assigned, failures, bind_before_connect, maps), inventoried) =
             std::thread::scope(|scope| {
                 let kernel = threads::spawn_scoped(scope, "portmon-maps", read_maps);
                 let inventory = self.snapshot();
@@ -105,6 +107,7 @@ impl ScrapeSource for State {
         let attached = self.attached_now();
         build(&ScrapeInput {
             ports: &ports,
+            overflow: &overflow,
             assigned: &assigned,
             failures: &failures,
             sockets: &inventoried.snapshot.sockets,

@@ -173,6 +173,12 @@ impl FailureLog {
         &self.counts
     }
 
+    /// Forgets the counts of the namespaces `gone` (their grace is over);
+    /// the recent failures, a bounded list, age out on their own.
+    pub fn forget(&mut self, gone: &std::collections::HashSet<u64>) {
+        self.counts.retain(|k, _| !gone.contains(&k.netns));
+    }
+
     /// The most recent failures, oldest first.
     pub fn recent(&self) -> impl DoubleEndedIterator<Item = &Failure> {
         self.recent.iter()

@@ -163,7 +163,7 @@ impl Inventory {
             namespaces: Namespaces::unscanned(runtimes),
             ..Self::default()
         };
-        inventory.rescan();
+        let _ = inventory.rescan();
         inventory
     }
 
@@ -180,8 +180,9 @@ impl Inventory {
     /// Finds namespaces again: opens sockets for new ones, closes those of
     /// gone ones.
     /// Handles of namespaces gone are closed only after a complete scan; new
-    /// namespaces get handles while descriptors last.
-    pub fn rescan(&mut self) {
+    /// namespaces get handles while descriptors last. Returns whether the
+    /// scan was complete: only then is a namespace missing from it gone.
+    pub fn rescan(&mut self) -> bool {
         let complete = match self.namespaces.rescan() {
             Ok(()) => true,
             Err(err) => {
@@ -234,6 +235,7 @@ impl Inventory {
             );
         }
         self.unwatched = unwatched;
+        complete
     }
 
     /// Adds what the runtimes' state says about `workload`'s container.

@@ -81,6 +81,10 @@ fn apply(state: &State, running: &Config, source: &ConfigSource) -> Result<Confi
             wanted.port_stats_capacity != running.port_stats_capacity,
         ),
         (
+            "max-port-blocks-per-namespace",
+            wanted.max_port_blocks_per_namespace != running.max_port_blocks_per_namespace,
+        ),
+        (
             "runtime-state-root",
             wanted.runtime_state_root != running.runtime_state_root,
         ),
@@ -106,6 +110,7 @@ fn apply(state: &State, running: &Config, source: &ConfigSource) -> Result<Confi
     wanted.listen = running.listen;
     wanted.sockets_capacity = running.sockets_capacity;
     wanted.port_stats_capacity = running.port_stats_capacity;
+    wanted.max_port_blocks_per_namespace = running.max_port_blocks_per_namespace;
     wanted.runtime_state_root.clone_from(&running.runtime_state_root);
     wanted.web_config_file = running.web_config_file.clone();
     wanted.api = running.api;

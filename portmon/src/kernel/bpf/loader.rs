@@ -6,7 +6,7 @@
 use std::{fs::File, io, path::PathBuf};
 
 use aya::{
-    maps::{Map, MapData, MapError, RingBuf},
+    maps::{HashMap as BpfHashMap, Map, MapData, MapError, Queue, RingBuf},
     programs::{
         cgroup_sock::CgroupSockLink, cgroup_sock_addr::CgroupSockAddrLink,
         raw_trace_point::RawTracePointLink, CgroupAttachMode, Program, ProgramError,
@@ -24,6 +24,7 @@ use super::{
     maps::{Capacities, KernelMaps},
     pools::PoolCounters,
     program_stats::ProgramIds,
+    reclaim::Reclaim,
     socket_table::{SocketTable, SocketTableError},
 };
 
@@ -85,6 +86,11 @@ pub struct LoadOptions {
     /// Entries of `POOL_KEYS`: pools counted (namespace, protocol, family
     /// and way of handing out a port).
     pub pools: u32,
+    /// Blocks of `PORT_STATS` only the host's namespace takes, on top of
+    /// `port_stats`; its tables and pools have entries of their own too.
+    pub host_blocks: u32,
+    /// Blocks any other namespace may hold, split over its tables.
+    pub blocks_per_namespace: u32,
     /// Every program returns at once (the overhead benchmark's floor: what
     /// the hooks cost with nothing done in them).
     pub hooks_only: bool,
@@ -97,6 +103,8 @@ impl Default for LoadOptions {
             port_tables: port_tables(capacity::PORT_STATS),
             sockets: capacity::SOCKETS,
             pools: capacity::POOLS,
+            host_blocks: capacity::HOST_BLOCKS,
+            blocks_per_namespace: capacity::BLOCKS_PER_NAMESPACE,
             hooks_only: false,
         }
     }
@@ -137,6 +145,8 @@ pub enum LoadError {
     },
     #[error("the kernel object has no map {map}")]
     MissingMap { map: &'static str },
+    #[error("cannot tell portmon's own network namespace (SO_NETNS_COOKIE, Linux 5.14)")]
+    HostNetns(#[source] crate::kernel::netns::NetnsError),
     #[error("map {map} does not have the layout portmon expects")]
     MapLayout {
         map: &'static str,
@@ -181,12 +191,13 @@ impl Kernel {
         cgroup_root: &std::path::Path,
         options: LoadOptions,
     ) -> Result<(Self, KernelMaps, FailureEvents), LoadError> {
-        let mut ebpf = open_object(options)?;
+        let host = crate::kernel::netns::current_cookie().map_err(LoadError::HostNetns)?;
+        let mut ebpf = open_object(options, host)?;
         let cgroup = open_cgroup(cgroup_root)?;
         for &(name, _) in PROGRAMS {
             load(&mut ebpf, name)?;
         }
-        let (maps, events) = take_maps(&mut ebpf, options)?;
+        let (maps, events) = take_maps(&mut ebpf, options, host)?;
         let mut kernel = Self {
             links: Vec::with_capacity(PROGRAMS.len()),
             ebpf,
@@ -203,7 +214,8 @@ impl Kernel {
     /// loads and attaches here (and where). Everything is detached again on
     /// return.
     pub fn probe(cgroup_root: &std::path::Path) -> Result<Vec<ProbeOutcome>, LoadError> {
-        let mut ebpf = open_object(LoadOptions::default())?;
+        let host = crate::kernel::netns::current_cookie().map_err(LoadError::HostNetns)?;
+        let mut ebpf = open_object(LoadOptions::default(), host)?;
         let cgroup = open_cgroup(cgroup_root)?;
         Ok(PROGRAMS
             .iter()
@@ -278,7 +290,11 @@ impl Kernel {
 
 /// Takes the maps out of a loaded object: the readers' bundle, and the
 /// ring buffer failures arrive on.
-fn take_maps(ebpf: &mut Ebpf, options: LoadOptions) -> Result<(KernelMaps, FailureEvents), LoadError> {
+fn take_maps(
+    ebpf: &mut Ebpf,
+    options: LoadOptions,
+    host_netns: u64,
+) -> Result<(KernelMaps, FailureEvents), LoadError> {
     fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
     where
         T: TryFrom<Map, Error = MapError>,
@@ -302,6 +318,13 @@ fn take_maps(ebpf: &mut Ebpf, options: LoadOptions) -> Result<(KernelMaps, Failu
         .filter_map(|&(name, _)| Some((name, ebpf.program(name)?.info().ok()?.id())))
         .collect();
     let attached = AttachedCheck::new(ids.clone());
+    let reclaim = Reclaim::new(
+        take::<BpfHashMap<MapData, _, _>>(ebpf, map::PORT_TABLE_INDEX)?,
+        take::<BpfHashMap<MapData, _, _>>(ebpf, map::POOL_INDEX)?,
+        take::<Queue<MapData, u32>>(ebpf, map::FREE_PORT_TABLES)?,
+        take::<Queue<MapData, u32>>(ebpf, map::FREE_PORT_BLOCKS)?,
+        take::<Queue<MapData, u32>>(ebpf, map::FREE_POOLS)?,
+    );
     let maps = KernelMaps {
         programs: ProgramIds(ids),
         attached,
@@ -314,31 +337,60 @@ fn take_maps(ebpf: &mut Ebpf, options: LoadOptions) -> Result<(KernelMaps, Failu
         bind_before_connect: take(ebpf, map::BIND_BEFORE_CONNECT)?,
         health: take(ebpf, map::HEALTH)?,
         capacities: Capacities {
-            port_stats: options.port_stats,
-            port_tables: options.port_tables,
-            pools: options.pools,
+            port_stats: options.port_stats.saturating_add(options.host_blocks),
+            port_tables: options.port_tables.saturating_add(capacity::HOST_ENTRIES),
+            pools: options.pools.saturating_add(capacity::HOST_ENTRIES),
         },
+        host_netns,
+        reclaim,
+        retired: Default::default(),
     };
     let events = FailureEvents::new(take::<RingBuf<MapData>>(ebpf, map::FAILURES)?);
     Ok((maps, events))
 }
 
-fn open_object(options: LoadOptions) -> Result<Ebpf, LoadError> {
+fn open_object(options: LoadOptions, host_netns: u64) -> Result<Ebpf, LoadError> {
     raise_memlock_limit();
     let layout = Btf::vmlinux()?.kernel_layout()?;
     let hooks_only = u8::from(options.hooks_only);
     let slots = socket_slots(options.sockets);
     let groups = slots / SLOTS_PER_GROUP as u32;
+    // The host's entries: tables and pools at fixed entries before the
+    // shared ones, blocks in a reserve after them.
+    let host = capacity::HOST_ENTRIES;
+    let shared_blocks = options.port_stats.max(1);
+    let quota = (options.blocks_per_namespace / capacity::HOST_ENTRIES).max(1);
     EbpfLoader::new()
         // Entry 0 marks a block not yet taken: it is never handed out.
-        .map_max_entries(map::PORT_STATS, options.port_stats.saturating_add(1))
+        .map_max_entries(
+            map::PORT_STATS,
+            shared_blocks
+                .saturating_add(options.host_blocks)
+                .saturating_add(1),
+        )
         // Entry 0 again: a cached index that no table has.
-        .map_max_entries(map::PORT_TABLES, options.port_tables.saturating_add(1))
+        .map_max_entries(
+            map::PORT_TABLES,
+            options.port_tables.saturating_add(host).saturating_add(1),
+        )
         .map_max_entries(map::PORT_TABLE_INDEX, options.port_tables.max(1))
         // Entry 0 again, as for PORT_TABLES.
-        .map_max_entries(map::POOL_KEYS, options.pools.saturating_add(1))
-        .map_max_entries(map::POOL_COUNTS, options.pools.saturating_add(1))
+        .map_max_entries(
+            map::POOL_KEYS,
+            options.pools.saturating_add(host).saturating_add(1),
+        )
+        .map_max_entries(
+            map::POOL_COUNTS,
+            options.pools.saturating_add(host).saturating_add(1),
+        )
         .map_max_entries(map::POOL_INDEX, options.pools.max(1))
+        // Room for every shared entry: an index is given back once.
+        .map_max_entries(map::FREE_PORT_TABLES, options.port_tables.max(1))
+        .map_max_entries(map::FREE_PORT_BLOCKS, shared_blocks)
+        .map_max_entries(map::FREE_POOLS, options.pools.max(1))
+        .override_global(global::HOST_NETNS, &host_netns, true)
+        .override_global(global::TABLE_BLOCK_QUOTA, &quota, true)
+        .override_global(global::SHARED_BLOCKS, &shared_blocks, true)
         .map_max_entries(map::SOCKETS, slots)
         .map_max_entries(map::SOCKET_COOKIES, groups)
         .override_global(global::HOOKS_ONLY, &hooks_only, true)

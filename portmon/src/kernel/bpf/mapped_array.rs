@@ -1,6 +1,8 @@
-//! An array map's values mapped read-only into this process
-//! (`BPF_F_MMAPABLE`, Linux 5.5): reading them is a memory copy, with no
-//! system call per entry and none per read.
+//! An array map's values mapped into this process (`BPF_F_MMAPABLE`,
+//! Linux 5.5): reading them is a memory copy, with no system call per
+//! entry and none per read. Writable for the one writer user space has:
+//! the reclaim of a gone namespace's entries, which clears words the
+//! programs check and zeroes entries no program can reach any more.
 
 use std::{
     io,
@@ -26,7 +28,7 @@ pub enum MappedArrayError {
     },
 }
 
-/// A read-only mapping of one array map's values.
+/// A shared mapping of one array map's values.
 #[derive(Debug)]
 pub struct MappedArray {
     base: NonNull<u8>,
@@ -44,7 +46,8 @@ unsafe impl Send for MappedArray {}
 unsafe impl Sync for MappedArray {}
 
 impl MappedArray {
-    /// Maps the values of `map`, an array of `value_size`-byte values.
+    /// Maps the values of `map`, an array of `value_size`-byte values,
+    /// for reading and for the reclaim's writes.
     pub fn new(map: MapData, name: &'static str, value_size: usize) -> Result<Self, MappedArrayError> {
         let info = map
             .info()
@@ -53,13 +56,14 @@ impl MappedArray {
         let page = 4096;
         let len = (entries as usize * value_size).div_ceil(page) * page;
         let fd = map.fd().as_fd().as_raw_fd();
-        // SAFETY: a fresh shared read-only mapping of the map's values, which
-        // the kernel allows for BPF_F_MMAPABLE arrays; checked for failure.
+        // SAFETY: a fresh shared mapping of the map's values, which the
+        // kernel allows for BPF_F_MMAPABLE arrays not frozen; checked for
+        // failure.
         let addr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
-                libc::PROT_READ,
+                libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 fd,
                 0,
@@ -118,6 +122,32 @@ impl MappedArray {
         // as array map values are (8 bytes); any bit pattern is a valid T
         // (plain integers and byte arrays).
         Some(unsafe { std::ptr::read_volatile(self.base.as_ptr().add(index * self.value_size).cast::<T>()) })
+    }
+
+    /// Writes the `T` at byte `offset` of entry `entry` in one store, as
+    /// `field` reads it; `false` past the end or off `T`'s alignment.
+    pub fn set_field<T: Word>(&self, entry: usize, offset: usize, value: T) -> bool {
+        let Some(at) = self.offset_of::<T>(entry, offset) else {
+            return false;
+        };
+        // SAFETY: inside the values and aligned (checked by offset_of, as
+        // in `at`); the mapping is writable and shared with the kernel,
+        // which reads it with plain loads.
+        unsafe { std::ptr::write_volatile(self.base.as_ptr().add(at).cast::<T>(), value) };
+        true
+    }
+
+    fn offset_of<T: Word>(&self, entry: usize, offset: usize) -> Option<usize> {
+        if !offset.is_multiple_of(size_of::<T>()) || offset + size_of::<T>() > self.value_size {
+            return None;
+        }
+        let at = entry.checked_mul(self.value_size)?.checked_add(offset)?;
+        (at + size_of::<T>() <= self.entries as usize * self.value_size).then_some(at)
+    }
+
+    /// The size of one value.
+    pub fn value_size(&self) -> usize {
+        self.value_size
     }
 
     fn at<T: Word>(&self, at: usize) -> Option<T> {

@@ -1,17 +1,21 @@
 //! The kernel maps user space reads, as one bundle: what the daemon's
 //! state holds and the integration tests read, through the same methods.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    time::{Duration, Instant},
+};
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData};
-use portmon_common::{capacity, map, Owner};
+use portmon_common::{capacity, kind, map, Family, Owner, PortStats, Proto, Role};
 
 use super::{
     attached::AttachedCheck,
-    counters::{self, Health, PortCount, PortCounters},
+    counters::{self, Health, PortCount, PortCounters, PortOverflow},
     map_batch::read_all,
     pools::{AssignedCount, PoolCounters},
     program_stats::{ProgramIds, ProgramRuns},
+    reclaim::{FinalCounts, Reclaim},
     socket_table::{Followed, SocketTable},
 };
 use crate::kernel::procfs;
@@ -35,9 +39,22 @@ pub struct KernelMaps {
     /// The sizes `PORT_STATS` and `PORT_TABLES` were made with (the kernel
     /// side keeps one entry of each out of use).
     pub capacities: Capacities,
+    /// Cookie of the daemon's own namespace, never reclaimed.
+    pub host_netns: u64,
+    /// Gives back the entries of namespaces that are gone.
+    pub reclaim: Reclaim,
+    /// Final counts of namespaces whose entries were given back, until
+    /// their grace period ends.
+    pub(super) retired: Retired,
 }
 
-/// Entries of the maps whose use the kernel side counts.
+/// Final counts of namespaces whose entries were given back, by cookie:
+/// (given back at, name, counts).
+#[derive(Debug, Default)]
+pub struct Retired(HashMap<u64, (Instant, Option<String>, FinalCounts)>);
+
+/// Entries of the maps whose use the kernel side counts, the host's
+/// entries included.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capacities {
     pub port_stats: u32,
@@ -62,14 +79,163 @@ impl std::fmt::Debug for KernelMaps {
 }
 
 impl KernelMaps {
-    /// Every port's counters.
+    /// Every port's counters, those of namespaces given back within their
+    /// grace period included (added to any new counts of the same cookie).
     pub fn ports(&self) -> Vec<PortCount> {
-        counters::read_ports(&self.ports, &self.sockets.read())
+        let mut ports = counters::read_ports(
+            &self.ports,
+            &self.reclaim.quarantined_tables(),
+            &self.sockets.read(),
+        );
+        if self.retired.0.is_empty() {
+            return ports;
+        }
+        let mut by_key: BTreeMap<(u64, Proto, Family, Role, u16), PortStats> = ports
+            .drain(..)
+            .map(|p| ((p.netns, p.proto, p.family, p.role, p.port), p.stats))
+            .collect();
+        for (_, _, counts) in self.retired.0.values() {
+            for &(key, port, n) in &counts.ports {
+                let (Ok(proto), Ok(family), Ok(role)) = (
+                    Proto::try_from(key.proto),
+                    Family::try_from(key.family),
+                    Role::of_kind(key.kind),
+                ) else {
+                    continue;
+                };
+                let stats = by_key.entry((key.netns, proto, family, role, port)).or_default();
+                match key.kind {
+                    kind::BINDS => stats.binds += n,
+                    kind::LISTENS => stats.listens += n,
+                    _ => stats.connects += n,
+                }
+            }
+        }
+        by_key
+            .into_iter()
+            .map(|((netns, proto, family, role, port), stats)| PortCount {
+                netns,
+                proto,
+                family,
+                role,
+                port,
+                stats,
+            })
+            .collect()
     }
 
-    /// Ports the kernel handed out from each pool, by way.
+    /// Counts of ports that found no block, by namespace, table and range
+    /// class; given-back namespaces' within their grace period included.
+    pub fn overflow(&self) -> Vec<PortOverflow> {
+        let mut out = counters::read_overflow(&self.ports, &self.reclaim.quarantined_tables());
+        out.extend(
+            self.retired
+                .0
+                .values()
+                .flat_map(|(_, _, c)| c.overflow.iter().copied()),
+        );
+        out
+    }
+
+    /// Ports the kernel handed out from each pool, by way; given-back
+    /// namespaces' within their grace period included.
     pub fn assigned(&self) -> Vec<AssignedCount> {
-        self.pools.read(self.health().pools_taken)
+        let mut out = self
+            .pools
+            .read(self.health().pools_taken, &self.reclaim.quarantined_pools());
+        out.extend(
+            self.retired
+                .0
+                .values()
+                .flat_map(|(_, _, c)| c.assigned.iter().copied()),
+        );
+        out
+    }
+
+    /// Cookies of the namespaces that hold kernel entries now.
+    pub fn counted_namespaces(&self) -> HashSet<u64> {
+        let mut found: HashSet<u64> = self.ports.tables().map(|(_, key)| key.netns).collect();
+        found.extend(
+            self.pools
+                .read(self.health().pools_taken, &[])
+                .into_iter()
+                .map(|a| a.netns),
+        );
+        found
+    }
+
+    /// Unlinks the entries of the namespaces in `gone` (the host's never),
+    /// and gives back those whose quarantine is over, keeping their final
+    /// counts under the names `names` gives them.
+    pub fn reclaim(&mut self, gone: &HashSet<u64>, names: &HashMap<u64, String>) {
+        let host = self.host_netns;
+        self.reclaim.retire(&self.ports, &mut self.pools.keys, |netns| {
+            netns != host && gone.contains(&netns)
+        });
+        let finals = self.reclaim.release(&self.ports, &mut self.pools.counts);
+        let now = Instant::now();
+        let mut by_netns: HashMap<u64, FinalCounts> = HashMap::new();
+        for p in finals.ports {
+            by_netns.entry(p.0.netns).or_default().ports.push(p);
+        }
+        for o in finals.overflow {
+            by_netns.entry(o.netns).or_default().overflow.push(o);
+        }
+        for a in finals.assigned {
+            by_netns.entry(a.netns).or_default().assigned.push(a);
+        }
+        for (netns, counts) in by_netns {
+            let entry = self
+                .retired
+                .0
+                .entry(netns)
+                .or_insert_with(|| (now, names.get(&netns).cloned(), FinalCounts::default()));
+            entry.0 = now;
+            entry.2.add(counts);
+        }
+    }
+
+    /// Drops the final counts of namespaces given back more than `grace`
+    /// ago and holding no entries again; returns their cookies. One that
+    /// counts again (alive after all, out of the scan's sight: held by a
+    /// descriptor, or a thread's own) keeps its final counts, which its
+    /// new ones add to: its counters never go back.
+    pub fn drop_retired(&mut self, grace: Duration) -> Vec<u64> {
+        let mut counting = self.counted_namespaces();
+        counting.extend(self.reclaim.quarantined_tables().iter().map(|(_, key)| key.netns));
+        counting.extend(self.reclaim.quarantined_pools().iter().map(|(_, key)| key.netns));
+        let over: Vec<u64> = self
+            .retired
+            .0
+            .iter()
+            .filter(|(netns, (at, _, _))| at.elapsed() >= grace && !counting.contains(netns))
+            .map(|(netns, _)| *netns)
+            .collect();
+        for netns in &over {
+            self.retired.0.remove(netns);
+        }
+        over
+    }
+
+    /// Names of the namespaces given back within their grace period, as
+    /// they were known when they went.
+    pub fn retired_names(&self) -> Vec<(u64, String)> {
+        self.retired
+            .0
+            .iter()
+            .filter_map(|(netns, (_, name, _))| Some((*netns, name.clone()?)))
+            .collect()
+    }
+
+    /// Tables in use and blocks they hold, quarantined ones included.
+    pub fn tables_in_use(&self) -> (u64, u64) {
+        let (tables, blocks) = self.ports.in_use();
+        let quarantined = self.reclaim.quarantined_tables();
+        let held: u64 = quarantined
+            .iter()
+            .map(|(entry, _)| self.ports.blocks_of(*entry).count() as u64)
+            .sum();
+        (tables + quarantined.len() as u64, blocks + held)
     }
 
     /// Each program's runs and run time, while the kernel counts them.
@@ -114,22 +280,24 @@ impl KernelMaps {
     pub fn usage(&self) -> Vec<MapUsage> {
         let o = self.capacities;
         let health = self.health();
+        // Entries in use, read from the entries themselves: those given
+        // back are free again, whatever the kernel's count of new ones.
+        let (tables, blocks) = self.tables_in_use();
+        let pools = self.pools.in_use(health.pools_taken) + self.reclaim.quarantined_pools().len() as u64;
         vec![
-            // The kernel's own count of entries handed out: every one taken,
-            // in use or lost to a race, stops the map short of its capacity.
             MapUsage {
                 name: map::PORT_STATS,
-                entries: health.port_blocks_taken.min(o.port_stats.into()),
+                entries: blocks.min(o.port_stats.into()),
                 capacity: o.port_stats.into(),
             },
             MapUsage {
                 name: map::PORT_TABLES,
-                entries: health.port_tables_taken.min(o.port_tables.into()),
+                entries: tables.min(o.port_tables.into()),
                 capacity: o.port_tables.into(),
             },
             MapUsage {
                 name: map::POOL_KEYS,
-                entries: health.pools_taken.min(o.pools.into()),
+                entries: pools.min(o.pools.into()),
                 capacity: o.pools.into(),
             },
             MapUsage {

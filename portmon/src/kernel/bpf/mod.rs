@@ -17,6 +17,7 @@ pub mod mapped_array;
 pub mod maps;
 pub mod pools;
 pub mod program_stats;
+pub mod reclaim;
 pub mod socket_table;
 
 pub use events::FailureEvents;

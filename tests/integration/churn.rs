@@ -1,0 +1,310 @@
+//! Namespaces by the thousand, made and dropped: portmon gives back their
+//! kernel entries, drops their series after the grace period and keeps
+//! counting the namespaces that stay exactly; and an unprivileged user
+//! filling the maps from namespaces of its own cannot stop the host's
+//! binds from being counted.
+
+use std::{
+    net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    process::{Command, Stdio},
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
+    time::{Duration, Instant},
+};
+
+use portmon::kernel::bpf::LoadOptions;
+use portmon_common::{Family, Proto, Role};
+use portmon_tests::{enter_fresh_netns, metric_value, serial, wait_until, Daemon, Monitor, NamedNetns};
+
+const LISTEN: &str = "127.0.0.1:17493";
+/// Namespaces made and dropped, each binding, listening and connecting.
+const CHURNED: usize = 5_000;
+/// Threads making them, each in one namespace at a time.
+const WORKERS: usize = 4;
+/// Namespaces made per second, all threads together: each holds three
+/// tables and a pool until the daemon sees it gone (a scan a second) and
+/// its entries out of quarantine (a second more), so the maps hold the
+/// entries of the namespaces of the last few seconds.
+const RATE: f64 = 100.0;
+/// Tables each short-lived namespace takes: binds, listens, connects.
+const TABLES_EACH: f64 = 3.0;
+/// Seconds from a namespace's end to its entries' return, at most: the
+/// next look (half a second), the quarantine (a second) and the look after.
+const RECLAIM_SECONDS: f64 = 2.5;
+/// Blocks of port counters: room for the tables of the namespaces of the
+/// last `RECLAIM_SECONDS` and more (the tables are an eighth of it).
+const PORT_STATS_CAPACITY: &str = "8192";
+/// The port the long-lived namespace counts on, and the one every
+/// short-lived namespace does.
+const STAYING_PORT: u16 = 7_001;
+const CHURN_PORT: u16 = 7_002;
+const GRACE_SECONDS: u64 = 3;
+const RSS_LIMIT: u64 = 64 << 20;
+
+/// Binds a listener on `port` of the thread's namespace, connects to it
+/// and closes both: one bind, one listen and one connect counted on the
+/// port, one port the kernel picks for the connect.
+fn bind_and_connect(port: u16) {
+    let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind");
+    let client = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    drop(client);
+    drop(listener);
+}
+
+/// What one sample of `/metrics` says of the kernel maps.
+#[derive(Debug, Default, Clone, Copy)]
+struct Sample {
+    tables: f64,
+    blocks: f64,
+    pools: f64,
+    overflows: f64,
+    churn_series: usize,
+}
+
+fn sample(daemon: &Daemon) -> Sample {
+    let text = daemon.scrape();
+    let entries = |map: &str| metric_value(&text, "portmon_map_entries", &[("map", map)]).unwrap_or(0.0);
+    let overflows: f64 = ["PORT_STATS", "PORT_TABLES", "POOL_KEYS"]
+        .iter()
+        .map(|map| metric_value(&text, "portmon_map_overflows_total", &[("map", map)]).unwrap_or(0.0))
+        .sum::<f64>()
+        + text
+            .lines()
+            .filter(|l| l.starts_with("portmon_port_overflow_total{"))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum::<f64>();
+    Sample {
+        tables: entries("PORT_TABLES"),
+        blocks: entries("PORT_STATS"),
+        pools: entries("POOL_KEYS"),
+        overflows,
+        churn_series: text
+            .lines()
+            .filter(|l| !l.starts_with('#') && l.contains(&format!("port=\"{CHURN_PORT}\"")))
+            .count(),
+    }
+}
+
+#[test]
+fn five_thousand_namespaces_come_and_go_and_leave_nothing_behind() {
+    let _serial = serial();
+    let addr: SocketAddr = LISTEN.parse().unwrap();
+    let grace = GRACE_SECONDS.to_string();
+    let daemon = Daemon::start(
+        addr,
+        &[
+            "--netns-grace-seconds",
+            &grace,
+            "--netns-label",
+            "always",
+            "--port-stats-capacity",
+            PORT_STATS_CAPACITY,
+        ],
+    );
+    let staying_netns = NamedNetns::create("churn");
+    let made = AtomicUsize::new(0);
+    let done = AtomicBool::new(false);
+    let started = Instant::now();
+    let (stayed, peak, peak_rss, before) = std::thread::scope(|scope| {
+        // The long-lived namespace, named as an operator's would be (and
+        // so found by the daemon's scan), counts all along.
+        let staying = scope.spawn(|| {
+            staying_netns.enter(|| {
+                let mut n = 0u64;
+                while !done.load(Ordering::Relaxed) || n == 0 {
+                    bind_and_connect(STAYING_PORT);
+                    n += 1;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                n
+            })
+        });
+        // Its port gets its series before the churn starts.
+        assert!(
+            wait_until(Duration::from_secs(10), || metric_value(
+                &daemon.scrape(),
+                "portmon_binds_total",
+                &[("port", &STAYING_PORT.to_string())]
+            )
+            .is_some()),
+            "the long-lived namespace's binds are not exported"
+        );
+        let before = sample(&daemon);
+        let churn_started = Instant::now();
+        let made = &made;
+        let workers: Vec<_> = (0..WORKERS)
+            .map(|_| {
+                scope.spawn(move || loop {
+                    let i = made.fetch_add(1, Ordering::Relaxed);
+                    if i >= CHURNED {
+                        break;
+                    }
+                    // Paced: the i-th namespace not before its time.
+                    let due = churn_started + Duration::from_secs_f64(i as f64 / RATE);
+                    std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                    enter_fresh_netns();
+                    bind_and_connect(CHURN_PORT);
+                })
+            })
+            .collect();
+        let mut peak = Sample::default();
+        let mut peak_rss = 0;
+        let mut saw_churn_series = false;
+        while workers.iter().any(|w| !w.is_finished()) {
+            let now = sample(&daemon);
+            peak.tables = peak.tables.max(now.tables);
+            peak.blocks = peak.blocks.max(now.blocks);
+            peak.pools = peak.pools.max(now.pools);
+            peak.overflows = peak.overflows.max(now.overflows);
+            saw_churn_series |= now.churn_series > 0;
+            peak_rss = peak_rss.max(daemon.rss());
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        for w in workers {
+            w.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        }
+        assert!(
+            saw_churn_series,
+            "no short-lived namespace's series was ever seen"
+        );
+        done.store(true, Ordering::Relaxed);
+        let stayed = staying.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (stayed, peak, peak_rss, before)
+    });
+    let churn_seconds = started.elapsed().as_secs_f64();
+    let exact = |text: &str| {
+        let port = STAYING_PORT.to_string();
+        let binds = metric_value(text, "portmon_binds_total", &[("port", &port)]);
+        let connects = metric_value(text, "portmon_connects_total", &[("port", &port)]);
+        (binds, connects)
+    };
+    let want = (Some(stayed as f64), Some(stayed as f64));
+    let text = daemon.scrape();
+    let staying_lines = |text: &str| -> Vec<String> {
+        let port = format!("port=\"{STAYING_PORT}\"");
+        text.lines()
+            .filter(|l| l.contains(&port) || l.contains("overflow"))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(
+        exact(&text),
+        want,
+        "the long-lived namespace's counts: {:#?}",
+        staying_lines(&text)
+    );
+    // Past the grace period (and a reclaim or two), the short-lived
+    // namespaces have left everything.
+    let settled = wait_until(Duration::from_secs(GRACE_SECONDS + 20), || {
+        let now = sample(&daemon);
+        now.churn_series == 0 && now.tables <= before.tables && now.blocks <= before.blocks
+    });
+    let after = sample(&daemon);
+    let text = daemon.scrape();
+    let rss = daemon.rss();
+    println!(
+        "churn: {CHURNED} namespaces by {WORKERS} threads at {RATE}/s in {churn_seconds:.1} s; long-lived \
+         namespace counted {stayed} binds and connects; PORT_TABLES {} before, {} at peak, {} after; \
+         PORT_STATS blocks {} before, {} at peak, {} after; POOL_KEYS {} at peak; overflows {}; \
+         daemon RSS {:.1} MiB at peak, {:.1} MiB after",
+        before.tables,
+        peak.tables,
+        after.tables,
+        before.blocks,
+        peak.blocks,
+        after.blocks,
+        peak.pools,
+        peak.overflows,
+        peak_rss as f64 / (1 << 20) as f64,
+        rss as f64 / (1 << 20) as f64,
+    );
+    assert!(
+        settled,
+        "short-lived namespaces left entries or series behind: {after:?}"
+    );
+    assert_eq!(exact(&text), want, "the long-lived namespace's counts, after");
+    assert_eq!(peak.overflows, 0.0, "counts overflowed");
+    // Bounded by the namespaces alive or gone within a reclaim's reach.
+    let bound = before.tables + TABLES_EACH * RATE * RECLAIM_SECONDS + TABLES_EACH * WORKERS as f64;
+    assert!(
+        peak.tables <= bound,
+        "{} tables at peak, over {bound}",
+        peak.tables
+    );
+    assert!(peak_rss.max(rss) < RSS_LIMIT, "daemon RSS {peak_rss} bytes");
+}
+
+/// Binds many ports in each of many namespaces, as an unprivileged user
+/// would: in a user namespace of its own, a new network namespace for
+/// every round.
+const FILLER: &str = r#"
+import ctypes, socket, sys
+libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNET = 0x40000000
+for _ in range(int(sys.argv[1])):
+    if libc.unshare(CLONE_NEWNET) != 0:
+        sys.exit("unshare: %d" % ctypes.get_errno())
+    for k in range(int(sys.argv[2])):
+        for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+            s = socket.socket(socket.AF_INET, kind)
+            s.bind(("0.0.0.0", 1024 + 64 * k))
+            s.close()
+"#;
+
+#[test]
+fn an_unprivileged_user_filling_the_maps_cannot_stop_the_hosts_counts() {
+    let _serial = serial();
+    // Small maps, so that the filler fills them in seconds; no daemon to
+    // give anything back.
+    let monitor = Monitor::attach_with(LoadOptions {
+        port_tables: 64,
+        port_stats: 256,
+        ..LoadOptions::default()
+    });
+    let before = monitor.health();
+    let status = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(["unshare", "--user", "--map-root-user", "--"])
+        .args(["python3", "-c", FILLER, "100", "40"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("run the filler (setpriv, unshare, python3)");
+    assert!(status.success(), "the filler failed: {status}");
+    let after = monitor.health();
+    assert!(
+        after.port_tables_overflow > before.port_tables_overflow,
+        "the filler did not fill PORT_TABLES: {after:?}"
+    );
+    // A new port in the host's namespace (the test's), all four tables.
+    let host = portmon::kernel::netns::current_cookie().expect("host cookie");
+    let port = 40_000 + (std::process::id() % 5_000) as u16;
+    let made = [
+        (Proto::Tcp, Family::Inet, 3),
+        (Proto::Tcp, Family::Inet6, 2),
+        (Proto::Udp, Family::Inet, 4),
+        (Proto::Udp, Family::Inet6, 5),
+    ];
+    for (proto, family, n) in made {
+        let addr: SocketAddr = match family {
+            Family::Inet => ([127, 0, 0, 1], port).into(),
+            Family::Inet6 => (Ipv6Addr::LOCALHOST, port).into(),
+        };
+        for _ in 0..n {
+            match proto {
+                Proto::Tcp => drop(TcpListener::bind(addr).expect("bind")),
+                Proto::Udp => drop(UdpSocket::bind(addr).expect("bind")),
+            }
+        }
+    }
+    for (proto, family, n) in made {
+        let stats = monitor.stats(host, proto, family, Role::Local, port);
+        assert_eq!(
+            stats.binds, n,
+            "{proto:?} {family:?} binds on the host's port {port}"
+        );
+    }
+    println!(
+        "filler: PORT_TABLES lost {} counts, PORT_STATS {}; the host's binds on port {port} all counted",
+        after.port_tables_overflow - before.port_tables_overflow,
+        after.port_stats_overflow - before.port_stats_overflow,
+    );
+}
