@@ -59,6 +59,11 @@ pub struct Config {
     /// Most HTTP connections served at once; more wait in the accept queue.
     #[serde(deserialize_with = "max_connections")]
     pub max_connections: usize,
+    /// Whether to time how long each TCP connect spends finding a local
+    /// port (`portmon_connect_port_search_seconds`), which grows as a pool
+    /// fills, before connects fail. Costs a `sock_ops` program and a hash
+    /// insert and delete per connect.
+    pub connect_search: bool,
 }
 
 impl Default for Config {
@@ -89,6 +94,9 @@ impl Default for Config {
             api: true,
             // See `http::Limits`.
             max_connections: crate::http::Limits::default().max_connections,
+            // Off: its cost per connect is more than the rest of portmon's
+            // (docs/performance.md), and most hosts are far from a full pool.
+            connect_search: false,
         }
     }
 }
@@ -293,6 +301,7 @@ pub(crate) mod tests {
         assert_eq!(config.listen, "0.0.0.0:9000".parse().unwrap());
         assert_eq!(config.registry.as_deref(), Some(Path::new("/tmp/x.csv")));
         assert_eq!(config.sockets_capacity, 1024);
+        assert!(parse("connect-search = true").unwrap().connect_search);
     }
 
     #[test]
@@ -305,6 +314,7 @@ pub(crate) mod tests {
             ("sockets-capacity = 99999999", "line 1", "give 1 to 16777216"),
             ("max-connections = 0", "line 1", "give 1 to"),
             ("api = \"no\"", "line 1", "api"),
+            ("connect-search = 1", "line 1", "connect-search"),
         ];
         for (text, line, word) in cases {
             let err = parse(text).unwrap_err();

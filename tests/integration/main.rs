@@ -2,6 +2,7 @@
 //! fresh network namespaces, exact counts. They need root.
 
 mod cli;
+mod connect_search;
 mod containers;
 mod counting;
 mod deploy;

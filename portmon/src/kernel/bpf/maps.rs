@@ -8,6 +8,7 @@ use portmon_common::{capacity, map, Owner};
 
 use super::{
     attached::AttachedCheck,
+    connect_search::{ConnectSearch, SearchTimes},
     counters::{self, Health, PortCount, PortCounters},
     map_batch::read_all,
     pools::{AssignedCount, PoolCounters},
@@ -32,6 +33,9 @@ pub struct KernelMaps {
     pub bind_before_connect: BpfHashMap<MapData, [u8; 16], u64>,
     /// portmon's own health counters.
     pub health: Array<MapData, u64>,
+    /// How long TCP connects spent finding a port, per namespace (empty
+    /// unless `connect-search` is on).
+    pub connect_search: ConnectSearch,
     /// The sizes `PORT_STATS` and `PORT_TABLES` were made with (the kernel
     /// side keeps one entry of each out of use).
     pub capacities: Capacities,
@@ -75,6 +79,11 @@ impl KernelMaps {
     /// Each program's runs and run time, while the kernel counts them.
     pub fn program_runs(&self) -> Option<Vec<ProgramRuns>> {
         self.programs.read()
+    }
+
+    /// How long TCP connects spent finding a local port, per namespace.
+    pub fn connect_search(&self) -> Vec<SearchTimes> {
+        self.connect_search.read()
     }
 
     /// portmon's own health counters.
