@@ -70,6 +70,11 @@ impl ConnectSearch {
         out
     }
 
+    /// Namespaces with a histogram.
+    pub fn namespaces(&self) -> u64 {
+        self.histograms.keys().filter(Result::is_ok).count() as u64
+    }
+
     /// Searches not counted because the map had no entry left for their
     /// namespace.
     pub fn overflow(&self) -> u64 {

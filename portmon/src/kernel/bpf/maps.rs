@@ -151,6 +151,11 @@ impl KernelMaps {
                 entries: read_all(&self.bind_before_connect).len() as u64,
                 capacity: capacity::BIND_BEFORE_CONNECT.into(),
             },
+            MapUsage {
+                name: map::CONNECT_SEARCH,
+                entries: self.connect_search.namespaces(),
+                capacity: capacity::CONNECT_SEARCH_NAMESPACES.into(),
+            },
         ]
     }
 }
