@@ -17,7 +17,9 @@
 //! helper. An LRU hash, because a connect may never reach the callback: a
 //! search that finds no port (EADDRNOTAVAIL) is timed and deleted at its
 //! SYN_SENT → CLOSE; a route that fails after the search leaves an entry
-//! the map drops when it needs the room.
+//! the map drops when it needs the room. A connect TCP Fast Open defers
+//! (`TCP_FASTOPEN_CONNECT`, `tcp_fastopen_defer_connect`) reaches
+//! `tcp_connect()` only at its first send, and its time includes the wait.
 //!
 //! Off unless asked for (`connect-search`): a hash insert and delete per
 //! connect, and a `sock_ops` program the kernel calls several times per
