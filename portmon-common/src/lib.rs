@@ -48,6 +48,15 @@ pub mod map {
     pub const FREE_PORT_BLOCKS: &str = "FREE_PORT_BLOCKS";
     /// Entries of `POOL_KEYS` given back, as `FREE_PORT_TABLES`.
     pub const FREE_POOLS: &str = "FREE_POOLS";
+    /// When each TCP connect entered SYN_SENT, by socket cookie (an LRU
+    /// hash of `u64` nanoseconds): the start of its port search.
+    pub const CONNECT_SEARCH_STARTS: &str = "CONNECT_SEARCH_STARTS";
+    /// How long TCP connects spent finding a local port, per namespace
+    /// cookie: a per-CPU hash of `SearchHistogram`. User space deletes the
+    /// entries of namespaces that are gone.
+    pub const CONNECT_SEARCH: &str = "CONNECT_SEARCH";
+    /// One `u64`: searches not counted because `CONNECT_SEARCH` was full.
+    pub const CONNECT_SEARCH_OVERFLOW: &str = "CONNECT_SEARCH_OVERFLOW";
 }
 
 /// Names of the read-only globals the loader sets before the kernel
@@ -69,6 +78,9 @@ pub mod global {
     /// `u32`: the last `PORT_STATS` entry shared by every namespace; those
     /// after it are the host's reserve.
     pub const SHARED_BLOCKS: &str = "PORTMON_SHARED_BLOCKS";
+    /// `u8`: the state tracepoint records when each TCP connect's port
+    /// search starts, for `sock_ops` to time it (`connect-search`).
+    pub const CONNECT_SEARCH: &str = "PORTMON_CONNECT_SEARCH";
 }
 
 /// Names of the kernel programs, after the hook each attaches to.
@@ -85,6 +97,9 @@ pub mod program {
     /// The kernel keeps 15 characters of a program's name: it lists this
     /// one as `inet_sock_set_s`.
     pub const INET_SOCK_SET_STATE: &str = "inet_sock_set_state";
+    /// The cgroup `sock_ops` callback: times each TCP connect's search for
+    /// a local port. Attached only when asked for (`connect-search`).
+    pub const SOCK_OPS: &str = "sock_ops";
 }
 
 /// Slots of the `HEALTH` array.
@@ -151,6 +166,14 @@ pub mod capacity {
     /// over its (at most `HOST_ENTRIES`) tables: 85 blocks, 5,440 ports, per
     /// table; a quarter of the default `PORT_STATS`.
     pub const BLOCKS_PER_NAMESPACE: u32 = 1024;
+    /// Namespaces whose connects' port searches are timed
+    /// (`CONNECT_SEARCH`).
+    pub const CONNECT_SEARCH_NAMESPACES: u32 = 1 << 10;
+    /// Connects between SYN_SENT and their `sock_ops` callback at once
+    /// (`CONNECT_SEARCH_STARTS`): one per thread inside connect(), so a
+    /// few hundred at most; an LRU map drops the oldest, which only a
+    /// connect that never reached the callback leaves behind.
+    pub const CONNECT_SEARCH_STARTS: u32 = 1 << 12;
 }
 
 /// The fixed entry (1 to `capacity::HOST_ENTRIES`) of the host's table or
@@ -194,6 +217,59 @@ pub mod range_class {
             USER
         } else {
             DYNAMIC
+        }
+    }
+}
+
+/// Buckets of a `SearchHistogram`. Bucket `i` below the last counts
+/// searches that took at most `SEARCH_FIRST_BOUND_NS << i` nanoseconds
+/// (and more than the bucket before's bound); the last counts the longer
+/// ones. From 256 ns, about what finding a port in an empty range costs,
+/// to 2^30 ns (1.07 s), past which a connect is not searching any more.
+pub const SEARCH_BUCKETS: usize = 24;
+/// Upper bound of the first bucket, in nanoseconds.
+pub const SEARCH_FIRST_BOUND_NS: u64 = 1 << SEARCH_FIRST_BOUND_BITS;
+/// `SEARCH_FIRST_BOUND_NS` as a power of two.
+pub const SEARCH_FIRST_BOUND_BITS: u32 = 8;
+
+/// Value of `CONNECT_SEARCH`: one namespace's TCP connects, by how long
+/// each spent from SYN_SENT to `tcp_connect()`, per CPU. Counts only grow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SearchHistogram {
+    /// Searches per bucket (not cumulative).
+    pub buckets: [u64; SEARCH_BUCKETS],
+    /// Sum of the searches' durations, in nanoseconds.
+    pub sum_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<SearchHistogram>() == 8 * (SEARCH_BUCKETS + 1));
+
+impl SearchHistogram {
+    pub const ZERO: Self = Self {
+        buckets: [0; SEARCH_BUCKETS],
+        sum_ns: 0,
+    };
+
+    /// The bucket a search of `ns` nanoseconds falls in: the smallest
+    /// whose bound is at least `ns`. Branches instead of `leading_zeros`,
+    /// which the BPF target has no instruction for.
+    #[inline(always)]
+    pub fn bucket(ns: u64) -> usize {
+        // Bits of ns - 1: the power of two at or above ns.
+        let mut x = ns.saturating_sub(1);
+        let mut bits = 0u32;
+        for shift in [32u32, 16, 8, 4, 2, 1] {
+            if x >> shift != 0 {
+                x >>= shift;
+                bits += shift;
+            }
+        }
+        bits += u32::from(x != 0);
+        let i = bits.saturating_sub(SEARCH_FIRST_BOUND_BITS) as usize;
+        if i < SEARCH_BUCKETS {
+            i
+        } else {
+            SEARCH_BUCKETS - 1
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use crate::{
     assigned, errno, family, kind, op, proto, FailureEvent, KernelLayout, PoolKey, PortBlock, PortTable,
-    PortTableKey, SockSlot, SocketGroup,
+    PortTableKey, SearchHistogram, SockSlot, SocketGroup,
 };
 
 // SAFETY: each type is `#[repr(C)]`, made of integers and byte arrays, with
@@ -22,6 +22,8 @@ unsafe impl aya::Pod for KernelLayout {}
 unsafe impl aya::Pod for SocketGroup {}
 // SAFETY: as above.
 unsafe impl aya::Pod for PoolKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for SearchHistogram {}
 
 /// One port's counters, gathered from `PORT_STATS` blocks and the socket
 /// table. Counters only grow; `live` goes up and down.
@@ -219,6 +221,27 @@ label_text!(Errno);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{SEARCH_BUCKETS, SEARCH_FIRST_BOUND_NS};
+
+    #[test]
+    fn a_search_falls_in_the_first_bucket_whose_bound_holds_it() {
+        let last = SEARCH_BUCKETS - 1;
+        let cases = [
+            (0, 0),
+            (1, 0),
+            (SEARCH_FIRST_BOUND_NS, 0),
+            (SEARCH_FIRST_BOUND_NS + 1, 1),
+            (SEARCH_FIRST_BOUND_NS * 2, 1),
+            (SEARCH_FIRST_BOUND_NS * 2 + 1, 2),
+            (1_000_000, 12),
+            (SEARCH_FIRST_BOUND_NS << (last - 1), last - 1),
+            ((SEARCH_FIRST_BOUND_NS << (last - 1)) + 1, last),
+            (u64::MAX, last),
+        ];
+        for (ns, bucket) in cases {
+            assert_eq!(SearchHistogram::bucket(ns), bucket, "{ns} ns");
+        }
+    }
 
     #[test]
     fn the_host_has_twelve_fixed_entries_and_ports_three_classes() {

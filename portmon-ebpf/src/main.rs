@@ -17,6 +17,7 @@
     reason = "core_intrinsics is the only way to BPF atomic instructions"
 )]
 
+mod connect_search;
 mod layout;
 mod maps;
 mod send;

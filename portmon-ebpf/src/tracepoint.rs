@@ -1,7 +1,8 @@
 //! The raw tracepoint `inet_sock_set_state`: TCP's life as the state
 //! machine moves. A connect that came up, a socket that listens, a
 //! connection that ended, and a connect that ran out of local ports (no
-//! hook runs after connect() fails). A raw tracepoint costs a fraction of a
+//! hook runs after connect() fails); with `connect-search`, also where a
+//! connect starts looking for a port (connect_search.rs). A raw tracepoint costs a fraction of a
 //! perf-event one, and of `sock_ops`, which the kernel calls ten times per
 //! connection: the kernel builds no record, and the program filters on the
 //! two states in its arguments before it reads anything.
@@ -10,6 +11,7 @@ use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use portmon_common::{assigned, errno, family, kind, op, proto, sock_flag, tcp_state};
 
 use crate::{
+    connect_search,
     layout::{self, Head},
     maps::{count, count_assigned},
     sockets::{current_failure, find, free, record_owner, send_failure},
@@ -31,9 +33,16 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
     match (old, new) {
         (TCP_SYN_SENT, TCP_ESTABLISHED) if is_tcp(sk) => on_established(sk),
+        // tcp_v4_connect/tcp_v6_connect, just before inet_hash_connect().
+        (TCP_CLOSE, TCP_SYN_SENT) if connect_search::enabled() && is_tcp(sk) => {
+            connect_search::on_syn_sent(sk);
+        }
         (TCP_SYN_SENT, TCP_CLOSE) if is_tcp(sk) => {
-            on_connect_failed(sk);
+            let no_port = on_connect_failed(sk);
             on_connect_closed(sk);
+            if connect_search::enabled() {
+                connect_search::on_connect_ended(sk, no_port);
+            }
         }
         (TCP_CLOSE, TCP_LISTEN) if is_tcp(sk) => on_listen(sk),
         (TCP_LISTEN, TCP_CLOSE) => on_listen_stop(sk),
@@ -151,9 +160,10 @@ fn on_connect_closed(sk: u64) {
 /// insert, which sets skc_hash (`inet_ehash_insert`) on every socket that
 /// got a port. A socket that never had one keeps the zero that
 /// `sk_prot_clear_nulls` gave it. Either way the socket stays open, and
-/// keeps its slot until it is released.
+/// keeps its slot until it is released. Says whether the search found no
+/// port.
 #[inline(always)]
-fn on_connect_failed(sk: u64) {
+fn on_connect_failed(sk: u64) -> bool {
     let Some(Head {
         hash,
         dport,
@@ -162,10 +172,10 @@ fn on_connect_failed(sk: u64) {
         ..
     }) = layout::head(sk)
     else {
-        return;
+        return false;
     };
     if hash != 0 {
-        return;
+        return false;
     }
     let mut event = current_failure(errno::EADDRNOTAVAIL, op::CONNECT, proto::TCP, sk_family as u8);
     event.netns = layout::netns(sk);
@@ -178,4 +188,5 @@ fn on_connect_failed(sk: u64) {
         event.addr = layout::v6_daddr(sk);
     }
     send_failure(&event);
+    true
 }

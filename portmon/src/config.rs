@@ -67,6 +67,11 @@ pub struct Config {
     /// Most HTTP connections served at once; more wait in the accept queue.
     #[serde(deserialize_with = "max_connections")]
     pub max_connections: usize,
+    /// Whether to time how long each TCP connect spends finding a local
+    /// port (`portmon_connect_port_search_seconds`), which grows as a pool
+    /// fills, before connects fail. Costs a `sock_ops` program and a hash
+    /// insert and delete per connect.
+    pub connect_search: bool,
 }
 
 impl Default for Config {
@@ -101,6 +106,9 @@ impl Default for Config {
             api: true,
             // See `http::Limits`.
             max_connections: crate::http::Limits::default().max_connections,
+            // Off: its cost per connect is more than the rest of portmon's
+            // (docs/performance.md), and most hosts are far from a full pool.
+            connect_search: false,
         }
     }
 }
@@ -314,6 +322,7 @@ pub(crate) mod tests {
         let settings = config.settings(crate::registry::Registry::empty());
         assert_eq!(settings.netns_grace, std::time::Duration::from_secs(5));
         assert_eq!(config.max_port_blocks_per_namespace, 120);
+        assert!(parse("connect-search = true").unwrap().connect_search);
     }
 
     #[test]
@@ -328,6 +337,7 @@ pub(crate) mod tests {
             ("max-port-blocks-per-namespace = 0", "line 1", "give 1 to"),
             ("netns-grace-seconds = -5", "line 1", "netns-grace-seconds"),
             ("api = \"no\"", "line 1", "api"),
+            ("connect-search = 1", "line 1", "connect-search"),
         ];
         for (text, line, word) in cases {
             let err = parse(text).unwrap_err();

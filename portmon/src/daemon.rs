@@ -110,6 +110,7 @@ pub fn start(config: Config, served: http::Served) -> Result<Started, DaemonErro
         port_tables: crate::kernel::bpf::loader::port_tables(config.port_stats_capacity),
         sockets: config.sockets_capacity,
         blocks_per_namespace: config.max_port_blocks_per_namespace,
+        connect_search: config.connect_search,
         ..LoadOptions::default()
     };
     let (kernel, maps, failures) = Kernel::load(&env.cgroup_root, options)?;

@@ -21,6 +21,7 @@ use crate::{
     failures::{Failure, FailureKey, FailureLog, FailureLogHealth},
     inventory::{Inventory, Snapshot},
     kernel::bpf::{
+        connect_search::SearchTimes,
         counters::{Health, PortCount, PortOverflow},
         pools::AssignedCount,
         program_stats::ProgramRuns,
@@ -372,6 +373,13 @@ impl State {
             }
         }
         report
+    }
+
+    /// How long TCP connects spent finding a port, per namespace, and the
+    /// searches the map had no room for.
+    pub fn connect_search(&self) -> (Vec<SearchTimes>, u64) {
+        let maps = self.maps();
+        (maps.connect_search(), maps.connect_search.overflow())
     }
 
     /// Entries and capacity of each kernel map.

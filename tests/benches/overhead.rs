@@ -1,8 +1,10 @@
 //! What portmon costs the host: socket operations per second without and
 //! with the programs attached (medians of interleaved runs), tight loops
 //! and a real web server under load, and the kernel's own account of the
-//! time spent in each program per operation. Needs root, and nginx and wrk
-//! (`cargo xtask setup`). Run with `cargo xtask bench`.
+//! time spent in each program per operation. TCP workloads are measured
+//! with `connect-search` on as well, to decide whether it can be on by
+//! default. Needs root, and nginx and wrk (`cargo xtask setup`). Run with
+//! `cargo xtask bench`.
 
 #[path = "overhead/nginx.rs"]
 mod nginx;
@@ -57,6 +59,14 @@ impl Workload {
 
     /// Rounds: a second per nginx slice makes its rounds long, and fewer
     /// pin its median as well, its rate being steadier over a second.
+    /// The setups measured: `connect-search` changes TCP connects alone.
+    fn setups(self) -> &'static [Setup] {
+        match self {
+            Workload::TcpConnectAccept | Workload::Nginx => &Setup::ALL,
+            Workload::BindPortZero | Workload::UdpConnect => &Setup::ALL[..3],
+        }
+    }
+
     fn rounds(self) -> usize {
         match self {
             Workload::Nginx => 25,
@@ -147,18 +157,26 @@ enum Setup {
     /// nothing done in them.
     HooksOnly,
     Portmon,
+    /// portmon with `connect-search` on.
+    ConnectSearch,
 }
 
 impl Setup {
-    const ALL: [Setup; 3] = [Setup::Without, Setup::HooksOnly, Setup::Portmon];
+    const ALL: [Setup; 4] = [
+        Setup::Without,
+        Setup::HooksOnly,
+        Setup::Portmon,
+        Setup::ConnectSearch,
+    ];
 }
 
-/// Operations per second of `workload` under each setup (in `Setup::ALL`
-/// order), one slice each per round, in an order that turns with the round
+/// Operations per second of `workload` under each of its setups (in
+/// `Setup::ALL` order, none for a setup it is not measured under), one
+/// slice each per round, in an order that turns with the round
 /// so that none always runs first or last. Portmon's maps persist over the
 /// rounds, and a first pass under each setup meets every port of the range
 /// once: the steady state of a host that has run portmon a while.
-fn rates(workload: Workload) -> [Vec<f64>; 3] {
+fn rates(workload: Workload) -> [Vec<f64>; 4] {
     in_bench_netns(|| {
         let mut floor = Monitor::attach_with(LoadOptions {
             hooks_only: true,
@@ -167,12 +185,18 @@ fn rates(workload: Workload) -> [Vec<f64>; 3] {
         floor.suspend();
         let mut portmon = Monitor::attach();
         portmon.suspend();
+        let mut searching = Monitor::attach_with(LoadOptions {
+            connect_search: true,
+            ..LoadOptions::default()
+        });
+        searching.suspend();
         let nginx = (workload == Workload::Nginx).then(nginx::Nginx::start);
         let mut run = |setup: Setup, ops: usize| {
             let mut monitor = match setup {
                 Setup::Without => None,
                 Setup::HooksOnly => Some(&mut floor),
                 Setup::Portmon => Some(&mut portmon),
+                Setup::ConnectSearch => Some(&mut searching),
             };
             if let Some(m) = monitor.as_deref_mut() {
                 m.resume();
@@ -187,14 +211,15 @@ fn rates(workload: Workload) -> [Vec<f64>; 3] {
             }
             rate
         };
-        for setup in Setup::ALL {
+        let setups = workload.setups();
+        for &setup in setups {
             run(setup, WARM_UP_OPS);
         }
-        let mut rates: [Vec<f64>; 3] = Default::default();
+        let mut rates: [Vec<f64>; 4] = Default::default();
         for r in 0..workload.rounds() {
-            for k in 0..Setup::ALL.len() {
-                let at = (k + r) % Setup::ALL.len();
-                rates[at].push(run(Setup::ALL[at], workload.ops()));
+            for k in 0..setups.len() {
+                let at = (k + r) % setups.len();
+                rates[at].push(run(setups[at], workload.ops()));
             }
         }
         rates
@@ -299,12 +324,9 @@ fn program_stats() -> Vec<(String, u64, Duration)> {
 }
 
 /// Total BPF ns per operation of one warm run, and the per-program split.
-fn bpf_time(workload: Workload, hooks_only: bool) -> (f64, Vec<String>) {
+fn bpf_time(workload: Workload, options: LoadOptions) -> (f64, Vec<String>) {
     in_bench_netns(|| {
-        let mut monitor = Monitor::attach_with(LoadOptions {
-            hooks_only,
-            ..LoadOptions::default()
-        });
+        let mut monitor = Monitor::attach_with(options);
         workload.run_here(WARM_UP_OPS);
         let before = program_stats();
         workload.run_here(BPF_TIME_OPS);
@@ -344,7 +366,7 @@ fn main() {
         nginx::CONNECTIONS,
     );
     println!(
-        "\n{:<26} {:>13} {:>11} {:>7} {:>15} {:>11} {:>7} {:>7} {:>15}",
+        "\n{:<26} {:>13} {:>11} {:>7} {:>15} {:>11} {:>7} {:>7} {:>15} {:>12} {:>7} {:>15}",
         "workload",
         "without ops/s",
         "hooks only",
@@ -353,11 +375,14 @@ fn main() {
         "with ops/s",
         "ratio",
         "change",
+        "95% interval",
+        "+search op/s",
+        "ratio",
         "95% interval"
     );
     let workloads = Workload::chosen();
     for &workload in &workloads {
-        let [without, floor, with] = rates(workload);
+        let [without, floor, with, searching] = rates(workload);
         // Each slice against the "without" slice of its round.
         let ratios = |setup: &[f64]| -> (f64, String) {
             let ratios: Vec<f64> = setup.iter().zip(&without).map(|(s, w)| s / w).collect();
@@ -366,8 +391,19 @@ fn main() {
         };
         let (floor_ratio, floor_interval) = ratios(&floor);
         let (ratio, interval) = ratios(&with);
+        let search = if searching.is_empty() {
+            format!("{:>12} {:>7} {:>15}", "-", "-", "-")
+        } else {
+            let (search_ratio, search_interval) = ratios(&searching);
+            format!(
+                "{:>12.0} {:>7.3} {:>15}",
+                median(searching),
+                search_ratio,
+                search_interval
+            )
+        };
         println!(
-            "{:<26} {:>13.0} {:>11.0} {:>7.3} {:>15} {:>11.0} {:>7.3} {:>+6.1}% {:>15}",
+            "{:<26} {:>13.0} {:>11.0} {:>7.3} {:>15} {:>11.0} {:>7.3} {:>+6.1}% {:>15} {search}",
             workload.name(),
             median(without.clone()),
             median(floor),
@@ -393,11 +429,24 @@ fn main() {
     // nginx's requests are TCP connections, which the TCP loop accounts.
     for &workload in workloads.iter().filter(|w| **w != Workload::Nginx) {
         let (mut floors, mut totals, mut details) = (Vec::new(), Vec::new(), Vec::new());
+        let mut searching = Vec::new();
+        let timed = workload.setups().len() == Setup::ALL.len();
         for _ in 0..ROUNDS {
-            floors.push(bpf_time(workload, true).0);
-            let (total, detail) = bpf_time(workload, false);
+            let hooks_only = LoadOptions {
+                hooks_only: true,
+                ..LoadOptions::default()
+            };
+            floors.push(bpf_time(workload, hooks_only).0);
+            let (total, detail) = bpf_time(workload, LoadOptions::default());
             totals.push(total);
             details.push((total, detail));
+            if timed {
+                let with_search = LoadOptions {
+                    connect_search: true,
+                    ..LoadOptions::default()
+                };
+                searching.push(bpf_time(workload, with_search));
+            }
         }
         let (floor, total) = (median(floors), median(totals));
         // The per-program split of the round closest to the median.
@@ -410,6 +459,17 @@ fn main() {
             total - floor,
             details[0].1.join(", ")
         );
+        if !searching.is_empty() {
+            let search_total = median(searching.iter().map(|(t, _)| *t).collect());
+            searching.sort_by(|a, b| (a.0 - search_total).abs().total_cmp(&(b.0 - search_total).abs()));
+            println!(
+                "  {:<26} {:>7.0} ns/op with connect-search, its work {:>5.0}   [{}]",
+                "",
+                search_total,
+                search_total - total,
+                searching[0].1.join(", ")
+            );
+        }
     }
     let _ = std::fs::write(stats_path, previous.trim());
 }

@@ -350,7 +350,8 @@ fn listening_ports_count_ports_by_address_scope_not_sockets() {
 fn promtool_finds_nothing_wrong_with_the_exposition() {
     let _serial = serial();
     let ns = NamedNetns::create("promtool");
-    let daemon = Daemon::start(DAEMON.parse().unwrap(), &[]);
+    // With the opt-in histogram: the one family that is not a counter or a gauge.
+    let daemon = Daemon::start(DAEMON.parse().unwrap(), &["--connect-search", "true"]);
     let work = ns.enter(|| workload(18_004, 1, 1, 18_054));
     let _ = ns.enter(|| TcpListener::bind(("127.0.0.1", 18_004)).expect_err("port in use"));
     std::thread::sleep(Duration::from_millis(300));
@@ -360,6 +361,7 @@ fn promtool_finds_nothing_wrong_with_the_exposition() {
         "portmon_sockets",
         "portmon_bind_errors_total",
         "portmon_build_info",
+        "portmon_connect_port_search_seconds",
     ] {
         assert!(body.contains(&format!("# TYPE {family} ")), "{family} missing");
     }

@@ -3,6 +3,7 @@
 
 mod churn;
 mod cli;
+mod connect_search;
 mod containers;
 mod counting;
 mod deploy;

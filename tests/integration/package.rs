@@ -235,7 +235,7 @@ fn deb_installs_runs_as_its_unit_and_purges_clean() {
     assert!(matches!(http_get(addr, "/healthz"), Ok((200, _))));
     let (status, metrics) = http_get(addr, "/metrics").expect("scrape");
     assert_eq!(status, 200);
-    for program in portmon_tests::attachable_programs() {
+    for program in portmon_tests::default_programs() {
         let line = format!("portmon_program_attached{{program=\"{program}\"}} 1");
         assert!(metrics.contains(&line), "{line} missing");
     }

@@ -19,6 +19,7 @@ use portmon::{
     failures::{Failure, FailureLog, FailureReader},
     kernel::{
         bpf::{
+            connect_search::SearchTimes,
             counters::{Health, PortCount},
             socket_table::Followed,
             Kernel, KernelMaps, LoadOptions,
@@ -156,6 +157,15 @@ pub fn attachable_programs() -> Vec<&'static str> {
         .collect()
 }
 
+/// The programs a daemon attaches here without being asked for more: the
+/// attachable ones but the opt-in ones (`connect-search`).
+pub fn default_programs() -> Vec<&'static str> {
+    attachable_programs()
+        .into_iter()
+        .filter(|name| !portmon::kernel::bpf::loader::OPT_IN.contains(name))
+        .collect()
+}
+
 /// portmon's kernel programs, loaded and attached in this process.
 pub struct Monitor {
     kernel: Option<Kernel>,
@@ -223,6 +233,11 @@ impl Monitor {
             .filter(|a| a.netns == netns && a.proto == proto && a.family == family && a.how == how)
             .map(|a| a.count)
             .sum()
+    }
+
+    /// How long TCP connects spent finding a port in one namespace.
+    pub fn connect_search(&self, netns: u64) -> Option<SearchTimes> {
+        self.maps.connect_search().into_iter().find(|t| t.netns == netns)
     }
 
     /// The owners the kernel programs recorded, by socket cookie.

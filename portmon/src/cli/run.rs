@@ -69,6 +69,10 @@ pub struct RunArgs {
     /// Most HTTP connections served at once. Default 4096.
     #[arg(long, value_name = "N", value_parser = |s: &str| s.parse::<usize>().map_err(|e| e.to_string()).and_then(crate::config::connection_cap))]
     pub max_connections: Option<usize>,
+    /// Whether to time how long each TCP connect spends finding a local
+    /// port (portmon_connect_port_search_seconds). Default false.
+    #[arg(long, value_name = "BOOL")]
+    pub connect_search: Option<bool>,
 }
 
 fn capacity(text: &str, max: u32) -> Result<u32, String> {
@@ -119,6 +123,9 @@ impl RunArgs {
         }
         if let Some(n) = self.max_connections {
             config.max_connections = n;
+        }
+        if let Some(on) = self.connect_search {
+            config.connect_search = on;
         }
     }
 }

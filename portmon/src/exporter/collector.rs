@@ -13,8 +13,8 @@ use std::{
 use prometheus::{core::Collector, core::Desc, proto::MetricFamily};
 
 use super::{
-    definitions, exhaustion, families::Families, health, port_families, port_series::SeriesMemory, workloads,
-    ExporterError, ScrapeInput, ScrapeSource,
+    connect_search, definitions, exhaustion, families::Families, health, port_families,
+    port_series::SeriesMemory, workloads, ExporterError, ScrapeInput, ScrapeSource,
 };
 
 /// Collects every portmon family from `S` at scrape time.
@@ -77,6 +77,7 @@ fn build(input: &ScrapeInput<'_>, memory: &mut SeriesMemory, scrape_seconds: f64
     let folded = port_families::add(input, memory, &mut families);
     health::add(input, folded, scrape_seconds, &mut families);
     exhaustion::add(input, &mut families);
+    connect_search::add(input, &mut families);
     workloads::add(input, &mut families);
     families.finish()
 }

@@ -48,6 +48,16 @@ const fn gauge(name: &'static str, help: &'static str, labels: &'static [&'stati
     }
 }
 
+const fn histogram(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> Definition {
+    Definition {
+        name,
+        help,
+        kind: MetricType::HISTOGRAM,
+        labels,
+        netns_optional: false,
+    }
+}
+
 /// A family with the per-port labels, `netns` among them only when needed.
 const fn per_port(def: Definition) -> Definition {
     Definition {
@@ -269,6 +279,11 @@ pub const EPHEMERAL_PORTS_ASSIGNED: Definition = counter(
     "Ports the kernel handed out from the ephemeral pool, by how: op=bind, bind() to port 0; op=connect, a TCP connection established from a socket without a port; op=autobind, a UDP socket given a port by connect(), sendto() or sendmsg() (counted when it connects, or at the latest when it closes). Such ports have no per-port series.",
     &["netns", "proto", "family", "op"],
 );
+pub const CONNECT_PORT_SEARCH: Definition = histogram(
+    "portmon_connect_port_search_seconds",
+    "How long TCP connects spent finding a local port (from SYN_SENT to tcp_connect(): the kernel's walk of the ephemeral range, plus a route lookup), searches that found none included. It grows as the pool fills, before any connect fails. Only with connect-search = true.",
+    &["netns"],
+);
 pub const EPHEMERAL_ASSESSMENT: Definition = gauge(
     "portmon_ephemeral_assessment_seconds",
     "Time this scrape spent assessing the ephemeral pools (part of portmon_scrape_duration_seconds).",
@@ -339,6 +354,7 @@ pub const ALL: &[Definition] = &[
     EPHEMERAL_EXHAUSTION_ERRORS,
     EPHEMERAL_PORTS_ASSIGNED,
     EPHEMERAL_ASSESSMENT,
+    CONNECT_PORT_SEARCH,
     BIND_BEFORE_CONNECT,
     LISTENERS_IN_EPHEMERAL_RANGE,
     LISTENER_IN_EPHEMERAL_RANGE_INFO,

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType};
 
 use super::definitions::Definition;
 
@@ -34,13 +34,7 @@ impl Families {
     /// Adds series to the family `def`.
     pub fn add(&mut self, def: &Definition, series: impl IntoIterator<Item = (Vec<String>, f64)>) {
         let names: Vec<&'static str> = def.label_names(self.with_netns).collect();
-        let family = self.by_name.entry(def.name).or_insert_with(|| {
-            let mut f = MetricFamily::default();
-            f.set_name(def.name.to_owned());
-            f.set_help(def.help.to_owned());
-            f.set_field_type(def.kind);
-            f
-        });
+        let family = self.family(def);
         for (values, value) in series {
             debug_assert_eq!(
                 values.len(),
@@ -50,6 +44,49 @@ impl Families {
             );
             family.mut_metric().push(metric(&names, values, def.kind, value));
         }
+    }
+
+    /// Adds histograms to the family `def`: label values, then each
+    /// bucket's upper bound with its count (not cumulative), the last one
+    /// infinite, and the sum of the values observed.
+    pub fn add_histograms(
+        &mut self,
+        def: &Definition,
+        series: impl IntoIterator<Item = (Vec<String>, Vec<(f64, u64)>, f64)>,
+    ) {
+        let names: Vec<&'static str> = def.label_names(self.with_netns).collect();
+        let family = self.family(def);
+        for (values, buckets, sum) in series {
+            let mut m = Metric::from_label(labels(&names, values));
+            let mut h = Histogram::default();
+            let mut cumulative = 0u64;
+            let mut written = Vec::with_capacity(buckets.len());
+            for (bound, n) in buckets {
+                cumulative = cumulative.saturating_add(n);
+                // The exposition writes +Inf itself from the sample count.
+                if bound.is_finite() {
+                    let mut b = Bucket::default();
+                    b.set_upper_bound(bound);
+                    b.set_cumulative_count(cumulative);
+                    written.push(b);
+                }
+            }
+            h.set_bucket(written);
+            h.set_sample_count(cumulative);
+            h.set_sample_sum(sum);
+            m.set_histogram(h);
+            family.mut_metric().push(m);
+        }
+    }
+
+    fn family(&mut self, def: &Definition) -> &mut MetricFamily {
+        self.by_name.entry(def.name).or_insert_with(|| {
+            let mut f = MetricFamily::default();
+            f.set_name(def.name.to_owned());
+            f.set_help(def.help.to_owned());
+            f.set_field_type(def.kind);
+            f
+        })
     }
 
     /// Adds the one series of an unlabelled family.
@@ -66,8 +103,8 @@ impl Families {
     }
 }
 
-fn metric(names: &[&'static str], values: Vec<String>, kind: MetricType, value: f64) -> Metric {
-    let pairs = names
+fn labels(names: &[&'static str], values: Vec<String>) -> Vec<LabelPair> {
+    names
         .iter()
         .zip(values)
         .map(|(name, value)| {
@@ -76,8 +113,11 @@ fn metric(names: &[&'static str], values: Vec<String>, kind: MetricType, value: 
             pair.set_value(value);
             pair
         })
-        .collect();
-    let mut m = Metric::from_label(pairs);
+        .collect()
+}
+
+fn metric(names: &[&'static str], values: Vec<String>, kind: MetricType, value: f64) -> Metric {
+    let mut m = Metric::from_label(labels(names, values));
     if kind == MetricType::COUNTER {
         let mut c = Counter::default();
         c.set_value(value);

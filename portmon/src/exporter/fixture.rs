@@ -15,6 +15,7 @@ use crate::{
     failures::{Errno, FailureKey},
     kernel::{
         bpf::{
+            connect_search::SearchTimes,
             counters::{Health, PortCount, PortOverflow},
             pools::AssignedCount,
             program_stats::ProgramRuns,
@@ -39,6 +40,7 @@ pub struct Host {
     pub netns_label: NetnsLabel,
     pub reload: ReloadStatus,
     pub workloads: Vec<(String, Workload)>,
+    pub connect_search: Vec<SearchTimes>,
 }
 
 impl Default for Host {
@@ -58,6 +60,7 @@ impl Default for Host {
                     + std::time::Duration::from_secs(1_700_000_000),
             },
             workloads: Vec::new(),
+            connect_search: Vec::new(),
         }
     }
 }
@@ -160,6 +163,8 @@ impl ScrapeSource for Fixture {
             ephemeral: &EphemeralReport::default(),
             ephemeral_seconds: 0.0,
             bind_before_connect: &[],
+            connect_search: &host.connect_search,
+            connect_search_overflow: 0,
             inventory_errors: &BTreeMap::new(),
             reload: host.reload,
             failure_log: Default::default(),

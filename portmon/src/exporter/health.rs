@@ -5,7 +5,7 @@
 use portmon_common::{map, Family, Proto};
 
 use super::{definitions as def, families::Families, ScrapeInput};
-use crate::kernel::bpf::loader::OPTIONAL;
+use crate::kernel::bpf::loader::{OPTIONAL, OPT_IN};
 
 /// Adds the health families; `folded` is how many ports the per-port
 /// families folded, `scrape_seconds` how long gathering took.
@@ -31,6 +31,7 @@ pub fn add(input: &ScrapeInput<'_>, folded: usize, scrape_seconds: f64, families
             (map::SOCKETS, h.sockets_overflow),
             (map::BIND_BEFORE_CONNECT, h.bind_before_connect_overflow),
             (map::POOL_KEYS, h.pools_overflow),
+            (map::CONNECT_SEARCH, input.connect_search_overflow),
         ]
         .map(|(name, n)| (vec![name.to_owned()], n as f64)),
     );
@@ -71,12 +72,15 @@ pub fn add(input: &ScrapeInput<'_>, folded: usize, scrape_seconds: f64, families
     );
     // An optional program whose hook this kernel lacks has no series: a 0
     // there would page someone for a kernel's age (raw tracepoint links,
-    // the optional ones', cannot be detached from outside).
+    // the optional ones', cannot be detached from outside). Nor has an
+    // opt-in program nobody asked for.
     families.add(
         &def::PROGRAM_ATTACHED,
         crate::kernel::bpf::PROGRAMS
             .iter()
-            .filter(|(name, _)| !OPTIONAL.contains(name) || input.programs.contains(name))
+            .filter(|(name, _)| {
+                !(OPTIONAL.contains(name) || OPT_IN.contains(name)) || input.programs.contains(name)
+            })
             .map(|(name, _)| {
                 let attached = input.programs.contains(name);
                 (vec![(*name).to_owned()], f64::from(u8::from(attached)))

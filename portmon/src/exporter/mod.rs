@@ -17,6 +17,7 @@ use std::sync::Arc;
 use prometheus::TextEncoder;
 
 mod collector;
+mod connect_search;
 pub mod definitions;
 mod exhaustion;
 mod families;
@@ -488,6 +489,40 @@ mod tests {
             all.get("portmon_config_last_reload_success_timestamp_seconds"),
             Some(&1_700_000_000.0)
         );
+    }
+
+    #[test]
+    fn port_searches_are_a_cumulative_histogram_in_seconds_per_namespace() {
+        let mut buckets = [0; portmon_common::SEARCH_BUCKETS];
+        // Three searches of at most 256 ns, one of at most 512 ns, one past
+        // the last bound.
+        buckets[0] = 3;
+        buckets[1] = 1;
+        buckets[portmon_common::SEARCH_BUCKETS - 1] = 1;
+        let host = Host {
+            connect_search: vec![crate::kernel::bpf::connect_search::SearchTimes {
+                netns: BLUE,
+                buckets,
+                sum_ns: 2_000_001_000,
+            }],
+            ..Host::default()
+        };
+        let (_, metrics) = start(host);
+        let all = series(&scrape(&metrics));
+        let at = |suffix: &str| {
+            all.get(&format!("portmon_connect_port_search_seconds{suffix}"))
+                .copied()
+        };
+        assert_eq!(
+            at(r#"_bucket{netns="blue",le="0.000000256"}"#),
+            Some(3.0),
+            "{all:?}"
+        );
+        assert_eq!(at(r#"_bucket{netns="blue",le="0.000000512"}"#), Some(4.0));
+        assert_eq!(at(r#"_bucket{netns="blue",le="1.073741824"}"#), Some(4.0));
+        assert_eq!(at(r#"_bucket{netns="blue",le="+Inf"}"#), Some(5.0));
+        assert_eq!(at(r#"_count{netns="blue"}"#), Some(5.0));
+        assert_eq!(at(r#"_sum{netns="blue"}"#), Some(2.000001));
     }
 
     #[test]

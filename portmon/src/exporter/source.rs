@@ -11,6 +11,7 @@ use crate::{
     failures::{FailureKey, FailureLogHealth},
     kernel::{
         bpf::{
+            connect_search::SearchTimes,
             counters::{Health, PortCount, PortOverflow},
             pools::AssignedCount,
             program_stats::ProgramRuns,
@@ -48,6 +49,11 @@ pub struct ScrapeInput<'a> {
     pub ephemeral: &'a EphemeralReport,
     /// How long assessing the pools took (socket table read included).
     pub ephemeral_seconds: f64,
+    /// How long TCP connects spent finding a port, per namespace (none
+    /// unless `connect-search` is on).
+    pub connect_search: &'a [SearchTimes],
+    /// Searches not counted because their namespace found no room.
+    pub connect_search_overflow: u64,
     /// Connects from sockets bound to port 0 first, by command.
     pub bind_before_connect: &'a [(String, u64)],
     /// sock_diag dumps that failed after every attempt, since start.
@@ -85,20 +91,30 @@ impl ScrapeSource for State {
                 self.failure_counts(),
                 self.bind_before_connect(),
                 self.map_usage(),
+                self.connect_search(),
             )
         };
-        let (((ports, overflow), assigned, failures, bind_before_connect, maps), inventoried) =
-            std::thread::scope(|scope| {
-                let kernel = threads::spawn_scoped(scope, "portmon-maps", read_maps);
-                let inventory = self.snapshot();
-                // Without a thread of its own, the map read follows the dumps.
-                let kernel = kernel.map_or_else(read_maps, |kernel| {
-                    kernel
-                        .join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                });
-                (kernel, inventory)
+        let (
+            (
+                (ports, overflow),
+                assigned,
+                failures,
+                bind_before_connect,
+                maps,
+                (connect_search, connect_search_overflow),
+            ),
+            inventoried,
+        ) = std::thread::scope(|scope| {
+            let kernel = threads::spawn_scoped(scope, "portmon-maps", read_maps);
+            let inventory = self.snapshot();
+            // Without a thread of its own, the map read follows the dumps.
+            let kernel = kernel.map_or_else(read_maps, |kernel| {
+                kernel
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
             });
+            (kernel, inventory)
+        });
         let assessing = std::time::Instant::now();
         let ephemeral = self.ephemeral(&inventoried.snapshot);
         let ephemeral_seconds = assessing.elapsed().as_secs_f64();
@@ -122,6 +138,8 @@ impl ScrapeSource for State {
             ephemeral: &ephemeral,
             ephemeral_seconds,
             bind_before_connect: &bind_before_connect,
+            connect_search: &connect_search,
+            connect_search_overflow,
             inventory_errors: &inventoried.snapshot.dump_errors,
             snapshots: self.snapshots_taken(),
             owner_walks: self.owner_walks(),

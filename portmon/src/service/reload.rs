@@ -97,6 +97,7 @@ fn apply(state: &State, running: &Config, source: &ConfigSource) -> Result<Confi
             "max-connections",
             wanted.max_connections != running.max_connections,
         ),
+        ("connect-search", wanted.connect_search != running.connect_search),
     ];
     for (key, changed) in needs_restart {
         if changed {
@@ -115,6 +116,7 @@ fn apply(state: &State, running: &Config, source: &ConfigSource) -> Result<Confi
     wanted.web_config_file = running.web_config_file.clone();
     wanted.api = running.api;
     wanted.max_connections = running.max_connections;
+    wanted.connect_search = running.connect_search;
     let entries = registry.source().entries;
     state.replace_settings(wanted.settings(registry));
     tracing::info!(

@@ -124,7 +124,8 @@ fn bind_zero_then_connect(port: u16) -> OwnedFd {
 fn every_dashboard_and_rule_query_returns_data_from_a_live_daemon() {
     let _serial = serial();
     let ns = NamedNetns::create("deploy");
-    let daemon = Daemon::start(DAEMON.parse().unwrap(), &[]);
+    // The opt-in families have panels too.
+    let daemon = Daemon::start(DAEMON.parse().unwrap(), &["--connect-search", "true"]);
     let rules = deploy_dir().join("prometheus/portmon.rules.yml");
     let dead: SocketAddr = DEAD_TARGET.parse().unwrap();
     let prometheus = Prometheus::start_scraping(PROMETHEUS.parse().unwrap(), &[daemon.addr, dead], &[rules]);
@@ -180,7 +181,9 @@ fn every_dashboard_and_rule_query_returns_data_from_a_live_daemon() {
 #[test]
 fn every_dashboard_query_returns_data_from_a_fresh_daemon_with_no_events() {
     let _serial = serial();
-    let daemon = Daemon::start(FRESH_DAEMON.parse().unwrap(), &[]);
+    // The opt-in families have panels too; Prometheus's scrapes are TCP
+    // connects of the host's namespace.
+    let daemon = Daemon::start(FRESH_DAEMON.parse().unwrap(), &["--connect-search", "true"]);
     let prometheus = Prometheus::start_scraping(FRESH_PROMETHEUS.parse().unwrap(), &[daemon.addr], &[]);
     let (_, metrics) = http_get(daemon.addr, "/metrics").expect("scrape the fresh daemon");
     for absent in [

@@ -70,6 +70,7 @@ fn is_cgroup_program(name: &str) -> bool {
             | program::POST_BIND4
             | program::POST_BIND6
             | program::SOCK_RELEASE
+            | program::SOCK_OPS
     )
 }
 

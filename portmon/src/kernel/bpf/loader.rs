@@ -9,7 +9,7 @@ use aya::{
     maps::{HashMap as BpfHashMap, Map, MapData, MapError, Queue, RingBuf},
     programs::{
         cgroup_sock::CgroupSockLink, cgroup_sock_addr::CgroupSockAddrLink,
-        raw_trace_point::RawTracePointLink, CgroupAttachMode, Program, ProgramError,
+        raw_trace_point::RawTracePointLink, sock_ops::SockOpsLink, CgroupAttachMode, Program, ProgramError,
     },
     Ebpf, EbpfError, EbpfLoader,
 };
@@ -18,6 +18,7 @@ use portmon_common::{capacity, global, map, program, SLOTS_PER_GROUP};
 use super::{
     attached::AttachedCheck,
     btf::{Btf, BtfError},
+    connect_search::ConnectSearch,
     counters::PortCounters,
     events::FailureEvents,
     mapped_array::MappedArrayError,
@@ -62,6 +63,7 @@ pub const PROGRAMS: &[(&str, Hook)] = &[
             name: "sock_send_length",
         },
     ),
+    (program::SOCK_OPS, Hook::CgroupRoot),
 ];
 
 /// Programs whose hook older kernels lack: where it cannot attach, portmon
@@ -69,6 +71,10 @@ pub const PROGRAMS: &[(&str, Hook)] = &[
 /// `sock_send_length` (Linux 6.3) is the only place a UDP send that failed
 /// for want of a port shows.
 pub const OPTIONAL: &[&str] = &[program::SOCK_SEND_LENGTH];
+
+/// Programs attached only when asked for ([`LoadOptions::connect_search`]):
+/// what they cost is more than what they tell most hosts.
+pub const OPT_IN: &[&str] = &[program::SOCK_OPS];
 
 /// How to load the kernel programs: map sizes, and the benchmark's floor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +100,9 @@ pub struct LoadOptions {
     /// Every program returns at once (the overhead benchmark's floor: what
     /// the hooks cost with nothing done in them).
     pub hooks_only: bool,
+    /// Time how long each TCP connect spends finding a local port
+    /// (`sock_ops`, and a hash insert per connect in the state tracepoint).
+    pub connect_search: bool,
 }
 
 impl Default for LoadOptions {
@@ -106,6 +115,7 @@ impl Default for LoadOptions {
             host_blocks: capacity::HOST_BLOCKS,
             blocks_per_namespace: capacity::BLOCKS_PER_NAMESPACE,
             hooks_only: false,
+            connect_search: false,
         }
     }
 }
@@ -167,6 +177,8 @@ pub struct Kernel {
     // Before `ebpf`: links go first on drop, as on `detach`.
     links: Vec<Attachment>,
     ebpf: Ebpf,
+    /// Programs to attach: every one but the opt-in ones not asked for.
+    wanted: Vec<&'static str>,
     attached: Vec<&'static str>,
     /// Optional programs this kernel has no hook for.
     skipped: Vec<&'static str>,
@@ -180,6 +192,7 @@ pub struct Kernel {
 enum Attachment {
     SockAddr(CgroupSockAddrLink),
     Sock(CgroupSockLink),
+    SockOps(SockOpsLink),
     RawTracepoint(RawTracePointLink),
 }
 
@@ -198,9 +211,15 @@ impl Kernel {
             load(&mut ebpf, name)?;
         }
         let (maps, events) = take_maps(&mut ebpf, options, host)?;
+        let wanted = PROGRAMS
+            .iter()
+            .map(|&(name, _)| name)
+            .filter(|name| options.connect_search || !OPT_IN.contains(name))
+            .collect();
         let mut kernel = Self {
             links: Vec::with_capacity(PROGRAMS.len()),
             ebpf,
+            wanted,
             attached: Vec::with_capacity(PROGRAMS.len()),
             skipped: Vec::new(),
             cgroup,
@@ -245,7 +264,7 @@ impl Kernel {
     /// Attaches every program not attached.
     pub fn resume(&mut self) -> Result<(), LoadError> {
         for &(name, hook) in PROGRAMS {
-            if self.attached.contains(&name) {
+            if self.attached.contains(&name) || !self.wanted.contains(&name) {
                 continue;
             }
             let link = match attach(&mut self.ebpf, name, hook, &self.cgroup, &self.cgroup_root) {
@@ -336,6 +355,10 @@ fn take_maps(
         },
         bind_before_connect: take(ebpf, map::BIND_BEFORE_CONNECT)?,
         health: take(ebpf, map::HEALTH)?,
+        connect_search: ConnectSearch {
+            histograms: take(ebpf, map::CONNECT_SEARCH)?,
+            overflow: take(ebpf, map::CONNECT_SEARCH_OVERFLOW)?,
+        },
         capacities: Capacities {
             port_stats: options.port_stats.saturating_add(options.host_blocks),
             port_tables: options.port_tables.saturating_add(capacity::HOST_ENTRIES),
@@ -353,6 +376,7 @@ fn open_object(options: LoadOptions, host_netns: u64) -> Result<Ebpf, LoadError>
     raise_memlock_limit();
     let layout = Btf::vmlinux()?.kernel_layout()?;
     let hooks_only = u8::from(options.hooks_only);
+    let connect_search = u8::from(options.connect_search);
     let slots = socket_slots(options.sockets);
     let groups = slots / SLOTS_PER_GROUP as u32;
     // The host's entries: tables and pools at fixed entries before the
@@ -394,6 +418,7 @@ fn open_object(options: LoadOptions, host_netns: u64) -> Result<Ebpf, LoadError>
         .map_max_entries(map::SOCKETS, slots)
         .map_max_entries(map::SOCKET_COOKIES, groups)
         .override_global(global::HOOKS_ONLY, &hooks_only, true)
+        .override_global(global::CONNECT_SEARCH, &connect_search, true)
         .override_global(global::SOCKET_GROUPS_MASK, &(groups - 1), true)
         .override_global(global::KERNEL_LAYOUT, &layout, true)
         .load(OBJECT)
@@ -451,6 +476,7 @@ fn load(ebpf: &mut Ebpf, name: &'static str) -> Result<(), LoadError> {
         Program::CgroupSockAddr(p) => p.load(),
         Program::CgroupSock(p) => p.load(),
         Program::RawTracePoint(p) => p.load(),
+        Program::SockOps(p) => p.load(),
         _ => return Err(LoadError::WrongProgramType { program: name }),
     }
     .map_err(|source| LoadError::Load {
@@ -489,6 +515,10 @@ fn attach(
         (Program::CgroupSock(p), Hook::CgroupRoot) => {
             let id = p.attach(cgroup, mode).map_err(attach_err)?;
             Attachment::Sock(p.take_link(id).map_err(attach_err)?)
+        }
+        (Program::SockOps(p), Hook::CgroupRoot) => {
+            let id = p.attach(cgroup, mode).map_err(attach_err)?;
+            Attachment::SockOps(p.take_link(id).map_err(attach_err)?)
         }
         (Program::RawTracePoint(p), Hook::RawTracepoint { name: tp }) => {
             let id = p.attach(tp).map_err(attach_err)?;

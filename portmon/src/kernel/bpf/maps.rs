@@ -11,6 +11,7 @@ use portmon_common::{capacity, kind, map, Family, Owner, PortStats, Proto, Role}
 
 use super::{
     attached::AttachedCheck,
+    connect_search::{ConnectSearch, SearchTimes},
     counters::{self, Health, PortCount, PortCounters, PortOverflow},
     map_batch::read_all,
     pools::{AssignedCount, PoolCounters},
@@ -36,6 +37,9 @@ pub struct KernelMaps {
     pub bind_before_connect: BpfHashMap<MapData, [u8; 16], u64>,
     /// portmon's own health counters.
     pub health: Array<MapData, u64>,
+    /// How long TCP connects spent finding a port, per namespace (empty
+    /// unless `connect-search` is on).
+    pub connect_search: ConnectSearch,
     /// The sizes `PORT_STATS` and `PORT_TABLES` were made with (the kernel
     /// side keeps one entry of each out of use).
     pub capacities: Capacities,
@@ -195,8 +199,9 @@ impl KernelMaps {
         }
     }
 
-    /// Drops the final counts of namespaces given back more than `grace`
-    /// ago and holding no entries again; returns their cookies. One that
+    /// Drops the final counts (and connect-search histogram) of namespaces
+    /// given back more than `grace` ago and holding no entries again;
+    /// returns their cookies. One that
     /// counts again (alive after all, out of the scan's sight: held by a
     /// descriptor, or a thread's own) keeps its final counts, which its
     /// new ones add to: its counters never go back.
@@ -213,6 +218,10 @@ impl KernelMaps {
             .collect();
         for netns in &over {
             self.retired.0.remove(netns);
+            // Its connect-search histogram goes with its final counts.
+            if let Err(err) = self.connect_search.forget(*netns) {
+                tracing::debug!(netns, %err, "cannot drop a gone namespace's connect-search histogram");
+            }
         }
         over
     }
@@ -241,6 +250,11 @@ impl KernelMaps {
     /// Each program's runs and run time, while the kernel counts them.
     pub fn program_runs(&self) -> Option<Vec<ProgramRuns>> {
         self.programs.read()
+    }
+
+    /// How long TCP connects spent finding a local port, per namespace.
+    pub fn connect_search(&self) -> Vec<SearchTimes> {
+        self.connect_search.read()
     }
 
     /// portmon's own health counters.
@@ -309,6 +323,11 @@ impl KernelMaps {
                 name: map::BIND_BEFORE_CONNECT,
                 entries: read_all(&self.bind_before_connect).len() as u64,
                 capacity: capacity::BIND_BEFORE_CONNECT.into(),
+            },
+            MapUsage {
+                name: map::CONNECT_SEARCH,
+                entries: self.connect_search.namespaces(),
+                capacity: capacity::CONNECT_SEARCH_NAMESPACES.into(),
             },
         ]
     }

@@ -8,6 +8,7 @@
 
 pub mod attached;
 pub mod btf;
+pub mod connect_search;
 pub mod counters;
 pub mod events;
 mod fdinfo;
