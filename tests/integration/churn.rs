@@ -30,9 +30,6 @@ const TABLES_EACH: f64 = 3.0;
 /// Seconds from a namespace's end to its entries' return, at most: the
 /// next look (half a second), the quarantine (a second) and the look after.
 const RECLAIM_SECONDS: f64 = 2.5;
-/// Blocks of port counters: room for the tables of the namespaces of the
-/// last `RECLAIM_SECONDS` and more (the tables are an eighth of it).
-const PORT_STATS_CAPACITY: &str = "8192";
 /// The port the long-lived namespace counts on, and the one every
 /// short-lived namespace does.
 const STAYING_PORT: u16 = 7_001;
@@ -58,9 +55,11 @@ struct Sample {
     pools: f64,
     overflows: f64,
     churn_series: usize,
+    /// Series naming a namespace other than the host's and the long-lived one.
+    other_netns_series: usize,
 }
 
-fn sample(daemon: &Daemon) -> Sample {
+fn sample(daemon: &Daemon, staying: &str) -> Sample {
     let text = daemon.scrape();
     let entries = |map: &str| metric_value(&text, "portmon_map_entries", &[("map", map)]).unwrap_or(0.0);
     let overflows: f64 = ["PORT_STATS", "PORT_TABLES", "POOL_KEYS"]
@@ -81,6 +80,11 @@ fn sample(daemon: &Daemon) -> Sample {
             .lines()
             .filter(|l| !l.starts_with('#') && l.contains(&format!("port=\"{CHURN_PORT}\"")))
             .count(),
+        other_netns_series: text
+            .lines()
+            .filter(|l| !l.starts_with('#') && l.contains("netns=\""))
+            .filter(|l| !l.contains("netns=\"host\"") && !l.contains(&format!("netns=\"{staying}\"")))
+            .count(),
     }
 }
 
@@ -96,8 +100,9 @@ fn five_thousand_namespaces_come_and_go_and_leave_nothing_behind() {
             &grace,
             "--netns-label",
             "always",
-            "--port-stats-capacity",
-            PORT_STATS_CAPACITY,
+            // Its per-namespace histograms must go with the rest.
+            "--connect-search",
+            "true",
         ],
     );
     let staying_netns = NamedNetns::create("churn");
@@ -128,7 +133,7 @@ fn five_thousand_namespaces_come_and_go_and_leave_nothing_behind() {
             .is_some()),
             "the long-lived namespace's binds are not exported"
         );
-        let before = sample(&daemon);
+        let before = sample(&daemon, &staying_netns.name);
         let churn_started = Instant::now();
         let made = &made;
         let workers: Vec<_> = (0..WORKERS)
@@ -150,7 +155,7 @@ fn five_thousand_namespaces_come_and_go_and_leave_nothing_behind() {
         let mut peak_rss = 0;
         let mut saw_churn_series = false;
         while workers.iter().any(|w| !w.is_finished()) {
-            let now = sample(&daemon);
+            let now = sample(&daemon, &staying_netns.name);
             peak.tables = peak.tables.max(now.tables);
             peak.blocks = peak.blocks.max(now.blocks);
             peak.pools = peak.pools.max(now.pools);
@@ -195,10 +200,13 @@ fn five_thousand_namespaces_come_and_go_and_leave_nothing_behind() {
     // Past the grace period (and a reclaim or two), the short-lived
     // namespaces have left everything.
     let settled = wait_until(Duration::from_secs(GRACE_SECONDS + 20), || {
-        let now = sample(&daemon);
-        now.churn_series == 0 && now.tables <= before.tables && now.blocks <= before.blocks
+        let now = sample(&daemon, &staying_netns.name);
+        now.churn_series == 0
+            && now.other_netns_series <= before.other_netns_series
+            && now.tables <= before.tables
+            && now.blocks <= before.blocks
     });
-    let after = sample(&daemon);
+    let after = sample(&daemon, &staying_netns.name);
     let text = daemon.scrape();
     let rss = daemon.rss();
     println!(
