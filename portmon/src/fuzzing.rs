@@ -1,7 +1,8 @@
 //! One entry per parser of input portmon does not control: what the kernel
 //! sends over netlink and writes into the ring buffer and BTF, what procfs
-//! shows of other processes' cgroups and mounts, and the files an operator
-//! or a download hands it. The fuzz targets in `fuzz/` call these, and the
+//! shows of other processes' cgroups and mounts, the files an operator
+//! or a download hands it, and the messages between the daemon and its
+//! privileged namespace helper. The fuzz targets in `fuzz/` call these, and the
 //! tests below replay every committed input of `fuzz/seeds/` through them,
 //! so an input that once crashed a parser stays a regression test.
 //!
@@ -41,6 +42,7 @@ pub const TARGETS: &[(&str, Entry)] = &[
     ("etc_services", etc_services),
     ("config", config),
     ("web_config", web_config),
+    ("privsep_wire", privsep_wire),
 ];
 
 /// A datagram of a sock_diag dump's answer, read as a TCP and as a UDP dump.
@@ -99,6 +101,12 @@ pub fn etc_services(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = Registry::parse_as(Format::EtcServices, text);
     }
+}
+
+/// A message of the namespace helper's protocol: what the privileged
+/// helper reads from the daemon, and what the daemon reads back.
+pub fn privsep_wire(data: &[u8]) {
+    crate::kernel::netns_opener::decode_every_message(data);
 }
 
 /// portmon's TOML configuration.

@@ -36,6 +36,16 @@ use std::{
 mod helper;
 mod wire;
 
+/// Decodes `bytes` as each message of the helper's protocol: a request, as
+/// the privileged helper reads it from the daemon, and both kinds of
+/// answer, as the daemon reads them back. For the fuzz target: the
+/// helper's side parses input from a less-privileged process.
+pub(crate) fn decode_every_message(bytes: &[u8]) {
+    let _ = wire::decode_request(bytes);
+    let _ = wire::decode_owners_reply(bytes);
+    let _ = ReplyHead::decode(bytes);
+}
+
 use crate::kernel::socket_owners::Walk;
 use wire::ReplyHead;
 
