@@ -41,6 +41,13 @@ const RUNS: usize = 15;
 const IDLE: Duration = Duration::from_secs(20);
 const DAEMON: &str = "127.0.0.1:17480";
 
+#[path = "scrape/namespaces.rs"]
+mod namespaces;
+
+/// Selects one part: `one` (the sockets of one namespace, against `ss`) or
+/// `namespaces` (one namespace against many); both by default.
+const PART_VAR: &str = "PORTMON_SCRAPE_BENCH";
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(at) = args.iter().position(|a| a == "--hold") {
@@ -49,7 +56,28 @@ fn main() {
         hold(arg(1), number(2) as u16, number(3), number(4));
         return;
     }
-    bench();
+    if let Some(at) = args.iter().position(|a| a == "--hold-in") {
+        let number = |i: usize| {
+            args.get(at + i)
+                .and_then(|a| a.parse::<usize>().ok())
+                .expect("--hold-in FIRST_PORT LISTENERS PAIRS NETNS...")
+        };
+        namespaces::hold_in(number(1) as u16, number(2), number(3), &args[at + 4..]);
+        return;
+    }
+    let part = std::env::var(PART_VAR).unwrap_or_default();
+    match part.as_str() {
+        "one" => bench(),
+        "namespaces" => namespaces::bench(),
+        "" => {
+            bench();
+            namespaces::bench();
+        }
+        other => {
+            eprintln!("{PART_VAR}={other}: say `one` or `namespaces`, or leave it unset for both");
+            std::process::exit(64);
+        }
+    }
 }
 
 fn bench() {

@@ -349,6 +349,8 @@ fn socket_addr(addr: SocketAddr) -> libc::sockaddr_in {
     }
 }
 
+const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+
 /// The `q` quantile of `values` (sorted in place).
 fn quantile(values: &mut [Duration], q: f64) -> Duration {
     values.sort();
@@ -379,10 +381,14 @@ fn idle_connections_and_slow_readers_stop_neither_scrapes_nor_health() {
     let mut health = Vec::new();
     let mut rss_max = 0;
     while started.elapsed() < FLOOD {
+        // A bare request on a fresh connection: what is timed is the
+        // daemon and the kernel between it and us, not a client library
+        // building its agent (which, unoptimized, takes longer than the
+        // daemon's answer).
         let asked = Instant::now();
-        let (code, _) = http_get(addr, "/healthz").expect("/healthz answers");
+        let (head, _) = exchange(addr, HEALTHZ);
         health.push(asked.elapsed());
-        assert_eq!(code, 200);
+        assert_eq!(status(&head), 200, "{head}");
         rss_max = rss_max.max(daemon.rss());
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -391,9 +397,11 @@ fn idle_connections_and_slow_readers_stop_neither_scrapes_nor_health() {
     assert!(daemon.running(), "the daemon died under the flood");
     drop((idle, slow));
     let after = wait_until(Duration::from_secs(20), || daemon.rss() < RSS_BOUND);
+    let p50 = quantile(&mut health, 0.5);
     let p99 = quantile(&mut health, 0.99);
+    let max = health.last().copied().unwrap_or_default();
     eprintln!(
-        "{idle_count} idle + {slow_count} slow readers for {FLOOD:?}: /healthz p99 {p99:?} over {} probes, \
+        "{idle_count} idle + {slow_count} slow readers for {FLOOD:?}: /healthz p50 {p50:?}, p99 {p99:?}, max {max:?} over {} probes, \
          RSS {} MiB before, {} MiB at most, {} MiB after; {scrapes} scrapes, worst up {worst}",
         health.len(),
         before >> 20,

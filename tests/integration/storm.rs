@@ -26,33 +26,31 @@ const WORKERS: usize = 2;
 const ROUND: Duration = Duration::from_secs(10);
 const RSS_LIMIT_KIB: u64 = 64 * 1024;
 
-/// Fails binds as fast as Python can for `seconds`: to a port a socket of
-/// its own holds (EADDRINUSE), and to an address the namespace does not
-/// have (EADDRNOTAVAIL), each on a new socket.
-const STORM_SCRIPT: &str = r#"
-import socket, sys, time
-seconds = float(sys.argv[1])
-holder = socket.socket()
-holder.bind(("0.0.0.0", 5000))
-end = time.monotonic() + seconds
-while time.monotonic() < end:
-    for i in range(500):
-        s = socket.socket()
-        try:
-            s.bind(("0.0.0.0", 5000) if i % 2 else ("10.255.0.1", 6000 + i))
-        except OSError:
-            pass
-        s.close()
-"#;
-
+/// A worker failing binds for `seconds` (see `storm-worker`), as `nobody`,
+/// in a user and network namespace of its own.
 fn storm_worker(seconds: f64) -> Child {
     Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .args(["unshare", "--user", "--map-root-user", "--net", "--"])
-        .args(["python3", "-c", STORM_SCRIPT, &seconds.to_string()])
-        .stdout(Stdio::null())
+        .arg(env!("CARGO_BIN_EXE_storm-worker"))
+        .arg(seconds.to_string())
+        .stdout(Stdio::piped())
         .spawn()
-        .expect("start a storm worker (setpriv, unshare, python3)")
+        .expect("start a storm worker (setpriv, unshare)")
+}
+
+/// A worker's outcome: binds that failed, and binds that succeeded (none
+/// should).
+fn storm_outcome(worker: Child) -> (u64, u64) {
+    let out = worker.wait_with_output().expect("storm worker");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "storm worker: {}: {text}", out.status);
+    let mut words = text.split_whitespace();
+    let failed = words.next().and_then(|w| w.parse().ok());
+    let bound = words.nth(1).and_then(|w| w.parse().ok());
+    failed
+        .zip(bound)
+        .unwrap_or_else(|| panic!("storm worker said {text:?}"))
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -99,17 +97,20 @@ fn a_failure_storm_keeps_the_watchdog_counts_and_memory() {
     let seen_before = metric_value(&before, "portmon_failure_events_total", &[]).expect("failure events");
 
     let storming = AtomicBool::new(true);
-    let (gaps, peak_rss) = std::thread::scope(|scope| {
-        scope.spawn(|| {
+    let (gaps, peak_rss, (failed, bound), stormed) = std::thread::scope(|scope| {
+        let storm = scope.spawn(|| {
             let started = Instant::now();
+            let mut outcome = (0, 0);
             while started.elapsed() < STORM {
                 let round = ROUND.min(STORM - started.elapsed()).as_secs_f64();
                 let workers: Vec<Child> = (0..WORKERS).map(|_| storm_worker(round)).collect();
-                for mut worker in workers {
-                    worker.wait().expect("storm worker");
+                for worker in workers {
+                    let (failed, bound) = storm_outcome(worker);
+                    outcome = (outcome.0 + failed, outcome.1 + bound);
                 }
             }
             storming.store(false, Ordering::Relaxed);
+            (outcome, started.elapsed())
         });
         // Every watchdog ping must come within the interval the daemon was given.
         let mut gaps = Vec::new();
@@ -126,7 +127,8 @@ fn a_failure_storm_keeps_the_watchdog_counts_and_memory() {
                 WATCHDOG * 2
             );
         }
-        (gaps, peak_rss)
+        let (outcome, stormed) = storm.join().expect("the storm");
+        (gaps, peak_rss, outcome, stormed)
     });
     let worst = gaps.iter().max().copied().unwrap_or_default();
     assert!(
@@ -149,12 +151,21 @@ fn a_failure_storm_keeps_the_watchdog_counts_and_memory() {
     let seen = metric_value(&last, "portmon_failure_events_total", &[]).unwrap_or(0.0) - seen_before;
     let dropped = total(&last, "portmon_events_dropped_total");
     let suppressed = total(&last, "portmon_log_lines_suppressed_total");
+    let logged = log_failure_lines(&daemon);
     eprintln!(
-        "storm: {seen} failures seen in {STORM:?} ({:.0}/s), {dropped} dropped, {suppressed} log \
-         lines suppressed, peak RSS {peak_rss} KiB, worst watchdog gap {worst:?}",
-        seen / STORM.as_secs_f64()
+        "storm: {WORKERS} workers failed {failed} binds in {stormed:.1?} ({:.0}/s; {bound} bound); \
+         the daemon saw {seen} failures ({:.0}/s), {dropped} dropped in the ring buffer and counted; \
+         {logged} failure lines logged one by one, {suppressed} held back in summary lines; \
+         peak RSS {peak_rss} KiB; worst watchdog gap {worst:?}",
+        failed as f64 / stormed.as_secs_f64(),
+        seen / stormed.as_secs_f64()
     );
     assert!(settled, "failures seen and accounted for differ:\n{last}");
+    assert_eq!(bound, 0, "binds meant to fail succeeded");
+    assert!(
+        seen >= failed as f64,
+        "the workers failed {failed} binds, the daemon saw {seen}"
+    );
     assert!(
         seen > 100_000.0,
         "the storm was too weak to test anything: {seen} failures"
@@ -168,7 +179,7 @@ fn a_failure_storm_keeps_the_watchdog_counts_and_memory() {
 
     // The log: a bounded number of failure lines and a summary per interval.
     let log = daemon.log_text();
-    let lines = log.lines().filter(|l| l.contains("bind failed")).count();
+    let lines = log_failure_lines(&daemon);
     let intervals = (STORM.as_secs() / portmon::failures::LOG_INTERVAL.as_secs()) as usize + 8;
     assert!(
         lines <= intervals * portmon::failures::LOG_LINES as usize,
@@ -180,4 +191,13 @@ fn a_failure_storm_keeps_the_watchdog_counts_and_memory() {
         "no summary line:\n{}",
         log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
     );
+}
+
+/// Failures the daemon logged one by one.
+fn log_failure_lines(daemon: &Supervised) -> usize {
+    daemon
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("bind failed"))
+        .count()
 }

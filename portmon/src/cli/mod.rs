@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod check;
 mod completions;
+mod daemon_args;
 mod doctor;
 mod lookup;
 mod ports;

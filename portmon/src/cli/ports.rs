@@ -1,24 +1,20 @@
 //! `portmon ports`: the live inventory as a table like `ss`, with IANA class
 //! and service. Asks the running daemon; without one, takes a snapshot itself.
 
-use std::{
-    collections::HashMap,
-    io::Write as _,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    path::PathBuf,
-    process::ExitCode,
-    time::Duration,
-};
+use std::{collections::HashMap, io::Write as _, net::SocketAddr, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 use clap::Args;
 use portmon_common::Proto;
 
-use super::{RegistryArgs, EXIT_USAGE};
+use super::{
+    daemon_args::{DaemonArgs, DaemonChoice},
+    EXIT_USAGE,
+};
 use crate::{
     api::{port_entries, PortEntry, PortFilter},
     cgroups::CgroupPaths,
-    config::{Config, ConfigError},
+    config::ConfigError,
     inventory::{Inventory, Snapshot},
     kernel::mounts::Mounts,
     owners::owners_here,
@@ -67,17 +63,8 @@ pub struct PortsArgs {
     /// JSON instead of a table (every entry with every key, whatever -p -n).
     #[arg(long)]
     pub json: bool,
-    /// Address of the daemon to ask. Default: the `listen` address of the
-    /// daemon's configuration file (see --config), else 127.0.0.1:7455.
-    #[arg(long, value_name = "ADDR")]
-    pub daemon: Option<SocketAddr>,
-    /// The daemon's configuration file, to find it at its `listen` address
-    /// (and, without a daemon, use its `registry`). Default:
-    /// /etc/portmon/portmon.toml if it exists.
-    #[arg(long, value_name = "PATH", env = "PORTMON_CONFIG")]
-    pub config: Option<PathBuf>,
     #[command(flatten)]
-    pub registry: RegistryArgs,
+    pub daemon: DaemonArgs,
 }
 
 impl PortsArgs {
@@ -111,20 +98,21 @@ pub fn run(args: PortsArgs) -> anyhow::Result<ExitCode> {
         proto: args.proto(),
         netns: args.netns.clone(),
     };
-    let config = match daemon_config(args.config.as_deref()) {
-        Ok(config) => config,
+    let DaemonChoice {
+        address: daemon,
+        registry,
+    } = match args.daemon.choose() {
+        Ok(choice) => choice,
         Err(err @ ConfigError::Parse { .. }) => {
             eprintln!("portmon: {err}");
             return Ok(ExitCode::from(EXIT_USAGE));
         }
         Err(err) => return Err(err.into()),
     };
-    let daemon = args.daemon.unwrap_or_else(|| reachable(config.listen));
     let mut entries = match ask_daemon(daemon, &filter) {
         Some(entries) => entries?,
         None => {
-            let registry = args.registry.registry.as_deref().or(config.registry.as_deref());
-            snapshot_here(registry, &filter)?
+            snapshot_here(registry.as_deref(), &filter)?
         }
     };
     entries.retain(|e| args.owned_as_asked(e));
@@ -151,27 +139,6 @@ pub fn run(args: PortsArgs) -> anyhow::Result<ExitCode> {
 
 /// The daemon's configuration: the file given, which must be there and be
 /// valid; else the default file if it is readable and valid, else the defaults.
-pub(super) fn daemon_config(path: Option<&std::path::Path>) -> Result<Config, ConfigError> {
-    if path.is_some() {
-        return Config::load(path);
-    }
-    Config::load(None).or_else(|err| {
-        eprintln!("portmon: {err}; asking the daemon at its default address");
-        Ok(Config::default())
-    })
-}
-
-/// Where to reach a daemon listening on `listen`: a wildcard address is
-/// reached through loopback.
-pub(super) fn reachable(listen: SocketAddr) -> SocketAddr {
-    let ip = match listen.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    SocketAddr::new(ip, listen.port())
-}
-
 /// The daemon's answer; `None` when no daemon listens there.
 fn ask_daemon(addr: SocketAddr, filter: &PortFilter) -> Option<anyhow::Result<Vec<PortEntry>>> {
     let mut query = Vec::new();
@@ -234,7 +201,7 @@ fn snapshot_here(registry: Option<&std::path::Path>, filter: &PortFilter) -> any
     let cgroup_root = Mounts::read()
         .ok()
         .and_then(|m| m.cgroup2().map(|c| c.mount_point.clone()))
-        .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"));
+        .unwrap_or_else(|| std::path::PathBuf::from("/sys/fs/cgroup"));
     let owners = owners_here(&snapshot.sockets, &cgroup_root);
     let mut cgroups = CgroupPaths::new(cgroup_root);
     let units = owners
@@ -427,37 +394,6 @@ mod tests {
         assert_eq!(kept(&["--pid", "42"]), [80]);
         assert_eq!(kept(&["--pid", "43"]), [0u16; 0]);
         assert_eq!(kept(&["--pid", "42", "--unit", "sshd"]), [0u16; 0]);
-    }
-
-    #[test]
-    fn a_wildcard_listen_address_is_reached_through_loopback() {
-        let cases = [
-            ("0.0.0.0:7455", "127.0.0.1:7455"),
-            ("[::]:9000", "[::1]:9000"),
-            ("10.1.2.3:7455", "10.1.2.3:7455"),
-        ];
-        for (listen, want) in cases {
-            assert_eq!(reachable(listen.parse().unwrap()), want.parse().unwrap());
-        }
-    }
-
-    #[test]
-    fn the_daemon_is_found_through_its_configuration_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("portmon.toml");
-        std::fs::write(&path, "listen = \"0.0.0.0:7999\"\n").unwrap();
-        let config = daemon_config(Some(&path)).unwrap();
-        assert_eq!(reachable(config.listen), "127.0.0.1:7999".parse().unwrap());
-        std::fs::write(&path, "lisen = 1\n").unwrap();
-        assert!(matches!(
-            daemon_config(Some(&path)),
-            Err(ConfigError::Parse { .. })
-        ));
-        let missing = dir.path().join("missing.toml");
-        assert!(matches!(
-            daemon_config(Some(&missing)),
-            Err(ConfigError::Read { .. })
-        ));
     }
 
     #[test]

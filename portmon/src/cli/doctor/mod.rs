@@ -6,7 +6,6 @@
 use std::{
     collections::{BTreeMap, HashMap},
     net::SocketAddr,
-    path::PathBuf,
     process::ExitCode,
     time::Duration,
 };
@@ -20,7 +19,10 @@ mod findings;
 
 pub use findings::diagnose;
 
-use super::{RegistryArgs, EXIT_USAGE};
+use super::{
+    daemon_args::{DaemonArgs, DaemonChoice},
+    EXIT_USAGE,
+};
 use crate::{
     api::{port_entries, PortEntry, PortFilter},
     config::ConfigError,
@@ -36,16 +38,8 @@ pub struct DoctorArgs {
     /// JSON instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Address of the daemon to ask. Default: the `listen` address of the
-    /// daemon's configuration file (see --config), else 127.0.0.1:7455.
-    /// Without a daemon, doctor takes a snapshot of its own.
-    #[arg(long, value_name = "ADDR")]
-    pub daemon: Option<SocketAddr>,
-    /// The daemon's configuration file, to find it at its `listen` address.
-    #[arg(long, value_name = "PATH", env = "PORTMON_CONFIG")]
-    pub config: Option<PathBuf>,
     #[command(flatten)]
-    pub registry: RegistryArgs,
+    pub daemon: DaemonArgs,
 }
 
 /// How urgent a finding is; the exit status is the most urgent one's.
@@ -102,25 +96,24 @@ struct Report<'a> {
 }
 
 pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
-    let config = match super::ports::daemon_config(args.config.as_deref()) {
-        Ok(config) => config,
+    let DaemonChoice {
+        address: daemon,
+        registry,
+    } = match args.daemon.choose() {
+        Ok(choice) => choice,
         Err(err @ ConfigError::Parse { .. }) => {
             eprintln!("portmon: {err}");
             return Ok(ExitCode::from(EXIT_USAGE));
         }
         Err(err) => return Err(err.into()),
     };
-    let daemon = args
-        .daemon
-        .unwrap_or_else(|| super::ports::reachable(config.listen));
     let (source, evidence) = match from_daemon(daemon) {
         Some(evidence) => (format!("daemon at {daemon}"), evidence?),
         None => {
-            let registry = args.registry.registry.as_deref().or(config.registry.as_deref());
             let source = format!(
                 "own snapshot (no daemon at {daemon}: failures, bind-before-connect and portmon's health unknown)"
             );
-            (source, snapshot(registry)?)
+            (source, snapshot(registry.as_deref())?)
         }
     };
     let findings = diagnose(&evidence, args.netns.as_deref());
