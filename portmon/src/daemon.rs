@@ -38,11 +38,14 @@ const DETACH_DEADLINE: Duration = Duration::from_secs(5);
 /// lives a short while is entered (and its sockets seen) while it exists.
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(10);
 /// How often gone namespaces' kernel entries are looked for and given
-/// back: the maps hold the entries of the namespaces gone within about
-/// this plus the quarantine, so namespaces made and dropped fast fill them
-/// unless the looks are frequent (a look is a walk of `/proc`, a few
-/// milliseconds).
-const RECLAIM_INTERVAL: Duration = Duration::from_millis(500);
+/// back while namespaces come and go: the maps hold the entries of the
+/// namespaces gone within about this plus the quarantine, so namespaces
+/// made and dropped fast fill them unless the looks are frequent.
+const RECLAIM_INTERVAL_CHURNING: Duration = Duration::from_millis(500);
+/// The same on a host whose namespaces stay: a look walks `/proc` (a few
+/// milliseconds), which twice a second would be most of an idle daemon's
+/// CPU.
+const RECLAIM_INTERVAL_SETTLED: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -272,14 +275,21 @@ async fn reconcile(state: Arc<State>) {
     }
 }
 
-/// Gives back the kernel entries of gone namespaces on a schedule.
+/// Gives back the kernel entries of gone namespaces on a schedule: often
+/// while namespaces come and go, seldom while they stay.
 async fn reclaim(state: Arc<State>) {
-    let mut ticks = tokio::time::interval(RECLAIM_INTERVAL);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut interval = RECLAIM_INTERVAL_CHURNING;
     loop {
-        ticks.tick().await;
+        tokio::time::sleep(interval).await;
         let state = state.clone();
-        let _ = tokio::task::spawn_blocking(move || state.reclaim()).await;
+        let churning = tokio::task::spawn_blocking(move || state.reclaim())
+            .await
+            .unwrap_or(true);
+        interval = if churning {
+            RECLAIM_INTERVAL_CHURNING
+        } else {
+            RECLAIM_INTERVAL_SETTLED
+        };
     }
 }
 

@@ -168,6 +168,9 @@ pub struct State {
     inventory: Mutex<(Inventory, Instant)>,
     cgroups: Mutex<CgroupPaths>,
     found_owners: Mutex<FoundOwners>,
+    /// Namespaces holding kernel entries at the last reclaim, to tell a
+    /// host whose namespaces come and go from one whose stay.
+    last_counted: Mutex<std::collections::HashSet<u64>>,
     settings: RwLock<Arc<Settings>>,
     reload: Mutex<ReloadStatus>,
     snapshots: SingleFlight<Inventoried>,
@@ -208,6 +211,7 @@ impl State {
             inventory: Mutex::new((Inventory::scan_with(runtimes), Instant::now())),
             cgroups: Mutex::new(CgroupPaths::new(cgroup_root)),
             found_owners: Mutex::default(),
+            last_counted: Mutex::default(),
             settings: RwLock::new(Arc::new(settings)),
             reload: Mutex::new(ReloadStatus::applied_now()),
             snapshots: SingleFlight::default(),
@@ -423,8 +427,17 @@ impl State {
     /// it is dead or held only by a descriptor or a mount elsewhere (which,
     /// counting again, takes new entries: its counters restart from its
     /// final counts). A scan the host cut short decides nothing.
-    pub fn reclaim(&self) {
+    ///
+    /// Returns whether namespaces are coming and going: one appeared in the
+    /// maps or went since the last look, or entries wait in quarantine.
+    pub fn reclaim(&self) -> bool {
         let counted = self.maps().counted_namespaces();
+        let appeared = {
+            let mut last = lock(&self.last_counted);
+            let appeared = counted.iter().any(|netns| !last.contains(netns));
+            last.clone_from(&counted);
+            appeared
+        };
         let (complete, known, names) = {
             let mut guard = self.inventory();
             let names: HashMap<u64, String> = guard
@@ -445,10 +458,11 @@ impl State {
             Default::default()
         };
         let grace = self.settings().netns_grace;
-        let dropped: std::collections::HashSet<u64> = {
+        let (dropped, quarantined): (std::collections::HashSet<u64>, bool) = {
             let mut maps = self.maps();
             maps.reclaim(&gone, &names);
-            maps.drop_retired(grace).into_iter().collect()
+            let dropped = maps.drop_retired(grace).into_iter().collect();
+            (dropped, maps.quarantined())
         };
         if !gone.is_empty() || !dropped.is_empty() {
             tracing::debug!(gone = gone.len(), dropped = dropped.len(), "namespaces reclaimed");
@@ -456,6 +470,7 @@ impl State {
         if !dropped.is_empty() {
             lock(&self.failures).forget(&dropped);
         }
+        appeared || !gone.is_empty() || quarantined
     }
 
     /// A fresh inventory of every namespace, with the names and workloads

@@ -111,9 +111,7 @@ pub fn run(args: PortsArgs) -> anyhow::Result<ExitCode> {
     };
     let mut entries = match ask_daemon(daemon, &filter) {
         Some(entries) => entries?,
-        None => {
-            snapshot_here(registry.as_deref(), &filter)?
-        }
+        None => snapshot_here(registry.as_deref(), &filter)?,
     };
     entries.retain(|e| args.owned_as_asked(e));
     let mut out = std::io::stdout().lock();

@@ -226,6 +226,11 @@ impl KernelMaps {
         over
     }
 
+    /// Whether entries of gone namespaces wait in quarantine.
+    pub fn quarantined(&self) -> bool {
+        !self.reclaim.quarantined_tables().is_empty() || !self.reclaim.quarantined_pools().is_empty()
+    }
+
     /// Names of the namespaces given back within their grace period, as
     /// they were known when they went.
     pub fn retired_names(&self) -> Vec<(u64, String)> {
