@@ -319,6 +319,19 @@ fn met(yes: bool) -> &'static str {
 /// The holder processes, each ready (its connections established).
 struct Holders(Vec<Child>);
 
+impl Holders {
+    /// Waits for each holder to say it holds its sockets.
+    fn wait_ready(&mut self) {
+        for child in &mut self.0 {
+            let mut line = String::new();
+            BufReader::new(child.stdout.as_mut().expect("holder stdout"))
+                .read_line(&mut line)
+                .expect("read from a holder");
+            assert_eq!(line.trim(), "ready", "a holder failed");
+        }
+    }
+}
+
 impl Drop for Holders {
     fn drop(&mut self) {
         for child in &mut self.0 {
@@ -343,13 +356,7 @@ fn spawn_holders(netns: &str) -> Holders {
             .expect("spawn a holder");
         holders.0.push(child);
     }
-    for child in &mut holders.0 {
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().expect("holder stdout"))
-            .read_line(&mut line)
-            .expect("read from a holder");
-        assert_eq!(line.trim(), "ready", "a holder failed");
-    }
+    holders.wait_ready();
     holders
 }
 

@@ -8,7 +8,7 @@
 //! both ends of connections in every namespace it is given.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _},
+    io::Read as _,
     net::{Ipv4Addr, TcpListener, TcpStream},
     path::Path,
     process::{Command, Stdio},
@@ -158,13 +158,7 @@ fn spawn(names: &[&str], per_namespace: usize) -> Holders {
             .expect("spawn a holder");
         holders.0.push(child);
     }
-    for child in &mut holders.0 {
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().expect("holder stdout"))
-            .read_line(&mut line)
-            .expect("read from a holder");
-        assert_eq!(line.trim(), "ready", "a holder failed");
-    }
+    holders.wait_ready();
     holders
 }
 

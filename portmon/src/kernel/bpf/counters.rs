@@ -208,6 +208,23 @@ pub struct PortCount {
     pub stats: PortStats,
 }
 
+/// What port counts are grouped by while they are summed.
+pub(super) type PortKey = (u64, Proto, Family, Role, u16);
+
+impl PortCount {
+    /// A count from its grouping key and what was summed under it.
+    pub(super) fn from_key((netns, proto, family, role, port): PortKey, stats: PortStats) -> Self {
+        Self {
+            netns,
+            proto,
+            family,
+            role,
+            port,
+            stats,
+        }
+    }
+}
+
 /// portmon's own health, as the kernel side counted it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Health {
@@ -282,14 +299,7 @@ pub fn read_ports(
     }
     ports
         .into_iter()
-        .map(|((netns, proto, family, role, port), stats)| PortCount {
-            netns,
-            proto,
-            family,
-            role,
-            port,
-            stats,
-        })
+        .map(|(key, stats)| PortCount::from_key(key, stats))
         .collect()
 }
 

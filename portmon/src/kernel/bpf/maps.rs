@@ -117,14 +117,7 @@ impl KernelMaps {
         }
         by_key
             .into_iter()
-            .map(|((netns, proto, family, role, port), stats)| PortCount {
-                netns,
-                proto,
-                family,
-                role,
-                port,
-                stats,
-            })
+            .map(|(key, stats)| PortCount::from_key(key, stats))
             .collect()
     }
 
