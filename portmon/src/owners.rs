@@ -79,12 +79,19 @@ impl FoundOwners {
             .iter()
             .filter(|s| s.socket.inode != 0 && !known.contains_key(&s.socket.cookie))
             .collect();
-        let live: HashMap<u32, ()> = unseen.iter().map(|s| (s.socket.inode, ())).collect();
-        self.found.retain(|inode, _| live.contains_key(inode));
-        self.missed
-            .retain(|inode, at| live.contains_key(inode) && at.elapsed() < MISS_RETRY);
         let due = self.last_walk.is_none_or(|at| at.elapsed() >= WALK_EVERY);
         if due {
+            // What was found for sockets since closed goes here, at most as
+            // often as a walk: a set of every socket per call cost a scrape
+            // of 100,000 sockets milliseconds.
+            let present: std::collections::HashSet<u32> = unseen
+                .iter()
+                .map(|s| s.socket.inode)
+                .filter(|inode| self.found.contains_key(inode) || self.missed.contains_key(inode))
+                .collect();
+            self.found.retain(|inode, _| present.contains(inode));
+            self.missed
+                .retain(|inode, at| present.contains(inode) && at.elapsed() < MISS_RETRY);
             let mut ask: Vec<&NsSocket> = unseen
                 .iter()
                 .copied()
