@@ -91,7 +91,7 @@ pub fn on_syn_sent(sk: u64) {
     // SAFETY: the helper takes no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     // An LRU map makes room by itself; a failed update only loses a sample.
-    let _ = CONNECT_SEARCH_STARTS.insert(&cookie, &now, 0);
+    let _ = CONNECT_SEARCH_STARTS.insert(cookie, now, 0);
 }
 
 /// A connect went from SYN_SENT back to CLOSE before its callback. When
@@ -104,10 +104,10 @@ pub fn on_connect_ended(sk: u64, no_port: bool) {
         return;
     }
     // SAFETY: a map value pointer, valid for this run.
-    let Some(start) = CONNECT_SEARCH_STARTS.get_ptr(&cookie).map(|p| unsafe { *p }) else {
+    let Some(start) = CONNECT_SEARCH_STARTS.get_ptr(cookie).map(|p| unsafe { *p }) else {
         return;
     };
-    let _ = CONNECT_SEARCH_STARTS.remove(&cookie);
+    let _ = CONNECT_SEARCH_STARTS.remove(cookie);
     if no_port {
         // SAFETY: the helper takes no arguments.
         let now = unsafe { bpf_ktime_get_ns() };
@@ -122,12 +122,12 @@ fn on_tcp_connect(ctx: &SockOpsContext) {
     // SAFETY: the helper accepts a sock_ops context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: a map value pointer, valid for this run.
-    let Some(start) = CONNECT_SEARCH_STARTS.get_ptr(&cookie).map(|p| unsafe { *p }) else {
+    let Some(start) = CONNECT_SEARCH_STARTS.get_ptr(cookie).map(|p| unsafe { *p }) else {
         return;
     };
     // SAFETY: the helper takes no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let _ = CONNECT_SEARCH_STARTS.remove(&cookie);
+    let _ = CONNECT_SEARCH_STARTS.remove(cookie);
     // SAFETY: the helper accepts a sock_ops context (Linux 5.15).
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     record(netns, now.saturating_sub(start));
@@ -136,12 +136,12 @@ fn on_tcp_connect(ctx: &SockOpsContext) {
 /// Adds one search of `ns` nanoseconds to the namespace's histogram.
 #[inline(always)]
 fn record(netns: u64, ns: u64) {
-    let histogram = match CONNECT_SEARCH.get_ptr_mut(&netns) {
+    let histogram = match CONNECT_SEARCH.get_ptr_mut(netns) {
         Some(h) => h,
         None => {
             // Another CPU may insert first: its entry is this CPU's too.
-            let _ = CONNECT_SEARCH.insert(&netns, &SearchHistogram::ZERO, u64::from(BPF_NOEXIST));
-            let Some(h) = CONNECT_SEARCH.get_ptr_mut(&netns) else {
+            let _ = CONNECT_SEARCH.insert(netns, SearchHistogram::ZERO, u64::from(BPF_NOEXIST));
+            let Some(h) = CONNECT_SEARCH.get_ptr_mut(netns) else {
                 if let Some(n) = CONNECT_SEARCH_OVERFLOW.get_ptr_mut(0) {
                     // SAFETY: an array map value pointer, 8-byte aligned.
                     unsafe { xadd(n, 1) };
