@@ -21,7 +21,7 @@ use portmon_common::Owner;
 use crate::{
     cgroups,
     kernel::{
-        procfs,
+        netns_opener, procfs,
         sock_diag::{is_listening, NsSocket},
         socket_owners::{self, Walk, INODES_MAX},
     },
@@ -106,7 +106,7 @@ impl FoundOwners {
                 ask.truncate(INODES_MAX);
                 self.last_walk = Some(Instant::now());
                 let inodes: Vec<u32> = ask.iter().map(|s| s.socket.inode).collect();
-                let walk = socket_owners::find(&inodes);
+                let walk = netns_opener::find_socket_owners(&inodes);
                 self.take(&walk, &ask, cgroup_root);
             }
         }

@@ -152,7 +152,7 @@ pub fn attachable_programs() -> Vec<&'static str> {
     };
     portmon::kernel::bpf::PROGRAMS
         .iter()
-        .filter(|(name, _)| !portmon::kernel::bpf::loader::OPTIONAL.contains(name) || has(name))
+        .filter(|(name, _)| !portmon::kernel::bpf::programs::OPTIONAL.contains(name) || has(name))
         .map(|(name, _)| *name)
         .collect()
 }
@@ -162,7 +162,7 @@ pub fn attachable_programs() -> Vec<&'static str> {
 pub fn default_programs() -> Vec<&'static str> {
     attachable_programs()
         .into_iter()
-        .filter(|name| !portmon::kernel::bpf::loader::OPT_IN.contains(name))
+        .filter(|name| !portmon::kernel::bpf::programs::OPT_IN.contains(name))
         .collect()
 }
 

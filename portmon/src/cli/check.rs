@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::{init_logging, lookup::write_stdout, LogFormat};
 use crate::{
     kernel::{
-        bpf::{loader::OPTIONAL, Kernel},
+        bpf::{programs::OPTIONAL, Kernel},
         features::{self, Found},
         preflight,
     },

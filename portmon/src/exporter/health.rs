@@ -5,7 +5,7 @@
 use portmon_common::{map, Family, Proto};
 
 use super::{definitions as def, families::Families, ScrapeInput};
-use crate::kernel::bpf::loader::{OPTIONAL, OPT_IN};
+use crate::kernel::bpf::programs::{OPTIONAL, OPT_IN};
 
 /// Adds the health families; `folded` is how many ports the per-port
 /// families folded, `scrape_seconds` how long gathering took.

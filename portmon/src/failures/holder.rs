@@ -25,10 +25,9 @@ use crate::{
     kernel::{
         mounts::Mounts,
         netns,
-        netns_opener::{NetnsFile, Wanted},
+        netns_opener::{self, NetnsFile, Wanted},
         procfs,
         sock_diag::{self, Dump, End, NsSocket, Ports, SockDiag, SocketState},
-        socket_owners,
     },
     owners,
 };
@@ -138,7 +137,7 @@ impl Holders {
         if inodes.is_empty() {
             return None;
         }
-        let walk = socket_owners::find(&inodes);
+        let walk = netns_opener::find_socket_owners(&inodes);
         let root = self.cgroup_root.get_or_insert_with(cgroup_root).clone();
         sockets.iter().find_map(|s| {
             let pid = *walk.holders.get(&s.socket.inode)?;

@@ -6,8 +6,10 @@
 //! here instead. Reading another user's `/proc/PID/fd` needs ptrace access
 //! (`proc_fd_access_allowed`, fs/proc/base.c), so in the daemon the walk is
 //! the namespace helper's, which holds `CAP_SYS_PTRACE`; the daemon asks
-//! it by inode and gets plain numbers back. Without the helper the walk
-//! runs here and finds what this process may read (its user's processes).
+//! it by inode and gets plain numbers back
+//! ([`netns_opener::find_socket_owners`](super::netns_opener::find_socket_owners)).
+//! Without the helper the walk runs in the daemon and finds what it may
+//! read (its user's processes).
 //!
 //! A walk costs one `readlink` per open descriptor of the host, so it is
 //! bounded: by processes, by descriptors and by time, and a walk cut short
@@ -19,8 +21,6 @@ use std::{
     os::unix::ffi::OsStrExt as _,
     time::{Duration, Instant},
 };
-
-use super::netns_opener;
 
 /// Inodes one request may ask about (and so pairs one answer may carry).
 pub const INODES_MAX: usize = 4096;
@@ -99,18 +99,6 @@ pub fn walk(inodes: &[u32]) -> Walk {
         }
     }
     found
-}
-
-/// Finds the holders of `inodes` through the namespace helper if it runs
-/// (the first [`INODES_MAX`] of them), else by walking here.
-pub fn find(inodes: &[u32]) -> Walk {
-    if let Some(helper) = netns_opener::helper() {
-        match helper.socket_owners(inodes) {
-            Ok(walk) => return walk,
-            Err(err) => tracing::debug!("the namespace helper did not find socket owners: {err}"),
-        }
-    }
-    walk(inodes)
 }
 
 fn pid_of(name: &OsStr) -> Option<u32> {

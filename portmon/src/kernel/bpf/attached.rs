@@ -9,7 +9,7 @@ use portmon_common::program;
 
 use super::{
     fdinfo,
-    loader::{Hook, PROGRAMS},
+    programs::{Hook, PROGRAMS},
 };
 
 /// Asks the kernel which programs run at portmon's cgroup, through the

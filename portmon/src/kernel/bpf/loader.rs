@@ -13,7 +13,7 @@ use aya::{
     },
     Ebpf, EbpfError, EbpfLoader,
 };
-use portmon_common::{capacity, global, map, program, SLOTS_PER_GROUP};
+use portmon_common::{capacity, global, map, SLOTS_PER_GROUP};
 
 use super::{
     attached::AttachedCheck,
@@ -25,56 +25,13 @@ use super::{
     maps::{Capacities, KernelMaps},
     pools::PoolCounters,
     program_stats::ProgramIds,
+    programs::{Hook, OPTIONAL, OPT_IN, PROGRAMS},
     reclaim::Reclaim,
     socket_table::{SocketTable, SocketTableError},
 };
 
 /// The kernel programs, built by build.rs from `portmon-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portmon.bpf.o"));
-
-/// Where a program attaches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Hook {
-    /// The cgroup v2 root, next to any other program there (BPF_F_ALLOW_MULTI).
-    CgroupRoot,
-    /// A raw tracepoint (no tracefs needed, no record built per hit).
-    RawTracepoint { name: &'static str },
-}
-
-/// Every program and its hook. No `syscalls:*` tracepoint: attaching one
-/// slows every system call of every process on the host.
-pub const PROGRAMS: &[(&str, Hook)] = &[
-    (program::SOCK_RELEASE, Hook::CgroupRoot),
-    (program::POST_BIND4, Hook::CgroupRoot),
-    (program::POST_BIND6, Hook::CgroupRoot),
-    (
-        program::INET_SOCK_SET_STATE,
-        Hook::RawTracepoint {
-            name: "inet_sock_set_state",
-        },
-    ),
-    (program::BIND4, Hook::CgroupRoot),
-    (program::BIND6, Hook::CgroupRoot),
-    (program::CONNECT4, Hook::CgroupRoot),
-    (program::CONNECT6, Hook::CgroupRoot),
-    (
-        program::SOCK_SEND_LENGTH,
-        Hook::RawTracepoint {
-            name: "sock_send_length",
-        },
-    ),
-    (program::SOCK_OPS, Hook::CgroupRoot),
-];
-
-/// Programs whose hook older kernels lack: where it cannot attach, portmon
-/// runs without it (`portmon_program_attached` says 0) and says so once.
-/// `sock_send_length` (Linux 6.3) is the only place a UDP send that failed
-/// for want of a port shows.
-pub const OPTIONAL: &[&str] = &[program::SOCK_SEND_LENGTH];
-
-/// Programs attached only when asked for ([`LoadOptions::connect_search`]):
-/// what they cost is more than what they tell most hosts.
-pub const OPT_IN: &[&str] = &[program::SOCK_OPS];
 
 /// How to load the kernel programs: map sizes, and the benchmark's floor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,9 +18,11 @@ pub mod mapped_array;
 pub mod maps;
 pub mod pools;
 pub mod program_stats;
+pub mod programs;
 pub mod reclaim;
 pub mod socket_table;
 
 pub use events::FailureEvents;
-pub use loader::{Kernel, LoadError, LoadOptions, PROGRAMS};
+pub use loader::{Kernel, LoadError, LoadOptions};
 pub use maps::{KernelMaps, MapUsage};
+pub use programs::PROGRAMS;

@@ -36,6 +36,19 @@ use std::{
 mod helper;
 mod wire;
 
+/// Finds the holders of `inodes` through the helper if it runs (the first
+/// [`INODES_MAX`](crate::kernel::socket_owners::INODES_MAX) of them), else
+/// by walking `/proc` in this process.
+pub fn find_socket_owners(inodes: &[u32]) -> Walk {
+    if let Some(helper) = helper() {
+        match helper.socket_owners(inodes) {
+            Ok(walk) => return walk,
+            Err(err) => tracing::debug!("the namespace helper did not find socket owners: {err}"),
+        }
+    }
+    crate::kernel::socket_owners::walk(inodes)
+}
+
 /// Decodes `bytes` as each message of the helper's protocol: a request, as
 /// the privileged helper reads it from the daemon, and both kinds of
 /// answer, as the daemon reads them back. For the fuzz target: the
