@@ -51,7 +51,8 @@ struct Workload {
 }
 
 /// In a namespace whose pool is 10 ports: a TCP and a UDP listener, one
-/// more TCP listener inside the pool, a bind
+/// more TCP listener inside the pool, UDP binds past the namespace's share
+/// of port blocks, a bind
 /// to the taken TCP port (EADDRINUSE), a bind-before-connect, connects to
 /// one destination until no port is left (EADDRNOTAVAIL), and a bind(0)
 /// that finds none (EADDRINUSE). Says when the connect failed on `failed`,
@@ -63,6 +64,13 @@ fn exhaust_the_pool(failed: mpsc::Sender<()>, filed: mpsc::Receiver<()>) -> Work
     let udp = UdpSocket::bind(("127.0.0.1", UDP_PORT)).expect("udp bind");
     // A listener inside the pool: the hazards row and its alert have data.
     let in_range = TcpListener::bind(("127.0.0.1", IN_RANGE_PORT)).expect("listen in the pool");
+    // UDP binds in more 64-port blocks than a namespace's share of one
+    // table: the last ones fold into their class (PortmonPortCountsFolded).
+    let share =
+        (portmon_common::capacity::BLOCKS_PER_NAMESPACE / portmon_common::capacity::HOST_ENTRIES) as u16;
+    for k in 0..share + 5 {
+        drop(UdpSocket::bind(("127.0.0.1", 1024 + 64 * k)).expect("a bind in a block of its own"));
+    }
     let conflict = TcpListener::bind(("127.0.0.1", SERVICE_PORT)).expect_err("the port is taken");
     assert_eq!(conflict.kind(), ErrorKind::AddrInUse, "{conflict}");
     keep.push(Box::new(bind_zero_then_connect(SERVICE_PORT)));
