@@ -137,10 +137,10 @@ pub mod slot {
 /// Default capacities; the daemon may resize maps before load.
 pub mod capacity {
     /// Blocks of `PORTS_PER_BLOCK` ports (per namespace, protocol, family
-    /// and kind of counter). With a table per eight blocks, room for the
-    /// tables of the namespaces a pod host makes and ends within the
-    /// couple of seconds their entries take to come back.
-    pub const PORT_STATS: u32 = 1 << 13;
+    /// and kind of counter). A host whose namespaces come and go by the
+    /// hundred a second raises it (`port-stats-capacity`): the maps hold
+    /// the tables of the namespaces of the last couple of seconds.
+    pub const PORT_STATS: u32 = 1 << 12;
     /// Blocks per `PORT_TABLES` entry the loader provides for: a table
     /// indexes every block of its namespace, protocol, family and kind, and
     /// most use a few (a listener, a destination) or a range of them (the
@@ -166,7 +166,7 @@ pub mod capacity {
     pub const HOST_BLOCKS: u32 = 256;
     /// Blocks one namespace other than the host's may hold, split evenly
     /// over its (at most `HOST_ENTRIES`) tables: 85 blocks, 5,440 ports, per
-    /// table; an eighth of the default `PORT_STATS`.
+    /// table; a quarter of the default `PORT_STATS`.
     pub const BLOCKS_PER_NAMESPACE: u32 = 1024;
     /// Namespaces whose connects' port searches are timed
     /// (`CONNECT_SEARCH`).

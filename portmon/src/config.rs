@@ -85,10 +85,9 @@ impl Default for Config {
             registry: None,
             // 65,536 sockets followed at once, 72 bytes each in the kernel (4.5 MB).
             sockets_capacity: portmon_common::capacity::SOCKETS,
-            // 8,192 blocks of 64 ports, 590 bytes each in the kernel (4.8 MB): a
-            // whole default ephemeral range takes 441 blocks per protocol and family,
-            // and a host whose pods come and go holds the tables of the last
-            // couple of seconds' namespaces.
+            // 4,096 blocks of 64 ports, 590 bytes each in the kernel (2.4 MB), mapped
+            // into the daemon: a whole default ephemeral range takes 441 blocks per
+            // protocol and family.
             port_stats_capacity: portmon_common::capacity::PORT_STATS,
             // 1,024 blocks: 5,440 ports in each of a namespace's (at most 12) tables.
             max_port_blocks_per_namespace: portmon_common::capacity::BLOCKS_PER_NAMESPACE,

@@ -35,6 +35,10 @@ const RECLAIM_SECONDS: f64 = 2.5;
 const STAYING_PORT: u16 = 7_001;
 const CHURN_PORT: u16 = 7_002;
 const GRACE_SECONDS: u64 = 3;
+/// Blocks of port counters: room for the tables of the namespaces of the
+/// last `RECLAIM_SECONDS` at `RATE` (the tables are an eighth of it), twice
+/// the default, as a host whose namespaces come and go this fast sets it.
+const PORT_STATS_CAPACITY: &str = "8192";
 const RSS_LIMIT: u64 = 64 << 20;
 
 /// Binds a listener on `port` of the thread's namespace, connects to it
@@ -100,6 +104,8 @@ fn five_thousand_namespaces_come_and_go_and_leave_nothing_behind() {
             &grace,
             "--netns-label",
             "always",
+            "--port-stats-capacity",
+            PORT_STATS_CAPACITY,
             // Its per-namespace histograms must go with the rest.
             "--connect-search",
             "true",
