@@ -39,6 +39,7 @@ const GUEST_MODULES: &[&str] = &[
     "exporter::",
     "ports::",
     "transparency::",
+    "connect_search::",
 ];
 
 /// Tests of those modules that stay on the host (see above).
