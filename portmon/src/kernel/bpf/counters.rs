@@ -211,6 +211,18 @@ pub struct PortCount {
 /// What port counts are grouped by while they are summed.
 pub(super) type PortKey = (u64, Proto, Family, Role, u16);
 
+/// What a table's count of `port` is grouped by; `None` for a key of a
+/// protocol, family or kind this build does not know.
+pub(super) fn port_key(key: &PortTableKey, port: u16) -> Option<PortKey> {
+    Some((
+        key.netns,
+        Proto::try_from(key.proto).ok()?,
+        Family::try_from(key.family).ok()?,
+        Role::of_kind(key.kind).ok()?,
+        port,
+    ))
+}
+
 impl PortCount {
     /// A count from its grouping key and what was summed under it.
     pub(super) fn from_key((netns, proto, family, role, port): PortKey, stats: PortStats) -> Self {
@@ -257,7 +269,7 @@ pub fn read_overflow(counters: &PortCounters, more: &[(usize, PortTableKey)]) ->
 }
 
 /// What a port's counters are gathered under: (netns, proto, family, role, port).
-type CounterKey = (u64, Proto, Family, Role, u16);
+type CounterKey = PortKey;
 
 /// Every port's counters: the blocks' counters, and the live sockets of
 /// `followed` on each port. Tables with keys portmon does not know are
@@ -269,14 +281,10 @@ pub fn read_ports(
 ) -> Vec<PortCount> {
     let mut ports: BTreeMap<CounterKey, PortStats> = BTreeMap::new();
     for (key, port, n) in counters.counts(more) {
-        let (Ok(proto), Ok(family), Ok(role)) = (
-            Proto::try_from(key.proto),
-            Family::try_from(key.family),
-            Role::of_kind(key.kind),
-        ) else {
+        let Some(grouped) = port_key(&key, port) else {
             continue;
         };
-        let stats = ports.entry((key.netns, proto, family, role, port)).or_default();
+        let stats = ports.entry(grouped).or_default();
         match key.kind {
             kind::BINDS => stats.binds = n,
             kind::LISTENS => stats.listens = n,

@@ -100,14 +100,10 @@ impl KernelMaps {
             .collect();
         for (_, _, counts) in self.retired.0.values() {
             for &(key, port, n) in &counts.ports {
-                let (Ok(proto), Ok(family), Ok(role)) = (
-                    Proto::try_from(key.proto),
-                    Family::try_from(key.family),
-                    Role::of_kind(key.kind),
-                ) else {
+                let Some(grouped) = counters::port_key(&key, port) else {
                     continue;
                 };
-                let stats = by_key.entry((key.netns, proto, family, role, port)).or_default();
+                let stats = by_key.entry(grouped).or_default();
                 match key.kind {
                     kind::BINDS => stats.binds += n,
                     kind::LISTENS => stats.listens += n,
