@@ -1,7 +1,7 @@
 //! The JSON API: the live inventory (`/api/v1/ports`), joined with the
 //! owners the kernel programs recorded and the registry's service names.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{borrow::Cow, collections::HashMap, sync::Arc};
 
 use portmon_common::{Owner, Proto};
 use serde::{Deserialize, Serialize};
@@ -23,28 +23,57 @@ use crate::{
     state::State,
 };
 
-/// One socket as the API and `portmon ports` show it.
+/// One socket as the API and `portmon ports` show it. The daemon's
+/// answers borrow what they can (labels, names, services): a large host's
+/// inventory is tens of thousands of entries, serialized while many clients
+/// wait, and a copy of every field per entry was most of a scrape's memory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PortEntry {
-    pub netns: String,
-    pub proto: String,
-    pub family: String,
-    pub state: String,
-    pub local: String,
-    pub remote: String,
+pub struct PortEntry<'a> {
+    pub netns: Cow<'a, str>,
+    pub proto: Cow<'a, str>,
+    pub family: Cow<'a, str>,
+    pub state: Cow<'a, str>,
+    pub local: Cow<'a, str>,
+    pub remote: Cow<'a, str>,
     pub port: u16,
-    pub class: String,
-    pub service: String,
+    pub class: Cow<'a, str>,
+    pub service: Cow<'a, str>,
     pub uid: u32,
     pub cookie: u64,
     /// Who bound or listened, when a kernel program saw it; else the
     /// process found holding the socket among every process's descriptors.
-    pub owner: Option<OwnerEntry>,
+    pub owner: Option<OwnerEntry<'a>>,
+}
+
+impl PortEntry<'_> {
+    /// The entry with nothing borrowed, to outlive what it was made from.
+    pub fn into_owned(self) -> PortEntry<'static> {
+        let own = |c: Cow<'_, str>| Cow::Owned(c.into_owned());
+        PortEntry {
+            netns: own(self.netns),
+            proto: own(self.proto),
+            family: own(self.family),
+            state: own(self.state),
+            local: own(self.local),
+            remote: own(self.remote),
+            port: self.port,
+            class: own(self.class),
+            service: own(self.service),
+            uid: self.uid,
+            cookie: self.cookie,
+            owner: self.owner.map(|o| OwnerEntry {
+                pid: o.pid,
+                comm: o.comm,
+                cgroup: o.cgroup,
+                unit: o.unit.map(own),
+            }),
+        }
+    }
 }
 
 /// The process behind a socket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OwnerEntry {
+pub struct OwnerEntry<'a> {
     pub pid: u32,
     pub comm: String,
     /// cgroup v2 id.
@@ -52,7 +81,7 @@ pub struct OwnerEntry {
     /// The systemd unit the cgroup's path names (`nginx.service`), if any;
     /// `null` (never left out) otherwise. An older daemon does not send it.
     #[serde(default)]
-    pub unit: Option<String>,
+    pub unit: Option<Cow<'a, str>>,
 }
 
 /// Which sockets to list.
@@ -89,59 +118,123 @@ impl PortFilter {
         })
     }
 
-    fn keeps(&self, s: &NsSocket, netns_name: &str) -> bool {
+    /// Whether `s` is listed, its namespace named by `netns_names`.
+    fn keeps(&self, s: &NsSocket, netns_names: &HashMap<u64, String>) -> bool {
         (!self.listening || is_listening(s.socket.state, s.socket.proto))
             && self.port.is_none_or(|p| s.socket.local.port() == p)
             && self.proto.is_none_or(|p| s.socket.proto == p)
-            && self.netns.as_deref().is_none_or(|n| n == netns_name)
+            && self
+                .netns
+                .as_deref()
+                .is_none_or(|n| netns_name(netns_names, s.netns) == n)
     }
 }
 
-/// The inventory as entries, filtered, sorted by namespace, protocol, port;
-/// owners by socket cookie, their units by cgroup id.
-pub fn port_entries(
-    sockets: &[NsSocket],
-    registry: &Registry,
-    owners: &HashMap<u64, Owner>,
-    units: &HashMap<u64, String>,
-    netns_names: &HashMap<u64, String>,
+/// A namespace's name, borrowed unless it has none to borrow.
+fn netns_name(names: &HashMap<u64, String>, cookie: u64) -> Cow<'_, str> {
+    match names.get(&cookie) {
+        Some(name) => Cow::Borrowed(name),
+        None => Cow::Owned(display_name(names, cookie)),
+    }
+}
+
+/// The inventory's sockets that a filter keeps, sorted by namespace,
+/// protocol, port and state, as [`PortEntry`]s made one at a time: the
+/// daemon writes a large host's answer without holding every entry at once.
+#[derive(Debug)]
+pub struct PortListing<'a> {
+    sockets: &'a [NsSocket],
+    order: Vec<usize>,
+    registry: &'a Registry,
+    /// By socket cookie.
+    owners: &'a HashMap<u64, Owner>,
+    /// Owners' units by cgroup id.
+    units: &'a HashMap<u64, String>,
+    netns_names: &'a HashMap<u64, String>,
+}
+
+impl<'a> PortListing<'a> {
+    pub fn new(
+        sockets: &'a [NsSocket],
+        registry: &'a Registry,
+        owners: &'a HashMap<u64, Owner>,
+        units: &'a HashMap<u64, String>,
+        netns_names: &'a HashMap<u64, String>,
+        filter: &PortFilter,
+    ) -> Self {
+        let mut order: Vec<usize> = (0..sockets.len())
+            .filter(|&i| filter.keeps(&sockets[i], netns_names))
+            .collect();
+        let key = |&i: &usize| {
+            let s = &sockets[i].socket;
+            (
+                netns_name(netns_names, sockets[i].netns),
+                s.proto.label(),
+                s.local.port(),
+                s.state_label(),
+            )
+        };
+        order.sort_by(|a, b| key(a).cmp(&key(b)));
+        Self {
+            sockets,
+            order,
+            registry,
+            owners,
+            units,
+            netns_names,
+        }
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = PortEntry<'a>> + '_ {
+        self.order.iter().map(|&i| self.entry(&self.sockets[i]))
+    }
+
+    fn entry(&self, s: &NsSocket) -> PortEntry<'a> {
+        let port = s.socket.local.port();
+        PortEntry {
+            netns: netns_name(self.netns_names, s.netns),
+            proto: s.socket.proto.label().into(),
+            family: s.socket.family.label().into(),
+            state: s.socket.state_label().into(),
+            local: s.socket.local.to_string().into(),
+            remote: s.socket.remote.to_string().into(),
+            port,
+            class: PortClass::of(port).label().into(),
+            service: self
+                .registry
+                .service_name(port, s.socket.proto.into())
+                .unwrap_or("")
+                .into(),
+            uid: s.socket.uid,
+            cookie: s.socket.cookie,
+            owner: self.owners.get(&s.socket.cookie).map(|o| OwnerEntry {
+                pid: o.pid,
+                comm: comm_text(&o.comm),
+                cgroup: o.cgroup,
+                unit: self.units.get(&o.cgroup).map(|u| u.as_str().into()),
+            }),
+        }
+    }
+}
+
+impl Serialize for PortListing<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.entries())
+    }
+}
+
+/// The inventory as entries: [`PortListing`]'s, all at once.
+pub fn port_entries<'a>(
+    sockets: &'a [NsSocket],
+    registry: &'a Registry,
+    owners: &'a HashMap<u64, Owner>,
+    units: &'a HashMap<u64, String>,
+    netns_names: &'a HashMap<u64, String>,
     filter: &PortFilter,
-) -> Vec<PortEntry> {
-    let mut entries: Vec<PortEntry> = sockets
-        .iter()
-        .filter_map(|s| {
-            let netns = display_name(netns_names, s.netns);
-            if !filter.keeps(s, &netns) {
-                return None;
-            }
-            let port = s.socket.local.port();
-            Some(PortEntry {
-                netns,
-                proto: s.socket.proto.label().to_owned(),
-                family: s.socket.family.label().to_owned(),
-                state: s.socket.state_label().to_owned(),
-                local: s.socket.local.to_string(),
-                remote: s.socket.remote.to_string(),
-                port,
-                class: PortClass::of(port).label().to_owned(),
-                service: registry
-                    .service_name(port, s.socket.proto.into())
-                    .unwrap_or("")
-                    .to_owned(),
-                uid: s.socket.uid,
-                cookie: s.socket.cookie,
-                owner: owners.get(&s.socket.cookie).map(|o| OwnerEntry {
-                    pid: o.pid,
-                    comm: comm_text(&o.comm),
-                    cgroup: o.cgroup,
-                    unit: units.get(&o.cgroup).cloned(),
-                }),
-            })
-        })
-        .collect();
-    entries
-        .sort_by(|a, b| (&a.netns, &a.proto, a.port, &a.state).cmp(&(&b.netns, &b.proto, b.port, &b.state)));
-    entries
+) -> Vec<PortEntry<'a>> {
+    PortListing::new(sockets, registry, owners, units, netns_names, filter)
+        .entries()
+        .collect()
 }
 
 /// What the daemon answers over HTTP: `/metrics`, `/healthz`, and the
@@ -202,11 +295,10 @@ impl Service for Endpoints {
                 Ok(filter) => {
                     let answer = self.ports.run_for(filter.clone(), || {
                         let inventoried = state.snapshot();
-                        let listed =
-                            |s: &NsSocket| filter.keeps(s, &display_name(&inventoried.names, s.netns));
+                        let listed = |s: &NsSocket| filter.keeps(s, &inventoried.names);
                         let owners = state.owners_of(&inventoried.snapshot.sockets, &listed);
                         let units = state.units(owners.values().map(|o| o.cgroup));
-                        Response::json(&port_entries(
+                        Response::json(&PortListing::new(
                             &inventoried.snapshot.sockets,
                             &state.settings().registry,
                             &owners,

@@ -138,7 +138,7 @@ pub fn run(args: PortsArgs) -> anyhow::Result<ExitCode> {
 /// The daemon's configuration: the file given, which must be there and be
 /// valid; else the default file if it is readable and valid, else the defaults.
 /// The daemon's answer; `None` when no daemon listens there.
-fn ask_daemon(addr: SocketAddr, filter: &PortFilter) -> Option<anyhow::Result<Vec<PortEntry>>> {
+fn ask_daemon(addr: SocketAddr, filter: &PortFilter) -> Option<anyhow::Result<Vec<PortEntry<'static>>>> {
     let mut query = Vec::new();
     if filter.listening {
         query.push("listening=1".to_owned());
@@ -193,7 +193,10 @@ pub(super) fn snapshot_without_daemon() -> anyhow::Result<(Snapshot, HashMap<u64
 
 /// Without a daemon the owners are the processes found holding each
 /// socket: all of them as root, the user's own otherwise (as with `ss -p`).
-fn snapshot_here(registry: Option<&std::path::Path>, filter: &PortFilter) -> anyhow::Result<Vec<PortEntry>> {
+fn snapshot_here(
+    registry: Option<&std::path::Path>,
+    filter: &PortFilter,
+) -> anyhow::Result<Vec<PortEntry<'static>>> {
     let registry = Registry::load(registry)?;
     let (snapshot, names) = snapshot_without_daemon()?;
     let cgroup_root = Mounts::read()
@@ -206,14 +209,12 @@ fn snapshot_here(registry: Option<&std::path::Path>, filter: &PortFilter) -> any
         .values()
         .filter_map(|o| Some((o.cgroup, cgroups.unit(o.cgroup)?)))
         .collect();
-    Ok(port_entries(
-        &snapshot.sockets,
-        &registry,
-        &owners,
-        &units,
-        &names,
-        filter,
-    ))
+    Ok(
+        port_entries(&snapshot.sockets, &registry, &owners, &units, &names, filter)
+            .into_iter()
+            .map(PortEntry::into_owned)
+            .collect(),
+    )
 }
 
 /// Which optional parts of the table to print.
@@ -243,15 +244,15 @@ fn print_table(
         .iter()
         .map(|e| {
             let mut row = vec![
-                e.netns.clone(),
-                e.proto.clone(),
-                e.state.clone(),
-                e.local.clone(),
-                e.remote.clone(),
-                e.class.clone(),
+                e.netns.to_string(),
+                e.proto.to_string(),
+                e.state.to_string(),
+                e.local.to_string(),
+                e.remote.to_string(),
+                e.class.to_string(),
             ];
             if columns.services {
-                row.push(e.service.clone());
+                row.push(e.service.to_string());
             }
             if columns.processes {
                 let owner = e.owner.as_ref();
@@ -260,7 +261,12 @@ fn print_table(
                         .map(|o| format!("{}({})", o.comm, o.pid))
                         .unwrap_or_default(),
                 );
-                row.push(owner.and_then(|o| o.unit.clone()).unwrap_or_default());
+                row.push(
+                    owner
+                        .and_then(|o| o.unit.as_deref())
+                        .unwrap_or_default()
+                        .to_owned(),
+                );
             }
             row
         })
@@ -273,7 +279,7 @@ mod tests {
     use super::*;
     use crate::api::OwnerEntry;
 
-    fn nginx() -> OwnerEntry {
+    fn nginx() -> OwnerEntry<'static> {
         OwnerEntry {
             pid: 42,
             comm: "nginx".into(),
@@ -282,13 +288,13 @@ mod tests {
         }
     }
 
-    fn entry(port: u16, owner: Option<OwnerEntry>) -> PortEntry {
+    fn entry(port: u16, owner: Option<OwnerEntry<'static>>) -> PortEntry<'static> {
         PortEntry {
             netns: "host".into(),
             proto: "tcp".into(),
             family: "ipv4".into(),
             state: "listen".into(),
-            local: format!("127.0.0.1:{port}"),
+            local: format!("127.0.0.1:{port}").into(),
             remote: "0.0.0.0:0".into(),
             port,
             class: "system".into(),

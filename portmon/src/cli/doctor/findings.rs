@@ -258,7 +258,7 @@ fn conflicts(evidence: &Evidence, findings: &mut Vec<Finding>) {
                 s.netns == netns
                     && s.proto == proto
                     && u64::from(s.port) == port
-                    && matches!(s.state.as_str(), "listen" | "unconn" | "bound" | "time_wait")
+                    && matches!(s.state.as_ref(), "listen" | "unconn" | "bound" | "time_wait")
             })
             .map(|s| match &s.owner {
                 Some(o) => format!("{}({}) {}", o.comm, o.pid, s.state),
@@ -359,20 +359,20 @@ mod tests {
     use super::*;
     use crate::{api::OwnerEntry, cli::doctor::metrics};
 
-    fn socket(state: &str, local: &str, remote: &str, owner: Option<(&str, u32)>) -> PortEntry {
+    fn socket(state: &str, local: &str, remote: &str, owner: Option<(&str, u32)>) -> PortEntry<'static> {
         PortEntry {
             netns: "app".into(),
             proto: "tcp".into(),
             family: "ipv4".into(),
-            state: state.into(),
-            local: local.into(),
-            remote: remote.into(),
+            state: state.to_owned().into(),
+            local: local.to_owned().into(),
+            remote: remote.to_owned().into(),
             port: local
                 .rsplit_once(':')
                 .and_then(|(_, p)| p.parse().ok())
                 .unwrap_or(0),
             class: "user".into(),
-            service: String::new(),
+            service: "".into(),
             uid: 0,
             cookie: 0,
             owner: owner.map(|(comm, pid)| OwnerEntry {

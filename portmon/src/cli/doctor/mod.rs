@@ -81,7 +81,7 @@ pub struct Finding {
 pub struct Evidence {
     /// `/api/v1/ephemeral`, namespaces by name.
     pub ephemeral: Value,
-    pub sockets: Vec<PortEntry>,
+    pub sockets: Vec<PortEntry<'static>>,
     /// `/api/v1/failures`; empty from a snapshot.
     pub failures: Vec<Value>,
     /// The few metrics doctor reads, `(name, labels) → value`; empty from a snapshot.
@@ -224,7 +224,10 @@ fn snapshot(registry: Option<&std::path::Path>) -> anyhow::Result<Evidence> {
         &HashMap::new(),
         &names,
         &PortFilter::default(),
-    );
+    )
+    .into_iter()
+    .map(PortEntry::into_owned)
+    .collect();
     Ok(Evidence {
         ephemeral,
         sockets,
