@@ -12,12 +12,12 @@ mod nginx;
 use std::{
     io,
     net::{TcpListener, TcpStream, UdpSocket},
-    os::fd::AsRawFd,
+    os::fd::AsFd as _,
     time::{Duration, Instant},
 };
 
 use portmon::kernel::bpf::LoadOptions;
-use portmon_tests::{in_fresh_netns, write_sysctl, Monitor};
+use portmon_tests::{in_fresh_netns, reset_on_close, write_sysctl, Monitor};
 
 /// Rounds of the kernel's own account of BPF time, and operations in each.
 const ROUNDS: usize = 15;
@@ -233,7 +233,7 @@ fn tcp_loop(ops: usize) -> io::Result<()> {
         let client = TcpStream::connect(addr)?;
         let (server, _) = listener.accept()?;
         // Close with RST so no TIME_WAIT piles up over thousands of loops.
-        set_linger_zero(&client);
+        reset_on_close(client.as_fd());
         drop(client);
         drop(server);
     }
@@ -270,23 +270,6 @@ fn udp_loop(ops: usize) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-fn set_linger_zero(stream: &TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid linger struct for SO_LINGER.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            std::mem::size_of::<libc::linger>() as u32,
-        )
-    };
 }
 
 /// The 95% confidence interval of the median, from order statistics (no

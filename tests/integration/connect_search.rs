@@ -6,14 +6,14 @@
 use std::{
     io::ErrorKind,
     net::{SocketAddr, TcpStream},
-    os::fd::AsRawFd,
+    os::fd::AsFd as _,
 };
 
 use portmon::kernel::bpf::{connect_search::SearchTimes, LoadOptions};
 use portmon_common::SEARCH_BUCKETS;
-use portmon_tests::{in_fresh_netns, serial, write_sysctl, Monitor};
+use portmon_tests::{in_fresh_netns, reset_on_close, serial, write_sysctl, Monitor};
 
-use crate::exhaustion::{connect_until_refused, Server};
+use crate::exhaustion::Server;
 
 /// 5,000 ports, 40000–44999: enough that a search over a nearly full pool
 /// walks hundreds of them.
@@ -21,33 +21,17 @@ const POOL: usize = 5000;
 /// Held ports let go again, evenly spread: the free ports a search over
 /// the nearly full pool has to find.
 const FREED: usize = 25;
+/// Connects made before the server closes its side: the descriptors the
+/// test holds at most.
+const BATCH: usize = 250;
 /// Connects timed per phase.
 const TIMED: usize = 300;
-
-/// Closes a connection with a reset: the port is free at once, with no
-/// TIME_WAIT to hold it.
-fn reset(stream: TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid socket and a linger struct we own.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
-}
 
 /// `TIMED` connects to `to`, each reset at once so that the pool stays as it is.
 fn timed_connects(to: SocketAddr) {
     for _ in 0..TIMED {
-        reset(TcpStream::connect(to).expect("connect while ports are left"));
+        let stream = TcpStream::connect(to).expect("connect while ports are left");
+        reset_on_close(stream.as_fd());
     }
 }
 
@@ -78,38 +62,45 @@ fn mean_ns(t: &SearchTimes) -> f64 {
     t.sum_ns as f64 / t.count().max(1) as f64
 }
 
-/// Raises the open-descriptor limit to what the full pool needs (two
-/// descriptors per port), past the hard one where root may (a test
-/// guest's init leaves 4,096), else to the hard one.
-fn raise_descriptor_limit() {
-    let needed = (3 * POOL) as u64;
-    // SAFETY: getrlimit/setrlimit on a struct we own.
-    unsafe {
-        let mut limit: libc::rlimit = std::mem::zeroed();
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        if limit.rlim_max < needed {
-            let raised = libc::rlimit {
-                rlim_cur: needed,
-                rlim_max: needed,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                return;
+/// Connects to `server` until the kernel refuses: every port of the pool
+/// taken, most by a TIME_WAIT (which holds its port with no descriptor, so
+/// the test fits any descriptor limit), and one in every `POOL / FREED` by
+/// a connection kept open, to be reset later. Returns the kept ones, how
+/// many connected, and the refusal.
+fn fill_pool(server: &Server) -> (Vec<TcpStream>, usize, std::io::Error) {
+    let mut kept = Vec::new();
+    let mut connected = 0;
+    loop {
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut refused = None;
+        while batch.len() < BATCH {
+            match TcpStream::connect(server.addr) {
+                Ok(stream) => batch.push(stream),
+                Err(err) => {
+                    refused = Some(err);
+                    break;
+                }
             }
         }
-        limit.rlim_cur = limit.rlim_max;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
-        assert!(
-            limit.rlim_cur >= needed,
-            "hard descriptor limit {}",
-            limit.rlim_max
-        );
+        for stream in batch {
+            if connected % (POOL / FREED) == 0 {
+                kept.push(stream);
+            }
+            // Else closed here first, so that this side, not the
+            // server's, keeps the TIME_WAIT once the server closes.
+            connected += 1;
+        }
+        server.close_accepted();
+        if let Some(err) = refused {
+            return (kept, connected, err);
+        }
+        assert!(connected <= POOL, "more than {POOL} connects");
     }
 }
 
 #[test]
 fn the_port_search_takes_longer_as_the_pool_fills() {
     let _serial = serial();
-    raise_descriptor_limit();
     let monitor = Monitor::attach_with(LoadOptions {
         connect_search: true,
         ..LoadOptions::default()
@@ -117,6 +108,8 @@ fn the_port_search_takes_longer_as_the_pool_fills() {
     in_fresh_netns(|ns| {
         write_sysctl("net/ipv4/ip_local_port_range", "40000 44999");
         write_sysctl("net/ipv4/tcp_tw_reuse", "0");
+        // A small guest's default is below the pool.
+        write_sysctl("net/ipv4/tcp_max_tw_buckets", "20000");
         let server = Server::start(5000);
         let read = || {
             monitor.connect_search(ns.cookie).unwrap_or(SearchTimes {
@@ -136,9 +129,9 @@ fn the_port_search_takes_longer_as_the_pool_fills() {
             "each connect counted once: {empty:?}"
         );
 
-        let (mut held, err) = connect_until_refused(server.addr, POOL);
+        let (kept, connected, err) = fill_pool(&server);
         assert_eq!(err.kind(), ErrorKind::AddrNotAvailable, "{err}");
-        assert_eq!(held.len(), POOL, "every port of the pool");
+        assert_eq!(connected, POOL, "every port of the pool");
         let filled = read();
         let filling = since(&empty_done, &filled);
         assert_eq!(
@@ -146,8 +139,9 @@ fn the_port_search_takes_longer_as_the_pool_fills() {
             POOL as u64 + 1,
             "every connect, and the search that found no port: {filling:?}"
         );
-        for i in (0..FREED).rev() {
-            reset(held.swap_remove(i * (POOL / FREED)));
+        assert_eq!(kept.len(), FREED);
+        for stream in kept {
+            reset_on_close(stream.as_fd());
         }
 
         let nearly_full_start = read();
@@ -174,7 +168,6 @@ fn the_port_search_takes_longer_as_the_pool_fills() {
             mean_ns(&nearly_full) > 2.0 * mean_ns(&empty),
             "{empty:?} {nearly_full:?}"
         );
-        drop(held);
         drop(server);
     });
 }

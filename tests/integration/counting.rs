@@ -5,7 +5,7 @@ use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 
 use portmon::kernel::bpf::LoadOptions;
 use portmon_common::{Assignment, Family, Proto, Role};
-use portmon_tests::{in_fresh_netns, serial, Monitor};
+use portmon_tests::{in_fresh_netns, reset_on_close, serial, Monitor};
 
 /// A port no other test uses, so a failure names its test.
 const PORT: u16 = 15_201;
@@ -521,17 +521,7 @@ fn connect_and_close_at_once(addr: SocketAddr, n: usize) {
             assert_eq!(libc::bind(fd, (&raw const sin).cast(), len), 0, "bind 0");
             sin.sin_port = addr.port().to_be();
             libc::connect(fd, (&raw const sin).cast(), len);
-            let linger = libc::linger {
-                l_onoff: 1,
-                l_linger: 0,
-            };
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&raw const linger).cast(),
-                std::mem::size_of_val(&linger) as u32,
-            );
+            reset_on_close(std::os::fd::BorrowedFd::borrow_raw(fd));
             libc::close(fd);
         }
     }

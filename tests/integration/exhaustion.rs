@@ -86,7 +86,7 @@ impl Server {
 
     /// Closes the accepted sockets (after their clients closed, so the
     /// clients keep the TIME_WAIT).
-    fn close_accepted(&self) {
+    pub(crate) fn close_accepted(&self) {
         // Accepts still queued are taken first, so that none stays open.
         std::thread::sleep(Duration::from_millis(50));
         self.accepted.lock().unwrap().clear();

@@ -44,6 +44,27 @@ pub fn serial() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Makes closing `socket` send a reset: its port is free at once, with no
+/// TIME_WAIT left for the tests after.
+pub fn reset_on_close(socket: std::os::fd::BorrowedFd<'_>) {
+    use std::os::fd::AsRawFd as _;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on an open descriptor with a linger struct we own.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_LINGER: {}", io::Error::last_os_error());
+}
+
 /// Name given to the threads tests make sockets on; the kernel reports it as `comm`.
 pub const TEST_COMM: &str = "pm-test-ns";
 
