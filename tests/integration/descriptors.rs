@@ -29,6 +29,8 @@ fn sockets_on(exposition: &str, port: u16) -> f64 {
 #[test]
 fn short_of_descriptors_it_serves_keeps_the_inventory_and_counts_what_it_left_out() {
     let _serial = serial();
+    // Our own connections' descriptors, past a soft limit of 1,024.
+    portmon::kernel::resources::raise_descriptor_limit().expect("raise RLIMIT_NOFILE");
     let listener = TcpListener::bind(("127.0.0.1", PORT)).expect("listen");
     let mut held = Vec::with_capacity(2 * CONNECTIONS);
     for _ in 0..CONNECTIONS {

@@ -162,9 +162,13 @@ fn a_failure_storm_keeps_the_watchdog_counts_and_memory() {
     );
     assert!(settled, "failures seen and accounted for differ:\n{last}");
     assert_eq!(bound, 0, "binds meant to fail succeeded");
+    let overflows: Vec<&str> = last
+        .lines()
+        .filter(|l| l.starts_with("portmon_map_overflows_total{") && !l.ends_with(" 0"))
+        .collect();
     assert!(
         seen >= failed as f64,
-        "the workers failed {failed} binds, the daemon saw {seen}"
+        "the workers failed {failed} binds, the daemon saw {seen}; maps that overflowed: {overflows:?}"
     );
     assert!(
         seen > 100_000.0,
