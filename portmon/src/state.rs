@@ -422,16 +422,22 @@ impl State {
     /// forgets those whose grace period is over.
     ///
     /// A namespace is gone when it held kernel entries before a complete
-    /// scan began and the scan did not find it: the scan finds every
-    /// namespace a process is in or `/run/netns` names, so one missing from
-    /// it is dead or held only by a descriptor or a mount elsewhere (which,
-    /// counting again, takes new entries: its counters restart from its
-    /// final counts). A scan the host cut short decides nothing.
+    /// scan began, the scan did not find it, and no socket portmon follows
+    /// is open in it. The scan finds every namespace a process is in or
+    /// `/run/netns` names; an open socket holds its namespace alive when
+    /// no process is in it any more (a socket handed over, a thread that
+    /// left). One missing from both is dead or held only by a namespace
+    /// descriptor or a mount elsewhere (which, counting again, takes new
+    /// entries: its counters restart from its final counts). A scan the
+    /// host cut short decides nothing.
     ///
     /// Returns whether namespaces are coming and going: one appeared in the
     /// maps or went since the last look, or entries wait in quarantine.
     pub fn reclaim(&self) -> bool {
-        let counted = self.maps().counted_namespaces();
+        let (counted, held) = {
+            let maps = self.maps();
+            (maps.counted_namespaces(), maps.namespaces_with_sockets())
+        };
         let appeared = {
             let mut last = lock(&self.last_counted);
             let appeared = counted.iter().any(|netns| !last.contains(netns));
@@ -453,7 +459,11 @@ impl State {
             (complete, known, names)
         };
         let gone: std::collections::HashSet<u64> = if complete {
-            counted.difference(&known).copied().collect()
+            counted
+                .difference(&known)
+                .filter(|netns| !held.contains(netns))
+                .copied()
+                .collect()
         } else {
             Default::default()
         };

@@ -1,8 +1,9 @@
 //! Namespaces by the thousand, made and dropped: portmon gives back their
 //! kernel entries, drops their series after the grace period and keeps
-//! counting the namespaces that stay exactly; and an unprivileged user
+//! counting the namespaces that stay exactly; an unprivileged user
 //! filling the maps from namespaces of its own cannot stop the host's
-//! binds from being counted.
+//! binds from being counted; and a namespace that only its sockets hold is
+//! counted until they close.
 
 use std::{
     net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -320,5 +321,88 @@ fn an_unprivileged_user_filling_the_maps_cannot_stop_the_hosts_counts() {
         "filler: PORT_TABLES lost {} counts, PORT_STATS {}; the host's binds on port {port} all counted",
         after.port_tables_overflow - before.port_tables_overflow,
         after.port_stats_overflow - before.port_stats_overflow,
+    );
+}
+
+/// The port a namespace held only by its sockets listens on.
+const HELD_PORT: u16 = 7_003;
+
+/// The binds counted on `HELD_PORT` outside the host's namespace, or `None`
+/// once no series names them.
+fn held_binds(daemon: &Daemon) -> Option<f64> {
+    let label = format!("port=\"{HELD_PORT}\"");
+    let values: Vec<f64> = daemon
+        .scrape()
+        .lines()
+        .filter(|l| l.starts_with("portmon_binds_total{") && l.contains(&label))
+        .filter(|l| !l.contains("netns=\"host\""))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// A descriptor of the network namespace `socket` lives in (`SIOCGSKNS`).
+fn netns_of(socket: &TcpListener) -> std::os::fd::OwnedFd {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _};
+    const SIOCGSKNS: libc::c_ulong = 0x894C;
+    // SAFETY: an ioctl on an open socket that returns a new descriptor.
+    let fd = unsafe { libc::ioctl(socket.as_raw_fd(), SIOCGSKNS) };
+    assert!(fd >= 0, "SIOCGSKNS: {}", std::io::Error::last_os_error());
+    // SAFETY: a descriptor the kernel just gave us.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}
+
+#[test]
+fn a_namespace_held_only_by_its_sockets_keeps_its_counts_until_they_close() {
+    let _serial = serial();
+    let addr: SocketAddr = LISTEN.parse().unwrap();
+    let daemon = Daemon::start(addr, &["--netns-grace-seconds", "1", "--netns-label", "always"]);
+    // Made on a thread that then ends: no process is in the namespace and
+    // no mount names it; only its sockets hold it.
+    let (listener, connection) = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                enter_fresh_netns();
+                let listener = TcpListener::bind(("127.0.0.1", HELD_PORT)).expect("bind");
+                let client = TcpStream::connect(("127.0.0.1", HELD_PORT)).expect("connect");
+                let accepted = listener.accept().expect("accept").0;
+                (listener, (client, accepted))
+            })
+            .join()
+            .expect("the namespace's thread")
+    });
+    assert!(
+        wait_until(Duration::from_secs(10), || held_binds(&daemon) == Some(1.0)),
+        "the bind was not counted: {:?}",
+        held_binds(&daemon)
+    );
+    // Reclaims come every half second while namespaces come and go, every
+    // five seconds otherwise: several pass, each past the grace period.
+    std::thread::sleep(Duration::from_secs(12));
+    // The port bound again there: counted on top of the first bind, in the
+    // namespace's own entries, which a namespace taken for gone would have
+    // given back with its count.
+    let netns = netns_of(&listener);
+    drop(listener);
+    let path = std::path::PathBuf::from(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&netns)
+    ));
+    portmon::kernel::netns::run_in(&path, || {
+        drop(TcpListener::bind(("127.0.0.1", HELD_PORT)).expect("bind again"));
+    })
+    .expect("enter the namespace");
+    drop(netns);
+    assert!(
+        wait_until(Duration::from_secs(10), || held_binds(&daemon) == Some(2.0)),
+        "a namespace its open sockets hold was taken for gone: binds {:?}",
+        held_binds(&daemon)
+    );
+    // Closed, the namespace goes, and its series after the grace period.
+    drop(connection);
+    assert!(
+        wait_until(Duration::from_secs(20), || held_binds(&daemon).is_none()),
+        "the namespace's series outlived it: {:?}",
+        held_binds(&daemon)
     );
 }

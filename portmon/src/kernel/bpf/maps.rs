@@ -261,6 +261,13 @@ impl KernelMaps {
         self.sockets.read()
     }
 
+    /// The namespaces of the sockets followed now: alive, whatever a scan
+    /// of processes and mounts finds, since an open socket holds its
+    /// namespace.
+    pub fn namespaces_with_sockets(&self) -> HashSet<u64> {
+        self.sockets.read().into_iter().map(|f| f.slot.netns).collect()
+    }
+
     /// Who bound, listened on or connected each followed socket, by cookie.
     pub fn owners(&self) -> HashMap<u64, Owner> {
         self.sockets.owners()
