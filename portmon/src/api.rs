@@ -223,20 +223,6 @@ impl Serialize for PortListing<'_> {
     }
 }
 
-/// The inventory as entries: [`PortListing`]'s, all at once.
-pub fn port_entries<'a>(
-    sockets: &'a [NsSocket],
-    registry: &'a Registry,
-    owners: &'a HashMap<u64, Owner>,
-    units: &'a HashMap<u64, String>,
-    netns_names: &'a HashMap<u64, String>,
-    filter: &PortFilter,
-) -> Vec<PortEntry<'a>> {
-    PortListing::new(sockets, registry, owners, units, netns_names, filter)
-        .entries()
-        .collect()
-}
-
 /// What the daemon answers over HTTP: `/metrics`, `/healthz`, and the
 /// JSON API unless it is turned off (`api = false`).
 #[derive(Debug)]

@@ -12,7 +12,7 @@ use super::{
     EXIT_USAGE,
 };
 use crate::{
-    api::{port_entries, PortEntry, PortFilter},
+    api::{PortEntry, PortFilter, PortListing},
     cgroups::CgroupPaths,
     config::ConfigError,
     inventory::{Inventory, Snapshot},
@@ -209,12 +209,8 @@ fn snapshot_here(
         .values()
         .filter_map(|o| Some((o.cgroup, cgroups.unit(o.cgroup)?)))
         .collect();
-    Ok(
-        port_entries(&snapshot.sockets, &registry, &owners, &units, &names, filter)
-            .into_iter()
-            .map(PortEntry::into_owned)
-            .collect(),
-    )
+    let listing = PortListing::new(&snapshot.sockets, &registry, &owners, &units, &names, filter);
+    Ok(listing.entries().map(PortEntry::into_owned).collect())
 }
 
 /// Which optional parts of the table to print.

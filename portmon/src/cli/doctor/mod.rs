@@ -24,7 +24,7 @@ use super::{
     EXIT_USAGE,
 };
 use crate::{
-    api::{port_entries, PortEntry, PortFilter},
+    api::{PortEntry, PortFilter, PortListing},
     config::ConfigError,
     exhaustion::{self, DEFAULT_TOP_DESTINATIONS},
     registry::Registry,
@@ -217,17 +217,16 @@ fn snapshot(registry: Option<&std::path::Path>) -> anyhow::Result<Evidence> {
     );
     let mut ephemeral = serde_json::to_value(&report).context("cannot encode the pools")?;
     name_namespaces(&mut ephemeral, &names);
-    let sockets = port_entries(
+    let (owners, units) = (HashMap::new(), HashMap::new());
+    let listing = PortListing::new(
         &snapshot.sockets,
         &registry,
-        &HashMap::new(),
-        &HashMap::new(),
+        &owners,
+        &units,
         &names,
         &PortFilter::default(),
-    )
-    .into_iter()
-    .map(PortEntry::into_owned)
-    .collect();
+    );
+    let sockets = listing.entries().map(PortEntry::into_owned).collect();
     Ok(Evidence {
         ephemeral,
         sockets,
