@@ -48,6 +48,13 @@ pub mod map {
     pub const FREE_PORT_BLOCKS: &str = "FREE_PORT_BLOCKS";
     /// Entries of `POOL_KEYS` given back, as `FREE_PORT_TABLES`.
     pub const FREE_POOLS: &str = "FREE_POOLS";
+    /// Entries of the reserve of `PORT_TABLES` for the host's namespaces
+    /// (see `global::SHARED_TABLES`) given back, as `FREE_PORT_TABLES`.
+    pub const FREE_RESERVED_PORT_TABLES: &str = "FREE_RESERVED_PORT_TABLES";
+    /// Entries of the reserve of `PORT_STATS`, as above.
+    pub const FREE_RESERVED_PORT_BLOCKS: &str = "FREE_RESERVED_PORT_BLOCKS";
+    /// Entries of the reserve of `POOL_KEYS`, as above.
+    pub const FREE_RESERVED_POOLS: &str = "FREE_RESERVED_POOLS";
     /// When each TCP connect entered SYN_SENT, by socket cookie (an LRU
     /// hash of `u64` nanoseconds): the start of its port search.
     pub const CONNECT_SEARCH_STARTS: &str = "CONNECT_SEARCH_STARTS";
@@ -75,9 +82,20 @@ pub mod global {
     /// `u32`: blocks one table of a namespace other than the host's may
     /// hold; counts past them go to the table's `overflow` by range class.
     pub const TABLE_BLOCK_QUOTA: &str = "PORTMON_TABLE_BLOCK_QUOTA";
-    /// `u32`: the last `PORT_STATS` entry shared by every namespace; those
-    /// after it are the host's reserve.
+    /// `u32`: the last `PORT_STATS` entry shared by every namespace. After
+    /// it come the reserve of the namespaces the host's user namespace owns,
+    /// up to `RESERVED_BLOCKS`, and then the host's own reserve.
     pub const SHARED_BLOCKS: &str = "PORTMON_SHARED_BLOCKS";
+    /// `u32`: the last `PORT_STATS` entry of the reserve of the namespaces
+    /// the host's user namespace owns (made with `CAP_SYS_ADMIN` on the
+    /// host: a container runtime's, `ip netns`'): an unprivileged user's
+    /// namespaces, owned by a user namespace of its own, cannot take them.
+    pub const RESERVED_BLOCKS: &str = "PORTMON_RESERVED_BLOCKS";
+    /// `u32`: the last `PORT_TABLES` entry shared by every namespace; those
+    /// after it are the reserve, as for `RESERVED_BLOCKS`.
+    pub const SHARED_TABLES: &str = "PORTMON_SHARED_TABLES";
+    /// `u32`: the last `POOL_KEYS` entry shared by every namespace, as above.
+    pub const SHARED_POOLS: &str = "PORTMON_SHARED_POOLS";
     /// `u8`: the state tracepoint records when each TCP connect's port
     /// search starts, for `sock_ops` to time it (`connect-search`).
     pub const CONNECT_SEARCH: &str = "PORTMON_CONNECT_SEARCH";
@@ -130,8 +148,15 @@ pub mod slot {
     pub const POOLS_TAKEN: u32 = 9;
     /// Entries of the host's reserve of `PORT_STATS` handed out so far.
     pub const HOST_BLOCKS_TAKEN: u32 = 10;
+    /// Entries of the reserve of `PORT_TABLES` (`global::SHARED_TABLES`)
+    /// handed out new so far, as `PORT_TABLES_TAKEN`.
+    pub const RESERVED_TABLES_TAKEN: u32 = 11;
+    /// Entries of the reserve of `PORT_STATS`, as above.
+    pub const RESERVED_BLOCKS_TAKEN: u32 = 12;
+    /// Entries of the reserve of `POOL_KEYS`, as above.
+    pub const RESERVED_POOLS_TAKEN: u32 = 13;
     /// Number of slots.
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 14;
 }
 
 /// Default capacities; the daemon may resize maps before load.
@@ -168,6 +193,14 @@ pub mod capacity {
     /// over its (at most `HOST_ENTRIES`) tables: 85 blocks, 5,440 ports, per
     /// table; a quarter of the default `PORT_STATS`.
     pub const BLOCKS_PER_NAMESPACE: u32 = 1024;
+    /// Of the entries of `PORT_STATS`, `PORT_TABLES` and `POOL_KEYS` that
+    /// are not the host's own, the part kept for namespaces the host's user
+    /// namespace owns (a pod's, a root container's): half, so that an
+    /// unprivileged user's namespaces fill at most the other half, and the
+    /// host-owned ones take from both.
+    pub const fn reserved_part(entries: u32) -> u32 {
+        entries / 2
+    }
     /// Namespaces whose connects' port searches are timed
     /// (`CONNECT_SEARCH`).
     pub const CONNECT_SEARCH_NAMESPACES: u32 = 1 << 10;
@@ -560,9 +593,13 @@ pub struct KernelLayout {
     pub net_cookie: u32,
     /// `struct sock`, `sk_protocol` (a `u16` since Linux 5.6).
     pub sk_protocol: u32,
+    /// `struct net`, `user_ns` (a `struct user_namespace *`).
+    pub net_user_ns: u32,
+    /// `struct user_namespace`, `level` (an `int`: 0 for the host's).
+    pub user_ns_level: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelLayout>() == 24);
+const _: () = assert!(core::mem::size_of::<KernelLayout>() == 32);
 
 /// Offsets in `struct sock_common` (include/net/sock.h) that have not moved
 /// since Linux 2.6.38, because socket lookups compare them as words: the

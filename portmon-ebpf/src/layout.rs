@@ -13,8 +13,10 @@ static PORTMON_KERNEL_LAYOUT: KernelLayout = KernelLayout {
     skc_net: 48,
     skc_v6_daddr: 56,
     net_cookie: 120,
-    // Always set by the loader; 0 is no offset of it.
+    // Always set by the loader; 0 is no offset of these.
     sk_protocol: 0,
+    net_user_ns: 0,
+    user_ns_level: 0,
     _pad: 0,
 };
 
@@ -83,6 +85,25 @@ pub fn netns(sk: u64) -> u64 {
     read::<u64>(sk, l.skc_net)
         .and_then(|net| read(net, l.net_cookie))
         .unwrap_or(0)
+}
+
+/// The kernel socket of a sock_addr context: the first member of the
+/// `struct bpf_sock_addr_kern` the context points to (include/linux/filter.h).
+/// The context's own `sk` is a pointer the verifier allows no arithmetic on,
+/// so it cannot be read through; 0 if the read fails.
+#[inline(always)]
+pub fn sock_addr_sk(ctx: u64) -> u64 {
+    read(ctx, 0).unwrap_or(0)
+}
+
+/// The nesting level of the user namespace that owns the socket's network
+/// namespace: 0 for the host's; `None` if it cannot be read.
+#[inline(always)]
+pub fn user_ns_level(sk: u64) -> Option<i32> {
+    let l = layout();
+    let net: u64 = read(sk, l.skc_net)?;
+    let user_ns: u64 = read(net, l.net_user_ns)?;
+    read(user_ns, l.user_ns_level)
 }
 
 /// The socket's protocol (`IPPROTO_*`); 0 if it cannot be read.

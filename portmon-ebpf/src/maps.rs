@@ -4,6 +4,7 @@
 
 use core::intrinsics::{atomic_cxchg, atomic_xadd, AtomicOrdering};
 
+use crate::layout;
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_NOEXIST},
     macros::map,
@@ -29,6 +30,18 @@ static FREE_PORT_BLOCKS: Queue<u32> = Queue::with_max_entries(capacity::PORT_STA
 #[map]
 static FREE_POOLS: Queue<u32> = Queue::with_max_entries(capacity::POOLS, 0);
 
+// The same for the reserves of host-owned namespaces (`Netns::host_owned`),
+// which the others never take from.
+#[map]
+static FREE_RESERVED_PORT_TABLES: Queue<u32> =
+    Queue::with_max_entries(capacity::PORT_STATS / capacity::BLOCKS_PER_TABLE_ENTRY, 0);
+
+#[map]
+static FREE_RESERVED_PORT_BLOCKS: Queue<u32> = Queue::with_max_entries(capacity::PORT_STATS, 0);
+
+#[map]
+static FREE_RESERVED_POOLS: Queue<u32> = Queue::with_max_entries(capacity::POOLS, 0);
+
 /// Set by the loader: the daemon's own namespace (see `global::HOST_NETNS`).
 #[unsafe(no_mangle)]
 static PORTMON_HOST_NETNS: u64 = 0;
@@ -39,13 +52,109 @@ static PORTMON_TABLE_BLOCK_QUOTA: u32 = capacity::BLOCKS_PER_NAMESPACE / capacit
 
 /// Set by the loader (see `global::SHARED_BLOCKS`).
 #[unsafe(no_mangle)]
-static PORTMON_SHARED_BLOCKS: u32 = capacity::PORT_STATS;
+static PORTMON_SHARED_BLOCKS: u32 = capacity::PORT_STATS / 2;
+
+/// Set by the loader (see `global::RESERVED_BLOCKS`).
+#[unsafe(no_mangle)]
+static PORTMON_RESERVED_BLOCKS: u32 = capacity::PORT_STATS;
+
+/// Set by the loader (see `global::SHARED_TABLES`).
+#[unsafe(no_mangle)]
+static PORTMON_SHARED_TABLES: u32 = u32::MAX;
+
+/// Set by the loader (see `global::SHARED_POOLS`).
+#[unsafe(no_mangle)]
+static PORTMON_SHARED_POOLS: u32 = u32::MAX;
+
+/// A plain read of a static the loader sets; volatile so the compiler
+/// keeps it.
+macro_rules! loader_set {
+    ($name:ident) => {
+        // SAFETY: a plain read of a static.
+        unsafe { core::ptr::read_volatile(&raw const $name) }
+    };
+}
 
 #[inline(always)]
 fn host_netns() -> u64 {
-    // SAFETY: a plain read of a static; volatile so the compiler keeps it
-    // for the loader to set.
-    unsafe { core::ptr::read_volatile(&raw const PORTMON_HOST_NETNS) }
+    loader_set!(PORTMON_HOST_NETNS)
+}
+
+/// The namespace a count is for: its cookie, and a socket in it, through
+/// which the rare claim of a new table, block or pool learns who owns it.
+#[derive(Clone, Copy)]
+pub struct Netns {
+    pub cookie: u64,
+    sk: u64,
+    /// `sk` is a sock_addr context, which holds the socket.
+    in_context: bool,
+}
+
+impl Netns {
+    /// The namespace `cookie`, which the kernel socket at address `sk` is in.
+    #[inline(always)]
+    pub fn new(cookie: u64, sk: u64) -> Self {
+        Self {
+            cookie,
+            sk,
+            in_context: false,
+        }
+    }
+
+    /// The namespace `cookie`, which the socket of the sock_addr context
+    /// `ctx` is in.
+    #[inline(always)]
+    pub fn of_sock_addr(cookie: u64, ctx: u64) -> Self {
+        Self {
+            cookie,
+            sk: ctx,
+            in_context: true,
+        }
+    }
+
+    /// The same socket's namespace, by the cookie its slot recorded.
+    #[inline(always)]
+    pub fn with_cookie(self, cookie: u64) -> Self {
+        Self { cookie, ..self }
+    }
+
+    /// Whether the host's user namespace owns it: made by a process with
+    /// `CAP_SYS_ADMIN` on the host, not by an unprivileged user through a
+    /// user namespace of its own. Read only when something is claimed.
+    #[inline(always)]
+    fn host_owned(&self) -> bool {
+        let sk = if self.in_context {
+            layout::sock_addr_sk(self.sk)
+        } else {
+            self.sk
+        };
+        layout::user_ns_level(sk) == Some(0)
+    }
+}
+
+/// Which part of an array an entry may come from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// The host's namespace: its own entries, then the shared ones.
+    Host,
+    /// A namespace the host's user namespace owns: the reserve, then the
+    /// shared entries.
+    Reserved,
+    /// Any other: the shared entries only.
+    Shared,
+}
+
+impl Part {
+    #[inline(always)]
+    fn of(ns: &Netns) -> Self {
+        if ns.cookie == host_netns() {
+            Part::Host
+        } else if ns.host_owned() {
+            Part::Reserved
+        } else {
+            Part::Shared
+        }
+    }
 }
 
 // Preallocated: an insert takes an element from a per-CPU free list instead
@@ -114,9 +223,9 @@ pub fn count_health(slot: u32) {
 
 /// Adds one to the `kind::*` counter of a port; a full map is counted.
 #[inline(always)]
-pub fn count(netns: u64, proto: u8, family: u8, kind: u8, port: u16) {
-    let key = PortTableKey::new(netns, proto, family, kind);
-    let Some(table) = table(&key) else {
+pub fn count(ns: Netns, proto: u8, family: u8, kind: u8, port: u16) {
+    let key = PortTableKey::new(ns.cookie, proto, family, kind);
+    let Some(table) = table(&key, &ns) else {
         return count_health(slot::PORT_TABLES_OVERFLOW);
     };
     // SAFETY: port / PORTS_PER_BLOCK is below BLOCKS_PER_TABLE; a map value
@@ -129,7 +238,7 @@ pub fn count(netns: u64, proto: u8, family: u8, kind: u8, port: u16) {
     // SAFETY: as above; other CPUs may write it, once, from 0.
     let mut index = unsafe { core::ptr::read_volatile(entry) };
     if index == 0 {
-        index = match claim_block(table, entry, netns == host_netns()) {
+        index = match claim_block(table, entry, &ns) {
             Some(index) => index,
             None => return overflow(table, port),
         };
@@ -155,23 +264,27 @@ fn overflow(table: *mut PortTable, port: u16) {
 
 /// Takes a block for the table entry `entry` (0 now): the host's reserve
 /// first for the host's namespace, which has no quota; for any other, none
-/// past its quota. The quota is checked before the block is taken, so CPUs
-/// racing may each take one more: a bound all the same.
+/// past its quota, from the reserve of host-owned namespaces first if it
+/// is one. The quota is checked before the block is taken, so CPUs racing
+/// may each take one more: a bound all the same.
 #[inline(always)]
-fn claim_block(table: *mut PortTable, entry: *mut u32, host: bool) -> Option<u32> {
+fn claim_block(table: *mut PortTable, entry: *mut u32, ns: &Netns) -> Option<u32> {
     // SAFETY: a map value pointer, 8-byte aligned, valid for this run.
     let held = unsafe { &raw mut (*table).held };
-    let taken = if host {
-        take_host_block().or_else(take_shared_block)
-    } else {
-        // SAFETY: as above.
-        let quota = unsafe { core::ptr::read_volatile(&raw const PORTMON_TABLE_BLOCK_QUOTA) };
+    let part = Part::of(ns);
+    if part != Part::Host {
+        let quota = loader_set!(PORTMON_TABLE_BLOCK_QUOTA);
         // SAFETY: as above.
         if unsafe { core::ptr::read_volatile(held) } >= u64::from(quota) {
             return None;
         }
-        take_shared_block()
-    };
+    }
+    let taken = match part {
+        Part::Host => take_host_block(),
+        Part::Reserved => take_reserved_block(),
+        Part::Shared => None,
+    }
+    .or_else(take_shared_block);
     let Some(taken) = taken else {
         count_health(slot::PORT_STATS_OVERFLOW);
         return None;
@@ -181,26 +294,43 @@ fn claim_block(table: *mut PortTable, entry: *mut u32, host: bool) -> Option<u32
     if index == taken {
         // SAFETY: as above.
         unsafe { xadd(held, 1) };
-    } else {
+    } else if taken <= loader_set!(PORTMON_SHARED_BLOCKS) {
         // Nobody else knew `taken`: it is free again at once.
         let _ = FREE_PORT_BLOCKS.push(taken, 0);
+    } else if taken <= loader_set!(PORTMON_RESERVED_BLOCKS) {
+        let _ = FREE_RESERVED_PORT_BLOCKS.push(taken, 0);
     }
+    // A block of the host's reserve lost so stays unused: that reserve is
+    // never given back.
     Some(index)
 }
 
 /// A block of the shared part of `PORT_STATS`: one given back, else a new one.
 #[inline(always)]
 fn take_shared_block() -> Option<u32> {
-    // SAFETY: a plain read of a static the loader sets.
-    let last = unsafe { core::ptr::read_volatile(&raw const PORTMON_SHARED_BLOCKS) };
+    let last = loader_set!(PORTMON_SHARED_BLOCKS);
     take(&FREE_PORT_BLOCKS, slot::PORT_BLOCKS_TAKEN, 0, last)
 }
 
-/// A block of the host's reserve, after the shared part; never given back.
+/// A block of the reserve of host-owned namespaces, after the shared part.
+#[inline(always)]
+fn take_reserved_block() -> Option<u32> {
+    let (first, last) = (
+        loader_set!(PORTMON_SHARED_BLOCKS),
+        loader_set!(PORTMON_RESERVED_BLOCKS),
+    );
+    take(
+        &FREE_RESERVED_PORT_BLOCKS,
+        slot::RESERVED_BLOCKS_TAKEN,
+        first,
+        last,
+    )
+}
+
+/// A block of the host's reserve, after the other reserve; never given back.
 #[inline(always)]
 fn take_host_block() -> Option<u32> {
-    // SAFETY: a plain read of a static the loader sets.
-    let first = unsafe { core::ptr::read_volatile(&raw const PORTMON_SHARED_BLOCKS) };
+    let first = loader_set!(PORTMON_RESERVED_BLOCKS);
     let taken = HEALTH.get_ptr_mut(slot::HOST_BLOCKS_TAKEN)?;
     let index = first
         .checked_add(1)?
@@ -211,9 +341,9 @@ fn take_host_block() -> Option<u32> {
 /// Adds one to the count of ports the kernel handed out from a pool
 /// (`assigned::*`); a full map is counted.
 #[inline(always)]
-pub fn count_assigned(netns: u64, proto: u8, family: u8, how: u8) {
-    let key = PoolKey::new(netns, proto, family, how);
-    let Some(index) = pool(&key) else {
+pub fn count_assigned(ns: Netns, proto: u8, family: u8, how: u8) {
+    let key = PoolKey::new(ns.cookie, proto, family, how);
+    let Some(index) = pool(&key, &ns) else {
         return count_health(slot::POOLS_OVERFLOW);
     };
     if let Some(n) = POOL_COUNTS.get_ptr_mut(index) {
@@ -225,7 +355,7 @@ pub fn count_assigned(netns: u64, proto: u8, family: u8, how: u8) {
 
 /// The `POOL_KEYS` entry of `key`, taken now if it has none.
 #[inline(always)]
-fn pool(key: &PoolKey) -> Option<u32> {
+fn pool(key: &PoolKey, ns: &Netns) -> Option<u32> {
     let last = LAST_POOL.get_ptr_mut(u32::from(key.how) % u32::from(assigned::COUNT))?;
     // SAFETY: a per-CPU map value pointer; any index is checked below.
     let cached = unsafe { core::ptr::read_volatile(last) };
@@ -240,7 +370,7 @@ fn pool(key: &PoolKey) -> Option<u32> {
         match POOL_INDEX.get_ptr(key) {
             // SAFETY: a map value pointer, valid for this run.
             Some(index) => unsafe { *index },
-            None => claim_pool(key)?,
+            None => claim_pool(key, ns)?,
         }
     };
     // SAFETY: as above.
@@ -261,8 +391,15 @@ fn host_pool(key: &PoolKey) -> Option<u32> {
 
 /// Hands out a `POOL_KEYS` entry for `key`, as `claim_table` does a table.
 #[inline(always)]
-fn claim_pool(key: &PoolKey) -> Option<u32> {
-    let index = take(&FREE_POOLS, slot::POOLS_TAKEN, capacity::HOST_ENTRIES, u32::MAX)?;
+fn claim_pool(key: &PoolKey, ns: &Netns) -> Option<u32> {
+    let shared = loader_set!(PORTMON_SHARED_POOLS);
+    // Past the array's end once the reserve is all handed out.
+    let reserved = || {
+        take(&FREE_RESERVED_POOLS, slot::RESERVED_POOLS_TAKEN, shared, u32::MAX)
+            .filter(|&i| POOL_KEYS.get_ptr(i).is_some())
+    };
+    let index = if ns.host_owned() { reserved() } else { None }
+        .or_else(|| take(&FREE_POOLS, slot::POOLS_TAKEN, capacity::HOST_ENTRIES, shared))?;
     // Past the end once the array is full.
     let held = POOL_KEYS.get_ptr_mut(index)?;
     if POOL_INDEX.insert(key, index, u64::from(BPF_NOEXIST)).is_ok() {
@@ -271,7 +408,12 @@ fn claim_pool(key: &PoolKey) -> Option<u32> {
         return Some(index);
     }
     // Its key never written: no cache can match it, it is free at once.
-    let _ = FREE_POOLS.push(index, 0);
+    let free = if index > shared {
+        &FREE_RESERVED_POOLS
+    } else {
+        &FREE_POOLS
+    };
+    let _ = free.push(index, 0);
     // SAFETY: a map value pointer, valid for this run.
     POOL_INDEX.get_ptr(key).map(|index| unsafe { *index })
 }
@@ -279,7 +421,7 @@ fn claim_pool(key: &PoolKey) -> Option<u32> {
 /// The table of `key`, taken now if it has none; `None` when the tables are
 /// all taken.
 #[inline(always)]
-fn table(key: &PortTableKey) -> Option<*mut PortTable> {
+fn table(key: &PortTableKey, ns: &Netns) -> Option<*mut PortTable> {
     let last = LAST_TABLE.get_ptr_mut(u32::from(key.kind) % KINDS)?;
     // SAFETY: a per-CPU map value pointer, valid for this run. A program
     // that interrupts this one on this CPU may change it, to another valid
@@ -303,7 +445,7 @@ fn table(key: &PortTableKey) -> Option<*mut PortTable> {
         let index = match PORT_TABLE_INDEX.get_ptr(key) {
             // SAFETY: a map value pointer, valid for this run.
             Some(index) => unsafe { *index },
-            None => claim_table(key)?,
+            None => claim_table(key, ns)?,
         };
         (index, PORT_TABLES.get_ptr_mut(index)?)
     };
@@ -321,13 +463,26 @@ fn table(key: &PortTableKey) -> Option<*mut PortTable> {
 /// lost the race never carried a key, and no CPU's cache, stale from the
 /// entry's previous owner, can match it: it is free again at once.
 #[inline(always)]
-fn claim_table(key: &PortTableKey) -> Option<u32> {
-    let index = take(
-        &FREE_PORT_TABLES,
-        slot::PORT_TABLES_TAKEN,
-        capacity::HOST_ENTRIES,
-        u32::MAX,
-    )?;
+fn claim_table(key: &PortTableKey, ns: &Netns) -> Option<u32> {
+    let shared = loader_set!(PORTMON_SHARED_TABLES);
+    // Past the array's end once the reserve is all handed out.
+    let reserved = || {
+        take(
+            &FREE_RESERVED_PORT_TABLES,
+            slot::RESERVED_TABLES_TAKEN,
+            shared,
+            u32::MAX,
+        )
+        .filter(|&i| PORT_TABLES.get_ptr(i).is_some())
+    };
+    let index = if ns.host_owned() { reserved() } else { None }.or_else(|| {
+        take(
+            &FREE_PORT_TABLES,
+            slot::PORT_TABLES_TAKEN,
+            capacity::HOST_ENTRIES,
+            shared,
+        )
+    })?;
     // Past the end once the array is full.
     let table = PORT_TABLES.get_ptr_mut(index)?;
     if PORT_TABLE_INDEX
@@ -338,7 +493,12 @@ fn claim_table(key: &PortTableKey) -> Option<u32> {
         unsafe { (*table).key = *key };
         return Some(index);
     }
-    let _ = FREE_PORT_TABLES.push(index, 0);
+    let free = if index > shared {
+        &FREE_RESERVED_PORT_TABLES
+    } else {
+        &FREE_PORT_TABLES
+    };
+    let _ = free.push(index, 0);
     // SAFETY: a map value pointer, valid for this run.
     PORT_TABLE_INDEX.get_ptr(key).map(|index| unsafe { *index })
 }

@@ -10,7 +10,7 @@ use portmon_common::{assigned, kind, pending, proto, sock_flag, tcp_state};
 
 use crate::{
     layout,
-    maps::{count, count_assigned},
+    maps::{count, count_assigned, Netns},
     sockets::{find, free, settle},
     ALLOW,
 };
@@ -64,19 +64,26 @@ fn on_post_bind(ctx: &SockContext) {
         // Not followed (its slots were taken): counted all the same.
         // SAFETY: as above.
         let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-        return count(netns, proto, family, kind::BINDS, port);
+        return count(
+            Netns::new(netns, ctx.sock as u64),
+            proto,
+            family,
+            kind::BINDS,
+            port,
+        );
     };
     let st = tracked.slot;
+    let ns = Netns::new(st.netns, ctx.sock as u64);
     let asked = if st.pending == pending::BIND {
         st.pending_port
     } else {
         port
     };
     if asked == 0 {
-        count_assigned(st.netns, proto, family, assigned::BIND);
+        count_assigned(ns, proto, family, assigned::BIND);
         st.flags |= sock_flag::BOUND_TO_ZERO;
     } else {
-        count(st.netns, proto, family, kind::BINDS, port);
+        count(ns, proto, family, kind::BINDS, port);
     }
     st.pending = pending::NONE;
     st.local_port = port;
@@ -135,19 +142,25 @@ fn on_release(ctx: &SockContext) {
         {
             return free(tracked);
         }
+        let mut tracked = tracked;
         let Some(head) = layout::head(sk) else {
+            // A bind still pending failed: post_bind clears it on success.
+            // Reported without the port the socket holds, which only a UDP
+            // connect's outcome needs.
+            if tracked.slot.pending == pending::BIND {
+                settle(&mut tracked, Netns::new(0, sk), 0);
+            }
             return free(tracked);
         };
-        let mut tracked = tracked;
         if tracked.slot.pending != pending::NONE {
-            settle(&mut tracked, head.num);
+            settle(&mut tracked, Netns::new(0, sk), head.num);
         }
         let st = &*tracked.slot;
         let counted = st.flags & (sock_flag::BOUND | sock_flag::AUTOBOUND) != 0;
-        let netns = st.netns;
+        let ns = Netns::new(st.netns, sk);
         free(tracked);
         if udp && head.num != 0 && !counted {
-            count_assigned(netns, proto::UDP, head.family as u8, assigned::AUTOBIND);
+            count_assigned(ns, proto::UDP, head.family as u8, assigned::AUTOBIND);
         }
         return;
     }
@@ -155,6 +168,11 @@ fn on_release(ctx: &SockContext) {
     if head.num != 0 {
         // SAFETY: the helper accepts a cgroup sock context.
         let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-        count_assigned(netns, proto::UDP, head.family as u8, assigned::AUTOBIND);
+        count_assigned(
+            Netns::new(netns, sk),
+            proto::UDP,
+            head.family as u8,
+            assigned::AUTOBIND,
+        );
     }
 }

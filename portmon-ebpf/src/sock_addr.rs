@@ -15,7 +15,7 @@ use aya_ebpf::{
 use portmon_common::{family, kind, pending, proto, sock_flag};
 
 use crate::{
-    maps::{count, count_bind_before_connect},
+    maps::{count, count_bind_before_connect, Netns},
     sockets::{find, find_or_claim, settle, Owner, Tracked},
     ALLOW,
 };
@@ -108,6 +108,12 @@ fn netns(ctx: &SockAddrContext) -> u64 {
     unsafe { bpf_get_netns_cookie(ctx.as_ptr()) }
 }
 
+/// The namespace `cookie`, the context's socket's.
+#[inline(always)]
+fn ns(ctx: &SockAddrContext, cookie: u64) -> Netns {
+    Netns::of_sock_addr(cookie, ctx.as_ptr() as u64)
+}
+
 #[inline(always)]
 fn cookie(ctx: &SockAddrContext) -> u64 {
     // SAFETY: the helper accepts a sock_addr context.
@@ -133,7 +139,7 @@ fn on_bind(ctx: &SockAddrContext, family: u8) {
         return;
     };
     if tracked.slot.pending != pending::NONE {
-        settle(&mut tracked, bound_port);
+        settle(&mut tracked, ns(ctx, 0), bound_port);
     }
     tracked.slot.pending = pending::BIND;
     tracked.slot.pending_port = req.port;
@@ -166,11 +172,17 @@ fn on_connect(ctx: &SockAddrContext, family: u8) {
     };
     let Some(mut tracked) = tracked else {
         if req.proto == proto::UDP && !udp_autobind {
-            count(netns(ctx), proto::UDP, family, kind::CONNECTS_TO, req.port);
+            count(
+                ns(ctx, netns(ctx)),
+                proto::UDP,
+                family,
+                kind::CONNECTS_TO,
+                req.port,
+            );
         }
         return;
     };
-    settle_before_connect(&mut tracked, bound_port, has_addr);
+    settle_before_connect(&mut tracked, bound_port, has_addr, ns(ctx, 0));
     if req.proto == proto::TCP {
         // Counted by the state tracepoint once established.
         return;
@@ -182,7 +194,7 @@ fn on_connect(ctx: &SockAddrContext, family: u8) {
         write_requested_addr(ctx, family, &mut st.pending_addr);
         return;
     }
-    count(st.netns, proto::UDP, family, kind::CONNECTS_TO, req.port);
+    count(ns(ctx, st.netns), proto::UDP, family, kind::CONNECTS_TO, req.port);
     // A UDP socket may connect again, elsewhere: it holds one remote port.
     st.remote_port = req.port;
     st.flags |= sock_flag::CONNECTED;
@@ -191,7 +203,7 @@ fn on_connect(ctx: &SockAddrContext, family: u8) {
 /// Settles what was pending on a socket about to connect, and counts a
 /// connect from a socket bound to port 0 by its command.
 #[inline(always)]
-fn settle_before_connect(tracked: &mut Tracked, bound_port: u16, has_addr: bool) {
+fn settle_before_connect(tracked: &mut Tracked, bound_port: u16, has_addr: bool, ns: Netns) {
     let st = &mut *tracked.slot;
     // bind(addr, 0) with IP_BIND_ADDRESS_NO_PORT succeeds without taking a
     // port or running post_bind, and leaves the address set.
@@ -199,7 +211,7 @@ fn settle_before_connect(tracked: &mut Tracked, bound_port: u16, has_addr: bool)
         st.pending = pending::NONE;
     }
     if st.pending != pending::NONE {
-        settle(tracked, bound_port);
+        settle(tracked, ns, bound_port);
     }
     let st = &*tracked.slot;
     if st.proto == proto::TCP && st.flags & sock_flag::BOUND_TO_ZERO != 0 && bound_port != 0 {

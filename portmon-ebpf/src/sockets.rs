@@ -29,7 +29,7 @@ use portmon_common::{
     SocketGroup, SLOTS_PER_GROUP, SOCKETS_PER_GROUP,
 };
 
-use crate::maps::{count, count_assigned, count_health, xadd, FAILURES};
+use crate::maps::{count, count_assigned, count_health, xadd, Netns, FAILURES};
 
 #[map]
 static SOCKET_COOKIES: Array<SocketGroup> =
@@ -258,23 +258,18 @@ pub fn free(tracked: Tracked) {
 /// auto-bind failed returned EAGAIN before connecting (`inet_dgram_connect`,
 /// same file). No hook runs after either syscall returns, so this is the
 /// first moment the outcome is known: the socket's next bind, connect or
-/// its release.
+/// its release. `ns` is the socket's namespace; its cookie is the slot's.
 #[inline(always)]
-pub fn settle(tracked: &mut Tracked, bound_port: u16) {
+pub fn settle(tracked: &mut Tracked, ns: Netns, bound_port: u16) {
     let cookie = tracked.cookie;
     let st = &mut *tracked.slot;
     match st.pending {
         pending::BIND if bound_port == 0 => report(st, cookie, op::BIND, errno::UNRESOLVED),
         pending::UDP_CONNECT if bound_port == 0 => report(st, cookie, op::CONNECT, errno::EAGAIN),
         pending::UDP_CONNECT => {
-            count_assigned(st.netns, proto::UDP, st.family, assigned::AUTOBIND);
-            count(
-                st.netns,
-                proto::UDP,
-                st.family,
-                kind::CONNECTS_TO,
-                st.pending_port,
-            );
+            let ns = ns.with_cookie(st.netns);
+            count_assigned(ns, proto::UDP, st.family, assigned::AUTOBIND);
+            count(ns, proto::UDP, st.family, kind::CONNECTS_TO, st.pending_port);
             st.local_port = bound_port;
             st.remote_port = st.pending_port;
             st.flags |= sock_flag::AUTOBOUND | sock_flag::CONNECTED;

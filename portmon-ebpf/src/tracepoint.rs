@@ -13,7 +13,7 @@ use portmon_common::{assigned, errno, family, kind, op, proto, sock_flag, tcp_st
 use crate::{
     connect_search,
     layout::{self, Head},
-    maps::{count, count_assigned},
+    maps::{count, count_assigned, Netns},
     sockets::{current_failure, find, free, record_owner, send_failure},
 };
 
@@ -74,17 +74,18 @@ fn on_established(sk: u64) {
     let Some(head) = layout::head(sk) else { return };
     let family = head.family as u8;
     let Some(tracked) = find(layout::cookie(sk)) else {
-        let netns = layout::netns(sk);
-        count_assigned(netns, proto::TCP, family, assigned::CONNECT);
-        count(netns, proto::TCP, family, kind::CONNECTS_TO, head.dport);
+        let ns = Netns::new(layout::netns(sk), sk);
+        count_assigned(ns, proto::TCP, family, assigned::CONNECT);
+        count(ns, proto::TCP, family, kind::CONNECTS_TO, head.dport);
         return;
     };
     let st = tracked.slot;
+    let ns = Netns::new(st.netns, sk);
     // bind(addr, 0) with IP_BIND_ADDRESS_NO_PORT left the port to connect.
     if st.flags & sock_flag::BOUND == 0 {
-        count_assigned(st.netns, proto::TCP, family, assigned::CONNECT);
+        count_assigned(ns, proto::TCP, family, assigned::CONNECT);
     }
-    count(st.netns, proto::TCP, family, kind::CONNECTS_TO, head.dport);
+    count(ns, proto::TCP, family, kind::CONNECTS_TO, head.dport);
     st.local_port = head.num;
     st.remote_port = head.dport;
     st.flags |= sock_flag::CONNECTED;
@@ -99,7 +100,8 @@ fn on_listen(sk: u64) {
     // A socket that listens without bind() has no cookie yet, so no slot:
     // its listen is counted, its owner unknown.
     let Some(tracked) = find(layout::cookie(sk)) else {
-        return count(layout::netns(sk), proto::TCP, family, kind::LISTENS, head.num);
+        let ns = Netns::new(layout::netns(sk), sk);
+        return count(ns, proto::TCP, family, kind::LISTENS, head.num);
     };
     let st = tracked.slot;
     // A socket bound to port 0 was claimed without an owner: the process
@@ -107,7 +109,13 @@ fn on_listen(sk: u64) {
     if st.pid == 0 {
         record_owner(st);
     }
-    count(st.netns, proto::TCP, family, kind::LISTENS, head.num);
+    count(
+        Netns::new(st.netns, sk),
+        proto::TCP,
+        family,
+        kind::LISTENS,
+        head.num,
+    );
     st.local_port = head.num;
     st.flags |= sock_flag::LISTENING;
 }

@@ -258,6 +258,8 @@ impl Btf {
             skc_v6_daddr: self.member_offset("sock_common", "skc_v6_daddr").unwrap_or(0),
             net_cookie: self.member_offset("net", "net_cookie")?,
             sk_protocol: self.member_offset("sock", "sk_protocol")?,
+            net_user_ns: self.member_offset("net", "user_ns")?,
+            user_ns_level: self.member_offset("user_namespace", "level")?,
             _pad: 0,
         })
     }
@@ -382,5 +384,7 @@ mod tests {
         assert!(layout.skc_net > sock_common::SKC_FAMILY);
         assert!(layout.net_cookie > 0);
         assert!(layout.sk_protocol > layout.skc_cookie);
+        assert!(layout.net_user_ns > 0);
+        assert!(layout.user_ns_level > 0);
     }
 }

@@ -260,6 +260,11 @@ pub struct Health {
     pub pools_overflow: u64,
     /// Shared entries of `POOL_KEYS` handed out new, as `port_tables_taken`.
     pub pools_taken: u64,
+    /// Entries of the reserve of host-owned namespaces handed out new, as
+    /// above: tables, blocks and pools.
+    pub reserved_tables_taken: u64,
+    pub reserved_blocks_taken: u64,
+    pub reserved_pools_taken: u64,
 }
 
 /// Counts of ports that found no block of their own, of the tables in use
@@ -325,5 +330,8 @@ pub fn read_health(map: &Array<MapData, u64>) -> Health {
         bind_before_connect_overflow: get(slot::BIND_BEFORE_CONNECT_OVERFLOW),
         pools_overflow: get(slot::POOLS_OVERFLOW),
         pools_taken: get(slot::POOLS_TAKEN),
+        reserved_tables_taken: get(slot::RESERVED_TABLES_TAKEN),
+        reserved_blocks_taken: get(slot::RESERVED_BLOCKS_TAKEN),
+        reserved_pools_taken: get(slot::RESERVED_POOLS_TAKEN),
     }
 }

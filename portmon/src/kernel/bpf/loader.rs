@@ -26,7 +26,8 @@ use super::{
     pools::PoolCounters,
     program_stats::ProgramIds,
     programs::{Hook, OPTIONAL, OPT_IN, PROGRAMS},
-    reclaim::Reclaim,
+    reclaim::{FreeQueues, Reclaim},
+    reserve::Split,
     socket_table::{SocketTable, SocketTableError},
 };
 
@@ -60,6 +61,13 @@ pub struct LoadOptions {
     /// Time how long each TCP connect spends finding a local port
     /// (`sock_ops`, and a hash insert per connect in the state tracepoint).
     pub connect_search: bool,
+}
+
+impl LoadOptions {
+    /// How the entries of each map are split between the namespaces.
+    pub fn split(&self) -> Split {
+        Split::new(self.port_stats.max(1), self.port_tables, self.pools)
+    }
 }
 
 impl Default for LoadOptions {
@@ -294,12 +302,20 @@ fn take_maps(
         .filter_map(|&(name, _)| Some((name, ebpf.program(name)?.info().ok()?.id())))
         .collect();
     let attached = AttachedCheck::new(ids.clone());
+    let mut queue = |name: &'static str| take::<Queue<MapData, u32>>(ebpf, name);
+    let free = FreeQueues {
+        tables: queue(map::FREE_PORT_TABLES)?,
+        blocks: queue(map::FREE_PORT_BLOCKS)?,
+        pools: queue(map::FREE_POOLS)?,
+        reserved_tables: queue(map::FREE_RESERVED_PORT_TABLES)?,
+        reserved_blocks: queue(map::FREE_RESERVED_PORT_BLOCKS)?,
+        reserved_pools: queue(map::FREE_RESERVED_POOLS)?,
+    };
     let reclaim = Reclaim::new(
         take::<BpfHashMap<MapData, _, _>>(ebpf, map::PORT_TABLE_INDEX)?,
         take::<BpfHashMap<MapData, _, _>>(ebpf, map::POOL_INDEX)?,
-        take::<Queue<MapData, u32>>(ebpf, map::FREE_PORT_TABLES)?,
-        take::<Queue<MapData, u32>>(ebpf, map::FREE_PORT_BLOCKS)?,
-        take::<Queue<MapData, u32>>(ebpf, map::FREE_POOLS)?,
+        free,
+        options.split(),
     );
     let maps = KernelMaps {
         programs: ProgramIds(ids),
@@ -309,6 +325,7 @@ fn take_maps(
         pools: PoolCounters {
             keys: take(ebpf, map::POOL_KEYS)?,
             counts: take(ebpf, map::POOL_COUNTS)?,
+            split: options.split(),
         },
         bind_before_connect: take(ebpf, map::BIND_BEFORE_CONNECT)?,
         health: take(ebpf, map::HEALTH)?,
@@ -337,15 +354,20 @@ fn open_object(options: LoadOptions, host_netns: u64) -> Result<Ebpf, LoadError>
     let slots = socket_slots(options.sockets);
     let groups = slots / SLOTS_PER_GROUP as u32;
     // The host's entries: tables and pools at fixed entries before the
-    // shared ones, blocks in a reserve after them.
+    // shared ones, blocks in a reserve after every other.
     let host = capacity::HOST_ENTRIES;
-    let shared_blocks = options.port_stats.max(1);
+    let split = options.split();
+    let shared_blocks = split.shared_blocks;
+    let reserved_blocks = split.reserved_blocks - split.shared_blocks;
+    let reserved_tables = options.port_tables + host - split.shared_tables;
+    let reserved_pools = options.pools + host - split.shared_pools;
     let quota = (options.blocks_per_namespace / capacity::HOST_ENTRIES).max(1);
     EbpfLoader::new()
         // Entry 0 marks a block not yet taken: it is never handed out.
         .map_max_entries(
             map::PORT_STATS,
-            shared_blocks
+            split
+                .reserved_blocks
                 .saturating_add(options.host_blocks)
                 .saturating_add(1),
         )
@@ -365,13 +387,19 @@ fn open_object(options: LoadOptions, host_netns: u64) -> Result<Ebpf, LoadError>
             options.pools.saturating_add(host).saturating_add(1),
         )
         .map_max_entries(map::POOL_INDEX, options.pools.max(1))
-        // Room for every shared entry: an index is given back once.
-        .map_max_entries(map::FREE_PORT_TABLES, options.port_tables.max(1))
-        .map_max_entries(map::FREE_PORT_BLOCKS, shared_blocks)
-        .map_max_entries(map::FREE_POOLS, options.pools.max(1))
+        // Room for every entry of the part: an index is given back once.
+        .map_max_entries(map::FREE_PORT_TABLES, (split.shared_tables - host).max(1))
+        .map_max_entries(map::FREE_PORT_BLOCKS, shared_blocks.max(1))
+        .map_max_entries(map::FREE_POOLS, (split.shared_pools - host).max(1))
+        .map_max_entries(map::FREE_RESERVED_PORT_TABLES, reserved_tables.max(1))
+        .map_max_entries(map::FREE_RESERVED_PORT_BLOCKS, reserved_blocks.max(1))
+        .map_max_entries(map::FREE_RESERVED_POOLS, reserved_pools.max(1))
         .override_global(global::HOST_NETNS, &host_netns, true)
         .override_global(global::TABLE_BLOCK_QUOTA, &quota, true)
-        .override_global(global::SHARED_BLOCKS, &shared_blocks, true)
+        .override_global(global::SHARED_BLOCKS, &split.shared_blocks, true)
+        .override_global(global::RESERVED_BLOCKS, &split.reserved_blocks, true)
+        .override_global(global::SHARED_TABLES, &split.shared_tables, true)
+        .override_global(global::SHARED_POOLS, &split.shared_pools, true)
         .map_max_entries(map::SOCKETS, slots)
         .map_max_entries(map::SOCKET_COOKIES, groups)
         .override_global(global::HOOKS_ONLY, &hooks_only, true)

@@ -133,9 +133,7 @@ impl KernelMaps {
     /// Ports the kernel handed out from each pool, by way; given-back
     /// namespaces' within their grace period included.
     pub fn assigned(&self) -> Vec<AssignedCount> {
-        let mut out = self
-            .pools
-            .read(self.health().pools_taken, &self.reclaim.quarantined_pools());
+        let mut out = self.pools.read(&self.health(), &self.reclaim.quarantined_pools());
         out.extend(
             self.retired
                 .0
@@ -148,12 +146,7 @@ impl KernelMaps {
     /// Cookies of the namespaces that hold kernel entries now.
     pub fn counted_namespaces(&self) -> HashSet<u64> {
         let mut found: HashSet<u64> = self.ports.tables().map(|(_, key)| key.netns).collect();
-        found.extend(
-            self.pools
-                .read(self.health().pools_taken, &[])
-                .into_iter()
-                .map(|a| a.netns),
-        );
+        found.extend(self.pools.read(&self.health(), &[]).into_iter().map(|a| a.netns));
         found
     }
 
@@ -298,7 +291,7 @@ impl KernelMaps {
         // Entries in use, read from the entries themselves: those given
         // back are free again, whatever the kernel's count of new ones.
         let (tables, blocks) = self.tables_in_use();
-        let pools = self.pools.in_use(health.pools_taken) + self.reclaim.quarantined_pools().len() as u64;
+        let pools = self.pools.in_use(&health) + self.reclaim.quarantined_pools().len() as u64;
         vec![
             MapUsage {
                 name: map::PORT_STATS,

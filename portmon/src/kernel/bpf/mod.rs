@@ -20,6 +20,7 @@ pub mod pools;
 pub mod program_stats;
 pub mod programs;
 pub mod reclaim;
+pub mod reserve;
 pub mod socket_table;
 
 pub use events::FailureEvents;

@@ -2,13 +2,18 @@
 //! pools: one per namespace, protocol, family and way (`POOL_KEYS`), each
 //! counted per CPU (`POOL_COUNTS`).
 
+use std::ops::RangeInclusive;
+
 use aya::maps::{Array, MapData, PerCpuArray};
 use portmon_common::{capacity, Assignment, Family, PoolKey, Proto};
+
+use super::{counters::Health, reserve::Split};
 
 /// The pool counters: which entry is whose, and their per-CPU counts.
 pub struct PoolCounters {
     pub(super) keys: Array<MapData, PoolKey>,
     pub(super) counts: PerCpuArray<MapData, u64>,
+    pub(super) split: Split,
 }
 
 impl std::fmt::Debug for PoolCounters {
@@ -31,15 +36,33 @@ pub struct AssignedCount {
 }
 
 impl PoolCounters {
+    /// The entries the kernel may have handed out: the host's and the
+    /// shared ones, and the reserve's, each up to the last handed out new
+    /// (the health counters).
+    fn handed_out(&self, health: &Health) -> impl Iterator<Item = u32> {
+        let last = self.keys.len().saturating_sub(1);
+        let upto = |first: u32, taken: u64, end: u32| -> RangeInclusive<u32> {
+            let n = u32::try_from(taken).unwrap_or(u32::MAX);
+            first..=first.saturating_add(n).saturating_sub(1).min(end).min(last)
+        };
+        let shared = self.split.shared_pools;
+        upto(
+            1,
+            health.pools_taken.saturating_add(capacity::HOST_ENTRIES.into()),
+            shared,
+        )
+        .chain(upto(
+            shared.saturating_add(1),
+            health.reserved_pools_taken,
+            u32::MAX,
+        ))
+    }
+
     /// Every pool counted so far, and those of `more` (entries whose keys
-    /// are cleared); `taken` is how many shared entries the kernel handed
-    /// out (the health counter), which bounds the entries read.
-    pub fn read(&self, taken: u64, more: &[(u32, PoolKey)]) -> Vec<AssignedCount> {
-        let last = u32::try_from(taken)
-            .unwrap_or(u32::MAX)
-            .saturating_add(capacity::HOST_ENTRIES)
-            .min(self.keys.len().saturating_sub(1));
-        let mut out: Vec<AssignedCount> = (1..=last)
+    /// are cleared).
+    pub fn read(&self, health: &Health, more: &[(u32, PoolKey)]) -> Vec<AssignedCount> {
+        let mut out: Vec<AssignedCount> = self
+            .handed_out(health)
             .filter_map(|i| Some((i, self.keys.get(&i, 0).ok()?)))
             .chain(more.iter().copied())
             .filter_map(|(i, key)| {
@@ -52,12 +75,8 @@ impl PoolCounters {
     }
 
     /// Entries of `POOL_KEYS` in use.
-    pub fn in_use(&self, taken: u64) -> u64 {
-        let last = u32::try_from(taken)
-            .unwrap_or(u32::MAX)
-            .saturating_add(capacity::HOST_ENTRIES)
-            .min(self.keys.len().saturating_sub(1));
-        (1..=last)
+    pub fn in_use(&self, health: &Health) -> u64 {
+        self.handed_out(health)
             .filter(|i| self.keys.get(i, 0).is_ok_and(|k| k != PoolKey::default()))
             .count() as u64
     }

@@ -21,6 +21,7 @@ use portmon_common::{PoolKey, PortTableKey};
 use super::{
     counters::{overflow_counts, PortCounters, PortOverflow},
     pools::{assigned_count, AssignedCount},
+    reserve::{Part, Split},
 };
 
 /// How long retired entries wait before they are zeroed and handed out
@@ -33,10 +34,19 @@ pub const QUARANTINE: Duration = Duration::from_secs(1);
 pub struct Reclaim {
     pub(super) table_index: BpfHashMap<MapData, PortTableKey, u32>,
     pub(super) pool_index: BpfHashMap<MapData, PoolKey, u32>,
-    pub(super) free_tables: Queue<MapData, u32>,
-    pub(super) free_blocks: Queue<MapData, u32>,
-    pub(super) free_pools: Queue<MapData, u32>,
+    free: FreeQueues,
+    split: Split,
     quarantined: Vec<Retired>,
+}
+
+/// The queues entries are given back on, one per map and part.
+pub(super) struct FreeQueues {
+    pub(super) tables: Queue<MapData, u32>,
+    pub(super) blocks: Queue<MapData, u32>,
+    pub(super) pools: Queue<MapData, u32>,
+    pub(super) reserved_tables: Queue<MapData, u32>,
+    pub(super) reserved_blocks: Queue<MapData, u32>,
+    pub(super) reserved_pools: Queue<MapData, u32>,
 }
 
 impl std::fmt::Debug for Reclaim {
@@ -104,16 +114,14 @@ impl Reclaim {
     pub(super) fn new(
         table_index: BpfHashMap<MapData, PortTableKey, u32>,
         pool_index: BpfHashMap<MapData, PoolKey, u32>,
-        free_tables: Queue<MapData, u32>,
-        free_blocks: Queue<MapData, u32>,
-        free_pools: Queue<MapData, u32>,
+        free: FreeQueues,
+        split: Split,
     ) -> Self {
         Self {
             table_index,
             pool_index,
-            free_tables,
-            free_blocks,
-            free_pools,
+            free,
+            split,
             quarantined: Vec::new(),
         }
     }
@@ -208,10 +216,21 @@ impl Reclaim {
     }
 
     fn give_back(&mut self, which: Free, index: u32) {
-        let queue = match which {
-            Free::Table => &mut self.free_tables,
-            Free::Block => &mut self.free_blocks,
-            Free::Pool => &mut self.free_pools,
+        let part = match which {
+            Free::Table => self.split.table(index),
+            Free::Block => self.split.block(index),
+            Free::Pool => self.split.pool(index),
+        };
+        let free = &mut self.free;
+        let queue = match (which, part) {
+            // The host's own entries are never its namespace's to give up.
+            (_, Part::Host) => return,
+            (Free::Table, Part::Shared) => &mut free.tables,
+            (Free::Block, Part::Shared) => &mut free.blocks,
+            (Free::Pool, Part::Shared) => &mut free.pools,
+            (Free::Table, Part::Reserved) => &mut free.reserved_tables,
+            (Free::Block, Part::Reserved) => &mut free.reserved_blocks,
+            (Free::Pool, Part::Reserved) => &mut free.reserved_pools,
         };
         // The queue has room for every entry: full only if one were given
         // back twice. An entry not given back is lost, nothing worse.
