@@ -25,6 +25,14 @@ fn every_bind_on_a_port_is_counted() {
         assert_eq!(stats.listens, binds, "listens on {PORT}");
         assert_eq!(stats.live, 0, "closed sockets still counted live");
     });
+    // Root made the namespace, so the host's user namespace owns it: its
+    // table and block come from the reserve no unprivileged user's
+    // namespace can take (the kernel programs read the owner through BTF).
+    let health = monitor.health();
+    assert!(
+        health.reserved_tables_taken > 0 && health.reserved_blocks_taken > 0,
+        "a namespace root made took nothing from the reserve: {health:?}"
+    );
 }
 
 #[test]
@@ -140,6 +148,11 @@ fn bind_to_port_zero_counts_in_its_pool_not_on_the_port() {
             }
         }
     });
+    let health = monitor.health();
+    assert!(
+        health.reserved_pools_taken > 0,
+        "a namespace root made took no pool from the reserve: {health:?}"
+    );
 }
 
 #[test]
