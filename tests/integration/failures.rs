@@ -4,6 +4,7 @@
 use std::{
     io::ErrorKind,
     net::{TcpListener, TcpStream, UdpSocket},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
 use portmon::failures::Errno;
@@ -183,33 +184,48 @@ fn udp_sendto_with_no_port_left_fails_as_one_eagain_per_family() {
     });
 }
 
-/// A TCP socket of protocol `IPPROTO_MPTCP` connected to 127.0.0.1:`port`:
-/// the connect's outcome.
-fn mptcp_connect(port: u16) -> std::io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd as _;
-    // SAFETY: plain socket calls on an address we own; the descriptor is
-    // owned at once.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_MPTCP);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let fd = std::os::fd::OwnedFd::from_raw_fd(fd);
-        let mut sin: libc::sockaddr_in = std::mem::zeroed();
-        sin.sin_family = libc::AF_INET as libc::sa_family_t;
-        sin.sin_port = port.to_be();
-        sin.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
-        use std::os::fd::AsRawFd as _;
-        let rc = libc::connect(
-            fd.as_raw_fd(),
-            (&raw const sin).cast(),
-            std::mem::size_of_val(&sin) as u32,
-        );
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(fd)
+/// A `SOCK_STREAM` socket of `protocol` (`IPPROTO_MPTCP`, `IPPROTO_SCTP`).
+fn stream_socket(protocol: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: socket(2) with constant arguments; a non-negative result is a
+    // descriptor owned at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, protocol) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
     }
+    // SAFETY: as above.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// bind(2) or connect(2) of `socket` to 127.0.0.1:`port`.
+fn to_loopback(
+    socket: &OwnedFd,
+    port: u16,
+    call: unsafe extern "C" fn(i32, *const libc::sockaddr, libc::socklen_t) -> i32,
+) -> std::io::Result<()> {
+    // SAFETY: an all-zero sockaddr_in is valid.
+    let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    sin.sin_family = libc::AF_INET as libc::sa_family_t;
+    sin.sin_port = port.to_be();
+    sin.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+    // SAFETY: the socket is ours; the address is a sockaddr_in of its size.
+    let rc = unsafe {
+        call(
+            socket.as_raw_fd(),
+            (&raw const sin).cast(),
+            std::mem::size_of_val(&sin) as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A socket of `protocol` connected to 127.0.0.1:`port`: the connect's outcome.
+fn connect_with(protocol: i32, port: u16) -> std::io::Result<OwnedFd> {
+    let socket = stream_socket(protocol)?;
+    to_loopback(&socket, port, libc::connect)?;
+    Ok(socket)
 }
 
 #[test]
@@ -223,11 +239,11 @@ fn mptcp_connects_are_no_exhaustion_and_count_once() {
     in_fresh_netns(|ns| {
         // Refused: the MPTCP socket goes SYN_SENT → CLOSE without a port of
         // its own, as a TCP connect that found none would.
-        let err = mptcp_connect(PORT).expect_err("nobody listens");
+        let err = connect_with(libc::IPPROTO_MPTCP, PORT).expect_err("nobody listens");
         assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
         // Accepted (by a plain TCP listener: the subflow falls back to TCP).
         let listener = TcpListener::bind(("127.0.0.1", PORT)).expect("listen");
-        let client = mptcp_connect(PORT).expect("mptcp connect");
+        let client = connect_with(libc::IPPROTO_MPTCP, PORT).expect("mptcp connect");
         let _server = listener.accept().expect("accept");
         let failures = monitor.failures_in(ns.cookie, 1);
         assert!(failures.is_empty(), "{failures:#?}");
@@ -240,6 +256,55 @@ fn mptcp_connects_are_no_exhaustion_and_count_once() {
         );
         assert_eq!(remote.connects, 1, "the subflow's connection, once");
         drop(client);
+    });
+    assert_eq!(
+        monitor.health().failures_seen,
+        seen,
+        "the kernel side saw a failure"
+    );
+}
+
+/// SCTP's sockets move through TCP's states (`inet_sk_set_state`) and
+/// pass the same bind and connect hooks, with ports of their own protocol.
+#[test]
+fn sctp_sockets_are_no_exhaustion_and_count_nothing() {
+    let absent = |err: &std::io::Error| {
+        matches!(
+            err.raw_os_error(),
+            Some(libc::EPROTONOSUPPORT | libc::ESOCKTNOSUPPORT)
+        )
+    };
+    match stream_socket(libc::IPPROTO_SCTP) {
+        Err(err) if absent(&err) => return skipped(&format!("the kernel has no SCTP: {err}")),
+        other => drop(other.expect("an SCTP socket")),
+    }
+    let _serial = serial();
+    let mut monitor = Monitor::attach();
+    let seen = monitor.health().failures_seen;
+    in_fresh_netns(|ns| {
+        let listener = stream_socket(libc::IPPROTO_SCTP).expect("socket");
+        to_loopback(&listener, PORT, libc::bind).expect("bind");
+        // SAFETY: listen(2) on our socket.
+        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 8) }, 0, "listen");
+        let busy = stream_socket(libc::IPPROTO_SCTP).expect("socket");
+        let err = to_loopback(&busy, PORT, libc::bind).expect_err("the port is taken");
+        assert_eq!(err.kind(), ErrorKind::AddrInUse, "{err}");
+        let client = connect_with(libc::IPPROTO_SCTP, PORT).expect("an association");
+        let err = connect_with(libc::IPPROTO_SCTP, PORT + 1).expect_err("nobody listens");
+        assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+        drop((client, busy, listener));
+        let failures = monitor.failures_in(ns.cookie, 1);
+        assert!(failures.is_empty(), "{failures:#?}");
+        for port in [PORT, PORT + 1] {
+            for role in [portmon_common::Role::Local, portmon_common::Role::Remote] {
+                let stats = monitor.stats(ns.cookie, Proto::Tcp, Family::Inet, role, port);
+                assert_eq!(
+                    (stats.binds, stats.listens, stats.connects),
+                    (0, 0, 0),
+                    "SCTP counted as TCP on port {port}, {role:?}"
+                );
+            }
+        }
     });
     assert_eq!(
         monitor.health().failures_seen,

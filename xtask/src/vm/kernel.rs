@@ -1,6 +1,6 @@
 //! Debian's cloud kernels for the guests: a version asked for is resolved to
 //! a package through apt, downloaded with `apt-get download` and unpacked,
-//! keeping only the kernel image and the sock_diag modules, under
+//! keeping only the kernel image, the sock_diag modules and SCTP's, under
 //! `<target dir>/vm/`.
 
 use std::{
@@ -27,6 +27,18 @@ const DIAG_MODULES: &[(&str, &str)] = &[
     ("udp_diag", "CONFIG_INET_UDP_DIAG"),
 ];
 
+/// SCTP and what it needs, in load order, under the modules' `kernel/`:
+/// for the test that SCTP's sockets, which move through TCP's states, are
+/// not taken for TCP's. Loaded when the package ships them; a kernel with
+/// SCTP built in, or without it, boots all the same (the test then says
+/// what it found).
+const SCTP_MODULES: &[&str] = &[
+    "net/ipv4/udp_tunnel",
+    "net/ipv6/ip6_udp_tunnel",
+    "lib/libcrc32c",
+    "net/sctp/sctp",
+];
+
 /// A kernel ready to boot.
 #[derive(Debug)]
 pub struct Kernel {
@@ -35,8 +47,8 @@ pub struct Kernel {
     /// Its release (`uname -r`), e.g. `6.1.0-57-cloud-amd64`.
     pub release: String,
     pub vmlinuz: PathBuf,
-    /// The sock_diag modules the kernel does not build in, uncompressed,
-    /// in load order.
+    /// The sock_diag modules the kernel does not build in, then SCTP's,
+    /// uncompressed, in load order.
     pub modules: Vec<PathBuf>,
 }
 
@@ -74,6 +86,24 @@ pub fn provide(spec: &str, cache: &Path) -> Result<Kernel> {
             "{release} has no {option}: portmon's inventory needs sock_diag, pick another kernel"
         );
         modules.push(uncompressed(&modules_dir, name)?);
+    }
+    let kernel_dir = dir.join(format!("lib/modules/{release}/kernel"));
+    let shipped = |path: &str| {
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+        ["ko", "ko.xz", "ko.zst"]
+            .iter()
+            .any(|ext| kernel_dir.join(dir).join(format!("{name}.{ext}")).exists())
+    };
+    if !SCTP_MODULES.iter().all(|m| shipped(m)) {
+        // A cache unpacked before these were kept, or a package without
+        // them: one more look costs a second.
+        unpack_sctp(&deb, &dir, &release);
+    }
+    if SCTP_MODULES.iter().all(|m| shipped(m)) {
+        for path in SCTP_MODULES {
+            let (sub, name) = path.rsplit_once('/').unwrap_or(("", path));
+            modules.push(uncompressed(&kernel_dir.join(sub), name)?);
+        }
     }
     Ok(Kernel {
         package,
@@ -192,6 +222,22 @@ fn unpack(deb: &Path, dir: &Path, release: &str) -> Result<()> {
             deb.display()
         )
     })
+}
+
+/// Unpacks SCTP's modules of `deb` into `dir`, if the package has them.
+fn unpack_sctp(deb: &Path, dir: &Path, release: &str) {
+    let wanted: Vec<String> = SCTP_MODULES
+        .iter()
+        .map(|m| format!("'./lib/modules/{release}/kernel/{m}.ko*'"))
+        .collect();
+    let script = format!(
+        "dpkg-deb --fsys-tarfile \"$0\" | tar -x -C \"$1\" --wildcards {} 2>/dev/null",
+        wanted.join(" ")
+    );
+    let mut extract = Command::new("sh");
+    extract.arg("-c").arg(script).arg(deb).arg(dir);
+    // tar fails when one is missing: then SCTP is simply not loaded.
+    let _ = extract.status();
 }
 
 /// `dir/name.ko`, decompressed from `.ko.xz` or `.ko.zst` if that is what
