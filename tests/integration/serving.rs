@@ -6,7 +6,7 @@
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
-    os::fd::{AsFd as _, FromRawFd as _},
+    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _},
     path::Path,
     process::Command,
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
@@ -14,7 +14,7 @@ use std::{
 };
 
 use portmon_tests::{
-    http_get, metric_value, reset_on_close, serial, wait_until, Daemon, NamedNetns, Prometheus,
+    http_get, metric_value, reset_on_close, serial, wait_until, write_sysctl, Daemon, NamedNetns, Prometheus,
     PROMETHEUS_PATIENCE,
 };
 
@@ -30,9 +30,8 @@ const SHARING_DAEMON: &str = "127.0.0.1:17504";
 const RSS_BOUND: u64 = 64 << 20;
 /// How long the floods last.
 const FLOOD: Duration = Duration::from_secs(60);
-/// How long the clients sharing snapshots run: within the minute that the
-/// TIME_WAIT sockets among the population last.
-const SHARING: Duration = Duration::from_secs(30);
+/// How long the clients sharing snapshots run.
+const SHARING: Duration = Duration::from_secs(60);
 
 /// One request on a fresh connection, read to the close: (head, body).
 fn exchange(addr: SocketAddr, request: &[u8]) -> (String, Vec<u8>) {
@@ -435,7 +434,7 @@ fn concurrent_clients_share_snapshots_and_memory_stays_bounded() {
     let _serial = serial();
     let limit = raise_own_descriptor_limit();
     let population = Population::start(limit);
-    let (pairs, time_wait) = (population.pairs, population.time_wait);
+    let (pairs, waiting) = (population.pairs, population.waiting);
     let addr: SocketAddr = SHARING_DAEMON.parse().unwrap();
     let mut daemon = Daemon::start(addr, &[]);
     let snapshots = || {
@@ -482,7 +481,7 @@ fn concurrent_clients_share_snapshots_and_memory_stays_bounded() {
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum();
     eprintln!(
-        "64 clients for {SHARING:?} against {sockets} sockets ({pairs} open pairs, {time_wait} TIME_WAIT at start): \
+        "64 clients for {SHARING:?} against {sockets} sockets ({pairs} open pairs, {waiting} never accepted): \
          {requests} answers, {failures} failures, {taken} snapshots, RSS at most {} MiB",
         rss_max >> 20
     );
@@ -503,23 +502,29 @@ fn concurrent_clients_share_snapshots_and_memory_stays_bounded() {
 
 /// 20,000 TCP sockets in a named network namespace (which the daemon
 /// finds as an operator's): open pairs up to the descriptor limit, with
-/// room for the clients, and TIME_WAIT sockets (which hold no descriptor)
-/// for the rest. When it is dropped, or the test fails, the namespace goes
-/// and every TIME_WAIT with it, so that no test after inherits them.
+/// room for the clients, and for the rest connections that the client
+/// closed and the server never accepted. Those wait in the listener's queue
+/// in CLOSE_WAIT, without a descriptor, for as long as the listener lives;
+/// their clients' ends go within a second (`tcp_fin_timeout`). When it is
+/// dropped, or the test fails, the namespace goes and every socket with it,
+/// so that no test after inherits them.
 struct Population {
     /// Reset on close; dropped before the namespace.
     _held: Vec<TcpStream>,
+    _queue: TcpListener,
     _netns: NamedNetns,
     pairs: usize,
-    time_wait: usize,
+    waiting: usize,
 }
 
 impl Population {
     fn start(descriptor_limit: u64) -> Self {
         let pairs = ((descriptor_limit as usize).saturating_sub(1000) / 2).min(10_000);
-        let time_wait = 20_000usize.saturating_sub(2 * pairs);
+        let waiting = 20_000usize.saturating_sub(2 * pairs);
         let netns = NamedNetns::create("population");
-        let held = netns.enter(|| {
+        let (held, queue) = netns.enter(|| {
+            write_sysctl("net/core/somaxconn", "65535");
+            write_sysctl("net/ipv4/tcp_fin_timeout", "1");
             let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
             let target = listener.local_addr().unwrap();
             let mut held = Vec::with_capacity(2 * pairs);
@@ -530,19 +535,23 @@ impl Population {
             for stream in &held {
                 reset_on_close(stream.as_fd());
             }
-            for _ in 0..time_wait {
-                let client = TcpStream::connect(target).expect("connect");
-                let (server, _) = listener.accept().expect("accept");
-                drop(client);
-                drop(server);
+            let queue = TcpListener::bind("127.0.0.1:0").expect("listen");
+            // Again, with a queue for them all (std listens with a smaller one).
+            // SAFETY: listen(2) on our listening socket.
+            let rc = unsafe { libc::listen(queue.as_raw_fd(), 65_535) };
+            assert_eq!(rc, 0, "listen: {}", std::io::Error::last_os_error());
+            let target = queue.local_addr().unwrap();
+            for _ in 0..waiting {
+                drop(TcpStream::connect(target).expect("connect"));
             }
-            held
+            (held, queue)
         });
         Self {
             _held: held,
+            _queue: queue,
             _netns: netns,
             pairs,
-            time_wait,
+            waiting,
         }
     }
 }
