@@ -6,6 +6,8 @@
 //! reached through `TryFrom`, never by transmuting kernel data.
 #![no_std]
 
+pub mod walk;
+
 #[cfg(feature = "user")]
 mod user;
 #[cfg(feature = "user")]
@@ -64,6 +66,9 @@ pub mod map {
     pub const CONNECT_SEARCH: &str = "CONNECT_SEARCH";
     /// One `u64`: searches not counted because `CONNECT_SEARCH` was full.
     pub const CONNECT_SEARCH_OVERFLOW: &str = "CONNECT_SEARCH_OVERFLOW";
+    /// The elements the established-hash walk iterates over, one per
+    /// `walk::BUCKETS_PER_CHUNK` buckets (`u32`, unused).
+    pub const WALK_CHUNKS: &str = "WALK_CHUNKS";
 }
 
 /// Names of the read-only globals the loader sets before the kernel
@@ -99,6 +104,8 @@ pub mod global {
     /// `u8`: the state tracepoint records when each TCP connect's port
     /// search starts, for `sock_ops` to time it (`connect-search`).
     pub const CONNECT_SEARCH: &str = "PORTMON_CONNECT_SEARCH";
+    /// `walk::WalkLayout`: offsets the established-hash walk reads.
+    pub const WALK_LAYOUT: &str = "PORTMON_WALK_LAYOUT";
 }
 
 /// Names of the kernel programs, after the hook each attaches to.
@@ -118,6 +125,9 @@ pub mod program {
     /// The cgroup `sock_ops` callback: times each TCP connect's search for
     /// a local port. Attached only when asked for (`connect-search`).
     pub const SOCK_OPS: &str = "sock_ops";
+    /// The iterator that walks the host's established-socket hash
+    /// (`walk`); never attached to a hook, only read.
+    pub const WALK_ESTABLISHED: &str = "walk_established";
 }
 
 /// Slots of the `HEALTH` array.

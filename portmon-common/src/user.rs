@@ -18,6 +18,8 @@ unsafe impl aya::Pod for SockSlot {}
 unsafe impl aya::Pod for FailureEvent {}
 // SAFETY: as above.
 unsafe impl aya::Pod for KernelLayout {}
+// SAFETY: as above: `#[repr(C)]` integers with explicit padding.
+unsafe impl aya::Pod for crate::walk::WalkLayout {}
 // SAFETY: as above.
 unsafe impl aya::Pod for SocketGroup {}
 // SAFETY: as above.

@@ -25,6 +25,7 @@ mod sock;
 mod sock_addr;
 mod sockets;
 mod tracepoint;
+mod walk;
 
 /// Return value of a cgroup program that lets the operation go on.
 const ALLOW: i32 = 1;

@@ -205,10 +205,15 @@ impl State {
         settings: Settings,
         programs: Vec<&'static str>,
     ) -> Self {
+        let mut maps = maps;
+        let mut inventory = Inventory::scan_with(runtimes);
+        if let Some(walk) = maps.walk.take() {
+            inventory.use_walk(walk);
+        }
         Self {
             maps: Mutex::new(maps),
             failures: Arc::default(),
-            inventory: Mutex::new((Inventory::scan_with(runtimes), Instant::now())),
+            inventory: Mutex::new((inventory, Instant::now())),
             cgroups: Mutex::new(CgroupPaths::new(cgroup_root)),
             found_owners: Mutex::default(),
             last_counted: Mutex::default(),

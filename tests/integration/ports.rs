@@ -462,3 +462,108 @@ fn ports_finds_the_daemon_through_its_configuration_file() {
     let _ = std::fs::remove_file(&config);
     drop((made, daemon));
 }
+
+/// `ss -tanH` in a namespace, as rows: TCP sockets other than listeners,
+/// each state named as portmon names it.
+fn ss_connections(ns: &NamedNetns) -> Vec<Row> {
+    let rows = ns
+        .exec("ss", &["-tanH"])
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let [state, _, _, local, remote, ..] = fields.as_slice() else {
+                return None;
+            };
+            let state = match *state {
+                "LISTEN" => return None,
+                "ESTAB" => "established".to_owned(),
+                other => other.to_lowercase().replace('-', "_"),
+            };
+            let address = |text: &str| text.replace("%lo", "");
+            Some(Row {
+                proto: "tcp".into(),
+                state: state.replace("_wait_", "_wait"),
+                local: address(local),
+                remote: address(remote),
+            })
+        })
+        .collect();
+    sorted(rows)
+}
+
+/// Connections, v4 and v6, some closed into TIME_WAIT, in the calling
+/// thread's namespace; the open ones are kept.
+fn make_connections() -> Vec<Box<dyn Send>> {
+    let mut keep: Vec<Box<dyn Send>> = Vec::new();
+    for host in ["127.0.0.1", "::1"] {
+        let listener = TcpListener::bind((host, 0)).expect("listen");
+        let at = listener.local_addr().unwrap();
+        for i in 0..4 {
+            let client = TcpStream::connect(at).expect("connect");
+            let (server, _) = listener.accept().expect("accept");
+            if i < 2 {
+                // The client closes first: its end waits in TIME_WAIT.
+                drop(client);
+                let mut buf = [0u8; 1];
+                let _ = std::io::Read::read(&mut &server, &mut buf);
+                drop(server);
+            } else {
+                keep.push(Box::new(client));
+                keep.push(Box::new(server));
+            }
+        }
+        keep.push(Box::new(listener));
+    }
+    keep
+}
+
+#[test]
+fn every_namespaces_connections_from_one_walk_of_the_host_table_match_ss() {
+    let _serial = serial();
+    let check = Command::new(portmon_tests::portmon_bin())
+        .arg("check")
+        .output()
+        .expect("portmon check");
+    let check = String::from_utf8_lossy(&check.stdout).into_owned();
+    let walk_line = check
+        .lines()
+        .find(|l| l.contains("walk_established"))
+        .unwrap_or_else(|| panic!("portmon check says nothing of the walk:\n{check}"))
+        .to_owned();
+    let walks = walk_line.starts_with("ok");
+    let namespaces = [NamedNetns::create("walk-a"), NamedNetns::create("walk-b")];
+    let _kept: Vec<_> = namespaces.iter().map(|ns| ns.enter(make_connections)).collect();
+    let daemon = Daemon::start(DAEMON.parse().unwrap(), &[]);
+    let walked = metric_value(&daemon.scrape(), "portmon_inventory_walked", &[]);
+    if walks {
+        assert_eq!(
+            walked,
+            Some(1.0),
+            "the walk loads here but the snapshot did not use it"
+        );
+    } else {
+        assert_eq!(walked, Some(0.0));
+        println!("the walk does not run on this kernel, the dumps are checked instead: {walk_line}");
+    }
+    for ns in &namespaces {
+        let listed: Vec<Row> = json(&portmon_ports(&[
+            "--daemon", DAEMON, "--netns", &ns.name, "--json",
+        ]))
+        .iter()
+        .map(json_row)
+        .filter(|r| r.proto == "tcp" && r.state != "listen")
+        .collect();
+        let listed = sorted(listed);
+        assert_eq!(
+            listed.len(),
+            12,
+            "4 open ends and 2 TIME_WAITs per family: {listed:#?}"
+        );
+        assert_eq!(listed, ss_connections(ns), "{}", ns.name);
+    }
+    assert_eq!(
+        metric_value(&daemon.scrape(), "portmon_inventory_walk_errors_total", &[]),
+        Some(0.0)
+    );
+    drop(daemon);
+}

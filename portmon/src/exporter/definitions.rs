@@ -166,6 +166,16 @@ pub const NETNS_UNWATCHED: Definition = gauge(
     "Network namespaces left out of the inventory because portmon ran short of file descriptors (raise LimitNOFILE).",
     &[],
 );
+pub const INVENTORY_WALKED: Definition = gauge(
+    "portmon_inventory_walked",
+    "1 if the last snapshot listed the TCP connections of every namespace sharing the host's established-socket table in one walk of it; 0 if each namespace's dump walked the table (a kernel without BPF iterators, or a walk that failed).",
+    &[],
+);
+pub const INVENTORY_WALK_ERRORS: Definition = counter(
+    "portmon_inventory_walk_errors_total",
+    "Walks of the established-socket table that failed (a chain changed or ran too long under the walk); that snapshot dumped each namespace instead.",
+    &[],
+);
 pub const NETNS_SCAN_ERRORS: Definition = counter(
     "portmon_netns_scan_errors_total",
     "Scans of the network namespaces the host cut short (out of file descriptors or memory); the namespaces known before were kept.",
@@ -330,6 +340,8 @@ pub const ALL: &[Definition] = &[
     THREADS_REFUSED,
     NETNS_UNWATCHED,
     NETNS_SCAN_ERRORS,
+    INVENTORY_WALKED,
+    INVENTORY_WALK_ERRORS,
     MAP_OVERFLOWS,
     PORT_OVERFLOW,
     MAP_ENTRIES,

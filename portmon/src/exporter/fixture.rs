@@ -170,6 +170,7 @@ impl ScrapeSource for Fixture {
             failure_log: Default::default(),
             netns_unwatched: 0,
             netns_scan_errors: 0,
+            walk: (false, 0),
             workloads: &host.workloads,
             snapshots: 0,
             owner_walks: (0, 0),

@@ -23,6 +23,8 @@ pub fn add(input: &ScrapeInput<'_>, folded: usize, scrape_seconds: f64, families
     families.add_one(&def::THREADS_REFUSED, crate::kernel::threads::refused() as f64);
     families.add_one(&def::NETNS_UNWATCHED, input.netns_unwatched as f64);
     families.add_one(&def::NETNS_SCAN_ERRORS, input.netns_scan_errors as f64);
+    families.add_one(&def::INVENTORY_WALKED, f64::from(u8::from(input.walk.0)));
+    families.add_one(&def::INVENTORY_WALK_ERRORS, input.walk.1 as f64);
     families.add(
         &def::MAP_OVERFLOWS,
         [

@@ -66,6 +66,9 @@ pub struct ScrapeInput<'a> {
     pub netns_unwatched: usize,
     /// Namespace scans the host cut short, since start.
     pub netns_scan_errors: u64,
+    /// Whether the last snapshot walked the established-socket table, and
+    /// the walks that failed since start.
+    pub walk: (bool, u64),
     /// What runs in each namespace known, by its name.
     pub workloads: &'a [(String, Workload)],
     /// Inventory snapshots taken since start; concurrent requests share one.
@@ -147,6 +150,7 @@ impl ScrapeSource for State {
             failure_log: self.failure_log_health(),
             netns_unwatched: inventoried.snapshot.unwatched_namespaces,
             netns_scan_errors: inventoried.snapshot.namespace_scan_errors,
+            walk: (inventoried.snapshot.walked, inventoried.snapshot.walk_errors),
             workloads: &inventoried.workloads,
         })
     }

@@ -19,6 +19,9 @@ use crate::kernel::{
 
 /// Every TCP state as `ss -a` asks (`SS_ALL`, bits 0–12).
 const TCP_STATES: u32 = (1 << 13) - 1;
+/// `TCPF_LISTEN`: `inet_diag_dump_icsk` stops before the established
+/// table when no other state is asked for.
+const TCP_LISTEN: u32 = 1 << portmon_common::tcp_state::LISTEN;
 
 /// The dumps of one namespace's two lanes: its TCP connections, and the
 /// rest — the bound and idle sockets when there may be any, UDP. When there
@@ -26,11 +29,14 @@ const TCP_STATES: u32 = (1 << 13) - 1;
 /// in two by port, the upper half on the second lane. Not otherwise: that
 /// walk already keeps a second core busy, and a cut costs a walk more,
 /// which made the scrape slower than no cut (docs/performance.md).
-pub(super) fn plan(cut: Option<Cut>, bound_idle: bool) -> [Vec<Dump>; 2] {
-    let tcp = |ports| Dump::Tcp {
-        states: TCP_STATES,
-        ports,
-    };
+///
+/// When the walk of the host's table lists the namespace's connections,
+/// its TCP dump asks for listeners only, which the kernel finds in the
+/// listening table without walking the established one.
+pub(super) fn plan(cut: Option<Cut>, bound_idle: bool, walked: bool) -> [Vec<Dump>; 2] {
+    let states = if walked { TCP_LISTEN } else { TCP_STATES };
+    let cut = cut.filter(|_| !walked);
+    let tcp = |ports| Dump::Tcp { states, ports };
     let [first, upper] = match cut.filter(|_| !bound_idle) {
         Some(cut) => cut.halves().map(Some),
         None => [Some(Ports::All), None],
@@ -176,8 +182,11 @@ mod tests {
             states: TCP_BOUND_INACTIVE,
             ports: Ports::All,
         };
-        assert_eq!(plan(None, false), [vec![all], udp.to_vec()]);
-        assert_eq!(plan(None, true), [vec![all], [&[bound][..], &udp].concat()]);
+        assert_eq!(plan(None, false, false), [vec![all], udp.to_vec()]);
+        assert_eq!(
+            plan(None, true, false),
+            [vec![all], [&[bound][..], &udp].concat()]
+        );
         let cut = Cut {
             end: End::Remote,
             port: 32_767,
@@ -186,8 +195,21 @@ mod tests {
             states: TCP_STATES,
             ports,
         });
-        assert_eq!(plan(Some(cut), false), [vec![low], [&[high][..], &udp].concat()]);
+        assert_eq!(
+            plan(Some(cut), false, false),
+            [vec![low], [&[high][..], &udp].concat()]
+        );
         // With the bind table walked, no cut.
-        assert_eq!(plan(Some(cut), true), plan(None, true));
+        assert_eq!(plan(Some(cut), true, false), plan(None, true, false));
+        // With the connections walked, listeners only, and no cut.
+        let listeners = Dump::Tcp {
+            states: TCP_LISTEN,
+            ports: Ports::All,
+        };
+        assert_eq!(plan(Some(cut), false, true), [vec![listeners], udp.to_vec()]);
+        assert_eq!(
+            plan(None, true, true),
+            [vec![listeners], [&[bound][..], &udp].concat()]
+        );
     }
 }

@@ -23,6 +23,7 @@ use portmon_common::{Family, Proto};
 use crate::{
     exhaustion::{PoolSettings, PoolSysctls},
     kernel::{
+        bpf::walk::EhashWalk,
         netns::{self, INIT_NET_COOKIE},
         netns_opener::{self, NetnsFile, Opened, Wanted},
         procfs,
@@ -61,11 +62,17 @@ pub struct Snapshot {
     /// Namespace scans the host cut short since start (see
     /// [`ScanIncomplete`](crate::namespaces::ScanIncomplete)).
     pub namespace_scan_errors: u64,
+    /// Whether the TCP connections of the namespaces sharing the host's
+    /// established-socket table came from one walk of it.
+    pub walked: bool,
+    /// Walks that failed since start (each snapshot then dumps).
+    pub walk_errors: u64,
 }
 
 /// File descriptors one namespace's handles take: two sock_diag sockets,
-/// three sysctl files, two sockstat files.
-const DESCRIPTORS_PER_NETNS: u64 = 7;
+/// three sysctl files, two sockstat files, and while they are opened the
+/// established-table size.
+const DESCRIPTORS_PER_NETNS: u64 = 8;
 /// Descriptors kept free of namespace handles, for serving HTTP, reading
 /// `/proc` and entering namespaces: running out of them would make every
 /// scrape fail, which is worse than leaving some namespaces out (counted).
@@ -80,6 +87,9 @@ struct NetnsHandles {
     sockstat: Option<Sockstat>,
     /// Where the last snapshot says to cut its TCP dump in two.
     cut: Option<Cut>,
+    /// Its TCP connections are in the host's established-socket table,
+    /// which the walk lists in one pass for every namespace.
+    in_host_table: bool,
 }
 
 /// What the handles are opened from, in each namespace.
@@ -91,6 +101,7 @@ const HANDLE_FILES: Wanted = Wanted::of(&[
     NetnsFile::TwReuse,
     NetnsFile::Sockstat,
     NetnsFile::Sockstat6,
+    NetnsFile::EhashEntries,
 ]);
 const _: () = assert!(HANDLE_FILES.len() as u64 == DESCRIPTORS_PER_NETNS);
 
@@ -105,7 +116,9 @@ impl NetnsHandles {
         if socket.is_some() && found != Some(cookie) {
             return Ok(None);
         }
-        Self::from_opened(socket, &mut opened).map(Some)
+        let mut handles = Self::from_opened(socket, &mut opened)?;
+        handles.in_host_table = cookie == INIT_NET_COOKIE || shares_host_table(&mut opened);
+        Ok(Some(handles))
     }
 
     /// Opens them in the calling thread's namespace.
@@ -134,8 +147,21 @@ impl NetnsHandles {
             sysctls,
             sockstat,
             cut: None,
+            in_host_table: false,
         })
     }
+}
+
+/// Whether the namespace's `tcp_ehash_entries` says it shares another's
+/// table: the host's, as namespaces are made from it (a namespace made
+/// from one with a table of its own never is, with the sysctl set there).
+fn shares_host_table(opened: &mut Opened) -> bool {
+    let Some(fd) = opened.take(NetnsFile::EhashEntries) else {
+        return false;
+    };
+    let mut text = String::new();
+    let read = std::io::Read::read_to_string(&mut std::fs::File::from(fd), &mut text);
+    read.is_ok() && text.trim().parse::<i64>().is_ok_and(|entries| entries < 0)
 }
 
 /// Keeps sock_diag sockets in every namespace and takes snapshots through
@@ -148,9 +174,20 @@ pub struct Inventory {
     dump_errors: BTreeMap<(Proto, Family), u64>,
     unwatched: usize,
     scan_errors: u64,
+    /// The walk of the host's established-socket table, where the kernel
+    /// allows it.
+    walk: Option<EhashWalk>,
+    walk_errors: u64,
 }
 
 impl Inventory {
+    /// Lists the TCP connections of the namespaces sharing the host's
+    /// established-socket table with `walk`, in one pass, instead of one
+    /// dump per namespace.
+    pub fn use_walk(&mut self, walk: EhashWalk) {
+        self.walk = Some(walk);
+    }
+
     /// An inventory of every namespace found now.
     pub fn scan() -> Self {
         Self::scan_with(RuntimeState::default())
@@ -262,6 +299,20 @@ impl Inventory {
                 None => {}
             }
         }
+        let mut walked = Vec::new();
+        let walk_ok = match self.walk.as_mut().map(|walk| walk.read(&mut walked)) {
+            Some(Ok(())) => true,
+            Some(Err(err)) => {
+                self.walk_errors += 1;
+                tracing::debug!(
+                    "every namespace dumps its connections this time: {}",
+                    error_line(&err)
+                );
+                false
+            }
+            None => false,
+        };
+        snapshot.walked = walk_ok;
         let bound_idle = sockstat::bound_idle_possible(
             self.open
                 .values()
@@ -271,7 +322,7 @@ impl Inventory {
             .open
             .iter_mut()
             .flat_map(|(&netns, handles)| {
-                let dumps = lanes::plan(handles.cut, bound_idle);
+                let dumps = lanes::plan(handles.cut, bound_idle, walk_ok && handles.in_host_table);
                 handles
                     .lanes
                     .iter_mut()
@@ -303,6 +354,14 @@ impl Inventory {
                 .or_default()
                 .merge(&outcome.histogram);
         }
+        if walk_ok {
+            let open = &self.open;
+            snapshot.sockets.extend(
+                walked
+                    .into_iter()
+                    .filter(|s| open.get(&s.netns).is_some_and(|h| h.in_host_table)),
+            );
+        }
         for (netns, histogram) in histograms {
             if let Some(handles) = self.open.get_mut(&netns) {
                 handles.cut = histogram.cut();
@@ -311,6 +370,7 @@ impl Inventory {
         snapshot.dump_errors.clone_from(&self.dump_errors);
         snapshot.unwatched_namespaces = self.unwatched;
         snapshot.namespace_scan_errors = self.scan_errors;
+        snapshot.walk_errors = self.walk_errors;
         snapshot
     }
 

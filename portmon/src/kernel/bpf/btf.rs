@@ -197,19 +197,56 @@ impl Btf {
     /// Byte offset of `member` in `struct structure`, through anonymous
     /// unions and structs.
     pub fn member_offset(&self, structure: &'static str, member: &'static str) -> Result<u32, BtfError> {
-        let missing = BtfError::MissingMember { structure, member };
-        let ty = self
-            .structs
+        self.member(structure, member).map(|(bits, _)| bits / 8)
+    }
+
+    /// Byte offset of the member at the end of `path`, each before it a
+    /// struct member of the one before (`net`, `ipv4.tcp_death_row`).
+    pub fn path_offset(&self, structure: &'static str, path: &[&'static str]) -> Result<u32, BtfError> {
+        let mut offset = 0u32;
+        let mut within = structure;
+        let mut ty = self.struct_type(structure, path.first().copied().unwrap_or(""))?;
+        for (i, &member) in path.iter().enumerate() {
+            let missing = BtfError::MissingMember {
+                structure: within,
+                member,
+            };
+            let mut budget = MAX_MEMBERS_VISITED;
+            let (bits, type_id) = self.find_in(ty, member, 0, &mut budget).ok_or(missing)?;
+            offset = offset.checked_add(bits / 8).ok_or(BtfError::Malformed {
+                what: "member offset overflows",
+            })?;
+            if i + 1 < path.len() {
+                within = member;
+                ty = self
+                    .resolve(type_id)
+                    .filter(|t| matches!(t.kind, KIND_STRUCT | KIND_UNION))
+                    .ok_or(BtfError::MissingMember {
+                        structure: member,
+                        member: path[i + 1],
+                    })?;
+            }
+        }
+        Ok(offset)
+    }
+
+    fn struct_type(&self, structure: &'static str, member: &'static str) -> Result<&Type, BtfError> {
+        self.structs
             .get(structure)
             .and_then(|&id| self.types.get(id as usize))
-            .ok_or(missing)?;
-        let mut budget = MAX_MEMBERS_VISITED;
-        self.find_in(ty, member, 0, &mut budget)
-            .map(|bits| bits / 8)
             .ok_or(BtfError::MissingMember { structure, member })
     }
 
-    fn find_in(&self, ty: &Type, member: &str, depth: usize, budget: &mut usize) -> Option<u32> {
+    /// Bit offset and type of `member` in `struct structure`.
+    fn member(&self, structure: &'static str, member: &'static str) -> Result<(u32, u32), BtfError> {
+        let ty = self.struct_type(structure, member)?;
+        let mut budget = MAX_MEMBERS_VISITED;
+        self.find_in(ty, member, 0, &mut budget)
+            .ok_or(BtfError::MissingMember { structure, member })
+    }
+
+    /// Bit offset and type of `member`, through anonymous members.
+    fn find_in(&self, ty: &Type, member: &str, depth: usize, budget: &mut usize) -> Option<(u32, u32)> {
         if depth > MAX_ANONYMOUS_NESTING {
             return None;
         }
@@ -217,14 +254,14 @@ impl Btf {
             *budget = budget.checked_sub(1)?;
             if name != 0 {
                 if self.name(name) == Some(member) {
-                    return Some(bits);
+                    return Some((bits, type_id));
                 }
                 continue;
             }
             let inner = self.resolve(type_id)?;
             if matches!(inner.kind, KIND_STRUCT | KIND_UNION) {
-                if let Some(found) = self.find_in(inner, member, depth + 1, budget) {
-                    return bits.checked_add(found);
+                if let Some((found, found_type)) = self.find_in(inner, member, depth + 1, budget) {
+                    return Some((bits.checked_add(found)?, found_type));
                 }
             }
         }

@@ -29,6 +29,7 @@ use super::{
     reclaim::{FreeQueues, Reclaim},
     reserve::Split,
     socket_table::{SocketTable, SocketTableError},
+    walk::{self, EhashWalk},
 };
 
 /// The kernel programs, built by build.rs from `portmon-ebpf`.
@@ -122,6 +123,8 @@ pub enum LoadError {
     MissingMap { map: &'static str },
     #[error("cannot tell portmon's own network namespace (SO_NETNS_COOKIE, Linux 5.14)")]
     HostNetns(#[source] crate::kernel::netns::NetnsError),
+    #[error("the established-table walk cannot run here, each namespace's dump walks the table")]
+    Walk(#[source] walk::WalkSetupError),
     #[error("map {map} does not have the layout portmon expects")]
     MapLayout {
         map: &'static str,
@@ -170,12 +173,22 @@ impl Kernel {
         options: LoadOptions,
     ) -> Result<(Self, KernelMaps, FailureEvents), LoadError> {
         let host = crate::kernel::netns::current_cookie().map_err(LoadError::HostNetns)?;
-        let mut ebpf = open_object(options, host)?;
+        let (mut ebpf, walkable) = open_object(options, host)?;
         let cgroup = open_cgroup(cgroup_root)?;
         for &(name, _) in PROGRAMS {
             load(&mut ebpf, name)?;
         }
-        let (maps, events) = take_maps(&mut ebpf, options, host)?;
+        let walk = walkable
+            .and_then(|()| EhashWalk::attach(&mut ebpf))
+            .inspect_err(|err| {
+                tracing::info!(
+                    "each namespace's sock_diag dump walks the established-socket table itself: {}",
+                    crate::report::error_line(err)
+                );
+            })
+            .ok();
+        let (mut maps, events) = take_maps(&mut ebpf, options, host)?;
+        maps.walk = walk;
         let wanted = PROGRAMS
             .iter()
             .map(|&(name, _)| name)
@@ -199,9 +212,9 @@ impl Kernel {
     /// return.
     pub fn probe(cgroup_root: &std::path::Path) -> Result<Vec<ProbeOutcome>, LoadError> {
         let host = crate::kernel::netns::current_cookie().map_err(LoadError::HostNetns)?;
-        let mut ebpf = open_object(LoadOptions::default(), host)?;
+        let (mut ebpf, walkable) = open_object(LoadOptions::default(), host)?;
         let cgroup = open_cgroup(cgroup_root)?;
-        Ok(PROGRAMS
+        let mut outcomes: Vec<ProbeOutcome> = PROGRAMS
             .iter()
             .map(|&(name, hook)| {
                 let outcome = load(&mut ebpf, name)
@@ -209,7 +222,13 @@ impl Kernel {
                     .map(|_link| target(hook, cgroup_root));
                 (name, outcome)
             })
-            .collect())
+            .collect();
+        let walk = walkable
+            .and_then(|()| EhashWalk::attach(&mut ebpf))
+            .map(|_| format!("iterator over {}", map::WALK_CHUNKS))
+            .map_err(LoadError::Walk);
+        outcomes.push((portmon_common::program::WALK_ESTABLISHED, walk));
+        Ok(outcomes)
     }
 
     /// Names of the attached programs.
@@ -341,14 +360,23 @@ fn take_maps(
         host_netns,
         reclaim,
         retired: Default::default(),
+        walk: None,
     };
     let events = FailureEvents::new(take::<RingBuf<MapData>>(ebpf, map::FAILURES)?);
     Ok((maps, events))
 }
 
-fn open_object(options: LoadOptions, host_netns: u64) -> Result<Ebpf, LoadError> {
+/// Opens the object; the second part says whether the established-table
+/// walk can run here, or why not.
+fn open_object(
+    options: LoadOptions,
+    host_netns: u64,
+) -> Result<(Ebpf, Result<(), walk::WalkSetupError>), LoadError> {
     raise_memlock_limit();
-    let layout = Btf::vmlinux()?.kernel_layout()?;
+    let btf = Btf::vmlinux()?;
+    let layout = btf.kernel_layout()?;
+    let walk_setup = walk::layout(&btf).and_then(|l| Ok((l, walk::chunks()?)));
+    let (walk_layout, walk_chunks) = walk_setup.as_ref().map_or((Default::default(), 1), |&s| s);
     let hooks_only = u8::from(options.hooks_only);
     let connect_search = u8::from(options.connect_search);
     let slots = socket_slots(options.sockets);
@@ -406,7 +434,10 @@ fn open_object(options: LoadOptions, host_netns: u64) -> Result<Ebpf, LoadError>
         .override_global(global::CONNECT_SEARCH, &connect_search, true)
         .override_global(global::SOCKET_GROUPS_MASK, &(groups - 1), true)
         .override_global(global::KERNEL_LAYOUT, &layout, true)
+        .override_global(global::WALK_LAYOUT, &walk_layout, true)
+        .map_max_entries(map::WALK_CHUNKS, walk_chunks)
         .load(OBJECT)
+        .map(|ebpf| (ebpf, walk_setup.map(|_| ())))
         .map_err(LoadError::Object)
 }
 

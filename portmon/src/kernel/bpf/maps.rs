@@ -1,6 +1,7 @@
 //! The kernel maps user space reads, as one bundle: what the daemon's
 //! state holds and the integration tests read, through the same methods.
 
+use super::walk::EhashWalk;
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     time::{Duration, Instant},
@@ -50,6 +51,9 @@ pub struct KernelMaps {
     /// Final counts of namespaces whose entries were given back, until
     /// their grace period ends.
     pub(super) retired: Retired,
+    /// The walk of the host's established-socket table, where this kernel
+    /// has what it needs (the inventory takes it).
+    pub walk: Option<EhashWalk>,
 }
 
 /// Final counts of namespaces whose entries were given back, by cookie:

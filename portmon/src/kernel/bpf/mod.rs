@@ -22,6 +22,7 @@ pub mod programs;
 pub mod reclaim;
 pub mod reserve;
 pub mod socket_table;
+pub mod walk;
 
 pub use events::FailureEvents;
 pub use loader::{Kernel, LoadError, LoadOptions};

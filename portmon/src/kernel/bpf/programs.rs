@@ -41,8 +41,10 @@ pub const PROGRAMS: &[(&str, Hook)] = &[
 /// Programs whose hook older kernels lack: where it cannot attach, portmon
 /// runs without it (`portmon_program_attached` says 0) and says so once.
 /// `sock_send_length` (Linux 6.3) is the only place a UDP send that failed
-/// for want of a port shows.
-pub const OPTIONAL: &[&str] = &[program::SOCK_SEND_LENGTH];
+/// for want of a port shows. `walk_established`, the iterator that lists
+/// every namespace's connections in one pass (Linux 6.1, and a kernel that
+/// loads BPF tracing programs), only saves work.
+pub const OPTIONAL: &[&str] = &[program::SOCK_SEND_LENGTH, program::WALK_ESTABLISHED];
 
 /// Programs attached only when asked for
 /// ([`LoadOptions::connect_search`](super::LoadOptions::connect_search)):

@@ -137,10 +137,13 @@ pub enum NetnsFile {
     Sockstat,
     /// `/proc/net/sockstat6` of the namespace.
     Sockstat6,
+    /// `net.ipv4.tcp_ehash_entries` (Linux 6.1): negative where the
+    /// namespace shares the host's established-socket table.
+    EhashEntries,
 }
 
 impl NetnsFile {
-    pub const ALL: [NetnsFile; 8] = [
+    pub const ALL: [NetnsFile; 9] = [
         NetnsFile::SockDiag,
         NetnsFile::SockDiagSecond,
         NetnsFile::PortRange,
@@ -149,6 +152,7 @@ impl NetnsFile {
         NetnsFile::UnprivilegedPortStart,
         NetnsFile::Sockstat,
         NetnsFile::Sockstat6,
+        NetnsFile::EhashEntries,
     ];
 
     /// Where the file is, seen from a thread inside the namespace (`None`
@@ -162,6 +166,7 @@ impl NetnsFile {
             NetnsFile::UnprivilegedPortStart => "/proc/sys/net/ipv4/ip_unprivileged_port_start",
             NetnsFile::Sockstat => "/proc/thread-self/net/sockstat",
             NetnsFile::Sockstat6 => "/proc/thread-self/net/sockstat6",
+            NetnsFile::EhashEntries => "/proc/sys/net/ipv4/tcp_ehash_entries",
         })
     }
 
