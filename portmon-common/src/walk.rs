@@ -66,6 +66,26 @@ pub struct Record {
 }
 const _: () = assert!(core::mem::size_of::<Record>() == 64);
 
+impl Record {
+    /// A record of `kind` with every field 0.
+    pub const fn zeroed(kind: u8) -> Self {
+        Self {
+            netns: 0,
+            cookie: 0,
+            local: [0; 16],
+            remote: [0; 16],
+            inode: 0,
+            uid: 0,
+            local_port: 0,
+            remote_port: 0,
+            family: 0,
+            state: 0,
+            kind,
+            _pad: 0,
+        }
+    }
+}
+
 /// Offsets (bytes) the walk reads that moved between kernels, from the
 /// running kernel's BTF.
 #[repr(C)]

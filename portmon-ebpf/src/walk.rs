@@ -241,20 +241,7 @@ fn sixteen(raw: &[u8; common::LEN], at: usize) -> [u8; 16] {
 
 #[inline(always)]
 fn marker(kind: u8) -> Record {
-    Record {
-        netns: 0,
-        cookie: 0,
-        local: [0; 16],
-        remote: [0; 16],
-        inode: 0,
-        uid: 0,
-        local_port: 0,
-        remote_port: 0,
-        family: 0,
-        state: 0,
-        kind,
-        _pad: 0,
-    }
+    Record::zeroed(kind)
 }
 
 #[inline(always)]

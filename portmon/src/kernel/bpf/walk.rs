@@ -320,16 +320,13 @@ mod tests {
         let mut r = Record {
             netns: 7,
             cookie,
-            local: [0; 16],
-            remote: [0; 16],
             inode: 42,
             uid: 1000,
             local_port: 40_000,
             remote_port: 443,
             family,
             state,
-            kind,
-            _pad: 0,
+            ..Record::zeroed(kind)
         };
         r.local[..4].copy_from_slice(&[127, 0, 0, 1]);
         r.remote[..4].copy_from_slice(&[10, 0, 0, 2]);
