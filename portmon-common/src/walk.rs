@@ -9,14 +9,14 @@
 //! [`Record`] per socket into the reader's buffer. A read of the iterator
 //! is the snapshot.
 
-/// Buckets one program run covers: few, because older verifiers (Linux
-/// 6.1) follow every pass of the nested loops and give up past a million
-/// instructions.
-pub const BUCKETS_PER_CHUNK: u32 = 4;
-/// Sockets one bucket may hold before the walk gives it up as
-/// [`kind::OVERFLOW`]: a bound the verifier can follow, far above the
-/// chains of a table the kernel sized for the host's memory.
-pub const CHAIN_LIMIT: u32 = 16;
+/// Buckets one program run covers, and sockets one bucket may hold before
+/// the walk gives it up as [`kind::OVERFLOW`]. Older verifiers (Linux 6.1)
+/// follow every pass of the two loops and give up past a million
+/// instructions, so their product stays small; a long chain is what a
+/// small table under many sockets has (a 2 GiB host gets 16,384 buckets),
+/// so the buckets are few and the chains long.
+pub const BUCKETS_PER_CHUNK: u32 = 2;
+pub const CHAIN_LIMIT: u32 = 32;
 /// The element count is the table's buckets divided by
 /// [`BUCKETS_PER_CHUNK`]; a table this large would be over 4 GiB.
 pub const MAX_CHUNKS: u32 = 1 << 25;

@@ -98,6 +98,11 @@ fn shared_table(l: &WalkLayout) -> Option<(u64, u32)> {
 /// stack a program has once the loops are unrolled.
 #[repr(C)]
 struct Scratch {
+    /// The iterator session `table` was read for: one read of the table's
+    /// address per walk, not per run.
+    session: u64,
+    /// The shared table's first bucket and mask; 0 if there is none.
+    table: (u64, u32),
     heads: [u64; BUCKETS_PER_CHUNK as usize],
     raw: [u8; common::LEN],
     record: Record,
@@ -132,7 +137,7 @@ pub extern "C" fn walk_established(ctx: *const c_void) -> i32 {
         return 0;
     }
     // SAFETY: checked non-NULL above; the verifier knows both pointers.
-    let (chunk, seq) = unsafe { (*key, (*meta).seq) };
+    let (chunk, seq, session) = unsafe { (*key, (*meta).seq, (*meta).session_id) };
     let Some(scratch) = WALK_SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
@@ -140,13 +145,18 @@ pub extern "C" fn walk_established(ctx: *const c_void) -> i32 {
     // runs.
     let scratch = unsafe { &mut *scratch };
     let l = layout();
-    let Some((ehash, mask)) = shared_table(&l) else {
+    if scratch.session != session || session == 0 {
+        scratch.session = session;
+        scratch.table = shared_table(&l).unwrap_or((0, 0));
+    }
+    let (ehash, mask) = scratch.table;
+    if ehash == 0 {
         if chunk == 0 {
             scratch.record = marker(kind::NO_TABLE);
             emit(seq, &scratch.record);
         }
         return 0;
-    };
+    }
     let first = chunk.wrapping_mul(BUCKETS_PER_CHUNK);
     if first > mask || mask - first < BUCKETS_PER_CHUNK - 1 {
         return 0;

@@ -72,6 +72,11 @@ pub struct Config {
     /// fills, before connects fail. Costs a `sock_ops` program and a hash
     /// insert and delete per connect.
     pub connect_search: bool,
+    /// Whether the connections of the namespaces sharing the host's
+    /// established-socket table are listed in one BPF walk of it, where
+    /// the kernel loads BPF iterators, rather than by one dump per
+    /// namespace, each walking the whole table.
+    pub established_walk: bool,
 }
 
 impl Default for Config {
@@ -110,6 +115,9 @@ impl Default for Config {
             // Off: its cost per connect is more than the rest of portmon's
             // (docs/performance.md), and most hosts are far from a full pool.
             connect_search: false,
+            // On: where it loads, a scrape of many namespaces costs about
+            // what one of the same sockets does (docs/performance.md).
+            established_walk: true,
         }
     }
 }
@@ -324,6 +332,8 @@ pub(crate) mod tests {
         assert_eq!(settings.netns_grace, std::time::Duration::from_secs(5));
         assert_eq!(config.max_port_blocks_per_namespace, 120);
         assert!(parse("connect-search = true").unwrap().connect_search);
+        assert!(!parse("established-walk = false").unwrap().established_walk);
+        assert!(Config::default().established_walk);
     }
 
     #[test]

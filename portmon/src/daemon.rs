@@ -114,6 +114,7 @@ pub fn start(config: Config, served: http::Served) -> Result<Started, DaemonErro
         sockets: config.sockets_capacity,
         blocks_per_namespace: config.max_port_blocks_per_namespace,
         connect_search: config.connect_search,
+        established_walk: config.established_walk,
         ..LoadOptions::default()
     };
     let (kernel, maps, failures) = Kernel::load(&env.cgroup_root, options)?;

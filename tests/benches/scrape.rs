@@ -470,13 +470,22 @@ fn raise_fd_limit() {
         rlim_cur: 0,
         rlim_max: 0,
     };
+    let want = 2 * PAIRS_PER_HOLDER + DESTINATIONS / HOLDERS + 64;
     // SAFETY: valid rlimit structs.
     unsafe {
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-        limit.rlim_cur = limit.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        // Root may raise the hard limit where it holds CAP_SYS_RESOURCE (a
+        // guest's init); elsewhere the soft one goes up to the hard one.
+        let raised = libc::rlimit {
+            rlim_cur: want as libc::rlim_t,
+            rlim_max: want as libc::rlim_t,
+        };
+        if limit.rlim_max >= raised.rlim_max || libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
     }
-    let want = 2 * PAIRS_PER_HOLDER + DESTINATIONS / HOLDERS + 64;
     assert!(limit.rlim_cur as usize >= want, "need {want} open files");
 }
 

@@ -45,6 +45,20 @@ enum Command {
         #[arg(long, default_value_t = vm::DEFAULT_TIMEOUT.as_secs())]
         timeout: u64,
     },
+    /// Run a part of the scrape benchmark in a guest (see `vm-test`), for
+    /// what the host's kernel cannot show (needs root).
+    VmBench {
+        /// Kernel to boot, as for `vm-test`.
+        #[arg(long, default_value = "6.12")]
+        kernel: String,
+        /// `PORTMON_SCRAPE_BENCH`: `namespaces` (one namespace against
+        /// many) or `one`.
+        #[arg(long, default_value = "namespaces")]
+        part: String,
+        /// Seconds the guest gets, boot to power-off.
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+    },
     /// Install what is missing, then run the benchmarks (needs root).
     Bench,
     /// Install the build and test dependencies only (IANA's registry for
@@ -77,6 +91,12 @@ fn main() -> ExitCode {
         Command::VmTest { kernels, timeout } => {
             setup::ensure_for_tests().and_then(|_| vm::run(&kernels, std::time::Duration::from_secs(timeout)))
         }
+        Command::VmBench {
+            kernel,
+            part,
+            timeout,
+        } => setup::ensure_for_tests()
+            .and_then(|_| vm::bench::run(&kernel, &part, std::time::Duration::from_secs(timeout))),
         Command::Bench => bench::run(),
         Command::Setup => setup::ensure_for_tests().map(drop),
         Command::Dist => dist::run(),

@@ -73,6 +73,11 @@ pub struct RunArgs {
     /// port (portmon_connect_port_search_seconds). Default false.
     #[arg(long, value_name = "BOOL")]
     pub connect_search: Option<bool>,
+    /// Whether to list the connections of every namespace sharing the
+    /// host's established-socket table in one BPF walk of it, where the
+    /// kernel allows (false: one sock_diag dump per namespace). Default true.
+    #[arg(long, value_name = "BOOL")]
+    pub established_walk: Option<bool>,
 }
 
 fn capacity(text: &str, max: u32) -> Result<u32, String> {
@@ -126,6 +131,9 @@ impl RunArgs {
         }
         if let Some(on) = self.connect_search {
             config.connect_search = on;
+        }
+        if let Some(on) = self.established_walk {
+            config.established_walk = on;
         }
     }
 }

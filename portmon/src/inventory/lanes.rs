@@ -33,7 +33,10 @@ const TCP_LISTEN: u32 = 1 << portmon_common::tcp_state::LISTEN;
 /// When the walk of the host's table lists the namespace's connections,
 /// its TCP dump asks for listeners only, which the kernel finds in the
 /// listening table without walking the established one.
-pub(super) fn plan(cut: Option<Cut>, bound_idle: bool, walked: bool) -> [Vec<Dump>; 2] {
+///
+/// A family's UDP dump is left out where the namespace's counter says it
+/// has no UDP socket of that family (`udp`, IPv4 then IPv6).
+pub(super) fn plan(cut: Option<Cut>, bound_idle: bool, walked: bool, udp: [bool; 2]) -> [Vec<Dump>; 2] {
     let states = if walked { TCP_LISTEN } else { TCP_STATES };
     let cut = cut.filter(|_| !walked);
     let tcp = |ports| Dump::Tcp { states, ports };
@@ -48,7 +51,12 @@ pub(super) fn plan(cut: Option<Cut>, bound_idle: bool, walked: bool) -> [Vec<Dum
     let rest = bound
         .into_iter()
         .chain(upper.map(tcp))
-        .chain([Dump::Udp(Family::Inet), Dump::Udp(Family::Inet6)])
+        .chain(
+            [Dump::Udp(Family::Inet), Dump::Udp(Family::Inet6)]
+                .into_iter()
+                .zip(udp)
+                .filter_map(|(dump, may)| may.then_some(dump)),
+        )
         .collect();
     [first.into_iter().map(tcp).collect(), rest]
 }
@@ -171,6 +179,8 @@ mod tests {
     use super::*;
     use crate::kernel::sock_diag::End;
 
+    const ALL_UDP: [bool; 2] = [true; 2];
+
     #[test]
     fn the_second_lane_takes_what_the_first_does_not() {
         let udp = [Dump::Udp(Family::Inet), Dump::Udp(Family::Inet6)];
@@ -182,9 +192,9 @@ mod tests {
             states: TCP_BOUND_INACTIVE,
             ports: Ports::All,
         };
-        assert_eq!(plan(None, false, false), [vec![all], udp.to_vec()]);
+        assert_eq!(plan(None, false, false, ALL_UDP), [vec![all], udp.to_vec()]);
         assert_eq!(
-            plan(None, true, false),
+            plan(None, true, false, ALL_UDP),
             [vec![all], [&[bound][..], &udp].concat()]
         );
         let cut = Cut {
@@ -196,19 +206,25 @@ mod tests {
             ports,
         });
         assert_eq!(
-            plan(Some(cut), false, false),
+            plan(Some(cut), false, false, ALL_UDP),
             [vec![low], [&[high][..], &udp].concat()]
         );
         // With the bind table walked, no cut.
-        assert_eq!(plan(Some(cut), true, false), plan(None, true, false));
+        assert_eq!(
+            plan(Some(cut), true, false, ALL_UDP),
+            plan(None, true, false, ALL_UDP)
+        );
         // With the connections walked, listeners only, and no cut.
         let listeners = Dump::Tcp {
             states: TCP_LISTEN,
             ports: Ports::All,
         };
-        assert_eq!(plan(Some(cut), false, true), [vec![listeners], udp.to_vec()]);
         assert_eq!(
-            plan(None, true, true),
+            plan(Some(cut), false, true, ALL_UDP),
+            [vec![listeners], udp.to_vec()]
+        );
+        assert_eq!(
+            plan(None, true, true, ALL_UDP),
             [vec![listeners], [&[bound][..], &udp].concat()]
         );
     }

@@ -313,16 +313,18 @@ impl Inventory {
             None => false,
         };
         snapshot.walked = walk_ok;
-        let bound_idle = sockstat::bound_idle_possible(
-            self.open
-                .values()
-                .map(|handles| handles.sockstat.as_ref().and_then(|s| s.read().ok())),
-        );
+        let counts: HashMap<u64, Option<sockstat::Counts>> = self
+            .open
+            .iter()
+            .map(|(&cookie, handles)| (cookie, handles.sockstat.as_ref().and_then(|s| s.read().ok())))
+            .collect();
+        let bound_idle = sockstat::bound_idle_possible(counts.values().copied());
         let jobs = self
             .open
             .iter_mut()
             .flat_map(|(&netns, handles)| {
-                let dumps = lanes::plan(handles.cut, bound_idle, walk_ok && handles.in_host_table);
+                let udp = counts.get(&netns).copied().flatten().map_or([true; 2], |c| c.udp);
+                let dumps = lanes::plan(handles.cut, bound_idle, walk_ok && handles.in_host_table, udp);
                 handles
                     .lanes
                     .iter_mut()

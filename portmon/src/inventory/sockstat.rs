@@ -14,6 +14,10 @@
 //! those tables and none is bound and idle. Anything else — a socket not
 //! yet bound, one closing, a namespace portmon does not see — keeps the
 //! walk.
+//!
+//! The same files say how many UDP sockets of each family a namespace has
+//! bound (`UDP: inuse`, `UDP6: inuse`): a namespace with none needs no UDP
+//! dump of that family, which would walk the host's whole UDP table.
 
 use std::io;
 
@@ -34,11 +38,14 @@ pub(super) struct Sockstat {
 
 /// What one namespace's files say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct TcpCounts {
+pub(super) struct Counts {
     /// Its TCP sockets in the listening and established tables, both families.
     pub hashed: u64,
     /// TCP sockets of the whole host.
     pub allocated: u64,
+    /// Whether it may have bound UDP sockets, IPv4 then IPv6: false only
+    /// where its counter says none.
+    pub udp: [bool; 2],
 }
 
 impl Sockstat {
@@ -67,7 +74,7 @@ impl Sockstat {
         })
     }
 
-    pub fn read(&self) -> Result<TcpCounts, ProcError> {
+    pub fn read(&self) -> Result<Counts, ProcError> {
         let v4 = self.v4.read()?;
         let v6 = match &self.v6 {
             Some(file) => file.read()?,
@@ -81,7 +88,7 @@ impl Sockstat {
 }
 
 /// `TCP: inuse N orphan N tw N alloc N mem N` and `TCP6: inuse N`.
-fn parse(v4: &str, v6: &str) -> Option<TcpCounts> {
+fn parse(v4: &str, v6: &str) -> Option<Counts> {
     let field = |text: &str, line: &str, name: &str| -> Option<u64> {
         let fields = text.lines().find_map(|l| l.strip_prefix(line))?;
         let mut words = fields.split_whitespace();
@@ -97,15 +104,19 @@ fn parse(v4: &str, v6: &str) -> Option<TcpCounts> {
     } else {
         field(v6, "TCP6:", "inuse")?
     };
-    Some(TcpCounts {
+    Some(Counts {
         hashed: field(v4, "TCP:", "inuse")? + v6_hashed,
         allocated: field(v4, "TCP:", "alloc")?,
+        udp: [
+            field(v4, "UDP:", "inuse") != Some(0),
+            field(v6, "UDP6:", "inuse") != Some(0),
+        ],
     })
 }
 
 /// Whether a bound and idle TCP socket may exist, given every namespace's
 /// counts (`None` where they could not be read).
-pub(super) fn bound_idle_possible(counts: impl IntoIterator<Item = Option<TcpCounts>>) -> bool {
+pub(super) fn bound_idle_possible(counts: impl IntoIterator<Item = Option<Counts>>) -> bool {
     let mut hashed = 0;
     let mut allocated = None;
     for counts in counts {
@@ -127,17 +138,25 @@ mod tests {
     fn reads_the_tcp_lines_of_both_files() {
         assert_eq!(
             parse(V4, "TCP6: inuse 5\nUDP6: inuse 1\n"),
-            Some(TcpCounts {
+            Some(Counts {
                 hashed: 12,
-                allocated: 12
+                allocated: 12,
+                udp: [true, true],
             })
         );
+        // No IPv6 file: its UDP is not known to be empty.
         assert_eq!(
             parse(V4, ""),
-            Some(TcpCounts {
+            Some(Counts {
                 hashed: 7,
-                allocated: 12
+                allocated: 12,
+                udp: [true, true],
             })
+        );
+        let none = "TCP: inuse 7 orphan 0 tw 3 alloc 12 mem 4\nUDP: inuse 0 mem 0\n";
+        assert_eq!(
+            parse(none, "TCP6: inuse 0\nUDP6: inuse 0\n").map(|c| c.udp),
+            Some([false, false])
         );
         assert_eq!(parse("UDP: inuse 2\n", ""), None);
         assert_eq!(parse(V4, "TCP6: inuse x\n"), None);
@@ -145,7 +164,13 @@ mod tests {
 
     #[test]
     fn the_walk_is_left_out_only_when_every_socket_is_accounted_for() {
-        let ns = |hashed, allocated| Some(TcpCounts { hashed, allocated });
+        let ns = |hashed, allocated| {
+            Some(Counts {
+                hashed,
+                allocated,
+                udp: [true; 2],
+            })
+        };
         assert!(!bound_idle_possible([ns(7, 12), ns(5, 12)]));
         // A socket in no table: bound and idle, or not bound yet.
         assert!(bound_idle_possible([ns(7, 13), ns(5, 13)]));

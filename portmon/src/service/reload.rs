@@ -98,6 +98,10 @@ fn apply(state: &State, running: &Config, source: &ConfigSource) -> Result<Confi
             wanted.max_connections != running.max_connections,
         ),
         ("connect-search", wanted.connect_search != running.connect_search),
+        (
+            "established-walk",
+            wanted.established_walk != running.established_walk,
+        ),
     ];
     for (key, changed) in needs_restart {
         if changed {
@@ -117,6 +121,7 @@ fn apply(state: &State, running: &Config, source: &ConfigSource) -> Result<Confi
     wanted.api = running.api;
     wanted.max_connections = running.max_connections;
     wanted.connect_search = running.connect_search;
+    wanted.established_walk = running.established_walk;
     let entries = registry.source().entries;
     state.replace_settings(wanted.settings(registry));
     tracing::info!(

@@ -26,6 +26,7 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::shell;
 
+pub mod bench;
 mod initramfs;
 mod kernel;
 mod qemu;
@@ -98,6 +99,7 @@ pub fn run(kernels: &[String], timeout: Duration) -> Result<()> {
             dir: &dir,
             accel,
             timeout,
+            append: "",
         })?;
         report(&kernel.release, &outcome);
         outcomes.push((kernel.release.clone(), outcome));
@@ -165,7 +167,7 @@ fn build() -> Result<(PathBuf, PathBuf)> {
 
 /// Writes the archives one after the other: the kernel unpacks each in
 /// turn.
-fn concatenate(parts: &[&Path], into: &Path) -> Result<()> {
+pub(crate) fn concatenate(parts: &[&Path], into: &Path) -> Result<()> {
     let mut out = std::fs::File::create(into).with_context(|| format!("creating {}", into.display()))?;
     for part in parts {
         let mut input = std::fs::File::open(part).with_context(|| format!("opening {}", part.display()))?;

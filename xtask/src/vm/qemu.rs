@@ -68,6 +68,9 @@ pub struct Boot<'a> {
     pub dir: &'a Path,
     pub accel: Accel,
     pub timeout: Duration,
+    /// More of the kernel's command line: `NAME=value` words the kernel
+    /// does not know reach init as environment variables.
+    pub append: &'a str,
 }
 
 /// What came back from a guest.
@@ -118,7 +121,8 @@ pub fn run(boot: &Boot<'_>) -> Result<Outcome> {
         .arg(boot.vmlinuz)
         .arg("-initrd")
         .arg(boot.initrd)
-        .args(["-append", "console=ttyS0 panic=-1 rdinit=/init"])
+        .arg("-append")
+        .arg(format!("console=ttyS0 panic=-1 rdinit=/init {}", boot.append).trim_end())
         .arg("-serial")
         .arg(format!("file:{}", console_log.display()))
         .arg("-serial")

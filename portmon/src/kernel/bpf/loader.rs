@@ -62,6 +62,9 @@ pub struct LoadOptions {
     /// Time how long each TCP connect spends finding a local port
     /// (`sock_ops`, and a hash insert per connect in the state tracepoint).
     pub connect_search: bool,
+    /// List every sharing namespace's connections with the established-table
+    /// walk, where the kernel loads it.
+    pub established_walk: bool,
 }
 
 impl LoadOptions {
@@ -82,6 +85,7 @@ impl Default for LoadOptions {
             blocks_per_namespace: capacity::BLOCKS_PER_NAMESPACE,
             hooks_only: false,
             connect_search: false,
+            established_walk: true,
         }
     }
 }
@@ -179,7 +183,13 @@ impl Kernel {
             load(&mut ebpf, name)?;
         }
         let walk = walkable
-            .and_then(|()| EhashWalk::attach(&mut ebpf))
+            .and_then(|()| {
+                if options.established_walk {
+                    EhashWalk::attach(&mut ebpf)
+                } else {
+                    Err(walk::WalkSetupError::Off)
+                }
+            })
             .inspect_err(|err| {
                 tracing::info!(
                     "each namespace's sock_diag dump walks the established-socket table itself: {}",

@@ -64,6 +64,8 @@ pub enum WalkSetupError {
     KernelBtf(#[source] aya::BtfError),
     #[error("the kernel refused the walk's iterator link")]
     Link(#[source] io::Error),
+    #[error("established-walk is false")]
+    Off,
 }
 
 /// Why one walk gave nothing usable; the snapshot then dumps instead.
