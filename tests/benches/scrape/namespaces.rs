@@ -113,7 +113,7 @@ const WAYS: [Way; 2] = [
 
 /// Creates `namespaces` namespaces sharing `SOCKETS` sockets, and measures
 /// scrapes against a fresh daemon for each way; `None` for the walk where
-/// it does not run.
+/// it does not run, or for the dumps where a scrape failed.
 fn layout(namespaces: usize) -> Vec<Option<Costs>> {
     let made = Instant::now();
     let spaces: Vec<NamedNetns> = (0..namespaces)
@@ -152,7 +152,17 @@ fn measure(way: &Way, names: &[&str]) -> Option<Costs> {
     for _ in 0..RUNS {
         let before = cpu_seconds_with_children(pid);
         let started = Instant::now();
-        let (status, body) = http_get(daemon.addr, "/metrics").expect("scrape");
+        let (status, body) = match http_get(daemon.addr, "/metrics") {
+            Ok(answer) => answer,
+            // The comparison may outlast the daemon's 10 s write deadline
+            // where everything is slow (a guest under TCG): say so, and
+            // keep the figures of the way the target is about.
+            Err(err) if !way.walks => {
+                println!("  {}: a scrape failed, not measured: {err}", way.name);
+                return None;
+            }
+            Err(err) => panic!("scrape: {err}"),
+        };
         scrapes.push(started.elapsed().as_secs_f64() * 1e3);
         cpu.push((cpu_seconds_with_children(pid) - before) * 1e3);
         assert_eq!(status, 200);
