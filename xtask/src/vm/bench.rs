@@ -9,11 +9,11 @@
 //! figures say little; ratios between layouts measured in the same guest
 //! are what it is for.
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, Result};
 
-use super::{concatenate, initramfs, kernel, qemu};
+use super::{cargo_executable, concatenate, initramfs, kernel, qemu};
 use crate::shell;
 
 /// Runs `PORTMON_SCRAPE_BENCH=part` of the scrape benchmark on `kernel`.
@@ -29,7 +29,17 @@ pub fn run(kernel_spec: &str, part: &str, timeout: Duration) -> Result<()> {
         "--bin",
         "portmon",
     ])?;
-    let bench = build_bench()?;
+    let bench = cargo_executable(
+        &[
+            "bench",
+            "--locked",
+            "--package",
+            "portmon-tests",
+            "--bench",
+            "scrape",
+        ],
+        "scrape",
+    )?;
     let root = shell::workspace_root();
     let shared = initramfs::build_shared(
         &initramfs::Contents {
@@ -78,31 +88,4 @@ pub fn run(kernel_spec: &str, part: &str, timeout: Duration) -> Result<()> {
         outcome.result_log.display()
     );
     Ok(())
-}
-
-/// Builds the scrape benchmark and returns its executable.
-fn build_bench() -> Result<PathBuf> {
-    let out = shell::cargo_command(&[
-        "bench",
-        "--locked",
-        "--package",
-        "portmon-tests",
-        "--bench",
-        "scrape",
-        "--no-run",
-        "--message-format=json-render-diagnostics",
-    ])
-    .current_dir(shell::workspace_root())
-    .stderr(std::process::Stdio::inherit())
-    .output()
-    .context("cannot run cargo")?;
-    if !out.status.success() {
-        bail!("building the scrape benchmark failed: fix the build, then run again");
-    }
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "scrape")
-        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .context("cargo named no executable for the scrape benchmark")
 }

@@ -139,30 +139,39 @@ fn harness_args() -> Vec<String> {
 /// does on the host, and returns their paths.
 fn build() -> Result<(PathBuf, PathBuf)> {
     shell::cargo(&["build", "--locked", "--package", "portmon", "--bin", "portmon"])?;
-    let out = shell::cargo_command(&[
-        "test",
-        "--locked",
-        "--package",
-        "portmon-tests",
-        "--test",
+    let integration = cargo_executable(
+        &[
+            "test",
+            "--locked",
+            "--package",
+            "portmon-tests",
+            "--test",
+            "integration",
+        ],
         "integration",
-        "--no-run",
-        "--message-format=json-render-diagnostics",
-    ])
-    .current_dir(shell::workspace_root())
-    .stderr(std::process::Stdio::inherit())
-    .output()
-    .context("cannot run cargo")?;
+    )?;
+    Ok((integration, shell::target_dir().join("debug/portmon")))
+}
+
+/// Builds with `cargo <args> --no-run` and returns the executable cargo
+/// made for the target `name`.
+pub(crate) fn cargo_executable(args: &[&str], name: &str) -> Result<PathBuf> {
+    let mut all = args.to_vec();
+    all.extend(["--no-run", "--message-format=json-render-diagnostics"]);
+    let out = shell::cargo_command(&all)
+        .current_dir(shell::workspace_root())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("cannot run cargo")?;
     if !out.status.success() {
-        bail!("building the integration tests failed: fix the build, then run again");
+        bail!("building {name} failed: fix the build, then run again");
     }
-    let integration = String::from_utf8_lossy(&out.stdout)
+    String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "integration")
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == name)
         .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .context("cargo named no executable for the integration tests")?;
-    Ok((integration, shell::target_dir().join("debug/portmon")))
+        .with_context(|| format!("cargo named no executable for {name}"))
 }
 
 /// Writes the archives one after the other: the kernel unpacks each in
