@@ -208,8 +208,10 @@ fn connects_to_one_destination_get_exactly_the_pool_then_one_eaddrnotavail() {
         let high = format!(
             "ALERTS{{alertname=\"PortmonEphemeralPoolCritical\",netns=\"{netns}\",proto=\"tcp\",op=\"connect\"}}"
         );
+        // Waited for too: under TCG a scrape can outlast the 1 s interval,
+        // and a missed sample sends a pending alert back to inactive.
         assert_eq!(
-            prometheus.query(&high),
+            prometheus.wait_for(&high, 1.0, PROMETHEUS_PATIENCE),
             Some(1.0),
             "the pool at 100% is pending or firing"
         );
