@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 
-use super::{cargo_executable, concatenate, initramfs, kernel, qemu};
+use super::{boot, cargo_executable, initramfs, kernel, qemu};
 use crate::shell;
 
 /// Runs `PORTMON_SCRAPE_BENCH=part` of the scrape benchmark on `kernel`.
@@ -52,22 +52,19 @@ pub fn run(kernel_spec: &str, part: &str, timeout: Duration) -> Result<()> {
         &cache.join("bench-initramfs"),
     )?;
     let dir = cache.join("bench-runs").join(&kernel.release);
-    let modules = initramfs::build_modules(&kernel.modules, &dir.join("modules"))?;
-    let initrd = dir.join("initrd.cpio");
-    concatenate(&[&shared, &modules], &initrd)?;
     let accel = qemu::Accel::detect();
     println!(
         "xtask: vm-bench: scrape part {part} on {} with {accel}",
         kernel.release
     );
-    let outcome = qemu::run(&qemu::Boot {
-        vmlinuz: &kernel.vmlinuz,
-        initrd: &initrd,
-        dir: &dir,
+    let outcome = boot(
+        &kernel,
+        &shared,
+        &dir,
         accel,
         timeout,
-        append: &format!("PORTMON_SCRAPE_BENCH={part}"),
-    })?;
+        &format!("PORTMON_SCRAPE_BENCH={part}"),
+    )?;
     let text = std::fs::read_to_string(&outcome.result_log).unwrap_or_default();
     for line in text.lines() {
         println!("  {}", line.trim_end_matches('\r'));

@@ -89,18 +89,8 @@ pub fn run(kernels: &[String], timeout: Duration) -> Result<()> {
     let mut outcomes = Vec::new();
     for kernel in &kernels {
         let dir = cache.join("runs").join(&kernel.release);
-        let modules = initramfs::build_modules(&kernel.modules, &dir.join("modules"))?;
-        let initrd = dir.join("initrd.cpio");
-        concatenate(&[&shared, &modules], &initrd)?;
         println!("xtask: booting {} ({})", kernel.release, kernel.package);
-        let outcome = qemu::run(&qemu::Boot {
-            vmlinuz: &kernel.vmlinuz,
-            initrd: &initrd,
-            dir: &dir,
-            accel,
-            timeout,
-            append: "",
-        })?;
+        let outcome = boot(kernel, &shared, &dir, accel, timeout, "")?;
         report(&kernel.release, &outcome);
         outcomes.push((kernel.release.clone(), outcome));
     }
@@ -174,9 +164,32 @@ pub(crate) fn cargo_executable(args: &[&str], name: &str) -> Result<PathBuf> {
         .with_context(|| format!("cargo named no executable for {name}"))
 }
 
+/// Boots `kernel` with the shared archive and the kernel's modules, in
+/// `dir`; `append` goes on the kernel's command line.
+pub(crate) fn boot(
+    kernel: &kernel::Kernel,
+    shared: &Path,
+    dir: &Path,
+    accel: qemu::Accel,
+    timeout: Duration,
+    append: &str,
+) -> Result<qemu::Outcome> {
+    let modules = initramfs::build_modules(&kernel.modules, &dir.join("modules"))?;
+    let initrd = dir.join("initrd.cpio");
+    concatenate(&[shared, &modules], &initrd)?;
+    qemu::run(&qemu::Boot {
+        vmlinuz: &kernel.vmlinuz,
+        initrd: &initrd,
+        dir,
+        accel,
+        timeout,
+        append,
+    })
+}
+
 /// Writes the archives one after the other: the kernel unpacks each in
 /// turn.
-pub(crate) fn concatenate(parts: &[&Path], into: &Path) -> Result<()> {
+fn concatenate(parts: &[&Path], into: &Path) -> Result<()> {
     let mut out = std::fs::File::create(into).with_context(|| format!("creating {}", into.display()))?;
     for part in parts {
         let mut input = std::fs::File::open(part).with_context(|| format!("opening {}", part.display()))?;
