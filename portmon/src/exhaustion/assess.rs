@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::{
     listeners::{listeners_in_pool, reserving, ListenerInPool},
-    pool::PoolSettings,
+    pool::{EphemeralPool, PoolSettings},
 };
 use crate::{
     kernel::sock_diag::{NsSocket, SocketState},
@@ -81,10 +81,17 @@ pub struct ReservedPortsFix {
 /// One namespace's ports, as one pass over the sockets finds them.
 struct NetnsPorts<'a> {
     settings: &'a PoolSettings,
-    pool: PortSet,
+    /// Its pool, shared with every namespace of the same settings.
+    pool: &'a Pool,
     tcp_in_use: PortSet,
     tcp_bound: PortSet,
     udp_in_use: PortSet,
+}
+
+/// A pool's ports and their number.
+struct Pool {
+    ports: PortSet,
+    size: u32,
 }
 
 /// Measures every namespace of `pools` against its sockets. `exclusive`
@@ -96,19 +103,22 @@ pub fn assess(
     exclusive: &HashSet<u64, impl std::hash::BuildHasher>,
     top: usize,
 ) -> EphemeralReport {
+    // Namespaces mostly keep the defaults: each set of settings is made
+    // into a pool once, not once per namespace.
+    let mut distinct: FastMap<&EphemeralPool, Pool> = FastMap::default();
+    for settings in pools.values() {
+        distinct.entry(&settings.pool).or_insert_with(|| {
+            let ports = settings.pool.ports();
+            let size = ports.len();
+            Pool { ports, size }
+        });
+    }
     let mut namespaces: FastMap<u64, NetnsPorts<'_>> = pools
         .iter()
         .map(|(&netns, settings)| {
-            let mut pool = PortSet::default();
-            let range = settings.pool.range;
-            for port in range.low..=range.high {
-                if !settings.pool.is_reserved(port) {
-                    pool.insert(port);
-                }
-            }
             let ports = NetnsPorts {
                 settings,
-                pool,
+                pool: &distinct[&settings.pool],
                 tcp_in_use: PortSet::default(),
                 tcp_bound: PortSet::default(),
                 udp_in_use: PortSet::default(),
@@ -122,7 +132,7 @@ pub fn assess(
             continue;
         };
         let port = s.socket.local.port();
-        if !ns.pool.contains(port) {
+        if !ns.pool.ports.contains(port) {
             continue;
         }
         match s.socket.proto {
@@ -148,7 +158,7 @@ pub fn assess(
             continue;
         };
         let port = socket.local.port();
-        if !ns.pool.contains(port) || ns.tcp_bound.contains(port) {
+        if !ns.pool.ports.contains(port) || ns.tcp_bound.contains(port) {
             continue;
         }
         if socket.state == SocketState::TimeWait
@@ -165,7 +175,7 @@ pub fn assess(
     // walks the whole set).
     let connectable: FastMap<u64, u32> = namespaces
         .iter()
-        .map(|(&netns, ns)| (netns, ns.pool.len() - ns.tcp_bound.len()))
+        .map(|(&netns, ns)| (netns, ns.pool.size - ns.tcp_bound.len()))
         .collect();
     // The limit is per local address too; a destination reached from
     // several shows its busiest.
@@ -188,7 +198,7 @@ pub fn assess(
 
     let mut pools_out = Vec::with_capacity(namespaces.len() * 2);
     for (&netns, ns) in &namespaces {
-        let pool = ns.pool.len();
+        let pool = ns.pool.size;
         let tcp_in_use = ns.tcp_in_use.len();
         let tcp_bound = ns.tcp_bound.len();
         let busiest = destinations

@@ -138,7 +138,7 @@ impl fmt::Display for LocalPortRange {
 /// The ports listed in `net.ipv4.ip_local_reserved_ports`: the kernel never
 /// picks them as ephemeral ports, though an explicit `bind()` may use them.
 ///
-#[derive(Clone, PartialEq, Eq, Default)]
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
 pub struct ReservedPorts {
     ports: PortSet,
 }
@@ -151,9 +151,7 @@ impl ReservedPorts {
 
     /// Marks `low..=high` reserved.
     pub fn insert_range(&mut self, low: u16, high: u16) {
-        for port in low..=high {
-            self.ports.insert(port);
-        }
+        self.ports.insert_range(low, high);
     }
 
     /// Whether `port` is reserved.
@@ -242,7 +240,7 @@ impl fmt::Debug for ReservedPorts {
 
 /// The ports the kernel may hand out as ephemeral ports in one network
 /// namespace: the local port range minus the reserved ports.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct EphemeralPool {
     /// `ip_local_port_range`.
     pub range: LocalPortRange,
@@ -251,6 +249,13 @@ pub struct EphemeralPool {
 }
 
 impl EphemeralPool {
+    /// The ports the kernel can hand out, as a set.
+    pub fn ports(&self) -> PortSet {
+        let mut ports = PortSet::range(self.range.low, self.range.high);
+        ports.remove_all(&self.reserved.ports);
+        ports
+    }
+
     /// Number of ports the kernel can hand out: ports in the range that are
     /// not reserved.
     pub fn size(&self) -> u32 {
