@@ -89,17 +89,20 @@ pub(super) struct Job<'a> {
     lane: &'a mut Lane,
     dumps: Vec<Dump>,
     sockets: Vec<NsSocket>,
+    /// Whether the namespace's dump may be cut, which its histogram is for.
+    cuttable: bool,
     histogram: Histogram,
 }
 
 impl<'a> Job<'a> {
-    pub fn new(netns: u64, lane: &'a mut Lane, dumps: Vec<Dump>) -> Self {
+    pub fn new(netns: u64, lane: &'a mut Lane, dumps: Vec<Dump>, cuttable: bool) -> Self {
         let sockets = Vec::with_capacity((lane.last_found + lane.last_found / 8).max(64));
         Self {
             netns,
             lane,
             dumps,
             sockets,
+            cuttable,
             histogram: Histogram::default(),
         }
     }
@@ -112,7 +115,9 @@ impl<'a> Job<'a> {
                 failed.push((dump, err));
             }
         }
-        self.histogram.add(&self.sockets);
+        if self.cuttable {
+            self.histogram.add(&self.sockets);
+        }
         self.lane.last = started.elapsed();
         self.lane.last_found = self.sockets.len();
         Outcome {

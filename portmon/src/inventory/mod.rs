@@ -324,12 +324,13 @@ impl Inventory {
             .iter_mut()
             .flat_map(|(&netns, handles)| {
                 let udp = counts.get(&netns).copied().flatten().map_or([true; 2], |c| c.udp);
-                let dumps = lanes::plan(handles.cut, bound_idle, walk_ok && handles.in_host_table, udp);
+                let walked = walk_ok && handles.in_host_table;
+                let dumps = lanes::plan(handles.cut, bound_idle, walked, udp);
                 handles
                     .lanes
                     .iter_mut()
                     .zip(dumps)
-                    .map(move |(lane, dumps)| Job::new(netns, lane, dumps))
+                    .map(move |(lane, dumps)| Job::new(netns, lane, dumps, !walked))
             })
             .collect();
         let threads = std::thread::available_parallelism().map_or(1, usize::from);

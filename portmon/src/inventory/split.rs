@@ -38,36 +38,45 @@ impl Cut {
     }
 }
 
-/// TCP sockets by local and by remote port, in buckets of [`BUCKET`].
-#[derive(Debug, Clone)]
-pub(super) struct Histogram {
-    local: Box<[u32; BUCKETS]>,
-    remote: Box<[u32; BUCKETS]>,
-}
+/// TCP sockets by local and by remote port, in buckets of [`BUCKET`];
+/// allocated at the first socket, as most namespaces have too few to cut.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Histogram(Option<Box<Buckets>>);
 
-impl Default for Histogram {
-    fn default() -> Self {
-        Self {
-            local: Box::new([0; BUCKETS]),
-            remote: Box::new([0; BUCKETS]),
-        }
-    }
+#[derive(Debug, Clone)]
+struct Buckets {
+    local: [u32; BUCKETS],
+    remote: [u32; BUCKETS],
 }
 
 impl Histogram {
+    fn buckets(&mut self) -> &mut Buckets {
+        self.0.get_or_insert_with(|| {
+            Box::new(Buckets {
+                local: [0; BUCKETS],
+                remote: [0; BUCKETS],
+            })
+        })
+    }
+
     /// Counts the TCP sockets of `sockets`.
     pub fn add(&mut self, sockets: &[NsSocket]) {
         for s in sockets
             .iter()
             .filter(|s| s.socket.proto == portmon_common::Proto::Tcp)
         {
-            self.local[usize::from(s.socket.local.port()) / BUCKET] += 1;
-            self.remote[usize::from(s.socket.remote.port()) / BUCKET] += 1;
+            let buckets = self.buckets();
+            buckets.local[usize::from(s.socket.local.port()) / BUCKET] += 1;
+            buckets.remote[usize::from(s.socket.remote.port()) / BUCKET] += 1;
         }
     }
 
     pub fn merge(&mut self, other: &Histogram) {
-        for (mine, theirs) in [(&mut self.local, &other.local), (&mut self.remote, &other.remote)] {
+        let Some(theirs) = &other.0 else {
+            return;
+        };
+        let mine = self.buckets();
+        for (mine, theirs) in [(&mut mine.local, &theirs.local), (&mut mine.remote, &theirs.remote)] {
             for (a, b) in mine.iter_mut().zip(theirs.iter()) {
                 *a += b;
             }
@@ -77,7 +86,8 @@ impl Histogram {
     /// The cut that leaves the smaller worst half, if the namespace is
     /// worth cutting and some cut shares it well enough.
     pub fn cut(&self) -> Option<Cut> {
-        let total: u32 = self.local.iter().sum();
+        let buckets = self.0.as_deref()?;
+        let total: u32 = buckets.local.iter().sum();
         if total < SPLIT_FROM {
             return None;
         }
@@ -95,7 +105,10 @@ impl Histogram {
             let port = ((best.1 + 1) * BUCKET - 1) as u16;
             (best.0, Cut { end, port })
         };
-        let (local, remote) = (best(End::Local, &self.local), best(End::Remote, &self.remote));
+        let (local, remote) = (
+            best(End::Local, &buckets.local),
+            best(End::Remote, &buckets.remote),
+        );
         let (worst, cut) = if local.0 <= remote.0 { local } else { remote };
         (f64::from(worst) <= WORST_SHARE * f64::from(total)).then_some(cut)
     }
