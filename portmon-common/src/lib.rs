@@ -6,7 +6,10 @@
 //! reached through `TryFrom`, never by transmuting kernel data.
 #![no_std]
 
+mod tables;
 pub mod walk;
+
+pub use tables::*;
 
 #[cfg(feature = "user")]
 mod user;
@@ -69,6 +72,16 @@ pub mod map {
     /// The elements the established-hash walk iterates over, one per
     /// `walk::BUCKETS_PER_CHUNK` buckets (`u32`, unused).
     pub const WALK_CHUNKS: &str = "WALK_CHUNKS";
+    /// The `OWNER_HELD` entry of each unprivileged user whose namespaces
+    /// took shared entries, by kuid (a hash of `u32` to `u32`); entry 0 is
+    /// every user past the map's capacity, together.
+    pub const OWNER_SLOTS: &str = "OWNER_SLOTS";
+    /// What each such user's namespaces hold (`OwnerHeld`), mapped into
+    /// the daemon, which subtracts what it gives back.
+    pub const OWNER_HELD: &str = "OWNER_HELD";
+    /// The `OWNER_HELD` entry, plus one, charged for each `POOL_KEYS`
+    /// entry (`u32`); 0 when none was.
+    pub const POOL_OWNERS: &str = "POOL_OWNERS";
 }
 
 /// Names of the read-only globals the loader sets before the kernel
@@ -106,6 +119,9 @@ pub mod global {
     pub const CONNECT_SEARCH: &str = "PORTMON_CONNECT_SEARCH";
     /// `walk::WalkLayout`: offsets the established-hash walk reads.
     pub const WALK_LAYOUT: &str = "PORTMON_WALK_LAYOUT";
+    /// `OwnerQuota`: the most shared entries one unprivileged user's
+    /// namespaces may hold, so that no user crowds out another's.
+    pub const OWNER_QUOTA: &str = "PORTMON_OWNER_QUOTA";
 }
 
 /// Names of the kernel programs, after the hook each attaches to.
@@ -165,8 +181,15 @@ pub mod slot {
     pub const RESERVED_BLOCKS_TAKEN: u32 = 12;
     /// Entries of the reserve of `POOL_KEYS`, as above.
     pub const RESERVED_POOLS_TAKEN: u32 = 13;
+    /// Shared entries refused to an unprivileged user's namespace because
+    /// that user's namespaces hold their quota (`global::OWNER_QUOTA`);
+    /// the count is then lost as for a full map (tables, pools) or kept in
+    /// the table's range class (blocks).
+    pub const OWNER_QUOTA_REFUSED: u32 = 14;
+    /// Entries of `OWNER_HELD` handed out so far (the next is this plus one).
+    pub const OWNER_SLOTS_TAKEN: u32 = 15;
     /// Number of slots.
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 16;
 }
 
 /// Default capacities; the daemon may resize maps before load.
@@ -219,6 +242,12 @@ pub mod capacity {
     /// few hundred at most; an LRU map drops the oldest, which only a
     /// connect that never reached the callback leaves behind.
     pub const CONNECT_SEARCH_STARTS: u32 = 1 << 12;
+    /// Unprivileged users whose namespaces' shared entries are counted
+    /// apart (`OWNER_HELD`); users past it share the first entry.
+    pub const OWNERS: u32 = 1 << 10;
+    /// The share of each shared part one user's namespaces may hold, in
+    /// percent, unless configured (`max-shared-percent-per-user`).
+    pub const OWNER_PERCENT: u32 = 25;
 }
 
 /// The fixed entry (1 to `capacity::HOST_ENTRIES`) of the host's table or
@@ -394,111 +423,6 @@ pub mod errno {
     pub const EADDRNOTAVAIL: u32 = 99;
 }
 
-/// Ports per `PORT_STATS` block. Connects from one host to one destination
-/// take neighbouring ephemeral ports (`__inet_hash_connect` steps through
-/// the range), so a block keeps them on a few cache lines.
-pub const PORTS_PER_BLOCK: usize = 64;
-/// Blocks that cover every port: the length of a `PortTable`.
-pub const BLOCKS_PER_TABLE: usize = 65_536 / PORTS_PER_BLOCK;
-
-/// Key of `PORT_TABLES`: one protocol and family in one network namespace,
-/// and what is counted.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PortTableKey {
-    /// Network namespace cookie (`bpf_get_netns_cookie`).
-    pub netns: u64,
-    /// `proto::*`.
-    pub proto: u8,
-    /// `family::*`.
-    pub family: u8,
-    /// `kind::*`.
-    pub kind: u8,
-    // Two fields, not `[u8; 5]`: LLVM builds a zeroed five-byte array with a
-    // call to the BPF object's `memset` on every count.
-    pub _pad: u8,
-    pub _pad_word: u32,
-}
-const _: () = assert!(core::mem::size_of::<PortTableKey>() == 16);
-
-impl PortTableKey {
-    pub const fn new(netns: u64, proto: u8, family: u8, kind: u8) -> Self {
-        Self {
-            netns,
-            proto,
-            family,
-            kind,
-            _pad: 0,
-            _pad_word: 0,
-        }
-    }
-}
-
-/// Entry of `PORT_TABLES`: for each block of `PORTS_PER_BLOCK` ports (port
-/// / `PORTS_PER_BLOCK`), its index in `PORT_STATS`, 0 if none yet.
-///
-/// A count finds its table through a per-CPU cache of the last table used
-/// for each kind, checked against the table's own key, and then goes
-/// straight to the block: no hash lookup on the hot path. A hash lookup
-/// per count costs more than the rest of a program's work, the most on
-/// ports picked at random (bind(0), UDP), whose buckets are out of the
-/// cache (figures in docs/performance.md).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PortTable {
-    /// Whose table this is; all zero for an entry not handed out, or lost
-    /// to a race between two CPUs.
-    pub key: PortTableKey,
-    pub blocks: [u32; BLOCKS_PER_TABLE],
-    /// Blocks this table took (checked against the quota when it takes one).
-    pub held: u64,
-    /// Counts of ports whose block the table could not take (over its
-    /// quota, or `PORT_STATS` full), by `range_class`: totals stay exact.
-    pub overflow: [u64; range_class::COUNT],
-}
-const _: () = assert!(core::mem::size_of::<PortTable>() == 16 + 4096 + 8 + 24);
-
-/// Value of `PORT_STATS`: one counter per port of the block. Counters only grow.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PortBlock {
-    pub counts: [u64; PORTS_PER_BLOCK],
-}
-const _: () = assert!(core::mem::size_of::<PortBlock>() == 512);
-
-/// Key of `POOL_KEYS`: one namespace's pool of one protocol and family,
-/// and how its ports were handed out.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PoolKey {
-    /// Network namespace cookie.
-    pub netns: u64,
-    /// `proto::*`.
-    pub proto: u8,
-    /// `family::*`.
-    pub family: u8,
-    /// `assigned::*`.
-    pub how: u8,
-    // Two fields, not `[u8; 5]`: LLVM builds a zeroed five-byte array with a
-    // call to the BPF object's `memset` on every count.
-    pub _pad: u8,
-    pub _pad_word: u32,
-}
-const _: () = assert!(core::mem::size_of::<PoolKey>() == 16);
-
-impl PoolKey {
-    pub const fn new(netns: u64, proto: u8, family: u8, how: u8) -> Self {
-        Self {
-            netns,
-            proto,
-            family,
-            how,
-            _pad: 0,
-            _pad_word: 0,
-        }
-    }
-}
-
 /// Slots per group of `SOCKET_COOKIES`, and the `SOCKETS` entries a group
 /// spans (the last of which stays unused).
 pub const SLOTS_PER_GROUP: usize = 8;
@@ -607,9 +531,13 @@ pub struct KernelLayout {
     pub net_user_ns: u32,
     /// `struct user_namespace`, `level` (an `int`: 0 for the host's).
     pub user_ns_level: u32,
+    /// `struct user_namespace`, `parent` (a `struct user_namespace *`).
+    pub user_ns_parent: u32,
+    /// `struct user_namespace`, `owner` (a `kuid_t`: the user that made it).
+    pub user_ns_owner: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelLayout>() == 32);
+const _: () = assert!(core::mem::size_of::<KernelLayout>() == 40);
 
 /// Offsets in `struct sock_common` (include/net/sock.h) that have not moved
 /// since Linux 2.6.38, because socket lookups compare them as words: the

@@ -25,6 +25,10 @@ unsafe impl aya::Pod for SocketGroup {}
 // SAFETY: as above.
 unsafe impl aya::Pod for PoolKey {}
 // SAFETY: as above.
+unsafe impl aya::Pod for crate::OwnerHeld {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::OwnerQuota {}
+// SAFETY: as above.
 unsafe impl aya::Pod for SearchHistogram {}
 
 /// One port's counters, gathered from `PORT_STATS` blocks and the socket

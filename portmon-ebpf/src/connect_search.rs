@@ -39,7 +39,7 @@ use aya_ebpf::{
 };
 use portmon_common::{capacity, SearchHistogram};
 
-use crate::{layout, maps::xadd};
+use crate::{counter_maps::xadd, layout};
 
 #[map]
 static CONNECT_SEARCH_STARTS: LruHashMap<u64, u64> =

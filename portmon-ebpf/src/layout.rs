@@ -17,6 +17,8 @@ static PORTMON_KERNEL_LAYOUT: KernelLayout = KernelLayout {
     sk_protocol: 0,
     net_user_ns: 0,
     user_ns_level: 0,
+    user_ns_parent: 0,
+    user_ns_owner: 0,
     _pad: 0,
 };
 
@@ -104,6 +106,35 @@ pub fn user_ns_level(sk: u64) -> Option<i32> {
     let net: u64 = read(sk, l.skc_net)?;
     let user_ns: u64 = read(net, l.net_user_ns)?;
     read(user_ns, l.user_ns_level)
+}
+
+/// User namespaces nest at most this deep (`user_namespace.c`).
+const USER_NS_MAX_LEVEL: i32 = 32;
+
+/// The user that made the outermost user namespace under the host's that
+/// owns the socket's network namespace: the one who made it all, as only
+/// a process in the host's user namespace makes a user namespace of level
+/// 1, and an unprivileged process there runs as its own user. (The owner
+/// of a deeper one may be any uid the user maps, 65,536 of them with a
+/// rootless container's subordinate ids.) `None` for the host's own, or if
+/// it cannot be read.
+#[inline(always)]
+pub fn owner_uid(sk: u64) -> Option<u32> {
+    let l = layout();
+    let net: u64 = read(sk, l.skc_net)?;
+    let mut user_ns: u64 = read(net, l.net_user_ns)?;
+    let mut level: i32 = read(user_ns, l.user_ns_level)?;
+    if !(1..=USER_NS_MAX_LEVEL).contains(&level) {
+        return None;
+    }
+    for _ in 1..USER_NS_MAX_LEVEL {
+        if level == 1 {
+            break;
+        }
+        user_ns = read(user_ns, l.user_ns_parent)?;
+        level -= 1;
+    }
+    read(user_ns, l.user_ns_owner)
 }
 
 /// The socket's protocol (`IPPROTO_*`); 0 if it cannot be read.

@@ -10,16 +10,29 @@
 //! are in docs/performance.md).
 #![no_std]
 #![no_main]
-// 64-bit atomic add and compare-and-exchange on map values (see maps::xadd).
+// 64-bit atomic add and compare-and-exchange on map values (see counter_maps::xadd).
 #![feature(core_intrinsics)]
 #![expect(
     internal_features,
     reason = "core_intrinsics is the only way to BPF atomic instructions"
 )]
 
+/// A plain read of a static the loader sets; volatile so the compiler
+/// keeps it.
+macro_rules! loader_set {
+    ($name:ident) => {
+        // SAFETY: a plain read of a static.
+        unsafe { core::ptr::read_volatile(&raw const $name) }
+    };
+}
+
+mod claim;
 mod connect_search;
+mod count;
+mod counter_maps;
 mod layout;
-mod maps;
+mod netns;
+mod owner_quota;
 mod send;
 mod sock;
 mod sock_addr;

@@ -9,8 +9,9 @@ use aya_ebpf::{
 use portmon_common::{assigned, kind, pending, proto, sock_flag, tcp_state};
 
 use crate::{
+    count::{count, count_assigned},
     layout,
-    maps::{count, count_assigned, Netns},
+    netns::Netns,
     sockets::{find, free, settle},
     ALLOW,
 };

@@ -15,7 +15,8 @@ use aya_ebpf::{
 use portmon_common::{family, kind, pending, proto, sock_flag};
 
 use crate::{
-    maps::{count, count_bind_before_connect, Netns},
+    count::{count, count_bind_before_connect},
+    netns::Netns,
     sockets::{find, find_or_claim, settle, Owner, Tracked},
     ALLOW,
 };

@@ -29,7 +29,11 @@ use portmon_common::{
     SocketGroup, SLOTS_PER_GROUP, SOCKETS_PER_GROUP,
 };
 
-use crate::maps::{count, count_assigned, count_health, xadd, Netns, FAILURES};
+use crate::{
+    count::{count, count_assigned},
+    counter_maps::{count_health, xadd, FAILURES},
+    netns::Netns,
+};
 
 #[map]
 static SOCKET_COOKIES: Array<SocketGroup> =

@@ -12,8 +12,9 @@ use portmon_common::{assigned, errno, family, kind, op, proto, sock_flag, tcp_st
 
 use crate::{
     connect_search,
+    count::{count, count_assigned},
     layout::{self, Head},
-    maps::{count, count_assigned, Netns},
+    netns::Netns,
     sockets::{current_failure, find, free, record_owner, send_failure},
 };
 

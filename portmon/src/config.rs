@@ -39,6 +39,12 @@ pub struct Config {
     /// class (`port="other"`), so that no namespace starves the others.
     #[serde(deserialize_with = "port_blocks_per_namespace")]
     pub max_port_blocks_per_namespace: u32,
+    /// Most of the entries the namespaces of unprivileged users share (per
+    /// map: tables, blocks, pools) one such user's namespaces may hold, in
+    /// percent; what does not fit is counted as an overflow, so that no
+    /// user crowds out another's namespaces.
+    #[serde(deserialize_with = "shared_percent_per_user")]
+    pub max_shared_percent_per_user: u32,
     /// Seconds a gone network namespace's series are still exported (its
     /// final counts) before every trace of it is dropped.
     pub netns_grace_seconds: u64,
@@ -96,6 +102,8 @@ impl Default for Config {
             port_stats_capacity: portmon_common::capacity::PORT_STATS,
             // 1,024 blocks: 5,440 ports in each of a namespace's (at most 12) tables.
             max_port_blocks_per_namespace: portmon_common::capacity::BLOCKS_PER_NAMESPACE,
+            // A quarter: room for four users whose namespaces fill it.
+            max_shared_percent_per_user: portmon_common::capacity::OWNER_PERCENT,
             // Five minutes: a scrape interval or several, for the last values to be read.
             netns_grace_seconds: 300,
             // Enough for every listener of a busy host; Prometheus copes with it.
@@ -162,6 +170,10 @@ fn port_stats_capacity<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Res
 
 fn port_blocks_per_namespace<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
     map_capacity(u32::deserialize(deserializer)?, MAX_PORT_STATS_CAPACITY).map_err(serde::de::Error::custom)
+}
+
+fn shared_percent_per_user<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    map_capacity(u32::deserialize(deserializer)?, 100).map_err(serde::de::Error::custom)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -346,6 +358,7 @@ pub(crate) mod tests {
             ("sockets-capacity = 99999999", "line 1", "give 1 to 16777216"),
             ("max-connections = 0", "line 1", "give 1 to"),
             ("max-port-blocks-per-namespace = 0", "line 1", "give 1 to"),
+            ("max-shared-percent-per-user = 101", "line 1", "give 1 to 100"),
             ("netns-grace-seconds = -5", "line 1", "netns-grace-seconds"),
             ("api = \"no\"", "line 1", "api"),
             ("connect-search = 1", "line 1", "connect-search"),

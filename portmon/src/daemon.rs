@@ -113,6 +113,7 @@ pub fn start(config: Config, served: http::Served) -> Result<Started, DaemonErro
         port_tables: crate::kernel::bpf::loader::port_tables(config.port_stats_capacity),
         sockets: config.sockets_capacity,
         blocks_per_namespace: config.max_port_blocks_per_namespace,
+        owner_percent: config.max_shared_percent_per_user,
         connect_search: config.connect_search,
         established_walk: config.established_walk,
         ..LoadOptions::default()

@@ -1,21 +1,17 @@
 //! Namespaces by the thousand, made and dropped: portmon gives back their
 //! kernel entries, drops their series after the grace period and keeps
-//! counting the namespaces that stay exactly; an unprivileged user
-//! filling the maps from namespaces of its own cannot stop the binds of the
-//! host's namespace, or of one root made (a pod's), from being counted;
-//! and a namespace that only its sockets hold is counted until they close.
+//! counting the namespaces that stay exactly; and a namespace that only its
+//! sockets hold is counted until they close. (Namespaces of unprivileged
+//! users filling the maps: `unprivileged`.)
 
 use std::{
-    net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
-    process::{Command, Stdio},
+    net::{SocketAddr, TcpListener, TcpStream},
     sync::atomic::{AtomicBool, AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
-use portmon::kernel::bpf::LoadOptions;
-use portmon_common::{Assignment, Family, Proto, Role};
 use portmon_tests::{
-    enter_fresh_netns, in_fresh_netns, metric_value, serial, wait_until, Daemon, Monitor, NamedNetns,
+    binds_outside_host, enter_fresh_netns, metric_value, serial, wait_until, Daemon, NamedNetns,
 };
 
 const LISTEN: &str = "127.0.0.1:17493";
@@ -250,154 +246,13 @@ fn five_thousand_namespaces_come_and_go_and_leave_nothing_behind() {
     assert!(peak_rss.max(rss) < RSS_LIMIT, "daemon RSS {peak_rss} bytes");
 }
 
-/// Binds many ports in each of many namespaces, as an unprivileged user
-/// would: in a user namespace of its own, a new network namespace for
-/// every round. Binds to port 0 take a pool each.
-const FILLER: &str = r#"
-import ctypes, socket, sys
-libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
-for _ in range(int(sys.argv[1])):
-    if libc.unshare(CLONE_NEWNET) != 0:
-        sys.exit("unshare: %d" % ctypes.get_errno())
-    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-        for k in range(int(sys.argv[2])):
-            s = socket.socket(socket.AF_INET, kind)
-            s.bind(("0.0.0.0", 1024 + 64 * k))
-            s.close()
-        s = socket.socket(socket.AF_INET, kind)
-        s.bind(("0.0.0.0", 0))
-        s.close()
-"#;
-
-#[test]
-fn an_unprivileged_user_filling_the_maps_cannot_stop_the_hosts_or_a_pods_counts() {
-    let _serial = serial();
-    // Small maps, so that the filler fills them in seconds; no daemon to
-    // give anything back.
-    let monitor = Monitor::attach_with(LoadOptions {
-        port_tables: 64,
-        port_stats: 256,
-        pools: 64,
-        ..LoadOptions::default()
-    });
-    let before = monitor.health();
-    let status = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .args(["unshare", "--user", "--map-root-user", "--"])
-        .args(["python3", "-c", FILLER, "100", "40"])
-        .stdout(Stdio::null())
-        .status()
-        .expect("run the filler (setpriv, unshare, python3)");
-    assert!(status.success(), "the filler failed: {status}");
-    let after = monitor.health();
-    assert!(
-        after.port_tables_overflow > before.port_tables_overflow
-            && after.pools_overflow > before.pools_overflow,
-        "the filler did not fill PORT_TABLES and POOL_KEYS: {after:?}"
-    );
-    // A new port in the host's namespace (the test's), all four tables.
-    let host = portmon::kernel::netns::current_cookie().expect("host cookie");
-    let port = 40_000 + (std::process::id() % 5_000) as u16;
-    bind_each(port);
-    for (proto, family, n) in MADE {
-        let stats = monitor.stats(host, proto, family, Role::Local, port);
-        assert_eq!(
-            stats.binds, n,
-            "{proto:?} {family:?} binds on the host's port {port}"
-        );
-    }
-    let (pod, want) = binds_in_a_root_made_namespace(port);
-    let lost = monitor.health();
-    for (proto, family, n) in MADE {
-        let stats = monitor.stats(pod, proto, family, Role::Local, port);
-        assert_eq!(
-            stats.binds, n,
-            "{proto:?} {family:?} binds on port {port} in a namespace root made, \
-             after an unprivileged user filled the shared entries: {lost:?}"
-        );
-    }
-    for (proto, how, n) in want {
-        assert_eq!(
-            monitor.assigned(pod, proto, Family::Inet, how),
-            n,
-            "{proto:?} ports handed out {how:?} in the namespace root made: {lost:?}"
-        );
-    }
-    assert!(
-        lost.reserved_tables_taken > 0 && lost.reserved_blocks_taken > 0 && lost.reserved_pools_taken > 0,
-        "the namespace root made took nothing from the reserve: {lost:?}"
-    );
-    println!(
-        "filler: PORT_TABLES lost {} counts, PORT_STATS {}, POOL_KEYS {}; the binds on port {port} \
-         of the host and of a namespace root made all counted",
-        after.port_tables_overflow - before.port_tables_overflow,
-        after.port_stats_overflow - before.port_stats_overflow,
-        after.pools_overflow - before.pools_overflow,
-    );
-}
-
-/// The binds made on a new port in each namespace that must be counted:
-/// (protocol, family, how many).
-const MADE: [(Proto, Family, u64); 4] = [
-    (Proto::Tcp, Family::Inet, 3),
-    (Proto::Tcp, Family::Inet6, 2),
-    (Proto::Udp, Family::Inet, 4),
-    (Proto::Udp, Family::Inet6, 5),
-];
-
-/// Makes the binds of `MADE` on `port`, in the thread's namespace.
-fn bind_each(port: u16) {
-    for (proto, family, n) in MADE {
-        let addr: SocketAddr = match family {
-            Family::Inet => ([127, 0, 0, 1], port).into(),
-            Family::Inet6 => (Ipv6Addr::LOCALHOST, port).into(),
-        };
-        for _ in 0..n {
-            match proto {
-                Proto::Tcp => drop(TcpListener::bind(addr).expect("bind")),
-                Proto::Udp => drop(UdpSocket::bind(addr).expect("bind")),
-            }
-        }
-    }
-}
-
-/// In a namespace made as a container runtime makes one (root, on the
-/// host's user namespace): the binds of `MADE` on `port`, then a TCP and a
-/// UDP bind to port 0 and a TCP connect. Returns the namespace's cookie and
-/// the ports the kernel handed out, by protocol and way.
-fn binds_in_a_root_made_namespace(port: u16) -> (u64, [(Proto, Assignment, u64); 3]) {
-    let cookie = in_fresh_netns(|ns| {
-        bind_each(port);
-        let any = SocketAddr::from(([127, 0, 0, 1], 0));
-        let listener = TcpListener::bind(any).expect("bind to port 0");
-        drop(UdpSocket::bind(any).expect("bind to port 0"));
-        drop(TcpStream::connect(listener.local_addr().expect("address")).expect("connect"));
-        ns.cookie
-    });
-    let want = [
-        (Proto::Tcp, Assignment::Bind, 1),
-        (Proto::Udp, Assignment::Bind, 1),
-        (Proto::Tcp, Assignment::Connect, 1),
-    ];
-    (cookie, want)
-}
-
 /// The port a namespace held only by its sockets listens on.
 const HELD_PORT: u16 = 7_003;
 
 /// The binds counted on `HELD_PORT` outside the host's namespace, or `None`
 /// once no series names them.
 fn held_binds(daemon: &Daemon) -> Option<f64> {
-    let label = format!("port=\"{HELD_PORT}\"");
-    let values: Vec<f64> = daemon
-        .scrape()
-        .lines()
-        .filter(|l| l.starts_with("portmon_binds_total{") && l.contains(&label))
-        .filter(|l| !l.contains("netns=\"host\""))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse().ok())
-        .collect();
-    (!values.is_empty()).then(|| values.iter().sum())
+    binds_outside_host(&daemon.scrape(), HELD_PORT)
 }
 
 /// A descriptor of the network namespace `socket` lives in (`SIOCGSKNS`).

@@ -23,3 +23,4 @@ mod service;
 mod serving;
 mod storm;
 mod transparency;
+mod unprivileged;

@@ -443,3 +443,16 @@ pub fn url_encode(value: &str) -> String {
         })
         .collect()
 }
+
+/// The binds `exposition` counts on `port` outside the host's namespace,
+/// or `None` where no series names them.
+pub fn binds_outside_host(exposition: &str, port: u16) -> Option<f64> {
+    let label = format!("port=\"{port}\"");
+    let values: Vec<f64> = exposition
+        .lines()
+        .filter(|l| l.starts_with("portmon_binds_total{") && l.contains(&label))
+        .filter(|l| !l.contains("netns=\"host\""))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}

@@ -46,6 +46,11 @@ pub struct RunArgs {
     /// Default 1024.
     #[arg(long, value_name = "N", value_parser = |s: &str| capacity(s, crate::config::MAX_PORT_STATS_CAPACITY))]
     pub max_port_blocks_per_namespace: Option<u32>,
+    /// Most of the kernel's entries shared by unprivileged users'
+    /// namespaces one such user's namespaces may hold, in percent (1 to
+    /// 100). Default 25.
+    #[arg(long, value_name = "PERCENT", value_parser = |s: &str| capacity(s, 100))]
+    pub max_shared_percent_per_user: Option<u32>,
     /// Seconds a gone network namespace's series are still exported before
     /// they are dropped. Default 300.
     #[arg(long, value_name = "SECONDS")]
@@ -110,6 +115,9 @@ impl RunArgs {
         }
         if let Some(n) = self.max_port_blocks_per_namespace {
             config.max_port_blocks_per_namespace = n;
+        }
+        if let Some(n) = self.max_shared_percent_per_user {
+            config.max_shared_percent_per_user = n;
         }
         if let Some(n) = self.netns_grace_seconds {
             config.netns_grace_seconds = n;

@@ -186,6 +186,11 @@ pub const MAP_OVERFLOWS: Definition = counter(
     "Updates lost because a kernel map was full.",
     &["map"],
 );
+pub const USER_QUOTA_REFUSALS: Definition = counter(
+    "portmon_user_quota_refusals_total",
+    "Kernel map entries refused to the namespaces of an unprivileged user because that user's namespaces held max-shared-percent-per-user of the shared entries; their counts are in portmon_map_overflows_total (tables, pools) or portmon_port_overflow_total (blocks).",
+    &[],
+);
 pub const PORT_OVERFLOW: Definition = counter(
     "portmon_port_overflow_total",
     "Binds, listens and connects of a namespace's ports that found no counter block of their own (over max-port-blocks-per-namespace, or port-stats-capacity used up): counted in their range class (port=\"other\") instead, so totals stay exact.",
@@ -343,6 +348,7 @@ pub const ALL: &[Definition] = &[
     INVENTORY_WALKED,
     INVENTORY_WALK_ERRORS,
     MAP_OVERFLOWS,
+    USER_QUOTA_REFUSALS,
     PORT_OVERFLOW,
     MAP_ENTRIES,
     MAP_CAPACITY,

@@ -37,6 +37,7 @@ pub fn add(input: &ScrapeInput<'_>, folded: usize, scrape_seconds: f64, families
         ]
         .map(|(name, n)| (vec![name.to_owned()], n as f64)),
     );
+    families.add_one(&def::USER_QUOTA_REFUSALS, h.owner_quota_refused as f64);
     let mut overflow: std::collections::BTreeMap<(u64, Proto, Family, usize), u64> = Default::default();
     for o in input.overflow {
         *overflow.entry((o.netns, o.proto, o.family, o.class)).or_default() += o.count;

@@ -76,7 +76,10 @@ impl Histogram {
             return;
         };
         let mine = self.buckets();
-        for (mine, theirs) in [(&mut mine.local, &theirs.local), (&mut mine.remote, &theirs.remote)] {
+        for (mine, theirs) in [
+            (&mut mine.local, &theirs.local),
+            (&mut mine.remote, &theirs.remote),
+        ] {
             for (a, b) in mine.iter_mut().zip(theirs.iter()) {
                 *a += b;
             }

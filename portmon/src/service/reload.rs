@@ -85,6 +85,10 @@ fn apply(state: &State, running: &Config, source: &ConfigSource) -> Result<Confi
             wanted.max_port_blocks_per_namespace != running.max_port_blocks_per_namespace,
         ),
         (
+            "max-shared-percent-per-user",
+            wanted.max_shared_percent_per_user != running.max_shared_percent_per_user,
+        ),
+        (
             "runtime-state-root",
             wanted.runtime_state_root != running.runtime_state_root,
         ),
@@ -116,6 +120,7 @@ fn apply(state: &State, running: &Config, source: &ConfigSource) -> Result<Confi
     wanted.sockets_capacity = running.sockets_capacity;
     wanted.port_stats_capacity = running.port_stats_capacity;
     wanted.max_port_blocks_per_namespace = running.max_port_blocks_per_namespace;
+    wanted.max_shared_percent_per_user = running.max_shared_percent_per_user;
     wanted.runtime_state_root.clone_from(&running.runtime_state_root);
     wanted.web_config_file = running.web_config_file.clone();
     wanted.api = running.api;

@@ -297,6 +297,8 @@ impl Btf {
             sk_protocol: self.member_offset("sock", "sk_protocol")?,
             net_user_ns: self.member_offset("net", "user_ns")?,
             user_ns_level: self.member_offset("user_namespace", "level")?,
+            user_ns_parent: self.member_offset("user_namespace", "parent")?,
+            user_ns_owner: self.member_offset("user_namespace", "owner")?,
             _pad: 0,
         })
     }
@@ -423,5 +425,6 @@ mod tests {
         assert!(layout.sk_protocol > layout.skc_cookie);
         assert!(layout.net_user_ns > 0);
         assert!(layout.user_ns_level > 0);
+        assert!(layout.user_ns_parent > 0 && layout.user_ns_owner > layout.user_ns_level);
     }
 }

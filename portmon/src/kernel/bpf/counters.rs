@@ -23,6 +23,8 @@ const KEY_NETNS: usize = std::mem::offset_of!(PortTable, key) + std::mem::offset
 const KEY_REST: usize = std::mem::offset_of!(PortTable, key) + std::mem::offset_of!(PortTableKey, proto);
 /// Where its overflow counters are.
 const TABLE_OVERFLOW: usize = std::mem::offset_of!(PortTable, overflow);
+/// Where the user it is charged to is.
+const TABLE_OWNER: usize = std::mem::offset_of!(PortTable, owner);
 
 /// The kernel's per-port counters: the tables and the blocks they point
 /// to, both mapped, read a word at a time.
@@ -102,6 +104,12 @@ impl PortCounters {
                 .field::<u64>(entry, TABLE_OVERFLOW + c * size_of::<u64>())
                 .unwrap_or(0)
         })
+    }
+
+    /// The `OWNER_HELD` entry, plus one, table `entry` and its blocks are
+    /// charged to; 0 for none.
+    pub(super) fn owner_of(&self, entry: usize) -> u32 {
+        self.tables.field::<u32>(entry, TABLE_OWNER).unwrap_or(0)
     }
 
     /// Clears table `entry`'s key, so that every CPU's cache of it misses
@@ -265,6 +273,11 @@ pub struct Health {
     pub reserved_tables_taken: u64,
     pub reserved_blocks_taken: u64,
     pub reserved_pools_taken: u64,
+    /// Shared entries refused to an unprivileged user's namespaces because
+    /// they held that user's quota.
+    pub owner_quota_refused: u64,
+    /// Users given an entry of their own in `OWNER_HELD`.
+    pub owners_taken: u64,
 }
 
 /// Counts of ports that found no block of their own, of the tables in use
@@ -333,5 +346,7 @@ pub fn read_health(map: &Array<MapData, u64>) -> Health {
         reserved_tables_taken: get(slot::RESERVED_TABLES_TAKEN),
         reserved_blocks_taken: get(slot::RESERVED_BLOCKS_TAKEN),
         reserved_pools_taken: get(slot::RESERVED_POOLS_TAKEN),
+        owner_quota_refused: get(slot::OWNER_QUOTA_REFUSED),
+        owners_taken: get(slot::OWNER_SLOTS_TAKEN),
     }
 }

@@ -21,12 +21,12 @@ use super::{
     connect_search::ConnectSearch,
     counters::PortCounters,
     events::FailureEvents,
-    mapped_array::MappedArrayError,
+    mapped_array::{MappedArray, MappedArrayError},
     maps::{Capacities, KernelMaps},
     pools::PoolCounters,
     program_stats::ProgramIds,
     programs::{Hook, OPTIONAL, OPT_IN, PROGRAMS},
-    reclaim::{FreeQueues, Reclaim},
+    reclaim::{FreeQueues, Owners, Reclaim},
     reserve::Split,
     socket_table::{SocketTable, SocketTableError},
     walk::{self, EhashWalk},
@@ -56,6 +56,9 @@ pub struct LoadOptions {
     pub host_blocks: u32,
     /// Blocks any other namespace may hold, split over its tables.
     pub blocks_per_namespace: u32,
+    /// The share, in percent, of each map's shared entries one
+    /// unprivileged user's namespaces may hold.
+    pub owner_percent: u32,
     /// Every program returns at once (the overhead benchmark's floor: what
     /// the hooks cost with nothing done in them).
     pub hooks_only: bool,
@@ -83,6 +86,7 @@ impl Default for LoadOptions {
             pools: capacity::POOLS,
             host_blocks: capacity::HOST_BLOCKS,
             blocks_per_namespace: capacity::BLOCKS_PER_NAMESPACE,
+            owner_percent: capacity::OWNER_PERCENT,
             hooks_only: false,
             connect_search: false,
             established_walk: true,
@@ -325,6 +329,11 @@ fn take_maps(
     };
     let sockets = SocketTable::new(array(map::SOCKET_COOKIES)?, array(map::SOCKETS)?)?;
     let ports = PortCounters::new(array(map::PORT_TABLES)?, array(map::PORT_STATS)?)?;
+    let owner_held = MappedArray::new(
+        array(map::OWNER_HELD)?,
+        map::OWNER_HELD,
+        size_of::<portmon_common::OwnerHeld>(),
+    )?;
     // Every program is loaded by now: each has its id.
     let ids: Vec<(&'static str, u32)> = PROGRAMS
         .iter()
@@ -340,11 +349,16 @@ fn take_maps(
         reserved_blocks: queue(map::FREE_RESERVED_PORT_BLOCKS)?,
         reserved_pools: queue(map::FREE_RESERVED_POOLS)?,
     };
+    let owners = Owners {
+        held: owner_held,
+        of_pools: take(ebpf, map::POOL_OWNERS)?,
+    };
     let reclaim = Reclaim::new(
         take::<BpfHashMap<MapData, _, _>>(ebpf, map::PORT_TABLE_INDEX)?,
         take::<BpfHashMap<MapData, _, _>>(ebpf, map::POOL_INDEX)?,
         free,
         options.split(),
+        owners,
     );
     let maps = KernelMaps {
         programs: ProgramIds(ids),
@@ -400,6 +414,7 @@ fn open_object(
     let reserved_tables = options.port_tables + host - split.shared_tables;
     let reserved_pools = options.pools + host - split.shared_pools;
     let quota = (options.blocks_per_namespace / capacity::HOST_ENTRIES).max(1);
+    let owner_quota = split.owner_quota(options.owner_percent);
     EbpfLoader::new()
         // Entry 0 marks a block not yet taken: it is never handed out.
         .map_max_entries(
@@ -425,6 +440,10 @@ fn open_object(
             options.pools.saturating_add(host).saturating_add(1),
         )
         .map_max_entries(map::POOL_INDEX, options.pools.max(1))
+        .map_max_entries(
+            map::POOL_OWNERS,
+            options.pools.saturating_add(host).saturating_add(1),
+        )
         // Room for every entry of the part: an index is given back once.
         .map_max_entries(map::FREE_PORT_TABLES, (split.shared_tables - host).max(1))
         .map_max_entries(map::FREE_PORT_BLOCKS, shared_blocks.max(1))
@@ -438,6 +457,7 @@ fn open_object(
         .override_global(global::RESERVED_BLOCKS, &split.reserved_blocks, true)
         .override_global(global::SHARED_TABLES, &split.shared_tables, true)
         .override_global(global::SHARED_POOLS, &split.shared_pools, true)
+        .override_global(global::OWNER_QUOTA, &owner_quota, true)
         .map_max_entries(map::SOCKETS, slots)
         .map_max_entries(map::SOCKET_COOKIES, groups)
         .override_global(global::HOOKS_ONLY, &hooks_only, true)

@@ -137,6 +137,22 @@ impl MappedArray {
         true
     }
 
+    /// Subtracts `n` from the `u64` at byte `offset` of entry `entry`, in
+    /// one atomic instruction, as the programs add to it; `false` past the
+    /// end or off alignment.
+    pub fn subtract(&self, entry: usize, offset: usize, n: u64) -> bool {
+        let Some(at) = self.offset_of::<u64>(entry, offset) else {
+            return false;
+        };
+        // SAFETY: inside the values and 8-byte aligned (checked by
+        // offset_of); the memory is shared with the kernel, whose programs
+        // change it only with atomic instructions too.
+        let word =
+            unsafe { std::sync::atomic::AtomicU64::from_ptr(self.base.as_ptr().add(at).cast::<u64>()) };
+        word.fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
+        true
+    }
+
     fn offset_of<T: Word>(&self, entry: usize, offset: usize) -> Option<usize> {
         if !offset.is_multiple_of(size_of::<T>()) || offset + size_of::<T>() > self.value_size {
             return None;

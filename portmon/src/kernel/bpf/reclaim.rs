@@ -12,14 +12,17 @@
 //! pushed on the free queues, where the programs take them before new
 //! ones. The quarantined entries are still read as the namespace's until
 //! then, and their final counts kept by the caller for its grace period.
+//! What they were charged to an unprivileged user's quota is taken off it
+//! as they go back.
 
 use std::time::{Duration, Instant};
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues, Queue};
-use portmon_common::{PoolKey, PortTableKey};
+use portmon_common::{owner_held, PoolKey, PortTableKey};
 
 use super::{
     counters::{overflow_counts, PortCounters, PortOverflow},
+    mapped_array::MappedArray,
     pools::{assigned_count, AssignedCount},
     reserve::{Part, Split},
 };
@@ -37,6 +40,14 @@ pub struct Reclaim {
     free: FreeQueues,
     split: Split,
     quarantined: Vec<Retired>,
+    owners: Owners,
+}
+
+/// What each unprivileged user's namespaces hold (`OWNER_HELD`, mapped),
+/// and the user each pool is charged to (`POOL_OWNERS`).
+pub(super) struct Owners {
+    pub(super) held: MappedArray,
+    pub(super) of_pools: Array<MapData, u32>,
 }
 
 /// The queues entries are given back on, one per map and part.
@@ -116,6 +127,7 @@ impl Reclaim {
         pool_index: BpfHashMap<MapData, PoolKey, u32>,
         free: FreeQueues,
         split: Split,
+        owners: Owners,
     ) -> Self {
         Self {
             table_index,
@@ -123,6 +135,7 @@ impl Reclaim {
             free,
             split,
             quarantined: Vec::new(),
+            owners,
         }
     }
 
@@ -192,7 +205,11 @@ impl Reclaim {
                 out.ports.extend(ports.counts_of(entry, key));
                 out.overflow
                     .extend(overflow_counts(key, ports.overflow_of(entry)));
-                for block in ports.zero(entry) {
+                let owner = ports.owner_of(entry);
+                let blocks = ports.zero(entry);
+                self.uncharge(owner, owner_held::TABLES, 1);
+                self.uncharge(owner, owner_held::BLOCKS, blocks.len() as u64);
+                for block in blocks {
                     self.give_back(Free::Block, block);
                 }
                 self.give_back(Free::Table, entry as u32);
@@ -209,10 +226,29 @@ impl Reclaim {
                     }
                     Err(_) => continue,
                 }
+                let owner = self.owners.of_pools.get(&i, 0).unwrap_or(0);
+                if owner != 0 {
+                    if let Err(err) = self.owners.of_pools.set(i, 0, 0) {
+                        tracing::warn!(entry = i, "cannot clear a pool's user, not given back: {err}");
+                        continue;
+                    }
+                    self.uncharge(owner, owner_held::POOLS, 1);
+                }
                 self.give_back(Free::Pool, i);
             }
         }
         out
+    }
+
+    /// Takes `n` entries off the quota of the user whose `OWNER_HELD`
+    /// entry is `owner` minus one; nothing for 0, charged to nobody.
+    fn uncharge(&self, owner: u32, counter: usize, n: u64) {
+        let Some(entry) = owner.checked_sub(1) else {
+            return;
+        };
+        if n > 0 && !self.owners.held.subtract(entry as usize, counter, n) {
+            tracing::warn!(entry, "a user's quota names no entry of OWNER_HELD");
+        }
     }
 
     fn give_back(&mut self, which: Free, index: u32) {

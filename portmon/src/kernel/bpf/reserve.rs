@@ -9,8 +9,13 @@
 //! the owner when they first claim an entry for a namespace, and take such
 //! a namespace's from the reserve first. The entries of each part go back
 //! to that part's free queue.
+//!
+//! Within the shared part, each unprivileged user's namespaces hold at
+//! most a quota (`max-shared-percent-per-user` of it), so that one user
+//! cannot crowd out another's either; the user is the one who made the
+//! outermost user namespace under the host's (kernel side: `owner_quota`).
 
-use portmon_common::capacity;
+use portmon_common::{capacity, OwnerQuota};
 
 /// The last entry of each part, as the loader gives them to the programs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +50,21 @@ impl Split {
             shared_blocks: shared(port_stats),
             reserved_blocks: port_stats,
             shared_pools: capacity::HOST_ENTRIES + shared(pools),
+        }
+    }
+
+    /// The most shared entries of each map one unprivileged user's
+    /// namespaces may hold: `percent` of the shared part, at least one.
+    pub fn owner_quota(&self, percent: u32) -> OwnerQuota {
+        let share = |entries: u32| {
+            let entries = u64::from(entries);
+            u32::try_from(entries * u64::from(percent.min(100)) / 100).map_or(u32::MAX, |n| n.max(1))
+        };
+        OwnerQuota {
+            tables: share(self.shared_tables - capacity::HOST_ENTRIES),
+            blocks: share(self.shared_blocks),
+            pools: share(self.shared_pools - capacity::HOST_ENTRIES),
+            _pad: 0,
         }
     }
 
@@ -95,6 +115,18 @@ mod tests {
         assert_eq!(split.block(4097), Part::Host);
         assert_eq!(split.pool(host + 2048), Part::Shared);
         assert_eq!(split.pool(host + 2049), Part::Reserved);
+    }
+
+    #[test]
+    fn a_users_quota_is_its_percent_of_each_shared_part_and_never_none() {
+        let split = Split::new(4096, 512, 4096);
+        let quota = split.owner_quota(25);
+        assert_eq!((quota.tables, quota.blocks, quota.pools), (64, 512, 512));
+        let whole = split.owner_quota(100);
+        assert_eq!((whole.tables, whole.blocks, whole.pools), (256, 2048, 2048));
+        assert_eq!(split.owner_quota(250), whole);
+        let tiny = Split::new(1, 1, 1).owner_quota(1);
+        assert_eq!((tiny.tables, tiny.blocks, tiny.pools), (1, 1, 1));
     }
 
     #[test]
