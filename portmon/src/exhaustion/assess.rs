@@ -196,16 +196,17 @@ pub fn assess(
     }
     let mut destinations: Vec<DestinationUsage> = destinations.into_values().collect();
 
+    let mut busiest: FastMap<u64, f64> = FastMap::default();
+    for d in &destinations {
+        let ratio = busiest.entry(d.netns).or_insert(0.0);
+        *ratio = ratio.max(d.ratio);
+    }
     let mut pools_out = Vec::with_capacity(namespaces.len() * 2);
     for (&netns, ns) in &namespaces {
         let pool = ns.pool.size;
         let tcp_in_use = ns.tcp_in_use.len();
         let tcp_bound = ns.tcp_bound.len();
-        let busiest = destinations
-            .iter()
-            .filter(|d| d.netns == netns)
-            .map(|d| d.ratio)
-            .fold(0.0, f64::max);
+        let busiest = busiest.get(&netns).copied().unwrap_or(0.0);
         let tcp_connect = if pool == tcp_bound { 1.0 } else { busiest };
         pools_out.push(PoolUsage {
             netns,

@@ -184,22 +184,21 @@ fn ports_in_use(input: &ScrapeInput<'_>, labels: &Labels<'_>, families: &mut Fam
     let mut series = Series::new();
     for class in PortClass::ALL {
         for &proto in Proto::ALL {
-            let count = |netns: Option<u64>| -> f64 {
-                in_use
-                    .iter()
-                    .filter(|((p, n), _)| *p == proto && netns.is_none_or(|want| *n == want))
-                    .map(|(_, set)| set.count_in(class))
-                    .sum::<u64>() as f64
-            };
             let values = vec![proto.label().to_owned(), class.label().to_owned()];
             if labels.with_netns {
                 for &netns in &namespaces {
+                    let count = in_use.get(&(proto, netns)).map_or(0, |set| set.count_in(class));
                     let mut values = values.clone();
                     values.push(display_name(input.netns_names, netns));
-                    series.insert(values, count(Some(netns)));
+                    series.insert(values, count as f64);
                 }
             } else {
-                series.insert(values, count(None));
+                let count: u64 = in_use
+                    .iter()
+                    .filter(|((p, _), _)| *p == proto)
+                    .map(|(_, set)| set.count_in(class))
+                    .sum();
+                series.insert(values, count as f64);
             }
         }
     }
