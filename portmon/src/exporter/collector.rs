@@ -1,8 +1,8 @@
-//! portmon's Prometheus collector: the fixed descriptors of every family,
-//! and at each scrape the numbers read then from the kernel maps, the
-//! failure log and the inventory — as the Prometheus guide to writing
-//! exporters asks. What it keeps between scrapes only keeps series stable
-//! (see `port_series`); no number is cached.
+//! portmon's collector: at each scrape, the numbers read then from the
+//! kernel maps, the failure log and the inventory, written as the
+//! exposition of every family of [`definitions::ALL`] — as the Prometheus
+//! guide to writing exporters asks. What it keeps between scrapes only
+//! keeps series stable (see `port_series`); no number is cached.
 
 use std::{
     collections::HashMap,
@@ -10,7 +10,7 @@ use std::{
     time::Instant,
 };
 
-use prometheus::{core::Collector, core::Desc, proto::MetricFamily};
+use prometheus::core::Desc;
 
 use super::{
     connect_search, definitions, exhaustion, families::Families, health, port_families,
@@ -20,44 +20,39 @@ use super::{
 /// Collects every portmon family from `S` at scrape time.
 pub struct PortmonCollector<S> {
     source: Arc<S>,
-    descs: Vec<Desc>,
     memory: Mutex<SeriesMemory>,
 }
 
 impl<S> std::fmt::Debug for PortmonCollector<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PortmonCollector")
-            .field("families", &self.descs.len())
-            .finish_non_exhaustive()
+        f.debug_struct("PortmonCollector").finish_non_exhaustive()
     }
 }
 
+/// A scrape's exposition of portmon's own families, whatever the source.
+pub trait Exposition: Send + Sync {
+    fn expose(&self) -> String;
+}
+
 impl<S: ScrapeSource> PortmonCollector<S> {
-    /// A collector reading `source`, with a descriptor per family of
-    /// [`definitions::ALL`].
+    /// A collector reading `source`, once each family of
+    /// [`definitions::ALL`] is found valid (names and labels as Prometheus
+    /// spells them).
     pub fn new(source: Arc<S>) -> Result<Self, ExporterError> {
-        let descs = definitions::ALL
-            .iter()
-            .map(|d| {
-                let labels = d.labels.iter().map(|l| (*l).to_owned()).collect();
-                Desc::new(d.name.to_owned(), d.help.to_owned(), labels, HashMap::new())
-                    .map_err(|source| ExporterError::Descriptor { name: d.name, source })
-            })
-            .collect::<Result<_, _>>()?;
+        for d in definitions::ALL {
+            let labels = d.labels.iter().map(|l| (*l).to_owned()).collect();
+            Desc::new(d.name.to_owned(), d.help.to_owned(), labels, HashMap::new())
+                .map_err(|source| ExporterError::Descriptor { name: d.name, source })?;
+        }
         Ok(Self {
             source,
-            descs,
             memory: Mutex::new(SeriesMemory::default()),
         })
     }
 }
 
-impl<S: ScrapeSource> Collector for PortmonCollector<S> {
-    fn desc(&self) -> Vec<&Desc> {
-        self.descs.iter().collect()
-    }
-
-    fn collect(&self) -> Vec<MetricFamily> {
+impl<S: ScrapeSource> Exposition for PortmonCollector<S> {
+    fn expose(&self) -> String {
         let started = Instant::now();
         self.source.scrape(|input| {
             let gathered = started.elapsed().as_secs_f64();
@@ -70,7 +65,7 @@ impl<S: ScrapeSource> Collector for PortmonCollector<S> {
 
 /// Every family of one scrape; `scrape_seconds` is how long reading the
 /// input took (building is small next to it).
-fn build(input: &ScrapeInput<'_>, memory: &mut SeriesMemory, scrape_seconds: f64) -> Vec<MetricFamily> {
+fn build(input: &ScrapeInput<'_>, memory: &mut SeriesMemory, scrape_seconds: f64) -> String {
     memory.retain_netns(&port_families::live_namespaces(input));
     let with_netns = memory.with_netns(input.netns_label, port_families::namespaces(input));
     let mut families = Families::new(with_netns);

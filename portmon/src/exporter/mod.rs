@@ -1,6 +1,7 @@
-//! `/metrics`: a Prometheus registry holding [`PortmonCollector`], which
-//! reads the kernel's counters, the failure log and a fresh inventory at
-//! every scrape, as the Prometheus guide to writing exporters asks.
+//! `/metrics`: [`PortmonCollector`], which reads the kernel's counters,
+//! the failure log and a fresh inventory at every scrape, as the Prometheus
+//! guide to writing exporters asks, and writes their exposition itself
+//! (`families` says why).
 //!
 //! Per-port series exist only for ports in use or with events, up to a
 //! limit; beyond it ports fold into their range class (with `port="other"`),
@@ -29,7 +30,7 @@ mod port_series;
 mod source;
 mod workloads;
 
-pub use collector::PortmonCollector;
+pub use collector::{Exposition, PortmonCollector};
 pub use source::{ScrapeInput, ScrapeSource};
 
 use crate::{kernel::bpf::MapUsage, settings::NetnsLabel};
@@ -48,33 +49,42 @@ pub enum ExporterError {
     Encode(#[source] prometheus::Error),
 }
 
-/// The `/metrics` endpoint's registry, with portmon's collector in it.
-#[derive(Debug)]
+/// The `/metrics` endpoint: portmon's collector, and a registry holding
+/// the process collector.
 pub struct Metrics {
-    registry: prometheus::Registry,
+    portmon: Box<dyn Exposition>,
+    process: prometheus::Registry,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
 }
 
 impl Metrics {
-    /// A registry whose collectors read `source` and this process at each
-    /// scrape.
+    /// Collectors that read `source` and this process at each scrape.
     pub fn new<S: ScrapeSource>(source: Arc<S>) -> Result<Self, ExporterError> {
-        let registry = prometheus::Registry::new();
-        registry
-            .register(Box::new(PortmonCollector::new(source)?))
-            .map_err(ExporterError::Register)?;
-        registry
+        let process = prometheus::Registry::new();
+        process
             .register(Box::new(
                 prometheus::process_collector::ProcessCollector::for_self(),
             ))
             .map_err(ExporterError::Register)?;
-        Ok(Self { registry })
+        Ok(Self {
+            portmon: Box::new(PortmonCollector::new(source)?),
+            process,
+        })
     }
 
-    /// One scrape, in the Prometheus text format.
+    /// One scrape, in the Prometheus text format: portmon's families, then
+    /// the `process_*` ones, each group by name.
     pub fn render(&self) -> Result<String, ExporterError> {
+        let mut text = self.portmon.expose();
         TextEncoder::new()
-            .encode_to_string(&self.registry.gather())
-            .map_err(ExporterError::Encode)
+            .encode_utf8(&self.process.gather(), &mut text)
+            .map_err(ExporterError::Encode)?;
+        Ok(text)
     }
 }
 
@@ -537,22 +547,63 @@ mod tests {
             host.socket(HOST, 40_000, SocketState::Established);
             host.binds(HOST, 22, 1);
             host.bind_errors(HOST, 80, 1);
-            let (fixture, _) = start(host);
-            let collector = PortmonCollector::new(fixture).unwrap();
-            let gathered = prometheus::core::Collector::collect(&collector);
-            assert!(gathered.len() > 10, "{gathered:?}");
-            for family in gathered {
-                let def = definitions::ALL
-                    .iter()
-                    .find(|d| d.name == family.name())
-                    .unwrap_or_else(|| panic!("{} has no definition", family.name()));
-                assert_eq!(family.get_field_type(), def.kind, "{}", def.name);
-                let want: Vec<&str> = def.label_names(label == NetnsLabel::Always).collect();
-                for m in family.get_metric() {
-                    let names: Vec<&str> = m.get_label().iter().map(|l| l.name()).collect();
-                    assert_eq!(names, want, "{}", def.name);
+            let (_, metrics) = start(host);
+            let text = scrape(&metrics);
+            let mut types = 0;
+            for line in text
+                .lines()
+                .filter(|l| l.starts_with("portmon_") || l.starts_with("# TYPE portmon_"))
+            {
+                if let Some(typed) = line.strip_prefix("# TYPE ") {
+                    let (name, kind) = typed.split_once(' ').unwrap();
+                    let def = definition(name).unwrap_or_else(|| panic!("{name} has no definition"));
+                    assert_eq!(kind, format!("{:?}", def.kind).to_lowercase(), "{name}");
+                    types += 1;
+                    continue;
                 }
+                let (sample, _) = line.rsplit_once(' ').unwrap();
+                let (name, labels) = sample.split_once('{').unwrap_or((sample, "}"));
+                let (def, extra) = definition(name)
+                    .map(|d| (d, None))
+                    .or_else(|| {
+                        let base = ["_bucket", "_sum", "_count"]
+                            .iter()
+                            .find_map(|s| name.strip_suffix(s))?;
+                        let def = definition(base)
+                            .filter(|d| d.kind == prometheus::proto::MetricType::HISTOGRAM)?;
+                        Some((def, name.ends_with("_bucket").then_some("le")))
+                    })
+                    .unwrap_or_else(|| panic!("{name} has no definition"));
+                let mut want: Vec<&str> = def.label_names(label == NetnsLabel::Always).collect();
+                want.extend(extra);
+                assert_eq!(label_names(labels), want, "{line}");
             }
+            assert!(types > 10, "{text}");
         }
+    }
+
+    fn definition(name: &str) -> Option<&'static definitions::Definition> {
+        definitions::ALL.iter().find(|d| d.name == name)
+    }
+
+    /// The names of `labels`, the text after a sample's `{`.
+    fn label_names(labels: &str) -> Vec<&str> {
+        let mut names = Vec::new();
+        let mut rest = labels;
+        while let Some((name, value)) = rest.split_once("=\"") {
+            names.push(name.trim_start_matches(','));
+            let mut escaped = false;
+            let end = value
+                .char_indices()
+                .find(|&(_, c)| {
+                    let closes = c == '"' && !escaped;
+                    escaped = c == '\\' && !escaped;
+                    closes
+                })
+                .map_or(value.len(), |(i, _)| i);
+            rest = &value[end + 1..];
+        }
+        assert_eq!(rest, "}", "{labels}");
+        names
     }
 }

@@ -6,6 +6,12 @@
 //! namespace reads that namespace from any thread afterwards: no `setns`
 //! per read, and no privilege needed after start. Such files answer each
 //! read from the offset given, so one open serves every read.
+//!
+//! `ProcFile` is for files the kernel writes whole at each read from 0: a
+//! sysctl (`proc_sys_call_handler` formats the value into the caller's
+//! buffer) or a one-record `seq_file` (sockstat). A read shorter than asked
+//! is then the end, which saves the second system call per file that
+//! reading up to an empty read costs at every scrape of every namespace.
 
 use std::{
     fs::File,
@@ -22,7 +28,8 @@ pub const CAP_NET_BIND_SERVICE: u32 = 10;
 /// `CAP_SYS_ADMIN` (include/uapi/linux/capability.h).
 pub const CAP_SYS_ADMIN: u32 = 21;
 
-/// A procfs or sysctl file, opened once and read whole at each [`read`](Self::read).
+/// A sysctl or one-record procfs file, opened once and read whole at each
+/// [`read`](Self::read).
 #[derive(Debug)]
 pub struct ProcFile {
     file: File,
@@ -73,10 +80,10 @@ impl ProcFile {
                 .file
                 .read_at(&mut chunk, content.len() as u64)
                 .map_err(|source| self.error(source))?;
-            if n == 0 {
+            content.extend_from_slice(&chunk[..n]);
+            if n < chunk.len() {
                 break;
             }
-            content.extend_from_slice(&chunk[..n]);
         }
         String::from_utf8(content).map_err(|e| self.error(io::Error::new(io::ErrorKind::InvalidData, e)))
     }
@@ -162,6 +169,23 @@ mod tests {
             .unwrap_err()
             .path
             .ends_with("no_such_file"));
+    }
+
+    #[test]
+    fn a_file_longer_than_one_read_is_read_whole() {
+        let dir = std::env::temp_dir().join(format!("portmon-procfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for len in [0, 4095, 4096, 4097, 9000] {
+            let path = dir.join(format!("f{len}"));
+            let text: String = (0..len).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+            std::fs::write(&path, &text).unwrap();
+            assert_eq!(
+                ProcFile::open(&path).unwrap().read().unwrap(),
+                text,
+                "{len} bytes"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -159,9 +159,11 @@ impl KernelMaps {
     /// counts under the names `names` gives them.
     pub fn reclaim(&mut self, gone: &HashSet<u64>, names: &HashMap<u64, String>) {
         let host = self.host_netns;
-        self.reclaim.retire(&self.ports, &mut self.pools.keys, |netns| {
-            netns != host && gone.contains(&netns)
-        });
+        let handed_out: Vec<u32> = self.pools.handed_out(&self.health()).collect();
+        self.reclaim
+            .retire(&self.ports, &mut self.pools.keys, &handed_out, |netns| {
+                netns != host && gone.contains(&netns)
+            });
         let finals = self.reclaim.release(&self.ports, &mut self.pools.counts);
         let now = Instant::now();
         let mut by_netns: HashMap<u64, FinalCounts> = HashMap::new();

@@ -39,7 +39,7 @@ impl PoolCounters {
     /// The entries the kernel may have handed out: the host's and the
     /// shared ones, and the reserve's, each up to the last handed out new
     /// (the health counters).
-    fn handed_out(&self, health: &Health) -> impl Iterator<Item = u32> {
+    pub(super) fn handed_out(&self, health: &Health) -> impl Iterator<Item = u32> {
         let last = self.keys.len().saturating_sub(1);
         let upto = |first: u32, taken: u64, end: u32| -> RangeInclusive<u32> {
             let n = u32::try_from(taken).unwrap_or(u32::MAX);

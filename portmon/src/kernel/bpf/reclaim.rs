@@ -155,11 +155,13 @@ impl Reclaim {
             .collect()
     }
 
-    /// Unlinks the tables and pools whose namespace `gone` says is gone.
+    /// Unlinks the tables and pools whose namespace `gone` says is gone;
+    /// `handed_out` are the pool entries the kernel may have used.
     pub(super) fn retire(
         &mut self,
         ports: &PortCounters,
         pool_keys: &mut Array<MapData, PoolKey>,
+        handed_out: &[u32],
         gone: impl Fn(u64) -> bool,
     ) {
         let tables: Vec<(usize, PortTableKey)> = ports.tables().filter(|(_, key)| gone(key.netns)).collect();
@@ -168,8 +170,9 @@ impl Reclaim {
             let _ = self.table_index.remove(key);
             ports.clear_key(*entry);
         }
-        let pools: Vec<(u32, PoolKey)> = (1..pool_keys.len())
-            .filter_map(|i| Some((i, pool_keys.get(&i, 0).ok()?)))
+        let pools: Vec<(u32, PoolKey)> = handed_out
+            .iter()
+            .filter_map(|&i| Some((i, pool_keys.get(&i, 0).ok()?)))
             .filter(|(_, key)| *key != PoolKey::default() && gone(key.netns))
             .collect();
         for (i, key) in &pools {
