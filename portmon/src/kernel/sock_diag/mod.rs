@@ -11,7 +11,15 @@
 //!
 //! The kernel fills one datagram of at most 32 KiB per `recv`
 //! (`netlink_recvmsg` caps `max_recvmsg_len` at `SKB_WITH_OVERHEAD(32768)`),
-//! about 260 sockets: a larger buffer would not save a system call.
+//! about 260 sockets: a larger buffer would not save a system call. But it
+//! sizes every datagram of a socket's dumps by the largest buffer that
+//! socket was ever given (`netlink_dump`), and a 32 KiB datagram is a
+//! multi-page allocation, where 8 KiB comes from the slab. Most
+//! namespaces' dumps (listeners only, beside the walk) fit in one small
+//! datagram, and every scrape asks them all: so a socket starts with a
+//! small buffer and takes the large one for good once a dump needed more
+//! than one datagram. It never goes back, as a datagram sized for a larger
+//! buffer than the one given would be cut short.
 
 use std::{
     io,
@@ -32,6 +40,9 @@ use parse::{Progress, Reader, SOCK_DIAG_BY_FAMILY, TCPDIAG_GETSOCK};
 const NETLINK_SOCK_DIAG: libc::c_int = 4;
 /// What one `recv` can return (see the module comment).
 const RECV_BUFFER: usize = 32 * 1024;
+/// A socket's first buffer: `SKB_WITH_OVERHEAD(8192)` on x86-64, the
+/// largest datagram the kernel's slab serves (see the module comment).
+const SMALL_RECV_BUFFER: usize = 8192 - 320;
 /// How long one receive of a dump may wait for the kernel.
 const RECEIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// The state bit of `TCP_BOUND_INACTIVE` (include/net/tcp_states.h):
@@ -225,7 +236,7 @@ impl<T: Transport> SockDiag<T> {
         Self {
             transport,
             seq: 0,
-            buffer: vec![0; RECV_BUFFER],
+            buffer: vec![0; SMALL_RECV_BUFFER],
         }
     }
 
@@ -264,8 +275,14 @@ impl<T: Transport> SockDiag<T> {
             out,
             interrupted: false,
         };
+        let mut datagrams = 0;
         loop {
             let n = self.transport.recv(&mut self.buffer).map_err(DumpError::Io)?;
+            datagrams += 1;
+            // More than the data and the end: this socket's dumps are large.
+            if datagrams > 2 && self.buffer.len() < RECV_BUFFER {
+                self.buffer.resize(RECV_BUFFER, 0);
+            }
             match reader.datagram(&self.buffer[..n]) {
                 Progress::More => continue,
                 Progress::Done if reader.interrupted => return Err(DumpError::Interrupted),
@@ -343,6 +360,8 @@ mod tests {
         script: F,
         attempt: u32,
         queue: std::collections::VecDeque<Vec<u8>>,
+        /// The buffer length of each receive.
+        lengths: Vec<usize>,
     }
 
     impl<F: FnMut(u32, u32) -> Vec<Vec<u8>>> Transport for Scripted<F> {
@@ -356,6 +375,7 @@ mod tests {
         fn recv(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
             let datagram = self.queue.pop_front().expect("read past the script");
             buffer[..datagram.len()].copy_from_slice(&datagram);
+            self.lengths.push(buffer.len());
             Ok(datagram.len())
         }
     }
@@ -365,7 +385,31 @@ mod tests {
             script,
             attempt: 0,
             queue: Default::default(),
+            lengths: Vec::new(),
         })
+    }
+
+    #[test]
+    fn a_socket_takes_the_large_buffer_once_a_dump_needs_it_and_keeps_it() {
+        // Dumps 1 and 2: one datagram and the end; dump 3: three
+        // datagrams; dump 4: small again.
+        let mut diag = scripted(|attempt, seq| match attempt {
+            3 => vec![established(seq, 3), established(seq, 4), done(seq, MULTI, 0)],
+            _ => vec![established(seq, u64::from(attempt)), done(seq, MULTI, 0)],
+        });
+        let mut out = Vec::new();
+        for _ in 0..4 {
+            diag.dump(TCP, 9, &mut out).unwrap();
+        }
+        assert_eq!(out.len(), 5);
+        let small = SMALL_RECV_BUFFER;
+        let large = RECV_BUFFER;
+        // It grows after the third datagram, for the rest of dump 3 had
+        // there been more.
+        assert_eq!(
+            diag.transport.lengths,
+            [small, small, small, small, small, small, small, large, large]
+        );
     }
 
     const TCP: Dump = Dump::Tcp {
