@@ -1,6 +1,8 @@
 //! The ephemeral-port exhaustion families. Their `netns` label is always
 //! there: a pool belongs to a namespace.
 
+use std::collections::BTreeMap;
+
 use portmon_common::{Op, Proto};
 
 use super::{
@@ -10,24 +12,27 @@ use super::{
 };
 use crate::{exhaustion as ephemeral, namespaces::display_name};
 
-/// Adds the exhaustion families.
+/// Adds the exhaustion families. Series are keyed by number, not by label
+/// text, until written: each namespace adds a dozen, and comparing the
+/// label strings of thousands was much of a scrape's cost.
 pub fn add(input: &ScrapeInput<'_>, families: &mut Families) {
     let report = input.ephemeral;
     let name = |netns: u64| display_name(input.netns_names, netns);
-    let mut pool_ports = Series::new();
-    let mut in_use = Series::new();
-    let mut bound = Series::new();
-    let mut utilization = Series::new();
+    let mut pool_ports = BTreeMap::new();
+    let mut in_use = Vec::new();
+    let mut bound = Vec::new();
+    let mut utilization = Vec::new();
     for p in &report.pools {
         let netns = name(p.netns);
         let proto = p.proto.label().to_owned();
-        pool_ports.insert(vec![netns.clone()], f64::from(p.pool));
-        in_use.insert(vec![netns.clone(), proto.clone()], f64::from(p.in_use));
-        bound.insert(vec![netns.clone(), proto.clone()], f64::from(p.bound));
+        pool_ports.insert(p.netns, f64::from(p.pool));
+        in_use.push((vec![netns.clone(), proto.clone()], f64::from(p.in_use)));
+        bound.push((vec![netns.clone(), proto.clone()], f64::from(p.bound)));
         for (op, ratio) in [(Op::Bind, p.bind_ratio), (Op::Connect, p.connect_ratio)] {
-            utilization.insert(vec![netns.clone(), op.label().to_owned(), proto.clone()], ratio);
+            utilization.push((vec![netns.clone(), op.label().to_owned(), proto.clone()], ratio));
         }
     }
+    let pool_ports = pool_ports.into_iter().map(|(netns, n)| (vec![name(netns)], n));
     families.add(&def::EPHEMERAL_POOL_PORTS, pool_ports);
     families.add(&def::EPHEMERAL_PORTS_IN_USE, in_use);
     families.add(&def::EPHEMERAL_BOUND_PORTS, bound);
@@ -50,23 +55,23 @@ pub fn add(input: &ScrapeInput<'_>, families: &mut Families) {
 
     // Every namespace with a pool has its counters from zero, so rate()
     // and increase() see the first error.
-    let mut errors = Series::new();
-    let mut namespaces: Vec<u64> = report.pools.iter().map(|p| p.netns).collect();
-    namespaces.dedup();
-    for netns in namespaces {
+    let mut errors: BTreeMap<(u64, Op, Proto), f64> = BTreeMap::new();
+    for p in &report.pools {
         for &proto in Proto::ALL {
             for op in [Op::Bind, Op::Connect] {
-                errors.insert(errors_values(name(netns), proto, op), 0.0);
+                errors.insert((p.netns, op, proto), 0.0);
             }
         }
     }
     for (k, n) in input.failures {
         if let Some(op) = ephemeral::exhausted(k.op, k.proto, k.errno, k.port) {
-            *errors
-                .entry(errors_values(name(k.netns), k.proto, op))
-                .or_default() += *n as f64;
+            *errors.entry((k.netns, op, k.proto)).or_default() += *n as f64;
         }
     }
+    let errors = errors.into_iter().map(|((netns, op, proto), n)| {
+        let values = vec![name(netns), op.label().to_owned(), proto.label().to_owned()];
+        (values, n)
+    });
     families.add(&def::EPHEMERAL_EXHAUSTION_ERRORS, errors);
     let assigned: Series = input
         .assigned
@@ -102,15 +107,16 @@ fn listeners(input: &ScrapeInput<'_>, families: &mut Families) {
     let name = |netns: u64| display_name(input.netns_names, netns);
     // Zero for every namespace with a pool, so the alert's `> 0` has a
     // series to compare and the dashboard shows the all-clear.
-    let mut counts = Series::new();
+    let mut counts: BTreeMap<(u64, Proto), f64> = BTreeMap::new();
     for p in &report.pools {
-        counts.insert(vec![name(p.netns), p.proto.label().to_owned()], 0.0);
+        counts.insert((p.netns, p.proto), 0.0);
     }
     for l in &report.listeners {
-        *counts
-            .entry(vec![name(l.netns), l.proto.label().to_owned()])
-            .or_default() += 1.0;
+        *counts.entry((l.netns, l.proto)).or_default() += 1.0;
     }
+    let counts = counts
+        .into_iter()
+        .map(|((netns, proto), n)| (vec![name(netns), proto.label().to_owned()], n));
     families.add(&def::LISTENERS_IN_EPHEMERAL_RANGE, counts);
     let info: Series = report
         .listeners
@@ -131,8 +137,4 @@ fn listeners(input: &ScrapeInput<'_>, families: &mut Families) {
         })
         .collect();
     families.add(&def::LISTENER_IN_EPHEMERAL_RANGE_INFO, info);
-}
-
-fn errors_values(netns: String, proto: Proto, op: Op) -> Vec<String> {
-    vec![netns, op.label().to_owned(), proto.label().to_owned()]
 }

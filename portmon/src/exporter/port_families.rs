@@ -6,7 +6,7 @@ use portmon_common::{Op, Proto, Role};
 
 use super::{
     definitions::{self as def, Definition},
-    families::{Families, Series},
+    families::Families,
     port_series::{busiest, Activity, PortId, SeriesKey, SeriesMemory, FOLDED_PORT},
     ScrapeInput,
 };
@@ -181,7 +181,7 @@ fn ports_in_use(input: &ScrapeInput<'_>, labels: &Labels<'_>, families: &mut Fam
     let mut namespaces: Vec<u64> = in_use.keys().map(|(_, netns)| *netns).collect();
     namespaces.sort_unstable();
     namespaces.dedup();
-    let mut series = Series::new();
+    let mut series = Vec::new();
     for class in PortClass::ALL {
         for &proto in Proto::ALL {
             let values = vec![proto.label().to_owned(), class.label().to_owned()];
@@ -190,7 +190,7 @@ fn ports_in_use(input: &ScrapeInput<'_>, labels: &Labels<'_>, families: &mut Fam
                     let count = in_use.get(&(proto, netns)).map_or(0, |set| set.count_in(class));
                     let mut values = values.clone();
                     values.push(display_name(input.netns_names, netns));
-                    series.insert(values, count as f64);
+                    series.push((values, count as f64));
                 }
             } else {
                 let count: u64 = in_use
@@ -198,7 +198,7 @@ fn ports_in_use(input: &ScrapeInput<'_>, labels: &Labels<'_>, families: &mut Fam
                     .filter(|((p, _), _)| *p == proto)
                     .map(|(_, set)| set.count_in(class))
                     .sum();
-                series.insert(values, count as f64);
+                series.push((values, count as f64));
             }
         }
     }

@@ -69,10 +69,12 @@ pub fn bench() {
     );
     for (way, (one, spread)) in WAYS.iter().zip(one.iter().zip(&spread)) {
         let (Some(one), Some(spread)) = (one, spread) else {
-            println!(
-                "  {}: not measured, the walk does not run on this kernel",
-                way.name
-            );
+            let why = if way.walks {
+                "the walk does not run on this kernel"
+            } else {
+                "a scrape outlasted the daemon's deadline"
+            };
+            println!("  {}: not measured, {why}", way.name);
             continue;
         };
         let time_ratio = spread.scrape_ms / one.scrape_ms;
