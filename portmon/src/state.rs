@@ -24,7 +24,7 @@ use crate::{
         connect_search::SearchTimes,
         counters::{Health, PortCount, PortOverflow},
         pools::AssignedCount,
-        program_stats::ProgramRuns,
+        program_stats::{ProgramMisses, ProgramRuns},
         KernelMaps, MapUsage,
     },
     kernel::sock_diag::NsSocket,
@@ -308,9 +308,15 @@ impl State {
 
     /// Each program's runs and run time, while the kernel counts them.
     pub fn program_runs(&self) -> Option<Vec<ProgramRuns>> {
-        // The walk of the host's programs is done without the maps' lock.
+        // The programs' fdinfo is read without the maps' lock.
         let ids = lock(&self.maps).programs.clone();
         ids.read()
+    }
+
+    /// Each program's runs the kernel skipped.
+    pub fn program_misses(&self) -> Vec<ProgramMisses> {
+        let ids = lock(&self.maps).programs.clone();
+        ids.misses()
     }
 
     /// portmon's own health counters.

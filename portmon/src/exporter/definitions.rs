@@ -213,6 +213,11 @@ pub const PROGRAM_RUN_SECONDS: Definition = counter(
     "Time spent in a kernel program, as the kernel counts it while kernel.bpf_stats_enabled is 1 (no series while it is 0).",
     &["program"],
 );
+pub const PROGRAM_RECURSION_MISSES: Definition = counter(
+    "portmon_bpf_program_recursion_misses_total",
+    "Runs of a kernel program the kernel skipped because another tracing program was running on the CPU (Linux 5.12 and later); whatever those runs would have counted is lost.",
+    &["program"],
+);
 pub const REGISTRY_ENTRIES: Definition = gauge(
     "portmon_registry_entries",
     "Records in the port registry portmon loaded, by source format.",
@@ -355,6 +360,7 @@ pub const ALL: &[Definition] = &[
     PROGRAM_ATTACHED,
     PROGRAM_RUNS,
     PROGRAM_RUN_SECONDS,
+    PROGRAM_RECURSION_MISSES,
     REGISTRY_ENTRIES,
     INVENTORY_ERRORS,
     PORT_SERIES_FOLDED,

@@ -89,6 +89,13 @@ pub fn add(input: &ScrapeInput<'_>, folded: usize, scrape_seconds: f64, families
                 (vec![(*name).to_owned()], f64::from(u8::from(attached)))
             }),
     );
+    families.add(
+        &def::PROGRAM_RECURSION_MISSES,
+        input
+            .program_misses
+            .iter()
+            .map(|m| (vec![m.program.to_owned()], m.misses as f64)),
+    );
     if let Some(runs) = input.program_runs {
         families.add(
             &def::PROGRAM_RUNS,

@@ -403,6 +403,26 @@ mod tests {
     }
 
     #[test]
+    fn skipped_runs_are_exported_whether_or_not_runs_are_counted() {
+        use crate::kernel::bpf::program_stats::ProgramMisses;
+        let (fixture, metrics) = start(Host::default());
+        fixture.change(|host| {
+            host.program_misses = vec![ProgramMisses {
+                program: "inet_sock_set_state",
+                misses: 2,
+            }];
+        });
+        let all = series(&scrape(&metrics));
+        assert_eq!(
+            all.get(r#"portmon_bpf_program_recursion_misses_total{program="inet_sock_set_state"}"#),
+            Some(&2.0)
+        );
+        assert!(!all
+            .keys()
+            .any(|k| k.starts_with("portmon_bpf_program_runs_total")));
+    }
+
+    #[test]
     fn program_runs_are_exported_while_the_kernel_counts_them_and_absent_otherwise() {
         use crate::kernel::bpf::program_stats::ProgramRuns;
         let (fixture, metrics) = start(Host::default());

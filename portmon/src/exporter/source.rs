@@ -14,7 +14,7 @@ use crate::{
             connect_search::SearchTimes,
             counters::{Health, PortCount, PortOverflow},
             pools::AssignedCount,
-            program_stats::ProgramRuns,
+            program_stats::{ProgramMisses, ProgramRuns},
         },
         sock_diag::NsSocket,
         threads,
@@ -43,6 +43,8 @@ pub struct ScrapeInput<'a> {
     /// Each program's runs and run time; `None` while the kernel does not
     /// count them (`kernel.bpf_stats_enabled`).
     pub program_runs: Option<&'a [ProgramRuns]>,
+    /// Each program's runs the kernel skipped (none before Linux 5.12).
+    pub program_misses: &'a [ProgramMisses],
     pub port_series_limit: usize,
     pub netns_label: NetnsLabel,
     /// Ephemeral pools, by the kernel's rules.
@@ -123,6 +125,7 @@ impl ScrapeSource for State {
         let ephemeral_seconds = assessing.elapsed().as_secs_f64();
         let settings = self.settings();
         let program_runs = self.program_runs();
+        let program_misses = self.program_misses();
         let attached = self.attached_now();
         build(&ScrapeInput {
             ports: &ports,
@@ -136,6 +139,7 @@ impl ScrapeSource for State {
             maps: &maps,
             programs: &attached,
             program_runs: program_runs.as_deref(),
+            program_misses: &program_misses,
             port_series_limit: settings.port_series_limit,
             netns_label: settings.netns_label,
             ephemeral: &ephemeral,

@@ -3,7 +3,12 @@
 //! attachment is a bpf link owned by this process, so a killed daemon
 //! leaves nothing behind either.
 
-use std::{fs::File, io, path::PathBuf};
+use std::{
+    fs::File,
+    io,
+    os::fd::{AsFd as _, AsRawFd as _, RawFd},
+    path::PathBuf,
+};
 
 use aya::{
     maps::{HashMap as BpfHashMap, Map, MapData, MapError, Queue, RingBuf},
@@ -335,11 +340,15 @@ fn take_maps(
         size_of::<portmon_common::OwnerHeld>(),
     )?;
     // Every program is loaded by now: each has its id.
-    let ids: Vec<(&'static str, u32)> = PROGRAMS
+    let ids: Vec<(&'static str, u32, RawFd)> = PROGRAMS
         .iter()
-        .filter_map(|&(name, _)| Some((name, ebpf.program(name)?.info().ok()?.id())))
+        .filter_map(|&(name, _)| {
+            let program = ebpf.program(name)?;
+            let fd = program.fd().ok()?.as_fd().as_raw_fd();
+            Some((name, program.info().ok()?.id(), fd))
+        })
         .collect();
-    let attached = AttachedCheck::new(ids.clone());
+    let attached = AttachedCheck::new(ids.iter().map(|&(name, id, _)| (name, id)).collect());
     let mut queue = |name: &'static str| take::<Queue<MapData, u32>>(ebpf, name);
     let free = FreeQueues {
         tables: queue(map::FREE_PORT_TABLES)?,

@@ -1,16 +1,27 @@
 //! The kernel's own account of portmon's programs: how often each ran and
 //! for how long (`bpf_prog_info.run_cnt`, `run_time_ns`), which the kernel
 //! keeps only while `kernel.bpf_stats_enabled` is 1 (a sysctl, or a
-//! `BPF_ENABLE_STATS` descriptor some tool holds open).
+//! `BPF_ENABLE_STATS` descriptor some tool holds open); and the runs it
+//! skipped (`recursion_misses`, Linux 5.12), which it always counts: a
+//! tracing program is not run on a CPU where another already runs, and
+//! whatever that run would have counted is lost.
 
-use std::time::Duration;
+use std::{os::fd::RawFd, time::Duration};
 
 use super::fdinfo;
 use crate::kernel::procfs;
 
-/// The kernel's ids of portmon's loaded programs, by name.
+/// The kernel's ids of portmon's loaded programs, by name, with the
+/// descriptor portmon holds each by.
 #[derive(Debug, Clone, Default)]
-pub struct ProgramIds(pub(super) Vec<(&'static str, u32)>);
+pub struct ProgramIds(pub(super) Vec<(&'static str, u32, RawFd)>);
+
+/// Runs of one program the kernel skipped since it was loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProgramMisses {
+    pub program: &'static str,
+    pub misses: u64,
+}
 
 /// One program's runs and the time spent in them since it was loaded,
 /// counted while statistics were on.
@@ -29,18 +40,13 @@ pub fn stats_enabled() -> bool {
 impl ProgramIds {
     /// Each program's runs, or `None` while the kernel does not count them:
     /// figures frozen since statistics went off would read as an idle host.
-    /// Read from the `fdinfo` of the daemon's own program descriptors,
-    /// which needs no capability (the `bpf(2)` walk of loaded programs
-    /// needs CAP_SYS_ADMIN, given up after attaching).
     pub fn read(&self) -> Option<Vec<ProgramRuns>> {
         if !stats_enabled() {
             return None;
         }
-        let mut runs: Vec<ProgramRuns> = fdinfo::own_with("run_cnt:")
-            .into_iter()
-            .filter_map(|(_, text)| {
-                let id = u32::try_from(fdinfo::field(&text, "prog_id:")?).ok()?;
-                let &(program, _) = self.0.iter().find(|(_, known)| *known == id)?;
+        let mut runs: Vec<ProgramRuns> = self
+            .fdinfo()
+            .filter_map(|(program, text)| {
                 Some(ProgramRuns {
                     program,
                     runs: fdinfo::field(&text, "run_cnt:")?,
@@ -49,8 +55,34 @@ impl ProgramIds {
             })
             .collect();
         runs.sort_unstable_by_key(|r| r.program);
-        // A program aya holds more than one descriptor of counts once.
-        runs.dedup_by_key(|r| r.program);
         Some(runs)
+    }
+
+    /// Each program's skipped runs; none on a kernel that does not count
+    /// them.
+    pub fn misses(&self) -> Vec<ProgramMisses> {
+        let mut misses: Vec<ProgramMisses> = self
+            .fdinfo()
+            .filter_map(|(program, text)| {
+                Some(ProgramMisses {
+                    program,
+                    misses: fdinfo::field(&text, "recursion_misses:")?,
+                })
+            })
+            .collect();
+        misses.sort_unstable_by_key(|m| m.program);
+        misses
+    }
+
+    /// The `fdinfo` of each program's descriptor, read from this process's
+    /// own (which needs no capability; the `bpf(2)` walk of loaded
+    /// programs needs CAP_SYS_ADMIN, given up after attaching): its
+    /// descriptors only, as the daemon holds several per namespace.
+    fn fdinfo(&self) -> impl Iterator<Item = (&'static str, String)> + '_ {
+        self.0.iter().filter_map(|&(program, id, fd)| {
+            let text = fdinfo::read(u32::try_from(fd).ok()?)?;
+            // The descriptor is still the program's.
+            (fdinfo::field(&text, "prog_id:")? == u64::from(id)).then_some((program, text))
+        })
     }
 }
