@@ -365,6 +365,19 @@ fn promtool_finds_nothing_wrong_with_the_exposition() {
     ] {
         assert!(body.contains(&format!("# TYPE {family} ")), "{family} missing");
     }
+    // The kernel counts skipped runs for every program, statistics on or
+    // off: each attached program has its series.
+    for program in ["connect4", "inet_sock_set_state"] {
+        assert_eq!(
+            metric_value(
+                &body,
+                "portmon_bpf_program_recursion_misses_total",
+                &[("program", program)]
+            ),
+            Some(0.0),
+            "{program}'s skipped runs"
+        );
+    }
     let mut check = std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
