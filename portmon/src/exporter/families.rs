@@ -77,6 +77,10 @@ impl Families {
         let samples = &mut self.family(def).samples;
         let mut bound_text = String::new();
         for (values, buckets, sum) in series {
+            let mut line = |suffix: &str, le: Option<&str>, value: f64| {
+                let le = le.map(|bound| ("le", bound));
+                write_sample(samples, def.name, suffix, &names, &values, le, value);
+            };
             let mut cumulative = 0u64;
             for (bound, n) in buckets {
                 cumulative = cumulative.saturating_add(n);
@@ -84,30 +88,13 @@ impl Families {
                 if bound.is_finite() {
                     bound_text.clear();
                     write_number(&mut bound_text, bound);
-                    let le = Some(("le", bound_text.as_str()));
-                    write_sample(
-                        samples,
-                        def.name,
-                        "_bucket",
-                        &names,
-                        &values,
-                        le,
-                        cumulative as f64,
-                    );
+                    line("_bucket", Some(&bound_text), cumulative as f64);
                 }
             }
             let count = cumulative as f64;
-            write_sample(
-                samples,
-                def.name,
-                "_bucket",
-                &names,
-                &values,
-                Some(("le", "+Inf")),
-                count,
-            );
-            write_sample(samples, def.name, "_sum", &names, &values, None, sum);
-            write_sample(samples, def.name, "_count", &names, &values, None, count);
+            line("_bucket", Some("+Inf"), count);
+            line("_sum", None, sum);
+            line("_count", None, count);
         }
     }
 
