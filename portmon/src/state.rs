@@ -24,7 +24,7 @@ use crate::{
         connect_search::SearchTimes,
         counters::{Health, PortCount, PortOverflow},
         pools::AssignedCount,
-        program_stats::{ProgramMisses, ProgramRuns},
+        program_stats::ProgramStats,
         KernelMaps, MapUsage,
     },
     kernel::sock_diag::NsSocket,
@@ -306,17 +306,11 @@ impl State {
         lock(&self.maps).attached.attached(&self.programs)
     }
 
-    /// Each program's runs and run time, while the kernel counts them.
-    pub fn program_runs(&self) -> Option<Vec<ProgramRuns>> {
+    /// Each program's runs (while the kernel counts them) and skipped runs.
+    pub fn program_stats(&self) -> ProgramStats {
         // The programs' fdinfo is read without the maps' lock.
         let ids = lock(&self.maps).programs.clone();
         ids.read()
-    }
-
-    /// Each program's runs the kernel skipped.
-    pub fn program_misses(&self) -> Vec<ProgramMisses> {
-        let ids = lock(&self.maps).programs.clone();
-        ids.misses()
     }
 
     /// portmon's own health counters.

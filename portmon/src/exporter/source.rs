@@ -124,8 +124,7 @@ impl ScrapeSource for State {
         let ephemeral = self.ephemeral(&inventoried.snapshot);
         let ephemeral_seconds = assessing.elapsed().as_secs_f64();
         let settings = self.settings();
-        let program_runs = self.program_runs();
-        let program_misses = self.program_misses();
+        let programs = self.program_stats();
         let attached = self.attached_now();
         build(&ScrapeInput {
             ports: &ports,
@@ -138,8 +137,8 @@ impl ScrapeSource for State {
             health: self.health(),
             maps: &maps,
             programs: &attached,
-            program_runs: program_runs.as_deref(),
-            program_misses: &program_misses,
+            program_runs: programs.runs.as_deref(),
+            program_misses: &programs.misses,
             port_series_limit: settings.port_series_limit,
             netns_label: settings.netns_label,
             ephemeral: &ephemeral,

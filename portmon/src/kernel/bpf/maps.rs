@@ -16,7 +16,7 @@ use super::{
     counters::{self, Health, PortCount, PortCounters, PortOverflow},
     map_batch::read_all,
     pools::{AssignedCount, PoolCounters},
-    program_stats::{ProgramIds, ProgramRuns},
+    program_stats::ProgramIds,
     reclaim::{FinalCounts, Reclaim},
     socket_table::{Followed, SocketTable},
 };
@@ -238,11 +238,6 @@ impl KernelMaps {
             .map(|(entry, _)| self.ports.blocks_of(*entry).count() as u64)
             .sum();
         (tables + quarantined.len() as u64, blocks + held)
-    }
-
-    /// Each program's runs and run time, while the kernel counts them.
-    pub fn program_runs(&self) -> Option<Vec<ProgramRuns>> {
-        self.programs.read()
     }
 
     /// How long TCP connects spent finding a local port, per namespace.

@@ -37,41 +37,46 @@ pub fn stats_enabled() -> bool {
     procfs::sysctl_u32("kernel/bpf_stats_enabled").is_some_and(|on| on != 0)
 }
 
-impl ProgramIds {
+/// What the kernel says of portmon's programs at one read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProgramStats {
     /// Each program's runs, or `None` while the kernel does not count them:
     /// figures frozen since statistics went off would read as an idle host.
-    pub fn read(&self) -> Option<Vec<ProgramRuns>> {
-        if !stats_enabled() {
-            return None;
-        }
-        let mut runs: Vec<ProgramRuns> = self
-            .fdinfo()
-            .filter_map(|(program, text)| {
+    pub runs: Option<Vec<ProgramRuns>>,
+    /// Each program's skipped runs; none on a kernel that does not count
+    /// them.
+    pub misses: Vec<ProgramMisses>,
+}
+
+impl ProgramIds {
+    /// Each program's runs (while counted) and skipped runs, from one read
+    /// of its `fdinfo`.
+    pub fn read(&self) -> ProgramStats {
+        let counting = stats_enabled();
+        let mut stats = ProgramStats {
+            runs: counting.then(Vec::new),
+            misses: Vec::new(),
+        };
+        for (program, text) in self.fdinfo() {
+            if let Some(misses) = fdinfo::field(&text, "recursion_misses:") {
+                stats.misses.push(ProgramMisses { program, misses });
+            }
+            let run = || {
                 Some(ProgramRuns {
                     program,
                     runs: fdinfo::field(&text, "run_cnt:")?,
                     run_time: Duration::from_nanos(fdinfo::field(&text, "run_time_ns:")?),
                 })
-            })
-            .collect();
-        runs.sort_unstable_by_key(|r| r.program);
-        Some(runs)
-    }
-
-    /// Each program's skipped runs; none on a kernel that does not count
-    /// them.
-    pub fn misses(&self) -> Vec<ProgramMisses> {
-        let mut misses: Vec<ProgramMisses> = self
-            .fdinfo()
-            .filter_map(|(program, text)| {
-                Some(ProgramMisses {
-                    program,
-                    misses: fdinfo::field(&text, "recursion_misses:")?,
-                })
-            })
-            .collect();
-        misses.sort_unstable_by_key(|m| m.program);
-        misses
+            };
+            if let (Some(runs), Some(run)) = (stats.runs.as_mut(), run()) {
+                runs.push(run);
+            }
+        }
+        if let Some(runs) = stats.runs.as_mut() {
+            runs.sort_unstable_by_key(|r| r.program);
+        }
+        stats.misses.sort_unstable_by_key(|m| m.program);
+        stats
     }
 
     /// The `fdinfo` of each program's descriptor, read from this process's
