@@ -82,6 +82,10 @@ pub mod map {
     /// The `OWNER_HELD` entry, plus one, charged for each `POOL_KEYS`
     /// entry (`u32`); 0 when none was.
     pub const POOL_OWNERS: &str = "POOL_OWNERS";
+    /// The `OWNER_HELD` entry, plus one, charged for each slot of
+    /// `SOCKETS` (`u32`, as many entries); 0 for a slot a privileged
+    /// process claimed.
+    pub const SOCKET_OWNERS: &str = "SOCKET_OWNERS";
 }
 
 /// Names of the read-only globals the loader sets before the kernel
@@ -152,7 +156,8 @@ pub mod slot {
     pub const EVENTS_DROPPED: u32 = 0;
     /// Counter increments lost because `PORT_STATS` had no block left.
     pub const PORT_STATS_OVERFLOW: u32 = 1;
-    /// Sockets not followed because their slots in `SOCKETS` were taken.
+    /// Sockets not followed because their slots in `SOCKETS` were taken,
+    /// or their user held its quota of them.
     pub const SOCKETS_OVERFLOW: u32 = 2;
     /// Failures detected in the kernel (sent or dropped): the ground truth the
     /// user-space error counts are checked against.
@@ -184,7 +189,9 @@ pub mod slot {
     /// Shared entries refused to an unprivileged user's namespace because
     /// that user's namespaces hold their quota (`global::OWNER_QUOTA`);
     /// the count is then lost as for a full map (tables, pools) or kept in
-    /// the table's range class (blocks).
+    /// the table's range class (blocks). Also `SOCKETS` slots refused to
+    /// an unprivileged user's processes, whose sockets then go unfollowed
+    /// as for a full table (counted in `SOCKETS_OVERFLOW` too).
     pub const OWNER_QUOTA_REFUSED: u32 = 14;
     /// Entries of `OWNER_HELD` handed out so far (the next is this plus one).
     pub const OWNER_SLOTS_TAKEN: u32 = 15;
@@ -535,9 +542,13 @@ pub struct KernelLayout {
     pub user_ns_parent: u32,
     /// `struct user_namespace`, `owner` (a `kuid_t`: the user that made it).
     pub user_ns_owner: u32,
+    /// `struct task_struct`, `cred` (the task's acting credentials).
+    pub task_cred: u32,
+    /// `struct cred`, `user_ns` (a `struct user_namespace *`).
+    pub cred_user_ns: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelLayout>() == 40);
+const _: () = assert!(core::mem::size_of::<KernelLayout>() == 48);
 
 /// Offsets in `struct sock_common` (include/net/sock.h) that have not moved
 /// since Linux 2.6.38, because socket lookups compare them as words: the

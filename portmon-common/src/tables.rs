@@ -114,15 +114,19 @@ impl PoolKey {
 }
 
 /// Value of `OWNER_HELD`: the shared entries the namespaces of one
-/// unprivileged user hold, checked against `OwnerQuota` when they take one.
+/// unprivileged user hold, and the `SOCKETS` slots its processes hold,
+/// checked against `OwnerQuota` when they take one.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OwnerHeld {
     pub tables: u64,
     pub blocks: u64,
     pub pools: u64,
+    /// Charged and given back by the kernel programs alone, as the slot is
+    /// claimed and freed.
+    pub sockets: u64,
 }
-const _: () = assert!(core::mem::size_of::<OwnerHeld>() == 24);
+const _: () = assert!(core::mem::size_of::<OwnerHeld>() == 32);
 
 /// Byte offsets of `OwnerHeld`'s counters, for the daemon's atomic
 /// subtraction through the mapped array when it gives entries back.
@@ -130,16 +134,17 @@ pub mod owner_held {
     pub const TABLES: usize = 0;
     pub const BLOCKS: usize = 8;
     pub const POOLS: usize = 16;
+    pub const SOCKETS: usize = 24;
 }
 
 /// The most shared entries the namespaces of one unprivileged user may
-/// hold (`global::OWNER_QUOTA`).
+/// hold, and the most `SOCKETS` slots its processes may (`global::OWNER_QUOTA`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OwnerQuota {
     pub tables: u32,
     pub blocks: u32,
     pub pools: u32,
-    pub _pad: u32,
+    pub sockets: u32,
 }
 const _: () = assert!(core::mem::size_of::<OwnerQuota>() == 16);

@@ -3,7 +3,7 @@
 //! kernel versions come from the running kernel's BTF through the loader;
 //! the head of `struct sock_common` has not moved since Linux 2.6.38.
 
-use aya_ebpf::helpers::bpf_probe_read_kernel;
+use aya_ebpf::helpers::{bpf_probe_read_kernel, generated::bpf_get_current_task};
 use portmon_common::{sock_common, KernelLayout};
 
 /// Set by the loader from `/sys/kernel/btf/vmlinux`.
@@ -19,6 +19,8 @@ static PORTMON_KERNEL_LAYOUT: KernelLayout = KernelLayout {
     user_ns_level: 0,
     user_ns_parent: 0,
     user_ns_owner: 0,
+    task_cred: 0,
+    cred_user_ns: 0,
     _pad: 0,
 };
 
@@ -122,7 +124,30 @@ const USER_NS_MAX_LEVEL: i32 = 32;
 pub fn owner_uid(sk: u64) -> Option<u32> {
     let l = layout();
     let net: u64 = read(sk, l.skc_net)?;
-    let mut user_ns: u64 = read(net, l.net_user_ns)?;
+    let user_ns: u64 = read(net, l.net_user_ns)?;
+    outermost_owner(user_ns)
+}
+
+/// The user the current task acts for, as `owner_uid` names users: `kuid`
+/// (the task's own, as the host sees it) in the host's user namespace,
+/// else the user that made the outermost one above the task's, so that
+/// the ids a user maps into its user namespaces all count as that user.
+#[inline(always)]
+pub fn current_user(kuid: u32) -> u32 {
+    let l = layout();
+    // SAFETY: the helper takes no arguments; its value is only read through.
+    let task = unsafe { bpf_get_current_task() };
+    read::<u64>(task, l.task_cred)
+        .and_then(|cred| read::<u64>(cred, l.cred_user_ns))
+        .and_then(outermost_owner)
+        .unwrap_or(kuid)
+}
+
+/// The owner of the level-1 user namespace at or above `user_ns`; `None`
+/// for the host's, or if it cannot be read.
+#[inline(always)]
+fn outermost_owner(mut user_ns: u64) -> Option<u32> {
+    let l = layout();
     let mut level: i32 = read(user_ns, l.user_ns_level)?;
     if !(1..=USER_NS_MAX_LEVEL).contains(&level) {
         return None;

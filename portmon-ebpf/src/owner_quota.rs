@@ -1,7 +1,9 @@
 //! Each unprivileged user's quota of the shared entries of `PORT_TABLES`,
 //! `PORT_STATS` and `POOL_KEYS`, so that one user's namespaces cannot
 //! crowd out another's (the host's and the host-owned ones have parts of
-//! their own, in `maps`).
+//! their own, in `maps`); and of the slots of `SOCKETS`, which every
+//! namespace shares, so that one user's sockets cannot leave another's
+//! unfollowed.
 //!
 //! A user is known by the kuid that made the outermost user namespace
 //! under the host's (`layout::owner_uid`), read on the rare path where a
@@ -10,9 +12,14 @@
 //! user's counts through its mapping of `OWNER_HELD`. A charge is an
 //! atomic add that is taken back when it went past the quota, so no user
 //! ever holds more, however many CPUs race.
+//!
+//! A socket's slot is charged to the user its process acts for
+//! (`layout::current_user`), root on the host's user namespace excepted,
+//! and given back by the program that frees the slot.
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_NOEXIST},
+    helpers::bpf_get_current_uid_gid,
     macros::map,
     maps::{Array, HashMap},
 };
@@ -38,7 +45,7 @@ static PORTMON_OWNER_QUOTA: OwnerQuota = OwnerQuota {
     tables: u32::MAX,
     blocks: u32::MAX,
     pools: u32::MAX,
-    _pad: 0,
+    sockets: u32::MAX,
 };
 
 #[inline(always)]
@@ -54,6 +61,7 @@ pub enum Entry {
     Table,
     Block,
     Pool,
+    Socket,
 }
 
 /// A user's entry of `OWNER_HELD`, plus one, as tables and pools record it.
@@ -67,6 +75,23 @@ impl Owner {
     pub fn of(sk: u64) -> Self {
         let slot = layout::owner_uid(sk).and_then(slot_of).unwrap_or(0);
         Self(slot + 1)
+    }
+
+    /// The user the current process acts for; `None` for root, which no
+    /// quota binds, whether on the host's user namespace or in one it made
+    /// (a pod's, with user namespaces on).
+    #[inline(always)]
+    pub fn current() -> Option<Self> {
+        let kuid = bpf_get_current_uid_gid() as u32;
+        if kuid == 0 {
+            return None;
+        }
+        let user = layout::current_user(kuid);
+        if user == 0 {
+            return None;
+        }
+        let slot = slot_of(user).unwrap_or(0);
+        Some(Self(slot + 1))
     }
 
     /// As a table or pool recorded it; `None` for one never charged (0).
@@ -115,6 +140,7 @@ impl Owner {
                 Entry::Table => (&raw mut (*held).tables, quota.tables),
                 Entry::Block => (&raw mut (*held).blocks, quota.blocks),
                 Entry::Pool => (&raw mut (*held).pools, quota.pools),
+                Entry::Socket => (&raw mut (*held).sockets, quota.sockets),
             }
         })
     }

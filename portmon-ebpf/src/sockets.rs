@@ -12,6 +12,10 @@
 //! map insert or delete, let alone creating socket local storage, costs more
 //! than a whole program run otherwise does (figures in docs/performance.md).
 //! User space maps both arrays read-only.
+//!
+//! Every namespace shares the slots, so an unprivileged user's slots are
+//! charged to its quota (`owner_quota`), and `SOCKET_OWNERS` says whom each
+//! slot is charged to, for the program that frees it to give it back.
 
 use core::intrinsics::{atomic_cxchg, AtomicOrdering};
 
@@ -33,6 +37,7 @@ use crate::{
     count::{count, count_assigned},
     counter_maps::{count_health, xadd, FAILURES},
     netns::Netns,
+    owner_quota::{self, Entry},
 };
 
 #[map]
@@ -41,6 +46,10 @@ static SOCKET_COOKIES: Array<SocketGroup> =
 
 #[map]
 static SOCKETS: Array<SockSlot> = Array::with_max_entries(capacity::SOCKETS, BPF_F_MMAPABLE);
+
+/// Apart from `SOCKETS`, whose 64-byte slots have no room for it.
+#[map]
+static SOCKET_OWNERS: Array<u32> = Array::with_max_entries(capacity::SOCKETS, 0);
 
 /// Groups in `SOCKET_COOKIES` minus one; set by the loader with the capacity.
 #[unsafe(no_mangle)]
@@ -127,29 +136,13 @@ fn take(group: *mut SocketGroup, cookie: u64) -> Option<usize> {
     None
 }
 
-/// Whose a claimed slot says the socket is.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Owner {
-    /// A bind() to a fixed port, a service's, kept for long: the command,
-    /// pid and cgroup of the caller, now.
-    Record,
-    /// A client's bind(0) or auto-binding connect(), usually gone within
-    /// milliseconds: nobody asks its owner, and the three helpers cost as
-    /// much as the rest of the claim. Should it listen, the state
-    /// tracepoint records its owner then (`record_owner`).
-    Later,
-}
-
-/// The socket's slot, taken now if it has none; `None` (counted) when both
-/// of its groups are full.
+/// Takes a slot for `cookie` in its first group or else its second;
+/// `None` (counted) when both are full.
 #[inline(always)]
-pub fn find_or_claim(cookie: u64, netns: u64, family: u8, proto: u8, owner: Owner) -> Option<Tracked> {
-    if let Some(tracked) = find(cookie) {
-        return Some(tracked);
-    }
+fn claim(cookie: u64) -> Option<Tracked> {
     let (near, far) = groups(cookie);
     let first = SOCKET_COOKIES.get_ptr_mut(near)?;
-    let tracked = match take(first, cookie) {
+    match take(first, cookie) {
         Some(i) => at(cookie, near, i),
         None => {
             // Counted before the slot is taken, so that a reader who finds
@@ -167,11 +160,53 @@ pub fn find_or_claim(cookie: u64, netns: u64, family: u8, proto: u8, owner: Owne
                     // SAFETY: as above.
                     unsafe { xadd(displaced, u64::MAX) };
                     count_health(slot::SOCKETS_OVERFLOW);
-                    return None;
+                    None
                 }
             }
         }
-    }?;
+    }
+}
+
+/// Whose a claimed slot says the socket is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// A bind() to a fixed port, a service's, kept for long: the command,
+    /// pid and cgroup of the caller, now.
+    Record,
+    /// A client's bind(0) or auto-binding connect(), usually gone within
+    /// milliseconds: nobody asks its owner, and the three helpers cost as
+    /// much as the rest of the claim. Should it listen, the state
+    /// tracepoint records its owner then (`record_owner`).
+    Later,
+}
+
+/// The socket's slot, taken now if it has none; `None` (counted) when both
+/// of its groups are full, or its user holds its quota of slots.
+#[inline(always)]
+pub fn find_or_claim(cookie: u64, netns: u64, family: u8, proto: u8, owner: Owner) -> Option<Tracked> {
+    if let Some(tracked) = find(cookie) {
+        return Some(tracked);
+    }
+    // Charged before a slot is taken, so that a user's claims racing on
+    // many CPUs never hold more than its quota.
+    let user = owner_quota::Owner::current();
+    if let Some(user) = user {
+        if !user.charge(Entry::Socket) {
+            count_health(slot::SOCKETS_OVERFLOW);
+            return None;
+        }
+    }
+    let Some(tracked) = claim(cookie) else {
+        if let Some(user) = user {
+            user.refund(Entry::Socket);
+        }
+        return None;
+    };
+    if let Some(charged) = SOCKET_OWNERS.get_ptr_mut(tracked.index) {
+        // SAFETY: a map value pointer, valid for this run; only the
+        // slot's holder writes it.
+        unsafe { *charged = user.map_or(0, owner_quota::Owner::recorded_as) };
+    }
     // Field by field: a whole `SockSlot` would be built on the stack and
     // copied (a memset and a memcpy per claim). Volatile where neighbours
     // are zeroed, or LLVM merges the stores into a call to the BPF
@@ -220,7 +255,7 @@ pub fn record_owner(st: &mut SockSlot) {
 /// that a reader never sees this socket's ports under the next one's cookie.
 /// Two programs may give back one slot at once (a close in softirq, the
 /// release hook in the process): only the one whose exchange clears the
-/// cookie counts it out of its first group.
+/// cookie counts it out of its first group and gives back its charge.
 #[inline(always)]
 pub fn free(tracked: Tracked) {
     tracked.slot.flags = 0;
@@ -228,6 +263,9 @@ pub fn free(tracked: Tracked) {
     tracked.slot.local_port = 0;
     tracked.slot.remote_port = 0;
     tracked.slot.pid = 0;
+    // Read before the slot can go to another socket: only a claim writes
+    // it, and none can until the cookie is cleared below.
+    let charged = SOCKET_OWNERS.get(tracked.index).copied().unwrap_or(0);
     let group = tracked.index / SLOTS_PER_GROUP as u32;
     let i = tracked.index as usize % SLOTS_PER_GROUP;
     let Some(cookies) = SOCKET_COOKIES.get_ptr_mut(group) else {
@@ -245,8 +283,14 @@ pub fn free(tracked: Tracked) {
             0,
         )
     };
+    if !cleared {
+        return;
+    }
+    if let Some(user) = owner_quota::Owner::recorded(charged) {
+        user.refund(Entry::Socket);
+    }
     let (near, _) = groups(tracked.cookie);
-    if cleared && group != near {
+    if group != near {
         if let Some(first) = SOCKET_COOKIES.get_ptr_mut(near) {
             // SAFETY: a map value pointer, 8-byte aligned.
             unsafe { xadd(&raw mut (*first).displaced, u64::MAX) };

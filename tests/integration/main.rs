@@ -21,6 +21,7 @@ mod pools;
 mod ports;
 mod service;
 mod serving;
+mod socket_quota;
 mod storm;
 mod transparency;
 mod unprivileged;

@@ -13,7 +13,9 @@ use std::{
 
 use portmon::kernel::bpf::LoadOptions;
 use portmon_common::{Assignment, Family, Proto, Role};
-use portmon_tests::{binds_outside_host, in_fresh_netns, metric_value, serial, wait_until, Daemon, Monitor};
+use portmon_tests::{
+    as_host_user, binds_outside_host, in_fresh_netns, metric_value, serial, wait_until, Daemon, Monitor,
+};
 
 const LISTEN: &str = "127.0.0.1:17494";
 
@@ -133,7 +135,7 @@ fn one_unprivileged_user_filling_the_shared_entries_cannot_stop_anothers_counts(
         pools: 64,
         ..LoadOptions::default()
     };
-    let quota = options.split().owner_quota(options.owner_percent);
+    let quota = options.owner_quota();
     let monitor = Monitor::attach_with(options);
     let before = monitor.health();
     let filler = as_user(65534, false, FILLER, &["100", "40"])
@@ -197,11 +199,9 @@ fn one_unprivileged_user_filling_the_shared_entries_cannot_stop_anothers_counts(
 /// Runs `script` as user `uid`, in a user namespace of its own (and a
 /// network namespace, with `new_netns`).
 fn as_user(uid: u32, new_netns: bool, script: &str, args: &[&str]) -> Command {
-    let id = uid.to_string();
-    let mut command = Command::new("setpriv");
+    let mut command = as_host_user(uid);
     command
-        .args([format!("--reuid={id}"), format!("--regid={id}")])
-        .args(["--clear-groups", "--", "unshare", "--user", "--map-root-user"])
+        .args(["unshare", "--user", "--map-root-user"])
         .args(new_netns.then_some("--net"))
         .args(["--", "python3", "-c", script])
         .args(args);

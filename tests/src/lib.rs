@@ -456,3 +456,16 @@ pub fn binds_outside_host(exposition: &str, port: u16) -> Option<f64> {
         .collect();
     (!values.is_empty()).then(|| values.iter().sum())
 }
+
+/// `setpriv` set to run the command that follows as host user `uid` (its
+/// group too, no others), with the system's `PATH`: the test's own may
+/// lead through directories only root can read (a version manager's).
+pub fn as_host_user(uid: u32) -> Command {
+    let id = uid.to_string();
+    let mut command = Command::new("setpriv");
+    command
+        .args([format!("--reuid={id}"), format!("--regid={id}")])
+        .args(["--clear-groups", "--"])
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin");
+    command
+}

@@ -299,6 +299,8 @@ impl Btf {
             user_ns_level: self.member_offset("user_namespace", "level")?,
             user_ns_parent: self.member_offset("user_namespace", "parent")?,
             user_ns_owner: self.member_offset("user_namespace", "owner")?,
+            task_cred: self.member_offset("task_struct", "cred")?,
+            cred_user_ns: self.member_offset("cred", "user_ns")?,
             _pad: 0,
         })
     }
@@ -426,5 +428,6 @@ mod tests {
         assert!(layout.net_user_ns > 0);
         assert!(layout.user_ns_level > 0);
         assert!(layout.user_ns_parent > 0 && layout.user_ns_owner > layout.user_ns_level);
+        assert!(layout.task_cred > 0 && layout.cred_user_ns > 0);
     }
 }

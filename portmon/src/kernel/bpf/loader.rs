@@ -18,7 +18,7 @@ use aya::{
     },
     Ebpf, EbpfError, EbpfLoader,
 };
-use portmon_common::{capacity, global, map, SLOTS_PER_GROUP};
+use portmon_common::{capacity, global, map, OwnerQuota, SLOTS_PER_GROUP, SOCKETS_PER_GROUP};
 
 use super::{
     attached::AttachedCheck,
@@ -79,6 +79,13 @@ impl LoadOptions {
     /// How the entries of each map are split between the namespaces.
     pub fn split(&self) -> Split {
         Split::new(self.port_stats.max(1), self.port_tables, self.pools)
+    }
+
+    /// The most one unprivileged user may hold of each map shared.
+    pub fn owner_quota(&self) -> OwnerQuota {
+        let groups = socket_slots(self.sockets) / SLOTS_PER_GROUP as u32;
+        self.split()
+            .owner_quota(self.owner_percent, groups * SOCKETS_PER_GROUP as u32)
     }
 }
 
@@ -423,7 +430,7 @@ fn open_object(
     let reserved_tables = options.port_tables + host - split.shared_tables;
     let reserved_pools = options.pools + host - split.shared_pools;
     let quota = (options.blocks_per_namespace / capacity::HOST_ENTRIES).max(1);
-    let owner_quota = split.owner_quota(options.owner_percent);
+    let owner_quota = options.owner_quota();
     EbpfLoader::new()
         // Entry 0 marks a block not yet taken: it is never handed out.
         .map_max_entries(
@@ -468,6 +475,7 @@ fn open_object(
         .override_global(global::SHARED_POOLS, &split.shared_pools, true)
         .override_global(global::OWNER_QUOTA, &owner_quota, true)
         .map_max_entries(map::SOCKETS, slots)
+        .map_max_entries(map::SOCKET_OWNERS, slots)
         .map_max_entries(map::SOCKET_COOKIES, groups)
         .override_global(global::HOOKS_ONLY, &hooks_only, true)
         .override_global(global::CONNECT_SEARCH, &connect_search, true)

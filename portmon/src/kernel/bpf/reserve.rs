@@ -14,6 +14,8 @@
 //! most a quota (`max-shared-percent-per-user` of it), so that one user
 //! cannot crowd out another's either; the user is the one who made the
 //! outermost user namespace under the host's (kernel side: `owner_quota`).
+//! The same quota bounds the slots of `SOCKETS` one user's processes hold,
+//! wherever their sockets are.
 
 use portmon_common::{capacity, OwnerQuota};
 
@@ -54,8 +56,10 @@ impl Split {
     }
 
     /// The most shared entries of each map one unprivileged user's
-    /// namespaces may hold: `percent` of the shared part, at least one.
-    pub fn owner_quota(&self, percent: u32) -> OwnerQuota {
+    /// namespaces may hold: `percent` of the shared part, at least one;
+    /// and `percent` of the `sockets` slots of `SOCKETS` that hold
+    /// sockets, which every namespace shares.
+    pub fn owner_quota(&self, percent: u32, sockets: u32) -> OwnerQuota {
         let share = |entries: u32| {
             let entries = u64::from(entries);
             u32::try_from(entries * u64::from(percent.min(100)) / 100).map_or(u32::MAX, |n| n.max(1))
@@ -64,7 +68,7 @@ impl Split {
             tables: share(self.shared_tables - capacity::HOST_ENTRIES),
             blocks: share(self.shared_blocks),
             pools: share(self.shared_pools - capacity::HOST_ENTRIES),
-            _pad: 0,
+            sockets: share(sockets),
         }
     }
 
@@ -120,13 +124,19 @@ mod tests {
     #[test]
     fn a_users_quota_is_its_percent_of_each_shared_part_and_never_none() {
         let split = Split::new(4096, 512, 4096);
-        let quota = split.owner_quota(25);
-        assert_eq!((quota.tables, quota.blocks, quota.pools), (64, 512, 512));
-        let whole = split.owner_quota(100);
-        assert_eq!((whole.tables, whole.blocks, whole.pools), (256, 2048, 2048));
-        assert_eq!(split.owner_quota(250), whole);
-        let tiny = Split::new(1, 1, 1).owner_quota(1);
-        assert_eq!((tiny.tables, tiny.blocks, tiny.pools), (1, 1, 1));
+        let quota = split.owner_quota(25, 57_344);
+        assert_eq!(
+            (quota.tables, quota.blocks, quota.pools, quota.sockets),
+            (64, 512, 512, 14_336)
+        );
+        let whole = split.owner_quota(100, 57_344);
+        assert_eq!(
+            (whole.tables, whole.blocks, whole.pools, whole.sockets),
+            (256, 2048, 2048, 57_344)
+        );
+        assert_eq!(split.owner_quota(250, 57_344), whole);
+        let tiny = Split::new(1, 1, 1).owner_quota(1, 7);
+        assert_eq!((tiny.tables, tiny.blocks, tiny.pools, tiny.sockets), (1, 1, 1, 1));
     }
 
     #[test]
