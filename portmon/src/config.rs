@@ -40,9 +40,10 @@ pub struct Config {
     #[serde(deserialize_with = "port_blocks_per_namespace")]
     pub max_port_blocks_per_namespace: u32,
     /// Most of the entries the namespaces of unprivileged users share (per
-    /// map: tables, blocks, pools) one such user's namespaces may hold, in
-    /// percent; what does not fit is counted as an overflow, so that no
-    /// user crowds out another's namespaces.
+    /// map: tables, blocks, pools) one such user's namespaces may hold, and
+    /// of the followed sockets' slots one such user's processes may hold,
+    /// in percent; what does not fit is counted as an overflow, so that no
+    /// user crowds out another's namespaces or sockets.
     #[serde(deserialize_with = "shared_percent_per_user")]
     pub max_shared_percent_per_user: u32,
     /// Seconds a gone network namespace's series are still exported (its
@@ -94,7 +95,7 @@ impl Default for Config {
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 7455))),
             // Chosen at load time, see `registry`.
             registry: None,
-            // 65,536 sockets followed at once, 72 bytes each in the kernel (4.5 MB).
+            // 65,536 sockets followed at once, 76 bytes each in the kernel (4.75 MiB).
             sockets_capacity: portmon_common::capacity::SOCKETS,
             // 4,096 blocks of 64 ports, 590 bytes each in the kernel (2.4 MB), mapped
             // into the daemon: a whole default ephemeral range takes 441 blocks per

@@ -138,15 +138,42 @@ impl Workload {
     }
 }
 
-/// Runs `work` in a fresh namespace with the bench's port range.
+/// Runs `work` in a fresh namespace with the bench's port range, as the
+/// user `PORTMON_BENCH_UID` names if it names one.
 fn in_bench_netns<T: Send>(work: impl FnOnce() -> T + Send) -> T {
     in_fresh_netns(|_| {
         write_sysctl(
             "net/ipv4/ip_local_port_range",
             &format!("{} {}", PORT_RANGE.0, PORT_RANGE.1),
         );
+        if let Some(uid) = bench_uid() {
+            act_for(uid);
+        }
         work()
     })
+}
+
+/// The uid of `PORTMON_BENCH_UID`: the workloads run as that user, whose
+/// sockets the kernel programs charge to its quota, where root's are not.
+fn bench_uid() -> Option<u32> {
+    let value = std::env::var("PORTMON_BENCH_UID").ok()?;
+    match value.parse() {
+        Ok(uid) if uid != 0 => Some(uid),
+        _ => {
+            eprintln!("error: PORTMON_BENCH_UID={value:?} is not a uid other than 0");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Makes `uid` the calling thread's real uid, and its alone (the raw
+/// system call, not glibc's, which changes every thread's): the kernel
+/// programs see that user, while the effective uid 0 keeps the
+/// capabilities the bench needs to switch programs.
+fn act_for(uid: u32) {
+    // SAFETY: setresuid with -1 leaves the effective and saved ids.
+    let done = unsafe { libc::syscall(libc::SYS_setresuid, uid, -1i32, -1i32) };
+    assert_eq!(done, 0, "setresuid: {}", io::Error::last_os_error());
 }
 
 /// What a slice is measured under.
@@ -339,7 +366,7 @@ fn main() {
          stay loaded, their maps warm, and are attached only for their slices. Rates are medians, ratios the \
          medians of each round's own ratios (slices side by side share the machine's mood), each with the 95% \
          confidence interval of that median. nginx: {} rounds of {NGINX_SLICE_SECONDS} s of wrk (one thread, {} \
-         connections, `Connection: close`) against nginx (one worker) on loopback, requests/s",
+         connections, `Connection: close`) against nginx (one worker) on loopback, requests/s{}",
         Workload::TcpConnectAccept.ops(),
         Workload::BindPortZero.ops(),
         Workload::UdpConnect.ops(),
@@ -347,6 +374,9 @@ fn main() {
         PORT_RANGE.1,
         Workload::Nginx.rounds(),
         nginx::CONNECTIONS,
+        bench_uid().map_or(String::new(), |uid| format!(
+            "; the workloads run as uid {uid} (PORTMON_BENCH_UID)"
+        )),
     );
     println!(
         "\n{:<26} {:>13} {:>11} {:>7} {:>15} {:>11} {:>7} {:>7} {:>15} {:>12} {:>7} {:>15}",

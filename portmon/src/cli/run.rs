@@ -47,8 +47,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", value_parser = |s: &str| capacity(s, crate::config::MAX_PORT_STATS_CAPACITY))]
     pub max_port_blocks_per_namespace: Option<u32>,
     /// Most of the kernel's entries shared by unprivileged users'
-    /// namespaces one such user's namespaces may hold, in percent (1 to
-    /// 100). Default 25.
+    /// namespaces one such user's namespaces may hold, and of the followed
+    /// sockets one such user's processes may hold, in percent (1 to 100).
+    /// Default 25.
     #[arg(long, value_name = "PERCENT", value_parser = |s: &str| capacity(s, 100))]
     pub max_shared_percent_per_user: Option<u32>,
     /// Seconds a gone network namespace's series are still exported before

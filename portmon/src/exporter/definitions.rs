@@ -188,7 +188,7 @@ pub const MAP_OVERFLOWS: Definition = counter(
 );
 pub const USER_QUOTA_REFUSALS: Definition = counter(
     "portmon_user_quota_refusals_total",
-    "Kernel map entries refused to the namespaces of an unprivileged user because that user's namespaces held max-shared-percent-per-user of the shared entries; their counts are in portmon_map_overflows_total (tables, pools) or portmon_port_overflow_total (blocks).",
+    "Kernel map entries refused to an unprivileged user because it held max-shared-percent-per-user of them already: its namespaces' tables, blocks and pools, whose counts are in portmon_map_overflows_total (tables, pools) or portmon_port_overflow_total (blocks), and its processes' slots of SOCKETS, whose sockets go unfollowed (portmon_map_overflows_total{map=\"SOCKETS\"}).",
     &[],
 );
 pub const PORT_OVERFLOW: Definition = counter(
