@@ -58,7 +58,9 @@ impl Split {
     /// The most shared entries of each map one unprivileged user's
     /// namespaces may hold: `percent` of the shared part, at least one;
     /// and `percent` of the `sockets` slots of `SOCKETS` that hold
-    /// sockets, which every namespace shares.
+    /// sockets, which every namespace shares. At 100 percent no user's
+    /// slots are charged (`u32::MAX`): a user could hold all of them
+    /// anyway, and the claim skips the helper call that finds the user.
     pub fn owner_quota(&self, percent: u32, sockets: u32) -> OwnerQuota {
         let share = |entries: u32| {
             let entries = u64::from(entries);
@@ -68,7 +70,7 @@ impl Split {
             tables: share(self.shared_tables - capacity::HOST_ENTRIES),
             blocks: share(self.shared_blocks),
             pools: share(self.shared_pools - capacity::HOST_ENTRIES),
-            sockets: share(sockets),
+            sockets: if percent >= 100 { u32::MAX } else { share(sockets) },
         }
     }
 
@@ -132,7 +134,7 @@ mod tests {
         let whole = split.owner_quota(100, 57_344);
         assert_eq!(
             (whole.tables, whole.blocks, whole.pools, whole.sockets),
-            (256, 2048, 2048, 57_344)
+            (256, 2048, 2048, u32::MAX)
         );
         assert_eq!(split.owner_quota(250, 57_344), whole);
         let tiny = Split::new(1, 1, 1).owner_quota(1, 7);
