@@ -546,7 +546,8 @@ pub struct KernelLayout {
     pub task_cred: u32,
     /// `struct cred`, `user_ns` (a `struct user_namespace *`).
     pub cred_user_ns: u32,
-    pub _pad: u32,
+    /// `struct cred`, `uid` (a `kuid_t`: the real uid, as the host sees it).
+    pub cred_uid: u32,
 }
 const _: () = assert!(core::mem::size_of::<KernelLayout>() == 48);
 

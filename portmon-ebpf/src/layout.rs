@@ -3,7 +3,10 @@
 //! kernel versions come from the running kernel's BTF through the loader;
 //! the head of `struct sock_common` has not moved since Linux 2.6.38.
 
-use aya_ebpf::helpers::{bpf_probe_read_kernel, generated::bpf_get_current_task};
+use aya_ebpf::helpers::{
+    bpf_probe_read_kernel,
+    generated::{bpf_get_current_task, bpf_get_current_task_btf},
+};
 use portmon_common::{sock_common, KernelLayout};
 
 /// Set by the loader from `/sys/kernel/btf/vmlinux`.
@@ -21,7 +24,7 @@ static PORTMON_KERNEL_LAYOUT: KernelLayout = KernelLayout {
     user_ns_owner: 0,
     task_cred: 0,
     cred_user_ns: 0,
-    _pad: 0,
+    cred_uid: 0,
 };
 
 #[inline(always)]
@@ -126,6 +129,24 @@ pub fn owner_uid(sk: u64) -> Option<u32> {
     let net: u64 = read(sk, l.skc_net)?;
     let user_ns: u64 = read(net, l.net_user_ns)?;
     outermost_owner(user_ns)
+}
+
+/// The current task's real uid as the host sees it, what
+/// `bpf_get_current_uid_gid` gives: read through the task's typed pointer,
+/// two loads the verifier checks against the kernel's BTF (the offsets are
+/// the loader's constants), where the helper call cost every claim two to
+/// three times as much (docs/performance.md).
+#[inline(always)]
+pub fn current_kuid() -> u32 {
+    let l = layout();
+    // SAFETY: the helper's pointer is the running task, valid for this run;
+    // the verifier turns both loads into ones that read 0 should they
+    // fault, and accepts them only at the offsets of `cred` and `uid`.
+    unsafe {
+        let task = bpf_get_current_task_btf().cast::<u8>();
+        let cred = core::ptr::read_volatile(task.add(l.task_cred as usize).cast::<*const u8>());
+        core::ptr::read_volatile(cred.add(l.cred_uid as usize).cast::<u32>())
+    }
 }
 
 /// The user the current task acts for, as `owner_uid` names users: `kuid`

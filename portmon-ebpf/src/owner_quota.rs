@@ -19,7 +19,6 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_NOEXIST},
-    helpers::bpf_get_current_uid_gid,
     macros::map,
     maps::{Array, HashMap},
 };
@@ -87,7 +86,7 @@ impl Owner {
         if quota().sockets == u32::MAX {
             return None;
         }
-        let kuid = bpf_get_current_uid_gid() as u32;
+        let kuid = layout::current_kuid();
         if kuid == 0 {
             return None;
         }

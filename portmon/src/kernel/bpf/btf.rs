@@ -301,7 +301,7 @@ impl Btf {
             user_ns_owner: self.member_offset("user_namespace", "owner")?,
             task_cred: self.member_offset("task_struct", "cred")?,
             cred_user_ns: self.member_offset("cred", "user_ns")?,
-            _pad: 0,
+            cred_uid: self.member_offset("cred", "uid")?,
         })
     }
 }
@@ -428,6 +428,6 @@ mod tests {
         assert!(layout.net_user_ns > 0);
         assert!(layout.user_ns_level > 0);
         assert!(layout.user_ns_parent > 0 && layout.user_ns_owner > layout.user_ns_level);
-        assert!(layout.task_cred > 0 && layout.cred_user_ns > 0);
+        assert!(layout.task_cred > 0 && layout.cred_user_ns > layout.cred_uid);
     }
 }
