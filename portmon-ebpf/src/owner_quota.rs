@@ -14,8 +14,9 @@
 //! ever holds more, however many CPUs race.
 //!
 //! A socket's slot is charged to the user its process acts for
-//! (`layout::current_user`), root on the host's user namespace excepted,
-//! and given back by the program that frees the slot.
+//! (`layout::current_user`), root excepted (on the host's user namespace,
+//! or in one root made), and given back by the program that frees the
+//! slot.
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_NOEXIST},
